@@ -1,0 +1,155 @@
+"""Rebuild the original file from byte chunks, verifying each chunk while it is copied.
+
+The output grows in a stable partial file beside the destination (``.<name>.<sha16>.part``),
+under a per-target lock; an interrupted run resumes after the last complete, re-verified chunk.
+Only a file whose whole SHA-256 matches is renamed into place: on any mismatch or missing chunk
+nothing is left at the destination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from teadist.cache import ModelCache, target_lock
+from teadist.errors import IntegrityError, TeadistError, UsageError
+from teadist.fsutil import PART_SUFFIX, commit_file, ensure_free_space, is_disk_full, remove_quietly
+from teadist.hashing import PipelinedCopier, TruncatedInput, hash_range
+from teadist.manifest import ChunkRecord, Manifest
+from teadist.progress import Reporter
+
+
+@dataclass
+class AssembleResult:
+    path: Path
+    sha256: str
+    size: int
+    already_present: bool
+    resumed_bytes: int = 0
+
+
+def stable_partial_path(dest: Path, sha256: str) -> Path:
+    """The partial file a resumable writer of ``dest`` uses; keyed by the expected hash."""
+    return dest.parent / f".{dest.name}.{sha256[:16]}{PART_SUFFIX}"
+
+
+def existing_is_verified(dest: Path, sha256: str, size: int, cache: ModelCache | None,
+                         reporter: Reporter) -> bool:
+    """True when ``dest`` already holds the expected file (cache record, else a hash)."""
+    if not dest.is_file() or dest.stat().st_size != size:
+        return False
+    if cache is not None and cache.contains(dest):
+        record = cache.read_record(dest.name)
+        if record is not None and cache.is_current(record, sha256, size):
+            return True
+    task = reporter.task(f"check existing {dest.name}", size)
+    try:
+        return hash_range(dest, advance=task.advance)[0] == sha256
+    finally:
+        task.close()
+
+
+def _check_chunks_present(manifest: Manifest, chunks_dir: Path) -> None:
+    for chunk in manifest.chunks:
+        path = chunks_dir / chunk.name
+        if not path.is_file():
+            raise IntegrityError(f"chunk {chunk.name} is missing from {chunks_dir}",
+                                 hint="download it again or point --chunks at the right folder")
+        actual = path.stat().st_size
+        if actual != chunk.size:
+            raise IntegrityError(
+                f"chunk {chunk.name} has {actual} bytes, the manifest says {chunk.size} "
+                f"({'truncated' if actual < chunk.size else 'too long'})",
+                hint="download that chunk again")
+
+
+def _resume_point(partial: Path, chunks: list[ChunkRecord], whole: hashlib._Hash) -> tuple[int, int]:
+    """Re-verify the chunks already in ``partial``; return (chunks kept, bytes kept)."""
+    have = partial.stat().st_size
+    kept_chunks = kept_bytes = 0
+    for chunk in chunks:
+        if kept_bytes + chunk.size > have:
+            break
+        digest = hashlib.sha256()
+        with open(partial, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=2) as copier:
+            fh.seek(kept_bytes)
+            copier.copy(fh, chunk.size, [whole.update, digest.update])
+        if digest.hexdigest() != chunk.sha256:
+            break
+        kept_chunks += 1
+        kept_bytes += chunk.size
+    return kept_chunks, kept_bytes
+
+
+def assemble_chunks(manifest: Manifest, chunks_dir: Path, dest: Path, reporter: Reporter,
+                    cache: ModelCache | None = None, source: str = "local") -> AssembleResult:
+    if manifest.format != "bytes":
+        raise UsageError(f"manifest format {manifest.format!r} cannot be assembled from byte chunks")
+    sha256, size = manifest.file.sha256, manifest.file.size
+    assert sha256 is not None and size is not None  # guaranteed by the manifest loader
+    with target_lock(dest):
+        if existing_is_verified(dest, sha256, size, cache, reporter):
+            if cache is not None and cache.contains(dest):
+                _record(cache, dest, manifest, source)
+            return AssembleResult(dest, sha256, size, already_present=True)
+        _check_chunks_present(manifest, chunks_dir)
+        partial = stable_partial_path(dest, sha256)
+        whole = hashlib.sha256()
+        start_chunk = resumed = 0
+        if partial.exists():
+            start_chunk, resumed = _resume_point(partial, manifest.chunks, whole)
+            if resumed:
+                reporter.info(f"resuming {dest.name} after {start_chunk} verified chunks ({resumed} bytes)")
+        ensure_free_space(dest.parent, size - resumed, dest.name)
+        task = reporter.task(f"assemble {dest.name}", size)
+        task.advance(resumed)
+        verified_end = resumed
+        try:
+            with open(partial, "ab" if resumed else "wb") as out:
+                out.truncate(resumed)
+                out.seek(resumed)
+                with PipelinedCopier(n_sinks=3) as copier:
+                    for chunk in manifest.chunks[start_chunk:]:
+                        digest = hashlib.sha256()
+                        with open(chunks_dir / chunk.name, "rb", buffering=0) as fin:
+                            copier.copy(fin, chunk.size, [whole.update, digest.update, out.write],
+                                        task.advance)
+                        if digest.hexdigest() != chunk.sha256:
+                            raise IntegrityError(
+                                f"chunk {chunk.name} does not match its sha256 in the manifest "
+                                f"(got {digest.hexdigest()[:16]}…, expected {chunk.sha256[:16]}…)",
+                                hint="download that chunk again")
+                        verified_end += chunk.size
+        except IntegrityError:
+            # The partial now ends in bad bytes; keep only the verified prefix for a re-run.
+            os.truncate(partial, verified_end)
+            raise
+        except TruncatedInput as exc:
+            raise IntegrityError(f"a chunk shrank while it was being read ({exc})") from None
+        except OSError as exc:
+            if is_disk_full(exc):
+                remove_quietly(partial)
+                raise TeadistError(f"disk full while writing {dest}",
+                                   hint=f"free at least {size} bytes in {dest.parent}") from None
+            raise
+        finally:
+            task.close()
+        if whole.hexdigest() != sha256:
+            remove_quietly(partial)
+            raise IntegrityError(f"assembled {dest.name} does not match the manifest's sha256 "
+                                 f"(got {whole.hexdigest()[:16]}…, expected {sha256[:16]}…)")
+        commit_file(partial, dest)
+        if cache is not None and cache.contains(dest):
+            _record(cache, dest, manifest, source)
+        return AssembleResult(dest, sha256, size, already_present=False, resumed_bytes=resumed)
+
+
+def _record(cache: ModelCache, dest: Path, manifest: Manifest, source: str) -> None:
+    assert manifest.file.sha256 is not None and manifest.file.size is not None
+    existing = cache.read_record(dest.name)
+    if existing is not None and cache.is_current(existing, manifest.file.sha256, manifest.file.size):
+        cache.touch(existing)
+        return
+    cache.record_install(dest.name, manifest.reference, manifest.file.sha256, manifest.file.size, source)

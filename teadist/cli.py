@@ -1,0 +1,437 @@
+"""The command line: the only module that imports typer, prints, or picks exit codes.
+
+Results go to stdout (plain text, or JSON with ``--json``); messages and progress go to stderr.
+Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from teadist import __version__
+from teadist.errors import (
+    EXIT_ERROR,
+    EXIT_INTEGRITY,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    NotFoundError,
+    TeadistError,
+)
+from teadist.progress import ProgressTask, Reporter
+from teadist.settings import Settings, mask_secrets, resolve_settings
+from teadist.sizes import format_size
+
+app = typer.Typer(
+    name="teadist",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, bool] = {"debug": False}
+
+# -- options shared by commands ----------------------------------------------------------------
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
+CacheDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional at runtime on 3.11
+    typer.Option("--cache-dir", help="Model cache folder [env: TEA_MODELS_DIR; default ~/.cache/tea/models]."),
+]
+
+
+# -- output ------------------------------------------------------------------------------------
+class _TqdmTask:
+    def __init__(self, description: str, total: int | None) -> None:
+        from tqdm import tqdm  # lazy: only when a bar is shown
+
+        self._bar = tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+                         file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class _NoTask:
+    def advance(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CliReporter:
+    """Messages on stderr; tqdm bars only on a TTY and not with --quiet or --json."""
+
+    def __init__(self, quiet: bool = False, bars: bool = True) -> None:
+        self.quiet = quiet
+        self.bars = bars and not quiet and sys.stderr.isatty()
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(mask_secrets(message), file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        print("warning: " + mask_secrets(message), file=sys.stderr)
+
+    def task(self, description: str, total: int | None) -> ProgressTask:
+        return _TqdmTask(description, total) if self.bars else _NoTask()
+
+
+def _reporter(quiet: bool, as_json: bool = False) -> Reporter:
+    return CliReporter(quiet=quiet, bars=not as_json)
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
+    return resolve_settings(cache_dir=cache_dir, offline=offline, debug=_state["debug"])
+
+
+def _cache(settings: Settings) -> Any:
+    from teadist.cache import ModelCache
+
+    return ModelCache(settings.models_dir)
+
+
+# -- global options ----------------------------------------------------------------------------
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"teadist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Fetch, split, assemble, verify and publish GGUF models for TEA.
+
+    \b
+    Examples:
+      teadist split model.gguf --out dist/        # chunks under 2 GB + manifest
+      teadist assemble dist/model.gguf.manifest.json
+      teadist verify ~/.cache/tea/models/model.gguf
+      teadist inspect model.gguf
+    """
+    _state["debug"] = debug
+
+
+# -- split / assemble / verify / inspect ---------------------------------------------------------
+@app.command()
+def split(
+    file: Annotated[Path, typer.Argument(help="The file to cut (usually a .gguf).")],
+    chunk_size: Annotated[str, typer.Option("--chunk-size", "-s",
+                                            help="Largest chunk: bytes or 512M, 1.9G, 1GiB (< 2 GiB).")] = "1900000000",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the chunks and manifest.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the manifest.")] = None,  # noqa: UP045
+    base_url: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--base-url", help="Record download URLs <base-url>/<chunk> in the manifest.")] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cut FILE into chunks under 2 GB with a SHA-256 manifest, in one pass.
+
+    \b
+    Writes <file>.part-00001-of-0000N and <file>.manifest.json to --out; the manifest is
+    written last, so its presence means the split is complete. A re-run keeps chunks that
+    are already right and redoes the rest.
+    \b
+    Example:
+      teadist split phi.gguf --out dist/ --base-url https://example.org/models
+    """
+    from teadist.sizes import parse_size
+    from teadist.split import split_file
+
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise _usage("--base-url must start with http:// or https://")
+    result = split_file(file, out, _reporter(quiet, as_json), chunk_size=parse_size(chunk_size),
+                        name=name, base_url=base_url)
+    m = result.manifest
+    if as_json:
+        _emit_json({"manifest": str(result.manifest_path), "written": result.written, "kept": result.reused,
+                    **m.to_dict()})
+        return
+    _reporter(quiet).info(f"split {m.file.name} ({format_size(m.file.size)}) into {len(m.chunks)} chunks "
+                          f"({result.written} written, {result.reused} kept); sha256 {m.file.sha256}")
+    print(result.manifest_path)
+
+
+@app.command()
+def assemble(
+    manifest: Annotated[Path, typer.Argument(help="A manifest written by `teadist split`.")],
+    chunks: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--chunks", help="Folder holding the chunks [default: the manifest's folder].")] = None,
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--out", "-o", help="Destination file [default: <cache>/<upstream filename>].")] = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the original file from its chunks, verifying every chunk and the whole.
+
+    \b
+    By default the file is installed in the TEA model cache under its upstream name. On a
+    missing or mismatching chunk it exits 3 and leaves nothing at the destination.
+    \b
+    Example:
+      teadist assemble dist/phi.gguf.manifest.json
+    """
+    from teadist.assemble import assemble_chunks
+    from teadist.manifest import load_manifest
+
+    settings = _settings(cache_dir)
+    m = load_manifest(manifest)
+    cache = _cache(settings)
+    dest = out if out is not None else cache.path_for(m.file.name)
+    if dest.is_dir():
+        dest = dest / m.file.name
+    reporter = _reporter(quiet, as_json)
+    result = assemble_chunks(m, chunks if chunks is not None else manifest.parent, dest, reporter,
+                             cache=cache, source=f"manifest:{manifest.resolve()}")
+    if as_json:
+        _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size,
+                    "already_present": result.already_present, "resumed_bytes": result.resumed_bytes})
+        return
+    if result.already_present:
+        reporter.info(f"{result.path.name} is already there and verified; nothing to do")
+    else:
+        reporter.info(f"assembled and verified {result.path.name} ({format_size(result.size)})")
+    print(result.path)
+
+
+@app.command()
+def verify(
+    target: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="A model file, a folder of chunks, a manifest, or a cached model's name; "
+             "none: every model in the cache.")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--manifest", "-m", help="Manifest to check against.")] = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check files against a manifest or the cache's record: OK / MISSING / MISMATCH.
+
+    \b
+    Exits 3 if anything is missing or does not match.
+    \b
+    Examples:
+      teadist verify dist/phi.gguf.manifest.json        # the chunks beside it
+      teadist verify model.gguf --manifest dist/phi.gguf.manifest.json
+      teadist verify phi-4-mini                          # a cached model, by name
+      teadist verify                                     # the whole cache
+    """
+    from teadist.manifest import MANIFEST_SUFFIX, load_manifest
+    from teadist import verify as v
+
+    reporter = _reporter(quiet, as_json)
+    cache = _cache(_settings(cache_dir))
+    path = Path(target) if target is not None else None
+    if path is None:
+        report = v.verify_whole_cache(cache, reporter)
+    elif manifest is None and path.name.endswith(MANIFEST_SUFFIX) and path.is_file():
+        report = v.verify_chunk_folder(path.parent, load_manifest(path), reporter)
+    elif manifest is not None:
+        m = load_manifest(manifest)
+        report = (v.verify_chunk_folder(path, m, reporter) if path.is_dir()
+                  else v.verify_file_against_manifest(path, m, reporter))
+    elif path.is_file() and cache.contains(path):
+        report = v.verify_cached(cache, path.name, reporter)
+    elif path.exists():
+        raise _usage(f"nothing to verify {target} against: it is not in the cache",
+                     hint="pass its manifest with --manifest")
+    else:
+        report = v.verify_cached(cache, str(target), reporter)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        for row in report.rows:
+            print(f"{row.status:<9} {row.name}" + (f"  ({row.detail})" if row.detail else ""))
+    failed = [r for r in report.rows if r.status != v.OK]
+    if failed:
+        print(f"error: verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}",
+              file=sys.stderr)
+        raise typer.Exit(EXIT_INTEGRITY)
+    if not as_json:
+        reporter.info(f"all {len(report.rows)} items verified")
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A .gguf file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Tell what a GGUF file is, and check its structure (catches truncated downloads).
+
+    \b
+    Example:
+      teadist inspect ~/.cache/tea/models/microsoft_Phi-4-mini-instruct-Q3_K_S.gguf --json
+    """
+    from teadist.ggufinfo import read_info
+
+    info = read_info(file)
+    if as_json:
+        _emit_json(info.to_dict())
+        return
+    rows = [
+        ("file", info.path), ("size", f"{format_size(info.size)} ({info.size} bytes)"),
+        ("gguf version", info.gguf_version), ("architecture", info.architecture), ("name", info.name),
+        ("parameters", f"{info.parameters:,}"), ("quantization", info.quantization),
+        ("context length", info.context_length), ("embedding length", info.embedding_length),
+        ("layers", info.layers), ("heads", info.heads), ("kv heads", info.kv_heads),
+        ("rope base", info.rope_freq_base), ("vocab size", info.vocab_size),
+        ("chat template", f"yes ({info.chat_template_family})" if info.chat_template else "no"),
+        ("tensors", info.tensor_count), ("alignment", info.alignment),
+    ]
+    if info.split_count is not None:
+        rows.append(("split", f"shard {(info.split_no or 0) + 1} of {info.split_count}"))
+    for key, value in rows:
+        print(f"{key + ':':<18}{'-' if value is None else value}")
+    print(f"{'structure:':<18}ok (magic, version, all tensor data inside the file)")
+
+
+# -- the cache -----------------------------------------------------------------------------------
+@app.command("list")
+def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List the models in the TEA model cache, with size, last use and last verification.
+
+    \b
+    Example:
+      teadist list --json
+    """
+    cache = _cache(_settings(cache_dir))
+    records = cache.records()
+    others = cache.unrecorded_models()
+    if as_json:
+        _emit_json({"cache": str(cache.root),
+                    "models": [r.to_dict() for r in records],
+                    "unrecorded": [str(p) for p in others]})
+        return
+    if not records and not others:
+        print(f"no models in {cache.root}", file=sys.stderr)
+        return
+    print(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
+    for r in records:
+        print(f"{r.name:<28} {format_size(r.size):>10}  {r.last_used or '-':<25} {r.verified_at or '-':<25} "
+              f"{r.filename}")
+    for p in others:
+        print(f"{'(not installed by teadist)':<28} {format_size(p.stat().st_size):>10}  {'-':<25} {'-':<25} "
+              f"{p.name}")
+
+
+def _filename_for(name: str, cache: Any) -> str:
+    record = cache.find(name)
+    if record is not None:
+        return str(record.filename)
+    from teadist.registry import lookup_filename
+
+    filename = lookup_filename(name)
+    if filename is None:
+        raise NotFoundError(f"unknown model {name!r}: not in the cache, not in the registry",
+                            hint="see `teadist list` and `teadist models`")
+    return filename
+
+
+@app.command()
+def path(name: Annotated[str, typer.Argument(help="Model name, registry name or file name.")],
+         cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the model path the TEA runtimes would use: TEA_MODEL_PATH, $APPDIR, then the cache.
+
+    \b
+    Exits 1 if the model is in none of them.
+    \b
+    Example:
+      llama-cli -m "$(teadist path phi-4-mini)"
+    """
+    from teadist.cache import runtime_model_path
+
+    settings = _settings(cache_dir)
+    cache = _cache(settings)
+    found, origin = runtime_model_path(_filename_for(name, cache), cache, settings.tea_model_path,
+                                       settings.appdir)
+    if as_json:
+        _emit_json({"path": str(found), "from": origin})
+    else:
+        print(found)
+
+
+@app.command()
+def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the cache.")],
+       cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a model (and teadist's record of it) from the cache.
+
+    \b
+    Example:
+      teadist rm phi-4-mini
+    """
+    from teadist.cache import target_lock
+
+    cache = _cache(_settings(cache_dir))
+    record = cache.find(name)
+    if record is None:
+        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+    with target_lock(cache.path_for(record.filename)):
+        removed = cache.remove(record)
+    if as_json:
+        _emit_json({"removed": [str(p) for p in removed]})
+    else:
+        for p in removed:
+            print(p)
+
+
+# -- errors → exit codes ------------------------------------------------------------------------
+def _usage(message: str, hint: str | None = None) -> TeadistError:
+    from teadist.errors import UsageError
+
+    return UsageError(message, hint)
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    print("error: " + mask_secrets(message), file=sys.stderr)
+    if hint:
+        print("hint: " + mask_secrets(hint), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    try:
+        rv = app(args=argv, prog_name="teadist", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except TeadistError as exc:
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        _print_error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(EXIT_ERROR)
+    except OSError as exc:
+        if _state["debug"]:
+            raise
+        _print_error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                     "run with --debug for details")
+        sys.exit(EXIT_ERROR)
+    sys.exit(rv if isinstance(rv, int) else 0)

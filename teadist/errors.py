@@ -1,0 +1,63 @@
+"""One root exception; subclasses where a caller must tell failures apart.
+
+Every error carries a one-line message naming the problem and an optional hint saying what to
+do next. ``cli`` is the only place that turns them into output and exit codes.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
+EXIT_INTERRUPTED = 130
+
+
+class TeadistError(Exception):
+    """Base class: a failure with a message for the user."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(TeadistError):
+    """The user asked for something malformed (bad size, bad option combination)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ManifestError(TeadistError):
+    """A manifest is malformed or unsafe; raised before anything is written."""
+
+
+class NotFoundError(TeadistError):
+    """A model, file or remote entry does not exist."""
+
+
+class IntegrityError(TeadistError):
+    """Bytes do not match what a manifest or record promises."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class SourceError(TeadistError):
+    """A network or remote-source failure (after retries)."""
+
+
+class OfflineError(TeadistError):
+    """Offline mode is on and the request needs the network."""
+
+
+class DiskSpaceError(TeadistError):
+    """Not enough free space at the destination."""
+
+
+class ReleaseError(TeadistError):
+    """A GitHub Release operation failed."""

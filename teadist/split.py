@@ -1,0 +1,168 @@
+"""Cut a file into byte-range chunks under the GitHub/browser 2 GiB limit, with a manifest.
+
+One pass over the input: each chunk's SHA-256 and the whole file's are computed while the chunk
+is written. Each chunk goes to a temp name and is renamed; the manifest is written last, so its
+presence means the split is complete. A re-run keeps chunks that are already right (size and
+hash of the matching input range) and rewrites the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from teadist.errors import NotFoundError, TeadistError, UsageError
+from teadist.fsutil import (
+    atomic_write,
+    ensure_free_space,
+    is_disk_full,
+    remove_quietly,
+    require_plain_filename,
+)
+from teadist.hashing import PipelinedCopier, TruncatedInput, hash_range
+from teadist.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
+from teadist.progress import Reporter
+
+DEFAULT_CHUNK_SIZE = 1_900_000_000
+GITHUB_ASSET_LIMIT = 2**31  # uploads of exactly 2 GiB fail; anything at or above is refused
+
+
+@dataclass
+class SplitResult:
+    manifest: Manifest
+    manifest_path: Path
+    written: int
+    reused: int
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if chunk_size <= 0:
+        raise UsageError(f"chunk size must be positive, got {chunk_size}")
+    if chunk_size >= GITHUB_ASSET_LIMIT:
+        raise UsageError(
+            f"chunk size {chunk_size} is not below 2 GiB ({GITHUB_ASSET_LIMIT} bytes): GitHub Releases "
+            "and browsers refuse such files",
+            hint=f"use at most 1.9G (the default, {DEFAULT_CHUNK_SIZE} bytes)",
+        )
+
+
+def chunk_names(file_name: str, count: int) -> list[str]:
+    """``<file>.part-00001-of-00003``: never llama.cpp's ``-00001-of-00003.gguf`` shard pattern."""
+    return [f"{file_name}.part-{i:05d}-of-{count:05d}" for i in range(1, count + 1)]
+
+
+def default_model_name(file_name: str) -> str:
+    stem = file_name.removesuffix(".gguf")
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip("-._+") or "model"
+    return name[:128]
+
+
+def describe_model(path: Path, reporter: Reporter) -> dict[str, object] | None:
+    """The manifest's ``model`` object when ``path`` is a GGUF; None (with a warning) otherwise."""
+    from teadist.ggufinfo import InvalidGGUFError, looks_like_gguf, read_info
+
+    if not looks_like_gguf(path):
+        return None
+    try:
+        return read_info(path).manifest_model()
+    except InvalidGGUFError as exc:
+        reporter.warn(f"{exc.message}; splitting it as plain bytes")
+        return None
+
+
+def _remove_stale_temps(out_dir: Path, names: list[str]) -> None:
+    for name in names:
+        for stale in out_dir.glob(f".{glob_escape(name)}.*.part"):
+            remove_quietly(stale)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def split_file(
+    src: Path,
+    out_dir: Path,
+    reporter: Reporter,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    name: str | None = None,
+    base_url: str | None = None,
+) -> SplitResult:
+    check_chunk_size(chunk_size)
+    if not src.is_file():
+        raise NotFoundError(f"input file not found: {src}")
+    file_name = require_plain_filename(src.name, "input file name")
+    size = src.stat().st_size
+    count = max(1, -(-size // chunk_size))
+    names = chunk_names(file_name, count)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / manifest_filename(file_name)
+    if manifest_path.resolve() == src.resolve() or any((out_dir / n).resolve() == src.resolve() for n in names):
+        raise UsageError("the output folder would overwrite the input file; choose another --out")
+    # Chunks are about to change: a manifest left from an earlier run must not vouch for them.
+    remove_quietly(manifest_path)
+    _remove_stale_temps(out_dir, names)
+
+    model = describe_model(src, reporter)
+    whole = hashlib.sha256()
+    chunks: list[ChunkRecord] = []
+    written = reused = 0
+    task = reporter.task(f"split {file_name}", size)
+    try:
+        with (open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=3) as copier,
+              ThreadPoolExecutor(max_workers=1) as checker):
+            for index, chunk_name in enumerate(names):
+                offset = index * chunk_size
+                length = min(chunk_size, size - offset)
+                dest = out_dir / chunk_name
+                digest = hashlib.sha256()
+                whole_fed = False
+                if dest.is_file() and dest.stat().st_size == length:
+                    # Hash the existing chunk while reading the input range: keep it if they agree.
+                    existing = checker.submit(hash_range, dest)
+                    copier.copy(fin, length, [whole.update, digest.update], task.advance)
+                    whole_fed = True
+                    if existing.result()[0] == digest.hexdigest():
+                        reused += 1
+                    else:
+                        fin.seek(offset)
+                        digest = hashlib.sha256()
+                        with atomic_write(dest) as fout:
+                            copier.copy(fin, length, [digest.update, fout.write])
+                        written += 1
+                if not whole_fed:
+                    ensure_free_space(out_dir, length, f"chunk {chunk_name}")
+                    with atomic_write(dest) as fout:
+                        copier.copy(fin, length, [whole.update, digest.update, fout.write], task.advance)
+                    written += 1
+                chunk_url = (base_url.rstrip("/") + "/" + quote(chunk_name)) if base_url else None
+                chunks.append(ChunkRecord(chunk_name, length, digest.hexdigest(), offset,
+                                          (chunk_url,) if chunk_url else ()))
+            if fin.read(1):
+                raise TeadistError(f"{src} grew while it was being split; run split again")
+    except TruncatedInput as exc:
+        raise TeadistError(f"{src} shrank while it was being split (read {exc.copied} bytes short); "
+                           "run split again") from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise TeadistError(f"disk full while writing chunks to {out_dir}",
+                               hint="free some space or choose another --out") from None
+        raise
+    finally:
+        task.close()
+
+    manifest = Manifest(
+        name=name or default_model_name(file_name),
+        file=FileRecord(file_name, size, whole.hexdigest()),
+        format="bytes",
+        chunks=chunks,
+        model=model,
+    )
+    write_manifest(manifest, manifest_path)
+    return SplitResult(manifest, manifest_path, written, reused)
+
