@@ -15,7 +15,7 @@ from pathlib import Path
 
 from teadist.cache import ModelCache, target_lock
 from teadist.errors import IntegrityError, TeadistError, UsageError
-from teadist.fsutil import PART_SUFFIX, commit_file, ensure_free_space, is_disk_full, remove_quietly
+from teadist.fsutil import PART_SUFFIX, WriteSink, commit_file, ensure_free_space, is_disk_full, remove_quietly
 from teadist.hashing import PipelinedCopier, TruncatedInput, hash_range
 from teadist.manifest import ChunkRecord, Manifest
 from teadist.progress import Reporter
@@ -74,8 +74,7 @@ def _resume_point(partial: Path, chunks: list[ChunkRecord], whole: hashlib._Hash
             break
         digest = hashlib.sha256()
         with open(partial, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=2) as copier:
-            fh.seek(kept_bytes)
-            copier.copy(fh, chunk.size, [whole.update, digest.update])
+            copier.copy_file_range(fh.fileno(), kept_bytes, chunk.size, [whole.update, digest.update])
         if digest.hexdigest() != chunk.sha256:
             break
         kept_chunks += 1
@@ -110,12 +109,13 @@ def assemble_chunks(manifest: Manifest, chunks_dir: Path, dest: Path, reporter: 
             with open(partial, "ab" if resumed else "wb") as out:
                 out.truncate(resumed)
                 out.seek(resumed)
+                sink = WriteSink(out)
                 with PipelinedCopier(n_sinks=3) as copier:
                     for chunk in manifest.chunks[start_chunk:]:
                         digest = hashlib.sha256()
                         with open(chunks_dir / chunk.name, "rb", buffering=0) as fin:
-                            copier.copy(fin, chunk.size, [whole.update, digest.update, out.write],
-                                        task.advance)
+                            copier.copy_file_range(fin.fileno(), 0, chunk.size,
+                                                   [whole.update, digest.update, sink], task.advance)
                         if digest.hexdigest() != chunk.sha256:
                             raise IntegrityError(
                                 f"chunk {chunk.name} does not match its sha256 in the manifest "

@@ -18,7 +18,6 @@ from teadist.errors import (
     EXIT_ERROR,
     EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
     NotFoundError,
     TeadistError,
 )
@@ -235,8 +234,8 @@ def verify(
       teadist verify phi-4-mini                          # a cached model, by name
       teadist verify                                     # the whole cache
     """
-    from teadist.manifest import MANIFEST_SUFFIX, load_manifest
     from teadist import verify as v
+    from teadist.manifest import MANIFEST_SUFFIX, load_manifest
 
     reporter = _reporter(quiet, as_json)
     cache = _cache(_settings(cache_dir))
@@ -393,6 +392,28 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
             print(p)
 
 
+@app.command()
+def demo(
+    keep: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--keep", help="Work in this folder and keep it, instead of a temporary one.")] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the main job end to end on a tiny embedded model, with no network at all.
+
+    \b
+    Example:
+      teadist demo
+    """
+    from teadist.demo import run_demo
+
+    result = run_demo(_reporter(quiet, as_json), keep)
+    if as_json:
+        _emit_json(result.__dict__)
+    else:
+        print(f"demo ok: {len(result.steps)} steps")
+
+
 # -- errors → exit codes ------------------------------------------------------------------------
 def _usage(message: str, hint: str | None = None) -> TeadistError:
     from teadist.errors import UsageError
@@ -407,16 +428,11 @@ def _print_error(message: str, hint: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import click
-
     try:
         rv = app(args=argv, prog_name="teadist", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except TeadistError as exc:
@@ -434,4 +450,11 @@ def main(argv: list[str] | None = None) -> None:
         _print_error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
                      "run with --debug for details")
         sys.exit(EXIT_ERROR)
+    except Exception as exc:
+        # Click's own usage errors (typer vendors click, so match by shape, not by class).
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        raise
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -7,10 +7,12 @@ buffers while one thread per sink (each hash, the writer) consumes them in order
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,7 @@ PIPELINE_DEPTH = 4
 HASH_WORKERS = 2
 
 Sink = Callable[[memoryview], object]
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the window in with one call
 
 
 class TruncatedInput(Exception):
@@ -30,16 +33,22 @@ class TruncatedInput(Exception):
 
 
 class PipelinedCopier:
-    """Feed ranges of a stream to several sinks at once (hashers, a file), each in order.
+    """Feed ranges of a file or stream to several sinks at once (hashers, a file), each in order.
 
-    Sinks in the same position across ``copy`` calls share a worker thread, so ordering within
-    a position holds; every call drains before returning, so callers may close files after it.
+    Sinks in the same position across calls share a worker thread, so ordering within a
+    position holds; every call drains before returning, so callers may close files after it.
+    Files are read through short-lived mmap windows (no copy into user buffers; each window is
+    unmapped once its sinks are done, so resident memory stays at ``depth * window``); streams
+    are read into a ring of fixed buffers.
     """
 
     def __init__(self, n_sinks: int, buffer_size: int = BUFFER_SIZE, depth: int = PIPELINE_DEPTH) -> None:
         self._executors = [ThreadPoolExecutor(max_workers=1) for _ in range(n_sinks)]
-        self._buffers = [bytearray(buffer_size) for _ in range(depth)]
+        self._buffer_size = buffer_size
+        self._buffers: list[bytearray] = []
+        self._depth = depth
         self._pending: list[list[Future[object]]] = [[] for _ in range(depth)]
+        self._held: list[list[memoryview | mmap.mmap]] = [[] for _ in range(depth)]
         self._slot = 0
 
     def __enter__(self) -> PipelinedCopier:
@@ -49,13 +58,67 @@ class PipelinedCopier:
         self.close()
 
     def close(self) -> None:
+        for slot in range(self._depth):
+            with contextlib.suppress(Exception):
+                self._drain(slot)
         for ex in self._executors:
             ex.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, slot: int) -> None:
         futures, self._pending[slot] = self._pending[slot], []
-        for fut in futures:
-            fut.result()  # re-raises a sink's failure (e.g. disk full) in the caller
+        try:
+            for fut in futures:
+                fut.result()  # re-raises a sink's failure (e.g. disk full) in the caller
+        finally:
+            wait(futures)
+            held, self._held[slot] = self._held[slot], []
+            for resource in held:  # views first, then their mapping
+                if isinstance(resource, memoryview):
+                    resource.release()
+                else:
+                    resource.close()
+
+    def _drain_all(self) -> None:
+        for slot in range(self._depth):
+            self._drain(slot)
+
+    def _submit(self, slot: int, view: memoryview, sinks: Sequence[Sink]) -> None:
+        if len(sinks) > len(self._executors):
+            raise ValueError("more sinks than the copier was built for")
+        self._pending[slot] = [ex.submit(sink, view) for ex, sink in zip(self._executors, sinks, strict=False)]
+        self._slot = (slot + 1) % self._depth
+
+    def copy_file_range(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        sinks: Sequence[Sink],
+        advance: Callable[[int], None] | None = None,
+    ) -> int:
+        """Feed ``length`` bytes of file ``fd`` from ``offset``; raise TruncatedInput if it is shorter."""
+        available = max(0, min(length, os.fstat(fd).st_size - offset))
+        pos, end = offset, offset + available
+        try:
+            while pos < end:
+                slot = self._slot
+                self._drain(slot)
+                n = min(self._buffer_size, end - pos)
+                aligned = pos - pos % mmap.ALLOCATIONGRANULARITY
+                mapping = mmap.mmap(fd, n + pos - aligned, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                                    prot=mmap.PROT_READ, offset=aligned)
+                whole_view = memoryview(mapping)
+                view = whole_view[pos - aligned:]
+                self._held[slot] = [view, whole_view, mapping]
+                self._submit(slot, view, sinks)
+                pos += n
+                if advance is not None:
+                    advance(n)
+        finally:
+            self._drain_all()
+        if available < length:
+            raise TruncatedInput(available)
+        return available
 
     def copy(
         self,
@@ -64,9 +127,9 @@ class PipelinedCopier:
         sinks: Sequence[Sink],
         advance: Callable[[int], None] | None = None,
     ) -> int:
-        """Read exactly ``length`` bytes from ``src`` into every sink; raise TruncatedInput if short."""
-        if len(sinks) > len(self._executors):
-            raise ValueError("more sinks than the copier was built for")
+        """Read exactly ``length`` bytes from stream ``src`` into every sink; raise TruncatedInput if short."""
+        if not self._buffers:
+            self._buffers = [bytearray(self._buffer_size) for _ in range(self._depth)]
         copied = 0
         try:
             while copied < length:
@@ -78,17 +141,12 @@ class PipelinedCopier:
                 got = src.readinto(view)  # type: ignore[attr-defined]
                 if not got:
                     break
-                chunk = view[:got]
-                self._pending[slot] = [
-                    ex.submit(sink, chunk) for ex, sink in zip(self._executors, sinks, strict=False)
-                ]
-                self._slot = (slot + 1) % len(self._buffers)
+                self._submit(slot, view[:got], sinks)
                 copied += got
                 if advance is not None:
                     advance(got)
         finally:
-            for slot in range(len(self._buffers)):
-                self._drain(slot)
+            self._drain_all()
         if copied < length:
             raise TruncatedInput(copied)
         return copied
@@ -96,33 +154,26 @@ class PipelinedCopier:
 
 def hash_range(path: Path, offset: int = 0, length: int | None = None,
                advance: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """SHA-256 of ``length`` bytes of ``path`` from ``offset`` (to EOF if None): (hex, bytes read)."""
+    """SHA-256 of ``length`` bytes of ``path`` from ``offset`` (to EOF if None): (hex, bytes read).
+
+    Reading and hashing overlap (a one-sink pipeline), so this runs at hashing speed.
+    """
     digest = hashlib.sha256()
-    buf = bytearray(BUFFER_SIZE)
-    view = memoryview(buf)
-    read = 0
-    with open(path, "rb", buffering=0) as fh:
-        if offset:
-            fh.seek(offset)
-        with_fadvise(fh.fileno(), offset, length or 0)
-        while length is None or read < length:
-            want = len(buf) if length is None else min(len(buf), length - read)
-            got = fh.readinto(view[:want])
-            if not got:
-                break
-            digest.update(view[:got])
-            read += got
-            if advance is not None:
-                advance(got)
+    with open(path, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=1) as copier:
+        if length is None:
+            length = max(0, os.fstat(fh.fileno()).st_size - offset)
+        with_fadvise(fh.fileno(), offset, length)
+        try:
+            read = copier.copy_file_range(fh.fileno(), offset, length, [digest.update], advance)
+        except TruncatedInput as exc:
+            read = exc.copied
     return digest.hexdigest(), read
 
 
 def with_fadvise(fd: int, offset: int, length: int) -> None:
     if hasattr(os, "posix_fadvise"):
-        try:
+        with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
-        except OSError:
-            pass
 
 
 def sha256_bytes(data: bytes) -> str:

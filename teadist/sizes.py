@@ -36,11 +36,12 @@ def parse_size(text: str) -> int:
             f"invalid size {shown!r}",
             hint="use bytes or a number with a unit, e.g. 512M, 1.9G, 1GiB",
         )
-    number = match.group(1)
-    multiplier = _UNITS[unit]
+    number: str = match.group(1)
+    multiplier: int = _UNITS[unit]
     if "." in number:
         whole, frac = number.split(".")
-        value = int(whole) * multiplier + int(frac) * multiplier // 10 ** len(frac)
+        scale = int("1" + "0" * len(frac))
+        value = int(whole) * multiplier + int(frac) * multiplier // scale
     else:
         value = int(number) * multiplier
     return value

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from teadist.errors import NotFoundError, TeadistError, UsageError
 from teadist.fsutil import (
+    WriteSink,
     atomic_write,
     ensure_free_space,
     is_disk_full,
@@ -30,6 +31,7 @@ from teadist.progress import Reporter
 
 DEFAULT_CHUNK_SIZE = 1_900_000_000
 GITHUB_ASSET_LIMIT = 2**31  # uploads of exactly 2 GiB fail; anything at or above is refused
+MAX_CHUNKS = 10_000  # the manifest schema's bound
 
 
 @dataclass
@@ -99,6 +101,9 @@ def split_file(
     file_name = require_plain_filename(src.name, "input file name")
     size = src.stat().st_size
     count = max(1, -(-size // chunk_size))
+    if count > MAX_CHUNKS:
+        raise UsageError(f"a chunk size of {chunk_size} bytes would make {count} chunks (at most {MAX_CHUNKS})",
+                         hint="choose a larger --chunk-size")
     names = chunk_names(file_name, count)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / manifest_filename(file_name)
@@ -125,26 +130,27 @@ def split_file(
                 if dest.is_file() and dest.stat().st_size == length:
                     # Hash the existing chunk while reading the input range: keep it if they agree.
                     existing = checker.submit(hash_range, dest)
-                    copier.copy(fin, length, [whole.update, digest.update], task.advance)
+                    copier.copy_file_range(fin.fileno(), offset, length, [whole.update, digest.update],
+                                           task.advance)
                     whole_fed = True
                     if existing.result()[0] == digest.hexdigest():
                         reused += 1
                     else:
-                        fin.seek(offset)
                         digest = hashlib.sha256()
                         with atomic_write(dest) as fout:
-                            copier.copy(fin, length, [digest.update, fout.write])
+                            copier.copy_file_range(fin.fileno(), offset, length, [digest.update, WriteSink(fout)])
                         written += 1
                 if not whole_fed:
                     ensure_free_space(out_dir, length, f"chunk {chunk_name}")
                     with atomic_write(dest) as fout:
-                        copier.copy(fin, length, [whole.update, digest.update, fout.write], task.advance)
+                        copier.copy_file_range(fin.fileno(), offset, length,
+                                               [whole.update, digest.update, WriteSink(fout)], task.advance)
                     written += 1
                 chunk_url = (base_url.rstrip("/") + "/" + quote(chunk_name)) if base_url else None
                 chunks.append(ChunkRecord(chunk_name, length, digest.hexdigest(), offset,
                                           (chunk_url,) if chunk_url else ()))
-            if fin.read(1):
-                raise TeadistError(f"{src} grew while it was being split; run split again")
+            if os.fstat(fin.fileno()).st_size != size:
+                raise TeadistError(f"{src} changed size while it was being split; run split again")
     except TruncatedInput as exc:
         raise TeadistError(f"{src} shrank while it was being split (read {exc.copied} bytes short); "
                            "run split again") from None

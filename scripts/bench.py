@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Benchmarks: teadist against the named peer, in the same run on the same file, as ratios.
+
+    python scripts/bench.py                 # split, assemble, verify on a 3 GiB file
+    python scripts/bench.py --size 512MiB   # smaller
+    python scripts/bench.py --all           # every section
+
+Every timed command ends with the data on disk (`sync` after the peers; teadist fsyncs itself),
+so neither side wins by leaving dirty pages behind. Inputs are read once before timing, so both
+sides read from the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEADIST = [sys.executable, "-m", "teadist"]
+BLOCK = 64 * 1024 * 1024
+
+
+@dataclass
+class Row:
+    section: str
+    teadist: float
+    peer_name: str
+    peer: float
+    target: str
+    limit: float
+
+    @property
+    def ratio(self) -> float:
+        return self.teadist / self.peer if self.peer else float("inf")
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.ratio <= self.limit else "MISSED"
+
+
+@dataclass
+class Bench:
+    work: Path
+    size: int
+    rows: list[Row] = field(default_factory=list)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+    def run(self, argv: list[str], label: str | None = None) -> float:
+        """Run a command, return wall seconds; record its peak RSS under ``label``."""
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"command failed: {' '.join(argv)}")
+        if label:
+            self.peak_rss[label] = max(self.peak_rss.get(label, 0), usage.ru_maxrss * 1024)
+        return elapsed
+
+    def shell(self, script: str) -> float:
+        return self.run(["bash", "-c", "set -e; " + script + "; sync"])
+
+    def teadist(self, *args: str, label: str) -> float:
+        elapsed = self.run([*TEADIST, *args, "--quiet"], label)
+        return elapsed + self.shell("true")  # the same trailing sync as the peers
+
+
+def make_input(path: Path, size: int) -> None:
+    """Write ``size`` distinct pseudo-random bytes, in a child process so the bench stays small
+    (a forked child inherits the parent's resident pages in its peak RSS)."""
+    code = f"""
+import os
+block = bytearray(os.urandom({BLOCK}))
+with open({str(path)!r}, "wb") as fh:
+    written = counter = 0
+    while written < {size}:
+        block[:8] = counter.to_bytes(8, "little")
+        n = min({BLOCK}, {size} - written)
+        fh.write(block[:n])
+        written += n
+        counter += 1
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run(["sync"], check=True)
+
+
+def warm(path: Path) -> None:
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+
+
+def q(path: object) -> str:
+    return shlex.quote(str(path))
+
+
+def section_split_assemble_verify(b: Bench, src: Path) -> None:
+    core = b.work / "core"
+    core.mkdir()
+    warm(src)
+    t_core = b.shell(f"split -b 1900000000 -d {q(src)} {q(core)}/c. && sha256sum {q(core)}/c.* >/dev/null "
+                     f"&& sha256sum {q(src)} >/dev/null")
+    t_cat = b.shell(f"cat {q(src)} > {q(b.work / 'copy.bin')}")
+    os.remove(b.work / "copy.bin")
+    warm(src)
+    t_split = b.teadist("split", str(src), "--out", str(b.work / "chunks"), label="split")
+    b.rows.append(Row("split", t_split, "split -b + sha256sum (chunks, whole)", t_core, "≤ 0.35×", 0.35))
+    b.rows.append(Row("split", t_split, "cat copy", t_cat, "≤ 1.2×", 1.2))
+    shutil.rmtree(core)
+
+    manifest = b.work / "chunks" / (src.name + ".manifest.json")
+    chunks = sorted(str(p) for p in (b.work / "chunks").glob(src.name + ".part-*"))
+    quoted = " ".join(q(c) for c in chunks)
+    t_cat_chunks = b.shell(f"cat {quoted} > {q(b.work / 'cat.bin')}")
+    os.remove(b.work / "cat.bin")
+    t_cat_sum = b.shell(f"cat {quoted} > {q(b.work / 'cat.bin')} && sha256sum {q(b.work / 'cat.bin')} >/dev/null")
+    os.remove(b.work / "cat.bin")
+    out = b.work / "assembled" / src.name
+    t_asm = b.teadist("assemble", str(manifest), "--out", str(out), label="assemble")
+    b.rows.append(Row("assemble", t_asm, "cat chunks", t_cat_chunks, "≤ 1.2×", 1.2))
+    b.rows.append(Row("assemble", t_asm, "cat chunks + sha256sum", t_cat_sum, "(info)", float("inf")))
+
+    warm(out)
+    t_sum = b.run(["sha256sum", str(out)])
+    t_verify = b.teadist("verify", str(out), "--manifest", str(manifest), label="verify")
+    b.rows.append(Row("verify", t_verify, "sha256sum", t_sum, "≤ 0.15×", 0.15))
+    os.remove(out)
+
+
+SECTIONS: dict[str, Callable[[Bench, Path], None]] = {
+    "split-assemble-verify": section_split_assemble_verify,
+}
+
+
+def print_table(b: Bench) -> None:
+    print(f"\nteadist bench — {b.size / 2**30:.2f} GiB input, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| operation | teadist (s) | peer | peer (s) | ratio | target | |")
+    print("|---|---:|---|---:|---:|---|---|")
+    for r in b.rows:
+        print(f"| {r.section} | {r.teadist:.2f} | {r.peer_name} | {r.peer:.2f} | {r.ratio:.2f}× | {r.target} | "
+              f"{r.verdict if r.limit != float('inf') else ''} |")
+    if b.peak_rss:
+        peak = max(b.peak_rss.values())
+        detail = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in b.peak_rss.items())
+        print(f"| peak RSS | {peak / 1e6:.0f} MB | | | | ≤ 100 MB | {'ok' if peak <= 100e6 else 'MISSED'} |")
+        print(f"\n(peak RSS per command: {detail})")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from teadist.sizes import parse_size
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="3GiB", help="input size (default 3GiB)")
+    parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
+    parser.add_argument("--all", action="store_true", help="run every section")
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run this section")
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    base = args.dir or Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="teadist-bench-", dir=base) as tmp:
+        b = Bench(Path(tmp), size)
+        src = b.work / "model.gguf"
+        print(f"generating {size} bytes in {src} ...", file=sys.stderr)
+        make_input(src, size)
+        for name in (args.only or list(SECTIONS)):
+            print(f"running {name} ...", file=sys.stderr)
+            SECTIONS[name](b, src)
+        print_table(b)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated HOME/cache/env for every test, CLI runners, small models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from teadist.cli import main
+from teadist.tinymodel import make_tiny_model
+from tests.helpers import Result, write_random
+
+ISOLATED_VARS = (
+    "TEA_MODELS_DIR", "TEA_MODEL_PATH", "APPDIR", "TEA_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "HF_ENDPOINT", "TEADIST_DEBUG",
+    "GITHUB_API_URL", "HF_HOME",
+)
+TEADIST_BIN = Path(sys.executable).parent / "teadist"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own HOME and model cache, and no tokens or endpoints from outside."""
+    home = tmp_path_factory.mktemp("home")
+    for var in ISOLATED_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / ".hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return home
+
+
+@pytest.fixture
+def models_dir(isolated_env: Path) -> Path:
+    """The default cache, as resolved from the isolated HOME."""
+    return isolated_env / ".cache" / "tea" / "models"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the CLI in-process through ``main`` (exit codes and error handling included)."""
+
+    def run(*args: str | Path) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def console() -> Callable[..., Result]:
+    """Run the installed ``teadist`` console script as a subprocess."""
+
+    def run(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+        proc = subprocess.run([str(TEADIST_BIN), *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    def make(name: str, size: int) -> Path:
+        path = tmp_path / "in" / name
+        path.parent.mkdir(exist_ok=True)
+        write_random(path, size, seed=size)
+        return path
+
+    yield make

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from teadist.errors import ManifestError
+from teadist.manifest import (
+    ChunkRecord,
+    FileRecord,
+    HfSource,
+    Manifest,
+    UrlSource,
+    dump_manifest,
+    load_manifest,
+    parse_manifest,
+    resource_dir,
+)
+from tests.helpers import Result, files_in
+
+A = "a" * 64
+B = "b" * 64
+
+
+def good() -> dict[str, Any]:
+    return {
+        "schema_version": "1.0",
+        "name": "tiny",
+        "file": {"name": "tiny.gguf", "size": 30, "sha256": A},
+        "format": "bytes",
+        "chunks": [
+            {"name": "tiny.gguf.part-00001-of-00002", "offset": 0, "size": 20, "sha256": A},
+            {"name": "tiny.gguf.part-00002-of-00002", "offset": 20, "size": 10, "sha256": B},
+        ],
+        "generator": {"name": "teadist", "version": "0.1.0"},
+    }
+
+
+def with_change(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(good())
+    change(data)
+    return data
+
+
+def set_chunk(field: str, value: Any, index: int = 0) -> Callable[[dict[str, Any]], None]:
+    def change(d: dict[str, Any]) -> None:
+        d["chunks"][index][field] = value
+    return change
+
+
+MALICIOUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("traversal", set_chunk("name", "../../x"), "chunks[0].name"),
+    ("absolute path", set_chunk("name", "/etc/passwd"), "chunks[0].name"),
+    ("backslash", set_chunk("name", "..\\..\\x"), "chunks[0].name"),
+    ("dot-dot", set_chunk("name", ".."), "chunks[0].name"),
+    ("drive letter", set_chunk("name", "C:evil"), "chunks[0].name"),
+    ("NUL byte", set_chunk("name", "a\x00b"), "chunks[0].name"),
+    ("control char", set_chunk("name", "a\nb"), "chunks[0].name"),
+    ("device name", set_chunk("name", "CON.txt"), "chunks[0].name"),
+    ("over-long name", set_chunk("name", "x" * 300), "chunks[0].name"),
+    ("file name traversal", lambda d: d["file"].update(name="../evil.gguf"), "file.name"),
+    ("chunk named like the file", set_chunk("name", "tiny.gguf"), "chunks[0].name"),
+    ("gap", set_chunk("offset", 21, 1), "chunks[1].offset"),
+    ("overlap", set_chunk("offset", 19, 1), "chunks[1].offset"),
+    ("sizes do not add up", lambda d: d["file"].update(size=31), "chunks"),
+    ("duplicate names", set_chunk("name", "tiny.gguf.part-00001-of-00002", 1), "chunks[1].name"),
+    ("non-hex digest", set_chunk("sha256", "z" * 64), "chunks[0].sha256"),
+    ("short digest", set_chunk("sha256", "a" * 63), "chunks[0].sha256"),
+    ("upper-case digest", set_chunk("sha256", "A" * 64), "chunks[0].sha256"),
+    ("unknown major version", lambda d: d.update(schema_version="2.0"), "schema_version"),
+    ("missing version", lambda d: d.pop("schema_version"), "schema_version"),
+    ("negative size", set_chunk("size", -1), "chunks[0].size"),
+    ("unknown format", lambda d: d.update(format="zip"), "format"),
+    ("unknown field", lambda d: d.update(evil=True), "manifest"),
+    ("file:// URL", set_chunk("urls", ["file:///etc/passwd"]), "chunks[0].urls[0]"),
+    ("missing offset", lambda d: d["chunks"][0].pop("offset"), "chunks[0].offset"),
+    ("no chunks", lambda d: d.update(chunks=[]), "chunks"),
+    ("unpinned bytes manifest", lambda d: d["file"].update(sha256=None), "file"),
+]
+
+
+@pytest.mark.parametrize(("label", "change", "field"), MALICIOUS, ids=[m[0] for m in MALICIOUS])
+def test_loader_rejects_malicious_manifest_naming_the_field(
+        label: str, change: Callable[[dict[str, Any]], None], field: str) -> None:
+    raw = json.dumps(with_change(change)).encode()
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(raw, "m.json")
+    message = info.value.message
+    assert "\n" not in message
+    assert field in message, message
+
+
+@pytest.mark.parametrize(("label", "change", "field"), MALICIOUS, ids=[m[0] for m in MALICIOUS])
+def test_assemble_refuses_malicious_manifest_before_any_write(
+        label: str, change: Callable[[dict[str, Any]], None], field: str,
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    manifest = tmp_path / "in" / "m.manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps(with_change(change)))
+    cache = tmp_path / "cache"
+    result = cli("assemble", manifest, "--cache-dir", cache)
+    assert result.code == 1
+    assert result.err.startswith("error: ") and field in result.err
+    assert not cache.exists()
+    assert files_in(manifest.parent) == {"m.manifest.json"}
+    assert files_in(tmp_path) == {"in"}
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b"{not json", b"\xff\xfe", b'"text"'])
+def test_non_object_or_invalid_json_is_rejected(raw: bytes) -> None:
+    with pytest.raises(ManifestError, match=r"m\.json: "):
+        parse_manifest(raw, "m.json")
+
+
+def test_round_trip_keeps_every_field() -> None:
+    manifest = Manifest(
+        name="phi-4-mini", tag="q3_k_s", default_tag=True, description="d", license="MIT", notes="n",
+        file=FileRecord("f.gguf", 10, A), format="bytes",
+        chunks=[ChunkRecord("f.gguf.part-00001-of-00001", 10, A, 0, ("https://example.org/c",))],
+        sources=[HfSource("org/repo", "f.gguf", "7" * 40), UrlSource("https://mirror.example/f.gguf")],
+        model={"architecture": "phi3", "parameters": 5, "quantization": "Q3_K_S", "context_length": 131072,
+               "chat_template": True, "chat_template_family": "phi3", "gguf_version": 3},
+    )
+    again = parse_manifest(dump_manifest(manifest), "x")
+    assert again == manifest
+
+
+def test_minor_version_is_accepted_and_single_needs_no_pins() -> None:
+    data = {"schema_version": "1.7", "name": "gemma-3n-e4b", "format": "single",
+            "file": {"name": "gemma.gguf", "size": None, "sha256": None},
+            "sources": [{"type": "hf", "repo": "unsloth/gemma-3n-E4B-it-GGUF", "path": "gemma.gguf"}]}
+    manifest = parse_manifest(json.dumps(data).encode(), "x")
+    assert not manifest.is_pinned
+
+
+def test_oversized_manifest_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_bytes(b" " * (16 * 1024 * 1024 + 10))
+    with pytest.raises(ManifestError, match="larger than"):
+        load_manifest(path)
+
+
+def test_schema_ships_with_the_package() -> None:
+    assert (resource_dir() / "schema" / "manifest-v1.schema.json").is_file()

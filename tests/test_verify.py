@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from teadist.progress import NullReporter
+from teadist.split import split_file
+from tests.helpers import Result, write_random
+
+
+@pytest.fixture
+def split_model(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "model.gguf"
+    write_random(src, 50_000)
+    split_file(src, tmp_path / "chunks", NullReporter(), chunk_size=10_000)
+    return src, tmp_path / "chunks" / "model.gguf.manifest.json"
+
+
+def test_verify_chunk_folder_reports_each_state(split_model: tuple[Path, Path], cli: Callable[..., Result]) -> None:
+    _, manifest = split_model
+    folder = manifest.parent
+    assert cli("verify", manifest).code == 0
+    (folder / "model.gguf.part-00002-of-00005").unlink()
+    victim = folder / "model.gguf.part-00004-of-00005"
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    (folder / "model.gguf.part-00005-of-00005").write_bytes(b"x")
+    result = cli("verify", folder, "--manifest", manifest, "--json")
+    assert result.code == 3
+    states = {i["name"]: i["status"] for i in json.loads(result.out)["items"]}
+    assert states == {
+        "model.gguf.part-00001-of-00005": "OK",
+        "model.gguf.part-00002-of-00005": "MISSING",
+        "model.gguf.part-00003-of-00005": "OK",
+        "model.gguf.part-00004-of-00005": "MISMATCH",
+        "model.gguf.part-00005-of-00005": "MISMATCH",
+    }
+    text = cli("verify", manifest)
+    assert text.code == 3
+    assert "MISSING   model.gguf.part-00002-of-00005" in text.out
+    assert "3 of 5 items bad" in text.err
+
+
+def test_verify_file_against_manifest_names_the_bad_range(split_model: tuple[Path, Path], tmp_path: Path,
+                                                          cli: Callable[..., Result]) -> None:
+    src, manifest = split_model
+    assert cli("verify", src, "--manifest", manifest).code == 0
+    raw = bytearray(src.read_bytes())
+    raw[25_000] ^= 1
+    src.write_bytes(bytes(raw))
+    result = cli("verify", src, "--manifest", manifest, "--json")
+    assert result.code == 3
+    bad = [i["name"] for i in json.loads(result.out)["items"] if i["status"] != "OK"]
+    assert bad == ["model.gguf.part-00003-of-00005"]
+    src.write_bytes(bytes(raw[:-7]))
+    result = cli("verify", src, "--manifest", manifest, "--json")
+    assert result.code == 3
+    assert any("size 49993" in i["detail"] for i in json.loads(result.out)["items"])
+
+
+def test_verify_cached_model_by_path_name_and_whole_cache(split_model: tuple[Path, Path], tmp_path: Path,
+                                                         cli: Callable[..., Result]) -> None:
+    _, manifest = split_model
+    cache = tmp_path / "cache"
+    assert cli("assemble", manifest, "--cache-dir", cache).code == 0
+    assert cli("verify", cache / "model.gguf", "--cache-dir", cache).code == 0
+    assert cli("verify", "model", "--cache-dir", cache).code == 0
+    assert cli("verify", "--cache-dir", cache).code == 0
+    with open(cache / "model.gguf", "r+b") as fh:
+        fh.seek(10)
+        fh.write(b"\0")
+    result = cli("verify", "--cache-dir", cache)
+    assert result.code == 3 and "MISMATCH  model.gguf" in result.out
+    assert cli("verify", "nonexistent", "--cache-dir", cache).code == 1
+
+
+def test_verify_uncached_file_without_manifest_is_a_usage_error(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"x")
+    result = cli("verify", path)
+    assert result.code == 2 and "--manifest" in result.err
