@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,11 +52,13 @@ class Row:
 class Bench:
     work: Path
     size: int
+    repeat: int = 3
     rows: list[Row] = field(default_factory=list)
     peak_rss: dict[str, int] = field(default_factory=dict)
 
     def run(self, argv: list[str], label: str | None = None) -> float:
         """Run a command, return wall seconds; record its peak RSS under ``label``."""
+        subprocess.run(["sync"], check=True)  # untimed: earlier writeback must not bleed in
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -72,6 +75,16 @@ class Bench:
     def teadist(self, *args: str, label: str) -> float:
         elapsed = self.run([*TEADIST, *args, "--quiet"], label)
         return elapsed + self.shell("true")  # the same trailing sync as the peers
+
+
+def median_of(b: Bench, measure: Callable[[], float], cleanup: Callable[[], None] | None = None) -> float:
+    """Median of ``b.repeat`` runs (the disk's writeback state makes single runs noisy)."""
+    times = []
+    for _ in range(b.repeat):
+        times.append(measure())
+        if cleanup is not None:
+            cleanup()
+    return statistics.median(times)
 
 
 def make_input(path: Path, size: int) -> None:
@@ -103,35 +116,35 @@ def q(path: object) -> str:
 
 def section_split_assemble_verify(b: Bench, src: Path) -> None:
     core = b.work / "core"
-    core.mkdir()
+    copy = b.work / "copy.bin"
+    chunks_dir = b.work / "chunks"
     warm(src)
-    t_core = b.shell(f"split -b 1900000000 -d {q(src)} {q(core)}/c. && sha256sum {q(core)}/c.* >/dev/null "
-                     f"&& sha256sum {q(src)} >/dev/null")
-    t_cat = b.shell(f"cat {q(src)} > {q(b.work / 'copy.bin')}")
-    os.remove(b.work / "copy.bin")
-    warm(src)
-    t_split = b.teadist("split", str(src), "--out", str(b.work / "chunks"), label="split")
+    t_core = b.shell(f"mkdir -p {q(core)} && split -b 1900000000 -d {q(src)} {q(core)}/c. && "
+                     f"sha256sum {q(core)}/c.* >/dev/null && sha256sum {q(src)} >/dev/null")
+    shutil.rmtree(core)
+    t_cat = median_of(b, lambda: b.shell(f"cat {q(src)} > {q(copy)}"), lambda: os.remove(copy))
+    t_split = median_of(b, lambda: b.teadist("split", str(src), "--out", str(chunks_dir), label="split"),
+                        lambda: shutil.rmtree(chunks_dir))
+    b.teadist("split", str(src), "--out", str(chunks_dir), label="split")
     b.rows.append(Row("split", t_split, "split -b + sha256sum (chunks, whole)", t_core, "≤ 0.35×", 0.35))
     b.rows.append(Row("split", t_split, "cat copy", t_cat, "≤ 1.2×", 1.2))
-    shutil.rmtree(core)
 
-    manifest = b.work / "chunks" / (src.name + ".manifest.json")
-    chunks = sorted(str(p) for p in (b.work / "chunks").glob(src.name + ".part-*"))
-    quoted = " ".join(q(c) for c in chunks)
-    t_cat_chunks = b.shell(f"cat {quoted} > {q(b.work / 'cat.bin')}")
-    os.remove(b.work / "cat.bin")
-    t_cat_sum = b.shell(f"cat {quoted} > {q(b.work / 'cat.bin')} && sha256sum {q(b.work / 'cat.bin')} >/dev/null")
-    os.remove(b.work / "cat.bin")
+    manifest = chunks_dir / (src.name + ".manifest.json")
+    quoted = " ".join(q(c) for c in sorted(chunks_dir.glob(src.name + ".part-*")))
+    t_cat_chunks = median_of(b, lambda: b.shell(f"cat {quoted} > {q(copy)}"), lambda: os.remove(copy))
+    t_cat_sum = b.shell(f"cat {quoted} > {q(copy)} && sha256sum {q(copy)} >/dev/null")
+    os.remove(copy)
     out = b.work / "assembled" / src.name
-    t_asm = b.teadist("assemble", str(manifest), "--out", str(out), label="assemble")
+    t_asm = median_of(b, lambda: b.teadist("assemble", str(manifest), "--out", str(out), label="assemble"),
+                      lambda: os.remove(out))
     b.rows.append(Row("assemble", t_asm, "cat chunks", t_cat_chunks, "≤ 1.2×", 1.2))
     b.rows.append(Row("assemble", t_asm, "cat chunks + sha256sum", t_cat_sum, "(info)", float("inf")))
 
-    warm(out)
-    t_sum = b.run(["sha256sum", str(out)])
-    t_verify = b.teadist("verify", str(out), "--manifest", str(manifest), label="verify")
+    warm(src)
+    t_sum = median_of(b, lambda: b.run(["sha256sum", str(src)]))
+    t_verify = median_of(b, lambda: b.teadist("verify", str(src), "--manifest", str(manifest), label="verify"))
     b.rows.append(Row("verify", t_verify, "sha256sum", t_sum, "≤ 0.15×", 0.15))
-    os.remove(out)
+    shutil.rmtree(chunks_dir)
 
 
 SECTIONS: dict[str, Callable[[Bench, Path], None]] = {
@@ -162,13 +175,14 @@ def main() -> None:
     parser.add_argument("--size", default="3GiB", help="input size (default 3GiB)")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--all", action="store_true", help="run every section")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run this section")
     args = parser.parse_args()
     size = parse_size(args.size)
     base = args.dir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="teadist-bench-", dir=base) as tmp:
-        b = Bench(Path(tmp), size)
+        b = Bench(Path(tmp), size, repeat=args.repeat)
         src = b.work / "model.gguf"
         print(f"generating {size} bytes in {src} ...", file=sys.stderr)
         make_input(src, size)

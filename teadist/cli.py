@@ -392,6 +392,185 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
             print(p)
 
 
+# -- fetch and the registry ----------------------------------------------------------------------
+def _downloader(settings: Settings, reporter: Reporter) -> Any:
+    from teadist.download import Downloader, RetryPolicy
+
+    return Downloader(reporter, RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
+                                            stall_timeout=settings.stall_timeout))
+
+
+def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
+    from teadist.fetch import FetchOptions
+    from teadist.hub import DEFAULT_ENDPOINT, is_official_endpoint
+
+    endpoint = settings.hf_endpoint or DEFAULT_ENDPOINT
+    token = settings.hf_token
+    if token is None and is_official_endpoint(endpoint) and not settings.offline:
+        from teadist.hub import saved_token
+
+        token = saved_token()
+    return FetchOptions(endpoint=endpoint, token=token, offline=settings.offline, jobs=jobs, source=source)
+
+
+@app.command()
+def fetch(
+    model: Annotated[str, typer.Argument(
+        help="Registry name (phi-4-mini, phi-4-mini:q4_k_m), hf://ORG/REPO/FILE[@REV], or a manifest URL/path.")],
+    source: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--source", help="Use only this source: 1-based index, 'hf', 'url' or a URL prefix.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, help="Parallel chunk downloads.")] = 4,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Use the cache only [env: TEA_OFFLINE=1 or HF_HUB_OFFLINE=1].")] = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a model, verify its SHA-256 and install it in the TEA model cache.
+
+    \b
+    Resumes after an interruption, retries with backoff, falls back to the next source on
+    a network error, a 404 or a hash mismatch, and prints the installed path.
+    \b
+    Examples:
+      teadist fetch phi-4-mini
+      teadist fetch phi-4-mini:q4_k_m
+      teadist fetch hf://ggml-org/tiny-llamas/stories260K.gguf
+      teadist fetch https://github.com/OWNER/REPO/releases/download/v1.0.0/model-manifest.json
+    """
+    from teadist.fetch import fetch as run_fetch
+
+    settings = _settings(cache_dir, offline=True if offline else None)
+    reporter = _reporter(quiet, as_json)
+    result = run_fetch(model, _cache(settings), _fetch_options(settings, jobs, source), reporter,
+                       _downloader(settings, reporter))
+    if as_json:
+        _emit_json({"path": str(result.path), "name": result.name, "sha256": result.sha256, "size": result.size,
+                    "already_present": result.already_present, "source": result.source})
+        return
+    if result.already_present:
+        reporter.info(f"{result.name} is already in the cache (verified {result.sha256[:16]}…)")
+    else:
+        reporter.info(f"installed {result.name} ({format_size(result.size)}), sha256 verified")
+    print(result.path)
+
+
+@app.command()
+def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List the models of the registry, their size and whether they are cached.
+
+    \b
+    Example:
+      teadist models
+    """
+    from teadist import registry
+
+    cache = _cache(_settings(cache_dir))
+    rows: list[dict[str, Any]] = []
+    for m in registry.entries():
+        record = cache.read_record(m.file.name)
+        rows.append({"model": m.reference + (" (default)" if m.tag and m.default_tag else ""),
+                     "reference": m.reference, "file": m.file.name, "size": m.file.size,
+                     "sha256": m.file.sha256, "pinned": m.is_pinned,
+                     "cached": record is not None and cache.path_for(m.file.name).is_file()})
+    if as_json:
+        _emit_json(rows)
+        return
+    print(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} FILE")
+    for row in rows:
+        size = format_size(row["size"]) if row["size"] is not None else "unpinned"
+        print(f"{row['model']:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['file']}")
+
+
+@app.command()
+def du(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the space each cached model uses, partial downloads, and free disk space.
+
+    \b
+    Example:
+      teadist du
+    """
+    from teadist.fsutil import free_bytes
+
+    cache = _cache(_settings(cache_dir))
+    models_ = [(r.name, r.filename, cache.path_for(r.filename).stat().st_size) for r in cache.records()]
+    partial = sum(p.stat().st_size for p in cache.partials())
+    free = free_bytes(cache.root)
+    total = sum(size for _, _, size in models_)
+    if as_json:
+        _emit_json({"cache": str(cache.root), "models": [{"name": n, "file": f, "size": s} for n, f, s in models_],
+                    "partials": partial, "total": total, "free": free})
+        return
+    for name, filename, size in models_:
+        print(f"{format_size(size):>10}  {name}  ({filename})")
+    print(f"{format_size(partial):>10}  partial downloads")
+    print(f"{format_size(total + partial):>10}  total in {cache.root}")
+    print(f"{format_size(free):>10}  free on disk")
+
+
+@app.command()
+def prune(
+    max_size: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--max-size", help="Evict least recently used models until the cache fits, e.g. 20G.")] = None,
+    partials: Annotated[bool, typer.Option("--partials", help="Remove stale partial downloads.")] = False,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Free space in the model cache.
+
+    \b
+    Examples:
+      teadist prune --max-size 20G
+      teadist prune --partials
+    """
+    from teadist.prune import prune_lru, prune_partials
+    from teadist.sizes import parse_size
+
+    if max_size is None and not partials:
+        raise _usage("say what to prune: --max-size SIZE and/or --partials")
+    cache = _cache(_settings(cache_dir))
+    removed: list[str] = []
+    if partials:
+        removed += [str(p) for p in prune_partials(cache)]
+    if max_size is not None:
+        removed += [str(p) for p in prune_lru(cache, parse_size(max_size))]
+    if as_json:
+        _emit_json({"removed": removed})
+    else:
+        for path_ in removed:
+            print(path_)
+        print(f"removed {len(removed)} files", file=sys.stderr)
+
+
+registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("pin")
+def registry_pin(
+    name: Annotated[str, typer.Argument(help="Registry model, e.g. gemma-3n-e4b or phi-4-mini:q4_k_m.")],
+    write: Annotated[bool, typer.Option("--write", help="Update the registry file in place.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fill a registry entry's missing revision, size and sha256 from the Hub API.
+
+    \b
+    A pinned value the Hub disagrees with is an error (exit 3), never silently replaced.
+    \b
+    Example:
+      teadist registry pin gemma-3n-e4b --write
+    """
+    from teadist.pin import pin_entry
+
+    settings = _settings()
+    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write)
+    if as_json:
+        _emit_json(pinned)
+    else:
+        for key, value in pinned.items():
+            print(f"{key + ':':<10}{value}")
+
+
 @app.command()
 def demo(
     keep: Annotated[Optional[Path], typer.Option(  # noqa: UP045

@@ -14,14 +14,19 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
-BUFFER_SIZE = 8 * 1024 * 1024
-PIPELINE_DEPTH = 4
+# Many small windows smooth over the writer's bursts (dirty-page throttling) at fixed memory.
+BUFFER_SIZE = 4 * 1024 * 1024
+PIPELINE_DEPTH = 12
+HASH_BUFFER_SIZE = 8 * 1024 * 1024
 HASH_WORKERS = 2
 
 Sink = Callable[[memoryview], object]
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the window in with one call
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class TruncatedInput(Exception):
@@ -105,7 +110,7 @@ class PipelinedCopier:
                 self._drain(slot)
                 n = min(self._buffer_size, end - pos)
                 aligned = pos - pos % mmap.ALLOCATIONGRANULARITY
-                mapping = mmap.mmap(fd, n + pos - aligned, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                mapping = mmap.mmap(fd, n + pos - aligned, flags=mmap.MAP_SHARED,
                                     prot=mmap.PROT_READ, offset=aligned)
                 whole_view = memoryview(mapping)
                 view = whole_view[pos - aligned:]
@@ -122,7 +127,7 @@ class PipelinedCopier:
 
     def copy(
         self,
-        src: BinaryIO,
+        src: Readable,
         length: int,
         sinks: Sequence[Sink],
         advance: Callable[[int], None] | None = None,
@@ -138,7 +143,7 @@ class PipelinedCopier:
                 buf = self._buffers[slot]
                 want = min(len(buf), length - copied)
                 view = memoryview(buf)[:want]
-                got = src.readinto(view)  # type: ignore[attr-defined]
+                got = src.readinto(view)
                 if not got:
                     break
                 self._submit(slot, view[:got], sinks)
@@ -159,7 +164,9 @@ def hash_range(path: Path, offset: int = 0, length: int | None = None,
     Reading and hashing overlap (a one-sink pipeline), so this runs at hashing speed.
     """
     digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=1) as copier:
+    # Depth 2 suffices for one sink (map the next window while hashing this one) and keeps
+    # parallel verification's resident memory low.
+    with open(path, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=1, buffer_size=HASH_BUFFER_SIZE, depth=2) as copier:
         if length is None:
             length = max(0, os.fstat(fh.fileno()).st_size - offset)
         with_fadvise(fh.fileno(), offset, length)

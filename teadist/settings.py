@@ -6,9 +6,12 @@ Library functions take explicit parameters; only the CLI calls ``resolve_setting
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_MODELS_DIR = Path("~/.cache/tea/models")
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
@@ -23,6 +26,10 @@ class Settings:
     appdir: str | None
     hf_endpoint: str | None
     debug: bool
+    hf_token: str | None = None
+    retries: int = 6
+    retry_backoff: float = 0.5
+    stall_timeout: float = 30.0
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -43,7 +50,18 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
         appdir=env.get("APPDIR") or None,
         hf_endpoint=endpoint.rstrip("/") if endpoint else None,
         debug=debug or env_flag(env, "TEADIST_DEBUG"),
+        hf_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
+        retries=_number(env, "TEADIST_RETRIES", 6, int),
+        retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, float),
+        stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, float),
     )
+
+
+def _number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
+    try:
+        return kind(env[name]) if env.get(name) else default
+    except ValueError:
+        return default
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:

@@ -1,0 +1,275 @@
+"""``teadist fetch``: resolve what the user named, download it verified, install it in the cache.
+
+What can be fetched: a registry name (``phi-4-mini``, ``phi-4-mini:q4_k_m``), a Hub path
+(``hf://org/repo/file.gguf[@revision]``), or a manifest by URL or path (single-file or chunked).
+Sources listed in a manifest are tried in order, falling back on a network error, a 404 or a
+hash mismatch. Everything is done under a per-target lock, so concurrent fetches of one model
+download it once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urljoin, urlsplit
+
+from teadist.cache import ModelCache, target_lock
+from teadist.download import Auth, Downloader, origin
+from teadist.errors import (
+    IntegrityError,
+    ManifestError,
+    NotFoundError,
+    OfflineError,
+    SourceError,
+    TeadistError,
+    UsageError,
+)
+from teadist.manifest import FileRecord, HfSource, Manifest, Source, UrlSource, parse_manifest
+from teadist.progress import Reporter
+
+MANIFEST_FETCH_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass
+class Target:
+    """What to install: a manifest plus where relative chunk names resolve (a URL or a folder)."""
+
+    manifest: Manifest
+    origin: str
+    base_url: str | None = None
+    base_dir: Path | None = None
+
+
+@dataclass
+class FetchOptions:
+    endpoint: str
+    token: str | None = None
+    offline: bool = False
+    jobs: int = 4
+    source: str | None = None
+
+
+@dataclass
+class FetchResult:
+    path: Path
+    name: str
+    sha256: str
+    size: int
+    already_present: bool
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_hf_spec(spec: str) -> HfSource:
+    """``hf://org/repo/path/in/repo.gguf[@revision]``."""
+    rest = spec.removeprefix("hf://")
+    rest, _, revision = rest.partition("@")
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise UsageError(f"invalid Hub path {spec!r}", hint="use hf://ORG/REPO/FILE.gguf[@REVISION]")
+    return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
+
+
+def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
+    from teadist import registry
+    from teadist.manifest import load_manifest
+    from teadist.split import default_model_name
+
+    if spec.startswith("hf://"):
+        source = parse_hf_spec(spec)
+        file_name = source.path.rsplit("/", 1)[-1]
+        manifest = Manifest(name=default_model_name(file_name), file=FileRecord(file_name, None, None),
+                            format="single", sources=[source])
+        return Target(manifest, spec)
+    if spec.startswith(("http://", "https://")):
+        if offline:
+            raise OfflineError(f"offline: cannot download the manifest {spec}")
+        raw = _get_small(downloader, spec)
+        return Target(parse_manifest(raw, spec), spec, base_url=urljoin(spec, "."))
+    path = Path(spec)
+    if path.is_file():
+        return Target(load_manifest(path), str(path), base_dir=path.parent.resolve())
+    if "/" in spec or spec.endswith(".json"):
+        raise NotFoundError(f"manifest not found: {spec}")
+    return Target(registry.lookup(spec), f"registry:{spec}")
+
+
+def _get_small(downloader: Downloader, url: str) -> bytes:
+    import requests
+
+    try:
+        resp = downloader.session.get(url, timeout=(10, 30), stream=True)
+    except requests.exceptions.RequestException as exc:
+        raise SourceError(f"cannot download the manifest from {urlsplit(url).netloc} ({type(exc).__name__})") from None
+    with resp:
+        if resp.status_code == 404:
+            raise NotFoundError(f"manifest not found: {url}")
+        if resp.status_code != 200:
+            raise SourceError(f"{urlsplit(url).netloc} answered HTTP {resp.status_code} for the manifest")
+        data = resp.raw.read(MANIFEST_FETCH_LIMIT + 1)
+    if len(data) > MANIFEST_FETCH_LIMIT:
+        raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+    return bytes(data)
+
+
+def _select_sources(sources: list[Source], forced: str | None) -> list[Source]:
+    if forced is None:
+        return sources
+    if forced.isdigit():
+        index = int(forced) - 1
+        if not 0 <= index < len(sources):
+            raise UsageError(f"--source {forced}: the manifest lists {len(sources)} sources")
+        return [sources[index]]
+    kind = {"hf": HfSource, "hub": HfSource, "url": UrlSource, "mirror": UrlSource}.get(forced)
+    chosen = [s for s in sources if (kind is not None and isinstance(s, kind))
+              or (isinstance(s, UrlSource) and s.url.startswith(forced))]
+    if not chosen:
+        raise UsageError(f"--source {forced}: no such source in the manifest",
+                         hint="use a 1-based index, 'hf', 'url' or a URL prefix")
+    return chosen
+
+
+def describe(source: Source) -> str:
+    if isinstance(source, HfSource):
+        return f"hf://{source.repo}/{source.path}" + (f"@{source.revision}" if source.revision else "")
+    return source.url
+
+
+def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+          downloader: Downloader | None = None) -> FetchResult:
+    downloader = downloader or Downloader(reporter)
+    target = resolve_target(spec, downloader, options.offline)
+    manifest = target.manifest
+    dest = cache.path_for(manifest.file.name)
+    cached = _cached(cache, manifest, dest)
+    if cached is not None:
+        return cached
+    if options.offline:
+        raise OfflineError(f"offline: {manifest.reference} ({manifest.file.name}) is not in the cache {cache.root}",
+                           hint="fetch it once with the network, or copy it into the cache")
+    with target_lock(dest):
+        cached = _cached(cache, manifest, dest)  # another process may have finished it meanwhile
+        if cached is not None:
+            return cached
+        if manifest.format == "single":
+            return _fetch_single(target, dest, cache, options, reporter, downloader)
+        if manifest.format == "bytes":
+            return _fetch_chunks(target, dest, cache, options, reporter, downloader)
+        raise UsageError(f"manifest format {manifest.format!r} cannot be fetched by this teadist")
+
+
+def _cached(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | None:
+    record = cache.read_record(dest.name)
+    if record is None or not dest.is_file():
+        return None
+    sha, size = manifest.file.sha256, manifest.file.size
+    if sha is not None and size is not None:
+        if not cache.is_current(record, sha, size):
+            return None
+    elif record.mtime_ns != dest.stat().st_mtime_ns or record.size != dest.stat().st_size:
+        return None  # unpinned: trust only a record that still describes the file on disk
+    cache.touch(record)
+    return FetchResult(dest, record.name, record.sha256, record.size, True, record.source)
+
+
+def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+                  downloader: Downloader) -> FetchResult:
+    from teadist import hub
+
+    manifest = target.manifest
+    sources = _select_sources(manifest.sources, options.source)
+    if not sources:
+        raise ManifestError(f"{target.origin}: the manifest lists no source for {manifest.file.name}")
+    last: TeadistError | None = None
+    for index, source in enumerate(sources):
+        label = describe(source)
+        try:
+            sha, size = manifest.file.sha256, manifest.file.size
+            auth = None
+            if isinstance(source, HfSource):
+                remote = hub.resolve(source, options.endpoint, options.token)
+                if sha is not None and remote.sha256 is not None and remote.sha256 != sha:
+                    raise IntegrityError(f"the Hub's sha256 for {source.path} ({remote.sha256[:16]}…) differs "
+                                         f"from the pinned one ({sha[:16]}…)")
+                if size is not None and remote.size is not None and remote.size != size:
+                    raise IntegrityError(f"the Hub's size for {source.path} ({remote.size}) differs from the "
+                                         f"pinned {size}")
+                sha, size, url = sha or remote.sha256, size or remote.size, remote.url
+                if remote.token_origin and options.token:
+                    auth = Auth(origin(remote.token_origin), f"Bearer {options.token}")
+                if remote.commit:
+                    label += f" (commit {remote.commit[:12]})"
+            else:
+                url = source.url
+            if sha is None:
+                raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
+                                     "refusing an unverifiable download")
+            reporter.info(f"fetching {manifest.file.name} from {label}")
+            digest, got = downloader.fetch(url, dest, size, sha, auth=auth, label=manifest.file.name)
+            record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source))
+            return FetchResult(dest, record.name, digest, got, False, record.source)
+        except (SourceError, NotFoundError, IntegrityError) as exc:
+            last = exc
+            if index + 1 < len(sources):
+                reporter.warn(f"source {describe(source)} failed: {exc.message}; trying the next source")
+    assert last is not None
+    raise last
+
+
+def _chunk_urls(target: Target, name: str, listed: tuple[str, ...]) -> list[str]:
+    urls = list(listed)
+    if target.base_url:
+        urls.append(target.base_url + quote(name))
+    return urls
+
+
+def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+                  downloader: Downloader) -> FetchResult:
+    from teadist.assemble import assemble_chunks
+
+    manifest = target.manifest
+    assert manifest.file.sha256 is not None and manifest.file.size is not None
+    local = target.base_dir
+    if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
+        result = assemble_chunks(manifest, local, dest, reporter, cache=cache, source=target.origin)
+        return FetchResult(dest, manifest.reference, result.sha256, result.size, False, target.origin)
+    staging = cache.meta / "staging" / manifest.file.sha256[:16]
+    staging.mkdir(parents=True, exist_ok=True)
+    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
+
+    def get(chunk_index: int) -> None:
+        chunk = manifest.chunks[chunk_index]
+        path = staging / chunk.name
+        if path.is_file() and path.stat().st_size == chunk.size:
+            from teadist.hashing import hash_range
+
+            if hash_range(path)[0] == chunk.sha256:
+                return
+        if local is not None and (local / chunk.name).is_file():
+            shutil.copyfile(local / chunk.name, path)
+            return
+        urls = _chunk_urls(target, chunk.name, chunk.urls)
+        if options.source is not None and not options.source.isdigit() and options.source not in ("url", "mirror"):
+            urls = [u for u in urls if u.startswith(options.source)] or urls
+        if not urls:
+            raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
+        last: TeadistError | None = None
+        for n, url in enumerate(urls):
+            try:
+                downloader.fetch(url, path, chunk.size, chunk.sha256, label=chunk.name)
+                return
+            except (SourceError, NotFoundError, IntegrityError) as exc:
+                last = exc
+                if n + 1 < len(urls):
+                    reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL")
+        assert last is not None
+        raise last
+
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        for future in [pool.submit(get, i) for i in range(len(manifest.chunks))]:
+            future.result()
+    result = assemble_chunks(manifest, staging, dest, reporter, cache=cache, source=target.origin)
+    shutil.rmtree(staging, ignore_errors=True)
+    return FetchResult(dest, manifest.reference, result.sha256, result.size, False, target.origin)

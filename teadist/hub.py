@@ -1,0 +1,97 @@
+"""The Hugging Face Hub adapter: the only module that imports huggingface_hub.
+
+huggingface_hub resolves the endpoint, auth, revision → commit and the LFS sha256/size; the
+bytes come through teadist's own downloader (huggingface_hub neither verifies SHA-256 nor
+resumes across runs — FACTS.md). Its errors are turned into teadist errors here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from teadist.errors import NotFoundError, SourceError
+from teadist.manifest import HfSource
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A Hub file resolved to a commit: its pinned URL, size, sha256 and where a token may go."""
+
+    url: str
+    size: int | None
+    sha256: str | None
+    commit: str | None
+    token_origin: str | None  # the endpoint URL whose origin may receive the token
+
+
+def is_official_endpoint(endpoint: str) -> bool:
+    host = urlsplit(endpoint).hostname or ""
+    return host == "huggingface.co" or host.endswith(".huggingface.co")
+
+
+def token_for(endpoint: str, token: str | None) -> str | None:
+    """Tokens go to huggingface.co only: never to a mirror endpoint (FACTS.md)."""
+    return token if token and is_official_endpoint(endpoint) else None
+
+
+def saved_token() -> str | None:
+    """HF_TOKEN or the token saved by `hf auth login`, as huggingface_hub finds it."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float = 20.0) -> RemoteFile:
+    """Resolve a Hub file to its commit, size and LFS sha256 (one HEAD, paths-info if needed)."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = (source.endpoint or endpoint).rstrip("/")
+    send_token = token_for(endpoint, token)
+    revision = source.revision or "main"
+    where = f"{source.repo}/{source.path}@{revision}"
+    try:
+        url = hf_hub_url(source.repo, source.path, revision=revision, endpoint=endpoint)
+        meta = get_hf_file_metadata(url, token=send_token or False, timeout=timeout, endpoint=endpoint,
+                                    retry_on_errors=True)
+        sha256 = meta.etag if meta.etag and _SHA256_RE.match(meta.etag) else None
+        size = meta.size
+        if sha256 is None:  # not an LFS etag: ask the LFS metadata
+            api = HfApi(endpoint=endpoint, token=send_token or False)
+            for info in api.get_paths_info(source.repo, [source.path], revision=meta.commit_hash or revision):
+                lfs = getattr(info, "lfs", None)
+                if getattr(info, "path", None) == source.path and lfs is not None:
+                    sha256, size = lfs.sha256, lfs.size
+        commit = meta.commit_hash
+        pinned = hf_hub_url(source.repo, source.path, revision=commit or revision, endpoint=endpoint)
+    except GatedRepoError:
+        raise SourceError(f"{source.repo} is gated on the Hub and needs an accepted licence and a token",
+                          hint="accept the terms on the model page, then set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise NotFoundError(f"Hub repository not found: {source.repo}",
+                            hint="check the name; private repositories need HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise NotFoundError(f"Hub revision not found: {where}") from None
+    except RemoteEntryNotFoundError:
+        raise NotFoundError(f"file not found on the Hub: {where}") from None
+    except OfflineModeIsEnabled:
+        raise SourceError("huggingface_hub is in offline mode (HF_HUB_OFFLINE)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
+    except Exception as exc:  # httpx2 connection errors and timeouts
+        raise SourceError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__})",
+                          hint="check the network, or use --offline for cached models") from None
+    return RemoteFile(pinned, size, sha256, commit, endpoint if send_token else None)
