@@ -84,66 +84,73 @@ def _resume_point(partial: Path, chunks: list[ChunkRecord], whole: hashlib._Hash
 
 def assemble_chunks(manifest: Manifest, chunks_dir: Path, dest: Path, reporter: Reporter,
                     cache: ModelCache | None = None, source: str = "local") -> AssembleResult:
+    """Rebuild ``dest`` from ``chunks_dir`` under the destination's lock."""
+    with target_lock(dest):
+        return assemble_chunks_locked(manifest, chunks_dir, dest, reporter, cache, source)
+
+
+def assemble_chunks_locked(manifest: Manifest, chunks_dir: Path, dest: Path, reporter: Reporter,
+                           cache: ModelCache | None = None, source: str = "local") -> AssembleResult:
+    """``assemble_chunks`` for a caller that already holds ``target_lock(dest)``."""
     if manifest.format != "bytes":
         raise UsageError(f"manifest format {manifest.format!r} cannot be assembled from byte chunks")
     sha256, size = manifest.file.sha256, manifest.file.size
     assert sha256 is not None and size is not None  # guaranteed by the manifest loader
-    with target_lock(dest):
-        if existing_is_verified(dest, sha256, size, cache, reporter):
-            if cache is not None and cache.contains(dest):
-                _record(cache, dest, manifest, source)
-            return AssembleResult(dest, sha256, size, already_present=True)
-        _check_chunks_present(manifest, chunks_dir)
-        partial = stable_partial_path(dest, sha256)
-        whole = hashlib.sha256()
-        start_chunk = resumed = 0
-        if partial.exists():
-            start_chunk, resumed = _resume_point(partial, manifest.chunks, whole)
-            if resumed:
-                reporter.info(f"resuming {dest.name} after {start_chunk} verified chunks ({resumed} bytes)")
-        ensure_free_space(dest.parent, size - resumed, dest.name)
-        task = reporter.task(f"assemble {dest.name}", size)
-        task.advance(resumed)
-        verified_end = resumed
-        try:
-            with open(partial, "ab" if resumed else "wb") as out:
-                out.truncate(resumed)
-                out.seek(resumed)
-                sink = WriteSink(out)
-                with PipelinedCopier(n_sinks=3) as copier:
-                    for chunk in manifest.chunks[start_chunk:]:
-                        digest = hashlib.sha256()
-                        with open(chunks_dir / chunk.name, "rb", buffering=0) as fin:
-                            copier.copy_file_range(fin.fileno(), 0, chunk.size,
-                                                   [whole.update, digest.update, sink], task.advance)
-                        if digest.hexdigest() != chunk.sha256:
-                            raise IntegrityError(
-                                f"chunk {chunk.name} does not match its sha256 in the manifest "
-                                f"(got {digest.hexdigest()[:16]}…, expected {chunk.sha256[:16]}…)",
-                                hint="download that chunk again")
-                        verified_end += chunk.size
-        except IntegrityError:
-            # The partial now ends in bad bytes; keep only the verified prefix for a re-run.
-            os.truncate(partial, verified_end)
-            raise
-        except TruncatedInput as exc:
-            raise IntegrityError(f"a chunk shrank while it was being read ({exc})") from None
-        except OSError as exc:
-            if is_disk_full(exc):
-                remove_quietly(partial)
-                raise TeadistError(f"disk full while writing {dest}",
-                                   hint=f"free at least {size} bytes in {dest.parent}") from None
-            raise
-        finally:
-            task.close()
-        if whole.hexdigest() != sha256:
-            remove_quietly(partial)
-            raise IntegrityError(f"assembled {dest.name} does not match the manifest's sha256 "
-                                 f"(got {whole.hexdigest()[:16]}…, expected {sha256[:16]}…)")
-        commit_file(partial, dest)
+    if existing_is_verified(dest, sha256, size, cache, reporter):
         if cache is not None and cache.contains(dest):
             _record(cache, dest, manifest, source)
-        return AssembleResult(dest, sha256, size, already_present=False, resumed_bytes=resumed)
+        return AssembleResult(dest, sha256, size, already_present=True)
+    _check_chunks_present(manifest, chunks_dir)
+    partial = stable_partial_path(dest, sha256)
+    whole = hashlib.sha256()
+    start_chunk = resumed = 0
+    if partial.exists():
+        start_chunk, resumed = _resume_point(partial, manifest.chunks, whole)
+        if resumed:
+            reporter.info(f"resuming {dest.name} after {start_chunk} verified chunks ({resumed} bytes)")
+    ensure_free_space(dest.parent, size - resumed, dest.name)
+    task = reporter.task(f"assemble {dest.name}", size)
+    task.advance(resumed)
+    verified_end = resumed
+    try:
+        with open(partial, "ab" if resumed else "wb") as out:
+            out.truncate(resumed)
+            out.seek(resumed)
+            sink = WriteSink(out)
+            with PipelinedCopier(n_sinks=3) as copier:
+                for chunk in manifest.chunks[start_chunk:]:
+                    digest = hashlib.sha256()
+                    with open(chunks_dir / chunk.name, "rb", buffering=0) as fin:
+                        copier.copy_file_range(fin.fileno(), 0, chunk.size,
+                                               [whole.update, digest.update, sink], task.advance)
+                    if digest.hexdigest() != chunk.sha256:
+                        raise IntegrityError(
+                            f"chunk {chunk.name} does not match its sha256 in the manifest "
+                            f"(got {digest.hexdigest()[:16]}…, expected {chunk.sha256[:16]}…)",
+                            hint="download that chunk again")
+                    verified_end += chunk.size
+    except IntegrityError:
+        # The partial now ends in bad bytes; keep only the verified prefix for a re-run.
+        os.truncate(partial, verified_end)
+        raise
+    except TruncatedInput as exc:
+        raise IntegrityError(f"a chunk shrank while it was being read ({exc})") from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            remove_quietly(partial)
+            raise TeadistError(f"disk full while writing {dest}",
+                               hint=f"free at least {size} bytes in {dest.parent}") from None
+        raise
+    finally:
+        task.close()
+    if whole.hexdigest() != sha256:
+        remove_quietly(partial)
+        raise IntegrityError(f"assembled {dest.name} does not match the manifest's sha256 "
+                             f"(got {whole.hexdigest()[:16]}…, expected {sha256[:16]}…)")
+    commit_file(partial, dest)
+    if cache is not None and cache.contains(dest):
+        _record(cache, dest, manifest, source)
+    return AssembleResult(dest, sha256, size, already_present=False, resumed_bytes=resumed)
 
 
 def _record(cache: ModelCache, dest: Path, manifest: Manifest, source: str) -> None:

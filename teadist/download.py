@@ -116,21 +116,26 @@ class Downloader:
         if size is not None:
             have = partial.stat().st_size if partial.exists() else 0
             ensure_free_space(dest.parent, max(0, size - have), label)
-        task = self.reporter.task(label, size)
-        try:
-            digest, total = self._fetch_with_retries(url, partial, sidecar, size, auth, label, task.advance)
-        finally:
-            task.close()
-        if size is not None and total != size:
+        for attempt in (1, 2):  # a hash mismatch gets one fresh download before it counts
+            task = self.reporter.task(label, size)
+            try:
+                digest, total = self._fetch_with_retries(url, partial, sidecar, size, auth, label, task.advance)
+            finally:
+                task.close()
+            problem = None
+            if size is not None and total != size:
+                problem = IntegrityError(f"{label}: got {total} bytes, expected {size}")
+            elif sha256 is not None and digest != sha256:
+                problem = IntegrityError(f"{label}: sha256 mismatch from {_host(url)} "
+                                         f"(got {digest[:16]}…, expected {sha256[:16]}…)",
+                                         hint="the source is corrupt or was changed; try another --source")
+            if problem is None:
+                break
             remove_quietly(partial)
             remove_quietly(sidecar)
-            raise IntegrityError(f"{label}: got {total} bytes, expected {size}")
-        if sha256 is not None and digest != sha256:
-            remove_quietly(partial)
-            remove_quietly(sidecar)
-            raise IntegrityError(f"{label}: sha256 mismatch from {_host(url)} "
-                                 f"(got {digest[:16]}…, expected {sha256[:16]}…)",
-                                 hint="the source is corrupt or was changed; try another --source")
+            if attempt == 2:
+                raise problem
+            self.reporter.warn(f"{problem.message}; downloading it again")
         commit_file(partial, dest)
         remove_quietly(sidecar)
         return digest, total
@@ -240,7 +245,7 @@ class Downloader:
                     have = 0
                 declared = resp.headers.get("Content-Length")
                 if size is not None and declared is not None and declared.isdigit() and int(declared) != size:
-                    raise SourceError(f"{_host(url)} announces {declared} bytes, expected {size}")
+                    raise _Retry(f"{_host(url)} announced {declared} bytes, expected {size}")
             else:
                 raise SourceError(f"{_host(url)} answered HTTP {status}")
             _write_sidecar(sidecar, {"url_host": _host(url), "etag": etag or saved.get("etag")})
@@ -271,16 +276,36 @@ class _ReadFailed(Exception):
 
 
 class _Reader:
-    """``readinto`` over a urllib3 response, turning its errors into one type."""
+    """``readinto`` over a urllib3 response that returns what has arrived.
 
-    def __init__(self, raw: Any) -> None:
+    It gathers ``read1`` pieces up to ``min_fill`` bytes (fewer, larger pipeline steps), and
+    when a read fails after some bytes arrived it returns those first and raises on the next
+    call — so a stalled or cut transfer still leaves every received byte on disk for a resume.
+    """
+
+    def __init__(self, raw: Any, min_fill: int = 256 * 1024) -> None:
         self._raw = raw
+        self._min_fill = min_fill
+        self._pending_error: BaseException | None = None
 
     def readinto(self, view: memoryview) -> int:
-        try:
-            return int(self._raw.readinto(view))
-        except Exception as exc:
-            raise _ReadFailed(_reason(exc)) from exc
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise _ReadFailed(_reason(error)) from error
+        filled = 0
+        while filled < min(self._min_fill, len(view)):
+            try:
+                piece = self._raw.read1(len(view) - filled)
+            except Exception as exc:
+                if filled:
+                    self._pending_error = exc
+                    return filled
+                raise _ReadFailed(_reason(exc)) from exc
+            if not piece:
+                break
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+        return filled
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:

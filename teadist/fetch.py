@@ -227,7 +227,7 @@ def _chunk_urls(target: Target, name: str, listed: tuple[str, ...]) -> list[str]
 
 def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
                   downloader: Downloader) -> FetchResult:
-    from teadist.assemble import assemble_chunks
+    from teadist.assemble import assemble_chunks_locked as assemble_chunks
 
     manifest = target.manifest
     assert manifest.file.sha256 is not None and manifest.file.size is not None

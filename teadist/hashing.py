@@ -20,7 +20,6 @@ from typing import Protocol
 BUFFER_SIZE = 4 * 1024 * 1024
 PIPELINE_DEPTH = 12
 HASH_BUFFER_SIZE = 8 * 1024 * 1024
-HASH_WORKERS = 2
 
 Sink = Callable[[memoryview], object]
 
@@ -166,7 +165,8 @@ def hash_range(path: Path, offset: int = 0, length: int | None = None,
     digest = hashlib.sha256()
     # Depth 2 suffices for one sink (map the next window while hashing this one) and keeps
     # parallel verification's resident memory low.
-    with open(path, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=1, buffer_size=HASH_BUFFER_SIZE, depth=2) as copier:
+    with (open(path, "rb", buffering=0) as fh,
+          PipelinedCopier(n_sinks=1, buffer_size=HASH_BUFFER_SIZE, depth=2) as copier):
         if length is None:
             length = max(0, os.fstat(fh.fileno()).st_size - offset)
         with_fadvise(fh.fileno(), offset, length)

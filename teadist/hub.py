@@ -58,6 +58,9 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         RevisionNotFoundError,
     )
 
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its retry warnings print URLs; our errors say what failed
     endpoint = (source.endpoint or endpoint).rstrip("/")
     send_token = token_for(endpoint, token)
     revision = source.revision or "main"

@@ -65,6 +65,9 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-transfer are expected here (faults, kills)
+
 
 class LoopbackServer:
     """Base: threading server on 127.0.0.1, request log, byte count and a fault queue."""

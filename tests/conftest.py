@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from teadist.cli import main
+from teadist.loopback import HubServer, MirrorServer
 from teadist.tinymodel import make_tiny_model
 from tests.helpers import Result, write_random
 
@@ -83,3 +84,39 @@ def make_file(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
         return path
 
     yield make
+
+
+SECRET = "hf_MARKER_TOKEN_do_not_leak_123"
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEADIST_RETRY_BACKOFF", "0.01")
+    monkeypatch.setenv("TEADIST_STALL_TIMEOUT", "1.5")
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_model: Path) -> Path:
+    """A folder the mirror/CDN serves, holding a copy of the tiny model."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "tiny.gguf").write_bytes(tiny_model.read_bytes())
+    return folder
+
+
+@pytest.fixture
+def mirror(served: Path) -> Iterator[MirrorServer]:
+    with MirrorServer(served) as server:
+        assert isinstance(server, MirrorServer)
+        yield server
+
+
+@pytest.fixture
+def hub(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None) -> Iterator[HubServer]:
+    """A Hub-compatible server redirecting file GETs to the mirror as a CDN; HF_ENDPOINT points at it."""
+    with HubServer(cdn=mirror) as server:
+        assert isinstance(server, HubServer)
+        server.add_repo("org/repo", {"tiny.gguf": served / "tiny.gguf"}, commit="c" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", SECRET)
+        yield server

@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from teadist.loopback import Fault, HubServer, MirrorServer
+from teadist.manifest import FileRecord, HfSource, Manifest, UrlSource, dump_manifest
+from teadist.progress import NullReporter
+from teadist.split import split_file
+from tests.conftest import SECRET, TEADIST_BIN
+from tests.helpers import Result, files_in
+
+HF_SPEC = "hf://org/repo/tiny.gguf"
+
+
+def sha(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert SECRET not in text
+
+
+def assert_cache_clean(models_dir: Path, expected_sha: str | None) -> None:
+    """Either the verified file or nothing at the final path; never a corrupt model."""
+    final = models_dir / "tiny.gguf"
+    if final.exists():
+        assert expected_sha is not None and sha(final) == expected_sha
+    assert not [p for p in files_in(models_dir) if p.endswith(".gguf") and p != "tiny.gguf"]
+
+
+# -- the Hub ------------------------------------------------------------------------------------
+def test_fetch_from_hub_installs_verified_file(hub: HubServer, mirror: MirrorServer, served: Path,
+                                               models_dir: Path, cli: Callable[..., Result]) -> None:
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert result.out.strip() == str(models_dir / "tiny.gguf")
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    record = json.loads((models_dir / ".teadist" / "records" / "tiny.gguf.json").read_text())
+    assert record["sha256"] == sha(served / "tiny.gguf") and record["source"] == HF_SPEC
+    # the download was pinned to the resolved commit
+    assert any(f"/resolve/{'c' * 40}/tiny.gguf" in r.path for r in hub.requests)
+    assert mirror.bytes_sent == (served / "tiny.gguf").stat().st_size
+    again = cli("fetch", HF_SPEC, "--json")
+    assert json.loads(again.out)["already_present"] is True
+    assert mirror.bytes_sent == (served / "tiny.gguf").stat().st_size  # nothing downloaded again
+    assert_no_secret(result.out, result.err, again.out, again.err)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("hf://org/repo/missing.gguf", "file not found on the Hub"),
+    ("hf://org/nope/tiny.gguf", "repository not found"),
+    ("hf://org/repo/tiny.gguf@v9", "revision not found"),
+    ("hf://org/tiny.gguf", "invalid Hub path"),
+])
+def test_hub_errors_are_clear(hub: HubServer, spec: str, message: str, cli: Callable[..., Result]) -> None:
+    result = cli("fetch", spec)
+    assert result.code in (1, 2)
+    assert message in result.err.lower() or message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_unpinned_entry_takes_sha256_from_the_hub(hub: HubServer, served: Path, tmp_path: Path,
+                                                  models_dir: Path, cli: Callable[..., Result]) -> None:
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", None, None), format="single",
+                        sources=[HfSource("org/repo", "tiny.gguf", endpoint=hub.url)])
+    path = tmp_path / "tiny.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    result = cli("fetch", path, "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["sha256"] == sha(served / "tiny.gguf")
+
+
+def test_hub_lying_about_sha256_is_caught(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch,
+                                          fast_retries: None, models_dir: Path, cli: Callable[..., Result]) -> None:
+    with HubServer(cdn=mirror, lie_sha256=True) as liar:
+        assert isinstance(liar, HubServer)
+        liar.add_repo("org/repo", {"tiny.gguf": served / "tiny.gguf"})
+        monkeypatch.setenv("HF_ENDPOINT", liar.url)
+        result = cli("fetch", HF_SPEC)
+    assert result.code == 3 and "sha256 mismatch" in result.err
+    assert_cache_clean(models_dir, None)
+    assert not (models_dir / "tiny.gguf").exists()
+
+
+# -- the fault matrix ---------------------------------------------------------------------------
+RECOVERABLE = [
+    Fault("truncate", after=100_000),
+    Fault("reset", after=50_000),
+    Fault("status", status=500),
+    Fault("status", status=503, times=2),
+    Fault("status", status=429, retry_after=0.2),
+    Fault("stall", after=10_000, seconds=4),
+    Fault("wrong_length"),
+    Fault("ignore_range"),
+]
+
+
+@pytest.mark.parametrize("fault", RECOVERABLE, ids=lambda f: f"{f.kind}-{f.status if f.kind == 'status' else f.after}")
+@pytest.mark.parametrize("server", ["hub-cdn", "hub-direct"])
+def test_hub_fault_ends_in_verified_file(fault: Fault, server: str, hub: HubServer, mirror: MirrorServer,
+                                         served: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    if server == "hub-direct":
+        hub.cdn = None
+        hub.add_fault(fault)
+    else:
+        mirror.add_fault(fault)
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    if fault.kind != "ignore_range":
+        assert "retrying" in result.err or "restarting" in result.err or fault.kind == "wrong_length"
+    assert_no_secret(result.err)
+
+
+def test_persistent_corruption_is_refused_and_leaves_nothing(hub: HubServer, mirror: MirrorServer,
+                                                             models_dir: Path, cli: Callable[..., Result]) -> None:
+    mirror.add_fault(Fault("corrupt", offset=1234, times=100))
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 3
+    assert "sha256 mismatch" in result.err
+    assert not (models_dir / "tiny.gguf").exists()
+    assert not [p for p in files_in(models_dir) if p.endswith(".part")]
+
+
+def test_persistent_500_gives_up_with_a_clear_error(hub: HubServer, mirror: MirrorServer,
+                                                   monkeypatch: pytest.MonkeyPatch, models_dir: Path,
+                                                   cli: Callable[..., Result]) -> None:
+    monkeypatch.setenv("TEADIST_RETRIES", "3")
+    mirror.add_fault(Fault("status", status=502, times=100))
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 1
+    assert "HTTP 502" in result.err and "gave up after 3 attempts" in result.err
+    assert not (models_dir / "tiny.gguf").exists()
+
+
+def test_different_file_after_resume_restarts_cleanly(hub: HubServer, mirror: MirrorServer, served: Path,
+                                                      tmp_path: Path, models_dir: Path,
+                                                      cli: Callable[..., Result]) -> None:
+    """The partial came from one file; the server now has another (new ETag): don't splice them."""
+    from teadist.download import Downloader, partial_path_for
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(os.urandom((served / "tiny.gguf").stat().st_size))
+    dest = models_dir / "tiny.gguf"
+    dest.parent.mkdir(parents=True)
+    mirror.swapped["tiny.gguf"] = other
+    mirror.add_fault(Fault("truncate", after=200_000))
+    downloader = Downloader(NullReporter())
+    with pytest.raises(Exception):  # noqa: B017 - the truncated first attempt, retries off
+        from teadist.download import RetryPolicy
+
+        Downloader(NullReporter(), RetryPolicy(attempts=1)).fetch(mirror.url_for("tiny.gguf"), dest,
+                                                                  None, sha(served / "tiny.gguf"))
+    partial = partial_path_for(dest, sha(served / "tiny.gguf"))
+    assert partial.stat().st_size == 200_000
+    del mirror.swapped["tiny.gguf"]  # the server now serves the real file: another ETag
+    digest, _ = downloader.fetch(mirror.url_for("tiny.gguf"), dest, None, sha(served / "tiny.gguf"))
+    assert digest == sha(served / "tiny.gguf") == sha(dest)
+    assert mirror.requests[-1].headers.get("Range") is None  # restarted from zero
+
+
+# -- sources and fallback -----------------------------------------------------------------------
+def test_sources_fall_back_in_order(hub: HubServer, mirror: MirrorServer, served: Path, tmp_path: Path,
+                                    models_dir: Path, cli: Callable[..., Result]) -> None:
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size,
+                                                     sha(served / "tiny.gguf")), format="single",
+                        sources=[UrlSource(mirror.url_for("gone.gguf")), HfSource("org/repo", "tiny.gguf")])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    result = cli("fetch", path)
+    assert result.code == 0, result.err
+    assert "failed" in result.err and "trying the next source" in result.err
+    forced = cli("rm", "tiny")
+    assert forced.code == 0
+    only_url = cli("fetch", path, "--source", "1")
+    assert only_url.code == 1 and "404" in only_url.err
+
+
+# -- chunked manifests ----------------------------------------------------------------------------
+def test_fetch_chunked_manifest_by_url_in_parallel(tiny_model: Path, tmp_path: Path, fast_retries: None,
+                                                   models_dir: Path, cli: Callable[..., Result]) -> None:
+    dist = tmp_path / "dist"
+    split_file(tiny_model, dist, NullReporter(), chunk_size=64 * 1024)
+    with MirrorServer(dist) as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("reset", after=1000, path="part-00003-of-00008"))
+        server.add_fault(Fault("corrupt", offset=7, path="part-00005-of-00008"))
+        result = cli("fetch", server.url_for("tiny-llama.gguf.manifest.json"), "--jobs", "3")
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
+    assert not (models_dir / ".teadist" / "staging").exists() or not any((models_dir / ".teadist" / "staging").iterdir())
+
+
+def test_fetch_local_manifest_assembles_from_its_folder(tiny_model: Path, tmp_path: Path, models_dir: Path,
+                                                        cli: Callable[..., Result]) -> None:
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000)
+    result = cli("fetch", tmp_path / "dist" / "tiny-llama.gguf.manifest.json")
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
+
+
+# -- kill, concurrency, offline -------------------------------------------------------------------
+def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorServer, served: Path,
+                                                 models_dir: Path, console: Callable[..., Result]) -> None:
+    size = (served / "tiny.gguf").stat().st_size
+    mirror.add_fault(Fault("stall", after=size // 2, seconds=30))
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q"], env=os.environ.copy())
+    deadline = time.monotonic() + 30
+    partials: list[Path] = []
+    while time.monotonic() < deadline:
+        partials = [p for p in models_dir.glob(".tiny.gguf.*.part") if p.stat().st_size >= size // 2]
+        if partials:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partials and not (models_dir / "tiny.gguf").exists()
+    result = console("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert "resuming after" in result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    assert mirror.bytes_sent < 1.6 * size
+
+
+def test_four_concurrent_fetches_download_once(hub: HubServer, mirror: MirrorServer, served: Path,
+                                               models_dir: Path, console: Callable[..., Result]) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: console("fetch", HF_SPEC), range(4)))
+    assert [r.code for r in results] == [0, 0, 0, 0], [r.err for r in results]
+    assert {r.out.strip() for r in results} == {str(models_dir / "tiny.gguf")}
+    gets = [r for r in mirror.requests if r.method == "GET"]
+    assert len(gets) == 1
+    assert mirror.bytes_sent == (served / "tiny.gguf").stat().st_size
+    assert [p for p in files_in(models_dir) if p.endswith(".gguf")] == ["tiny.gguf"]
+
+
+@pytest.mark.parametrize("how", [["--offline"], "TEA_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_uses_the_cache_only(how: list[str] | str, hub: HubServer, models_dir: Path,
+                                     monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Result]) -> None:
+    flags = how if isinstance(how, list) else []
+    if isinstance(how, str):
+        monkeypatch.setenv(how, "1")
+    missing = cli("fetch", HF_SPEC, *flags)
+    assert missing.code == 1 and "offline" in missing.err and "tiny" in missing.err
+    assert hub.requests == []
+    monkeypatch.delenv("TEA_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert cli("fetch", HF_SPEC).code == 0
+    if isinstance(how, str):
+        monkeypatch.setenv(how, "1")
+    seen = len(hub.requests)
+    cached = cli("fetch", HF_SPEC, *flags)
+    assert cached.code == 0 and cached.out.strip() == str(models_dir / "tiny.gguf")
+    assert len(hub.requests) == seen
+
+
+def test_no_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+                                     cli: Callable[..., Result]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 1
+    assert result.err.startswith("error: cannot reach the Hub")
+    assert "Traceback" not in result.err
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+def test_token_goes_only_to_its_origin(hub: HubServer, mirror: MirrorServer, served: Path,
+                                       tmp_path: Path) -> None:
+    """Auth is bound to the Hub's origin: the CDN redirect target (same host, other port) never sees it."""
+    from teadist.download import Auth, Downloader, origin
+
+    dest = tmp_path / "out" / "tiny.gguf"
+    dest.parent.mkdir()
+    url = f"{hub.url}/org/repo/resolve/main/tiny.gguf"
+    Downloader(NullReporter()).fetch(url, dest, None, sha(served / "tiny.gguf"),
+                                     auth=Auth(origin(hub.url), f"Bearer {SECRET}"))
+    assert any(h.get("Authorization") == f"Bearer {SECRET}" for h in hub.headers_seen())
+    assert mirror.requests and all("Authorization" not in h for h in mirror.headers_seen())
+
+
+def test_token_never_reaches_a_non_hub_endpoint_or_output(hub: HubServer, mirror: MirrorServer,
+                                                          console: Callable[..., Result]) -> None:
+    mirror.add_fault(Fault("status", status=500))
+    result = console("--debug", "fetch", HF_SPEC)
+    assert result.code == 0
+    for headers in hub.headers_seen() + mirror.headers_seen():
+        assert_no_secret(json.dumps(headers))
+    assert_no_secret(result.out, result.err)
+
+
+# -- registry and cache care -----------------------------------------------------------------------
+def test_registry_lists_and_resolves_tags(cli: Callable[..., Result]) -> None:
+    from teadist import registry
+
+    assert registry.lookup("phi-4-mini").file.name == "microsoft_Phi-4-mini-instruct-Q3_K_S.gguf"
+    assert registry.lookup("phi-4-mini:q4_k_m").file.name == "microsoft_Phi-4-mini-instruct-Q4_K_M.gguf"
+    assert registry.lookup("gemma-3n-e4b").file.sha256 is None  # not known: never invented
+    q3 = registry.lookup("phi-4-mini")
+    assert q3.file.size == 1_897_332_096 and q3.file.size < 2 * 10**9
+    listing = json.loads(cli("models", "--json").out)
+    assert {row["reference"] for row in listing} >= {"phi-4-mini:q3_k_s", "phi-4-mini:q4_k_m", "gemma-3n-e4b:q4_k_m",
+                                                   "stories260k", "stories15m", "qwen2.5-0.5b:q4_k_m"}
+    unknown = cli("fetch", "no-such-model")
+    assert unknown.code == 1 and "known models" in unknown.err
+
+
+def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_path: Path,
+                      cli: Callable[..., Result]) -> None:
+    assert cli("fetch", HF_SPEC).code == 0
+    split_file(tiny_model, tmp_path / "d", NullReporter(), chunk_size=100_000)
+    assert cli("fetch", tmp_path / "d" / "tiny-llama.gguf.manifest.json").code == 0
+    stale = models_dir / ".old.gguf.0123456789abcdef.part"
+    stale.write_bytes(b"x" * 10)
+    usage = json.loads(cli("du", "--json").out)
+    assert {m["file"] for m in usage["models"]} == {"tiny.gguf", "tiny-llama.gguf"}
+    assert usage["partials"] == 10 and usage["free"] > 0
+    assert cli("prune", "--partials").code == 0
+    assert not stale.exists()
+    cli("path", "tiny")  # a use: tiny becomes the most recently used
+    size = (models_dir / "tiny.gguf").stat().st_size
+    result = cli("prune", "--max-size", str(size), "--json")
+    assert json.loads(result.out)["removed"] == [str(models_dir / "tiny-llama.gguf")]
+    assert (models_dir / "tiny.gguf").exists()
+    assert cli("prune").code == 2
