@@ -57,10 +57,10 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-
     from huggingface_hub.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # its retry warnings print URLs; our errors say what failed
+    # Its retry warnings print URLs on stderr; our own errors say what failed.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     endpoint = (source.endpoint or endpoint).rstrip("/")
     send_token = token_for(endpoint, token)
     revision = source.revision or "main"

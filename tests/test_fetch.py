@@ -200,7 +200,8 @@ def test_fetch_chunked_manifest_by_url_in_parallel(tiny_model: Path, tmp_path: P
         result = cli("fetch", server.url_for("tiny-llama.gguf.manifest.json"), "--jobs", "3")
     assert result.code == 0, result.err
     assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
-    assert not (models_dir / ".teadist" / "staging").exists() or not any((models_dir / ".teadist" / "staging").iterdir())
+    staging = models_dir / ".teadist" / "staging"
+    assert not staging.exists() or not any(staging.iterdir())
 
 
 def test_fetch_local_manifest_assembles_from_its_folder(tiny_model: Path, tmp_path: Path, models_dir: Path,
