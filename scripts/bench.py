@@ -38,6 +38,7 @@ class Row:
     peer: float
     target: str
     limit: float
+    unit: str = "s"
 
     @property
     def ratio(self) -> float:
@@ -56,25 +57,26 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     peak_rss: dict[str, int] = field(default_factory=dict)
 
-    def run(self, argv: list[str], label: str | None = None) -> float:
-        """Run a command, return wall seconds; record its peak RSS under ``label``."""
+    def run(self, argv: list[str], label: str | None = None, env: dict[str, str] | None = None) -> float:
+        """Time ``argv`` *and* a trailing ``sync`` as one command (so nobody leaves dirty pages behind);
+        record the peak RSS under ``label``."""
         subprocess.run(["sync"], check=True)  # untimed: earlier writeback must not bleed in
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(["bash", "-c", '"$@" && sync', "bash", *argv], stdout=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"command failed: {' '.join(argv)}")
-        if label:
+        if label:  # wait4 reports the largest RSS among the process and its children
             self.peak_rss[label] = max(self.peak_rss.get(label, 0), usage.ru_maxrss * 1024)
         return elapsed
 
     def shell(self, script: str) -> float:
-        return self.run(["bash", "-c", "set -e; " + script + "; sync"])
+        return self.run(["bash", "-c", "set -e; " + script])
 
-    def teadist(self, *args: str, label: str) -> float:
-        elapsed = self.run([*TEADIST, *args, "--quiet"], label)
-        return elapsed + self.shell("true")  # the same trailing sync as the peers
+    def teadist(self, *args: str, label: str, env: dict[str, str] | None = None) -> float:
+        return self.run([*TEADIST, *args, "--quiet"], label, env)
 
 
 def median_of(b: Bench, measure: Callable[[], float], cleanup: Callable[[], None] | None = None) -> float:
@@ -141,14 +143,70 @@ def section_split_assemble_verify(b: Bench, src: Path) -> None:
     b.rows.append(Row("assemble", t_asm, "cat chunks + sha256sum", t_cat_sum, "(info)", float("inf")))
 
     warm(src)
-    t_sum = median_of(b, lambda: b.run(["sha256sum", str(src)]))
+    t_sum = median_of(b, lambda: b.run(["sha256sum", str(src)]))  # (its trailing sync has nothing to do)
     t_verify = median_of(b, lambda: b.teadist("verify", str(src), "--manifest", str(manifest), label="verify"))
     b.rows.append(Row("verify", t_verify, "sha256sum", t_sum, "≤ 0.15×", 0.15))
     shutil.rmtree(chunks_dir)
 
 
+def section_fetch(b: Bench, src: Path) -> None:
+    """Fetch 1 GiB (or --size, if smaller) from the loopback Hub server: teadist vs hf_hub_download vs curl."""
+    sys.path.insert(0, str(ROOT))
+    from teadist.loopback import HubServer
+
+    size = min(b.size, 2**30)
+    model = b.work / "fetch-src" / "model.gguf"
+    model.parent.mkdir()
+    make_input(model, size)
+    with HubServer() as hub:
+        assert isinstance(hub, HubServer)
+        hub.add_repo("org/repo", {"model.gguf": model})
+        url = f"{hub.url}/org/repo/resolve/main/model.gguf"
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        models = b.work / "fetch-models"
+        hf_cache = b.work / "fetch-hf"
+        curl_out = b.work / "fetch-curl.bin"
+        warm(model)
+
+        def teadist_fetch() -> float:
+            return b.teadist("fetch", "hf://org/repo/model.gguf", "--cache-dir", str(models), label="fetch", env=env)
+
+        hf_code = (f"from huggingface_hub import hf_hub_download; hf_hub_download('org/repo', 'model.gguf', "
+                   f"cache_dir={str(hf_cache)!r}, endpoint={hub.url!r}, token=False)")
+        t_teadist = median_of(b, teadist_fetch, lambda: shutil.rmtree(models))
+        t_hf = median_of(b, lambda: b.run([sys.executable, "-c", hf_code], env=env), lambda: shutil.rmtree(hf_cache))
+        t_curl = median_of(b, lambda: b.run(["curl", "-sS", "-o", str(curl_out), url]), lambda: os.remove(curl_out))
+
+        def mbps(seconds: float) -> str:
+            return f"{size / seconds / 1e6:.0f} MB/s"
+
+        b.rows.append(Row("fetch (throughput)", t_teadist, f"hf_hub_download ({mbps(t_hf)}; teadist "
+                          f"{mbps(t_teadist)})", t_hf, "≤ 0.5× time (≥ 2× throughput)", 0.5))
+        b.rows.append(Row("fetch (throughput)", t_teadist, f"curl -o ({mbps(t_curl)})", t_curl,
+                          "≤ 1.25× time (≥ 0.8× throughput)", 1.25))
+
+        # resume: kill at 50 %, run again, count what the server sends the second time
+        proc = subprocess.Popen([*TEADIST, "fetch", "hf://org/repo/model.gguf", "-q", "--cache-dir", str(models)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None:
+            partial = [p for p in models.glob(".model.gguf.*.part")] if models.exists() else []
+            if partial and partial[0].stat().st_size >= size // 2:
+                proc.kill()
+                break
+            time.sleep(0.002)
+        proc.wait()
+        before = hub.bytes_sent
+        b.teadist("fetch", "hf://org/repo/model.gguf", "--cache-dir", str(models), label="fetch", env=env)
+        resent = hub.bytes_sent - before
+        b.rows.append(Row("fetch resume after kill at 50 %", resent / size, "bytes sent again ÷ file size",
+                          1.0, "≤ 0.6×", 0.6, unit=""))
+    shutil.rmtree(model.parent)
+
+
 SECTIONS: dict[str, Callable[[Bench, Path], None]] = {
     "split-assemble-verify": section_split_assemble_verify,
+    "fetch": section_fetch,
 }
 
 
@@ -158,7 +216,9 @@ def print_table(b: Bench) -> None:
     print("| operation | teadist (s) | peer | peer (s) | ratio | target | |")
     print("|---|---:|---|---:|---:|---|---|")
     for r in b.rows:
-        print(f"| {r.section} | {r.teadist:.2f} | {r.peer_name} | {r.peer:.2f} | {r.ratio:.2f}× | {r.target} | "
+        t = f"{r.teadist:.2f}" if r.unit else f"{r.teadist:.2f}×"
+        p = f"{r.peer:.2f}" if r.unit else "-"
+        print(f"| {r.section} | {t} | {r.peer_name} | {p} | {r.ratio:.2f}× | {r.target} | "
               f"{r.verdict if r.limit != float('inf') else ''} |")
     if b.peak_rss:
         peak = max(b.peak_rss.values())
@@ -186,7 +246,8 @@ def main() -> None:
         src = b.work / "model.gguf"
         print(f"generating {size} bytes in {src} ...", file=sys.stderr)
         make_input(src, size)
-        for name in (args.only or list(SECTIONS)):
+        chosen = args.only or (list(SECTIONS) if args.all else ["split-assemble-verify"])
+        for name in chosen:
             print(f"running {name} ...", file=sys.stderr)
             SECTIONS[name](b, src)
         print_table(b)

@@ -1,7 +1,8 @@
 """``teadist demo``: the main job end to end on an embedded default, with no network at all.
 
-In a temporary home it makes a tiny GGUF, splits it, rebuilds it into a temporary TEA model
-cache, verifies it and tells what it is, reporting each step.
+In a temporary home it makes a tiny GGUF, splits it, serves the chunks and manifest from a
+loopback mirror, fetches through the manifest URL with one interruption and a resume, installs
+into a temporary TEA model cache, verifies, and tells what it is, reporting each step.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def run_demo(reporter: Reporter, keep: Path | None = None) -> DemoResult:
 
 
 def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
-    from teadist.assemble import assemble_chunks
     from teadist.cache import ModelCache
+    from teadist.download import Downloader, RetryPolicy
+    from teadist.fetch import FetchOptions, fetch
     from teadist.ggufinfo import read_info
+    from teadist.loopback import Fault, MirrorServer
     from teadist.split import split_file
     from teadist.tinymodel import make_tiny_model
     from teadist.verify import verify_cached
@@ -46,19 +49,32 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
 
     model = make_tiny_model(home / "work" / "tiny-llama.gguf", n_embd=128, n_layer=4)
     step(f"made a tiny llama GGUF: {model} ({model.stat().st_size} bytes)")
-    split = split_file(model, home / "dist", reporter, chunk_size=256 * 1024, name="tiny-llama")
-    step(f"split it into {len(split.manifest.chunks)} chunks + {split.manifest_path.name}")
-    cache = ModelCache(home / ".cache" / "tea" / "models")
-    assembled = assemble_chunks(split.manifest, split.manifest_path.parent, cache.path_for(model.name), reporter,
-                                cache=cache, source="demo")
-    step(f"assembled and verified {assembled.path} (sha256 {assembled.sha256[:16]}…)")
+    dist = home / "dist"
+    split = split_file(model, dist, reporter, chunk_size=256 * 1024, name="tiny-llama")
+    step(f"split it into {len(split.manifest.chunks)} chunks + {split.manifest_path.name} in {dist}")
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        victim = split.manifest.chunks[len(split.manifest.chunks) // 2].name
+        cut = 100_000
+        mirror.add_fault(Fault("reset", after=cut, path=victim))
+        url = mirror.url_for(split.manifest_path.name)
+        step(f"serving chunks and manifest from a loopback mirror at {mirror.url}; the connection for "
+             f"{victim} will be cut after {cut} bytes")
+        cache = ModelCache(home / ".cache" / "tea" / "models")
+        downloader = Downloader(reporter, RetryPolicy(backoff=0.05))
+        fetched = fetch(url, cache, FetchOptions(endpoint="http://127.0.0.1:9", jobs=4), reporter, downloader)
+        resumed = [r for r in mirror.requests if r.path.endswith(victim) and r.headers.get("Range")]
+        _expect(bool(resumed), "the interrupted chunk was not resumed")
+        step(f"fetched {url}: {victim} was interrupted and resumed with Range {resumed[0].headers['Range']}; "
+             f"the mirror sent {mirror.bytes_sent} bytes for a {fetched.size}-byte model")
+    step(f"installed {fetched.path} (sha256 {fetched.sha256[:16]}…, verified)")
     report = verify_cached(cache, "tiny-llama", reporter)
     _expect(report.ok, "verification of the installed model failed")
     step("verified the cached copy against teadist's record")
-    info = read_info(assembled.path)
+    info = read_info(fetched.path)
     step(f"inspected it: {info.architecture}, {info.parameters:,} parameters, {info.quantization}, "
          f"context {info.context_length}, chat template {info.chat_template_family}")
-    result.installed, result.sha256 = str(assembled.path), assembled.sha256
+    result.installed, result.sha256 = str(fetched.path), fetched.sha256
     return result
 
 
