@@ -393,11 +393,12 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
 
 
 # -- fetch and the registry ----------------------------------------------------------------------
-def _downloader(settings: Settings, reporter: Reporter) -> Any:
+def _downloader(settings: Settings, reporter: Reporter, jobs: int = 4) -> Any:
     from teadist.download import Downloader, RetryPolicy
 
-    return Downloader(reporter, RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
-                                            stall_timeout=settings.stall_timeout))
+    policy = RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
+                         stall_timeout=settings.stall_timeout)
+    return Downloader(reporter, policy, jobs=jobs, segment_min=settings.parallel_min)
 
 
 def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
@@ -419,7 +420,8 @@ def fetch(
         help="Registry name (phi-4-mini, phi-4-mini:q4_k_m), hf://ORG/REPO/FILE[@REV], or a manifest URL/path.")],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--source", help="Use only this source: 1-based index, 'hf', 'url' or a URL prefix.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, help="Parallel chunk downloads.")] = 4,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
+                                      help="Parallel downloads: chunks, or byte ranges of a large file.")] = 4,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Use the cache only [env: TEA_OFFLINE=1 or HF_HUB_OFFLINE=1].")] = False,
     cache_dir: CacheDirOpt = None,
@@ -443,7 +445,7 @@ def fetch(
     settings = _settings(cache_dir, offline=True if offline else None)
     reporter = _reporter(quiet, as_json)
     result = run_fetch(model, _cache(settings), _fetch_options(settings, jobs, source), reporter,
-                       _downloader(settings, reporter))
+                       _downloader(settings, reporter, jobs))
     if as_json:
         _emit_json({"path": str(result.path), "name": result.name, "sha256": result.sha256, "size": result.size,
                     "already_present": result.already_present, "source": result.source})

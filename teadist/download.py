@@ -10,6 +10,7 @@ hash match is renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,9 +30,12 @@ from teadist.hashing import PipelinedCopier, TruncatedInput
 from teadist.progress import Reporter
 
 NET_BUFFER = 1024 * 1024
+HASH_STEP = 8 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10
+SEGMENTED_MIN_SIZE = 256 * 1024 * 1024  # single files this large are fetched as parallel ranges
+SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,12 @@ def _session() -> Any:
 
 class Downloader:
     def __init__(self, reporter: Reporter, policy: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, jobs: int = 4,
+                 segment_min: int = SEGMENTED_MIN_SIZE) -> None:
         self.reporter = reporter
         self.policy = policy or RetryPolicy()
+        self.jobs = jobs
+        self.segment_min = segment_min
         self._sleep = sleep
         self._local = threading.local()
 
@@ -114,12 +121,17 @@ class Downloader:
         partial = partial_path_for(dest, key)
         sidecar = partial.with_name(partial.name + ".json")
         if size is not None:
-            have = partial.stat().st_size if partial.exists() else 0
-            ensure_free_space(dest.parent, max(0, size - have), label)
+            ensure_free_space(dest.parent, max(0, size - _bytes_done(partial, sidecar)), label)
         for attempt in (1, 2):  # a hash mismatch gets one fresh download before it counts
             task = self.reporter.task(label, size)
             try:
-                digest, total = self._fetch_with_retries(url, partial, sidecar, size, auth, label, task.advance)
+                result = None
+                if self._use_segments(partial, sidecar, size):
+                    assert size is not None
+                    result = _SegmentedFetch(self, url, partial, sidecar, size, auth, label, task.advance).run()
+                if result is None:
+                    result = self._fetch_with_retries(url, partial, sidecar, size, auth, label, task.advance)
+                digest, total = result
             finally:
                 task.close()
             problem = None
@@ -141,6 +153,29 @@ class Downloader:
         return digest, total
 
     # -- internals -------------------------------------------------------------------------
+    def _use_segments(self, partial: Path, sidecar: Path, size: int | None) -> bool:
+        if size is None or size < self.segment_min or self.jobs < 2:
+            return False
+        if partial.exists():  # resume in the mode the partial was started in
+            return "segments" in _read_sidecar(sidecar)
+        return True
+
+    def retrying(self, label: str, attempt: Callable[[], Any]) -> Any:
+        """Call ``attempt`` until it returns, sleeping with backoff after each _Retry (bounded)."""
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except _Retry as exc:
+                failures += 1
+                if failures >= self.policy.attempts:
+                    raise SourceError(f"{label}: {exc.reason} (gave up after {failures} attempts)",
+                                      hint="check the network or try another --source") from None
+                delay = self._delay(failures - 1, exc.delay)
+                self.reporter.warn(f"{label}: {exc.reason}; retrying in {delay:.1f}s "
+                                   f"(attempt {failures + 1} of {self.policy.attempts})")
+                self._sleep(delay)
+
     def _fetch_with_retries(self, url: str, partial: Path, sidecar: Path, size: int | None,
                             auth: Auth | None, label: str, advance: Callable[[int], None]) -> tuple[str, int]:
         hasher = hashlib.sha256()
@@ -148,11 +183,12 @@ class Downloader:
         if have:
             self.reporter.info(f"{label}: resuming after {have} bytes")
             advance(have)
-        attempt = 0
         restarts = 0
         while True:
             try:
-                return self._attempt(url, partial, sidecar, size, auth, hasher, advance)
+                result: tuple[str, int] = self.retrying(
+                    label, functools.partial(self._attempt, url, partial, sidecar, size, auth, hasher, advance))
+                return result
             except _Restart as exc:
                 restarts += 1
                 if restarts > 2:
@@ -161,21 +197,8 @@ class Downloader:
                 remove_quietly(partial)
                 remove_quietly(sidecar)
                 hasher = hashlib.sha256()
-            except _Retry as exc:
-                attempt += 1
-                if attempt >= self.policy.attempts:
-                    raise SourceError(f"{label}: {exc.reason} (gave up after {attempt} attempts)",
-                                      hint="check the network or try another --source") from None
-                delay = self._delay(attempt - 1, exc.delay)
-                self.reporter.warn(f"{label}: {exc.reason}; retrying in {delay:.1f}s "
-                                   f"(attempt {attempt + 1} of {self.policy.attempts})")
-                self._sleep(delay)
             except OSError as exc:
-                if is_disk_full(exc):
-                    remove_quietly(partial)
-                    remove_quietly(sidecar)
-                    raise DiskSpaceError(f"disk full while downloading {label} to {partial.parent}",
-                                         hint=f"free at least {size or 'the model size'} bytes") from None
+                _raise_if_disk_full(exc, partial, sidecar, label, size)
                 raise
 
     def _resume_state(self, partial: Path, sidecar: Path, hasher: Any) -> int:
@@ -221,15 +244,9 @@ class Downloader:
         resp = self._open(url, headers, auth)
         with resp:
             status = resp.status_code
-            if status == 404:
-                raise NotFoundError(f"not found: {_host(url)} answered 404 for {urlsplit(url).path}")
-            if status in (401, 403):
-                raise SourceError(f"{_host(url)} refused access (HTTP {status})",
-                                  hint="set HF_TOKEN for gated or private Hub models")
-            if status in RETRY_STATUSES:
-                raise _Retry(f"{_host(url)} answered HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
             if status == 416:
                 raise _Restart("the server refused the resume range (416)")
+            _check_status(resp, url)
             etag = resp.headers.get("ETag")
             if status == 206:
                 start, total = _parse_content_range(resp.headers.get("Content-Range"))
@@ -246,8 +263,6 @@ class Downloader:
                 declared = resp.headers.get("Content-Length")
                 if size is not None and declared is not None and declared.isdigit() and int(declared) != size:
                     raise _Retry(f"{_host(url)} announced {declared} bytes, expected {size}")
-            else:
-                raise SourceError(f"{_host(url)} answered HTTP {status}")
             _write_sidecar(sidecar, {"url_host": _host(url), "etag": etag or saved.get("etag")})
             remaining = (size - have) if size is not None else None
             declared_len = resp.headers.get("Content-Length")
@@ -269,6 +284,202 @@ class Downloader:
                     raise _Retry(f"transfer from {_host(url)} failed ({_reason(exc)})") from None
             total = partial.stat().st_size
             return hasher.hexdigest(), total
+
+
+def _raise_if_disk_full(exc: OSError, partial: Path, sidecar: Path, label: str, size: int | None) -> None:
+    if is_disk_full(exc):
+        remove_quietly(partial)
+        remove_quietly(sidecar)
+        raise DiskSpaceError(f"disk full while downloading {label} to {partial.parent}",
+                             hint=f"free at least {size or 'the model size'} bytes") from None
+
+
+def _bytes_done(partial: Path, sidecar: Path) -> int:
+    if not partial.exists():
+        return 0
+    segments = _read_sidecar(sidecar).get("segments")
+    if isinstance(segments, list):
+        return sum(int(seg[2]) - int(seg[0]) for seg in segments)
+    return partial.stat().st_size
+
+
+class _SegmentedFetch:
+    """One large file as parallel byte ranges written in place, hashed in order as they land.
+
+    The partial is created at full size; each range's progress is saved in the sidecar every
+    few MiB (after its bytes are written), so a killed run resumes each range where it was.
+    A hasher thread follows the contiguous downloaded prefix, reading it back from the page
+    cache: the SHA-256 is done when the last byte lands, with no pass after the download.
+    Returns None when the server does not do ranges (the caller then streams it whole).
+    """
+
+    def __init__(self, owner: Downloader, url: str, partial: Path, sidecar: Path, size: int,
+                 auth: Auth | None, label: str, advance: Callable[[int], None]) -> None:
+        self.owner, self.url, self.partial, self.sidecar = owner, url, partial, sidecar
+        self.size, self.auth, self.label, self.advance = size, auth, label, advance
+        self.cond = threading.Condition()
+        self.segments: list[list[int]] = []
+        self.etag: str | None = None
+        self.failed: BaseException | None = None
+
+    # -- state ------------------------------------------------------------------------------
+    def _load_or_plan(self) -> bool:
+        state = _read_sidecar(self.sidecar)
+        segments = state.get("segments")
+        if self.partial.exists() and state.get("size") == self.size and isinstance(segments, list):
+            self.segments = [[int(a), int(b), int(c)] for a, b, c in segments]
+            self.etag = state.get("etag")
+            done = sum(c - a for a, _, c in self.segments)
+            self.owner.reporter.info(f"{self.label}: resuming {len(self.segments)} ranges after {done} bytes")
+            self.advance(done)
+            return True
+        probe = self._probe()
+        if probe is None:
+            return False
+        self.etag = probe
+        step = -(-self.size // self.owner.jobs)
+        step = -(-step // 65536) * 65536
+        self.segments = [[a, min(a + step, self.size), a] for a in range(0, self.size, step)]
+        with open(self.partial, "wb") as fh:
+            fh.truncate(self.size)
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        tmp.write_text(json.dumps({"size": self.size, "etag": self.etag, "segments": self.segments}), "utf-8")
+        os.replace(tmp, self.sidecar)
+
+    def _prefix(self) -> int:
+        for _, end, done in self.segments:
+            if done < end:
+                return done
+        return self.size
+
+    def _probe(self) -> str | None:
+        """One-byte range request: does the server do ranges? Its ETag pins the file for resumes."""
+        def attempt() -> str | None:
+            resp = self.owner._open(self.url, {"Range": "bytes=0-0"}, self.auth)
+            with resp:
+                _check_status(resp, self.url)
+                if resp.status_code != 206:
+                    return None
+                _, total = _parse_content_range(resp.headers.get("Content-Range"))
+                if total is not None and total != self.size:
+                    raise SourceError(f"{_host(self.url)} has {total} bytes, expected {self.size}")
+                return str(resp.headers.get("ETag") or "")
+        result: str | None = self.owner.retrying(self.label, attempt)
+        return result
+
+    # -- workers ----------------------------------------------------------------------------
+    def _download_segment(self, index: int, fd: int) -> None:
+        buf = bytearray(NET_BUFFER)
+        view = memoryview(buf)
+
+        def attempt() -> None:
+            _, end, done = self.segments[index]
+            if done >= end:
+                return
+            resp = self.owner._open(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
+            with resp:
+                _check_status(resp, self.url)
+                first, total = _parse_content_range(resp.headers.get("Content-Range"))
+                if resp.status_code != 206 or first != done or total not in (None, self.size):
+                    raise _Restart("the server stopped honouring byte ranges")
+                etag = resp.headers.get("ETag")
+                if self.etag and etag and etag != self.etag:
+                    raise _Restart("the file changed on the server since the download started (ETag)")
+                raw = resp.raw
+                raw.decode_content = False
+                reader = _Reader(raw, min_fill=64 * 1024)  # small steps: a stalled range loses little
+                pos, saved = done, done
+                save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, (end - self.segments[index][0]) // 16))
+                try:
+                    while pos < end:
+                        if self.failed is not None:
+                            return
+                        n = reader.readinto(view[:min(len(buf), end - pos)])
+                        if not n:
+                            raise _Retry(f"connection to {_host(self.url)} ended inside a range")
+                        os.pwrite(fd, view[:n], pos)
+                        pos += n
+                        self.advance(n)
+                        if pos - saved >= save_step or pos == end:
+                            self._mark(index, pos)
+                            saved = pos
+                except _ReadFailed as exc:
+                    raise _Retry(f"transfer from {_host(self.url)} failed ({exc})") from None
+                finally:
+                    self._mark(index, pos)
+
+        self.owner.retrying(f"{self.label} (range {index + 1})", attempt)
+
+    def _mark(self, index: int, pos: int) -> None:
+        with self.cond:
+            if pos > self.segments[index][2]:
+                self.segments[index][2] = pos
+                self._save()
+            self.cond.notify_all()
+
+    def _hash(self, hasher: Any) -> None:
+        hashed = 0
+        with open(self.partial, "rb", buffering=0) as fh:
+            buf = bytearray(HASH_STEP)
+            view = memoryview(buf)
+            while hashed < self.size:
+                with self.cond:
+                    while self._prefix() <= hashed and self.failed is None:
+                        self.cond.wait(0.5)
+                    if self.failed is not None:
+                        return
+                    limit = self._prefix()
+                while hashed < limit:
+                    fh.seek(hashed)
+                    got = fh.readinto(view[:min(len(buf), limit - hashed)])
+                    if not got:
+                        raise SourceError(f"{self.label}: partial file shrank during the download")
+                    hasher.update(view[:got])
+                    hashed += got
+
+    def run(self) -> tuple[str, int] | None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self._load_or_plan():
+            self.owner.reporter.info(f"{_host(self.url)} does not serve byte ranges; downloading in one stream")
+            return None
+        hasher = hashlib.sha256()
+        with open(self.partial, "r+b") as out, ThreadPoolExecutor(len(self.segments) + 1) as pool:
+            hashing = pool.submit(self._hash, hasher)
+            workers = [pool.submit(self._download_segment, i, out.fileno()) for i in range(len(self.segments))]
+            try:
+                for worker in workers:
+                    worker.result()
+            except BaseException as exc:
+                with self.cond:
+                    self.failed = exc
+                    self.cond.notify_all()
+                if isinstance(exc, _Restart):
+                    remove_quietly(self.sidecar)
+                    raise SourceError(f"{self.label}: {exc}", hint="run the command again") from None
+                if isinstance(exc, OSError):
+                    _raise_if_disk_full(exc, self.partial, self.sidecar, self.label, self.size)
+                raise
+            hashing.result()
+            out.flush()
+        return hasher.hexdigest(), self.size
+
+
+def _check_status(resp: Any, url: str) -> None:
+    status = resp.status_code
+    if status == 404:
+        raise NotFoundError(f"not found: {_host(url)} answered 404 for {urlsplit(url).path}")
+    if status in (401, 403):
+        raise SourceError(f"{_host(url)} refused access (HTTP {status})",
+                          hint="set HF_TOKEN for gated or private Hub models")
+    if status in RETRY_STATUSES:
+        raise _Retry(f"{_host(url)} answered HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+    if status not in (200, 206):
+        raise SourceError(f"{_host(url)} answered HTTP {status}")
 
 
 class _ReadFailed(Exception):

@@ -30,6 +30,7 @@ class Settings:
     retries: int = 6
     retry_backoff: float = 0.5
     stall_timeout: float = 30.0
+    parallel_min: int = 256 * 1024 * 1024
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -54,6 +55,7 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
         retries=_number(env, "TEADIST_RETRIES", 6, int),
         retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, float),
         stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, float),
+        parallel_min=_number(env, "TEADIST_PARALLEL_MIN", 256 * 1024 * 1024, int),
     )
 
 

@@ -340,3 +340,75 @@ def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_pa
     assert json.loads(result.out)["removed"] == [str(models_dir / "tiny-llama.gguf")]
     assert (models_dir / "tiny.gguf").exists()
     assert cli("prune").code == 2
+
+
+# -- large single files as parallel byte ranges ---------------------------------------------------
+@pytest.fixture
+def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Treat the tiny model as 'large': fetched as 4 parallel ranges."""
+    monkeypatch.setenv("TEADIST_PARALLEL_MIN", "65536")
+
+
+def _ranges(server: MirrorServer) -> list[str]:
+    return [r.headers["Range"] for r in server.requests if r.method == "GET" and "Range" in r.headers]
+
+
+def test_large_file_is_fetched_as_parallel_ranges(parallel: None, hub: HubServer, mirror: MirrorServer,
+                                                  served: Path, models_dir: Path,
+                                                  cli: Callable[..., Result]) -> None:
+    result = cli("fetch", HF_SPEC, "--jobs", "4")
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    ranges = _ranges(mirror)
+    assert ranges[0] == "bytes=0-0"  # the probe
+    assert len([r for r in ranges if r != "bytes=0-0"]) == 4
+    assert mirror.bytes_sent == (served / "tiny.gguf").stat().st_size + 1
+    assert not [p for p in files_in(models_dir) if ".part" in p]
+
+
+@pytest.mark.parametrize("fault", [Fault("reset", after=20_000, times=2), Fault("status", status=503, times=3),
+                                   Fault("corrupt", offset=300_000, times=4), Fault("truncate", after=5_000)],
+                         ids=lambda f: f.kind)
+def test_parallel_ranges_survive_faults(fault: Fault, parallel: None, hub: HubServer, mirror: MirrorServer,
+                                        served: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    mirror.add_fault(fault)
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+
+
+def test_server_without_ranges_falls_back_to_one_stream(parallel: None, hub: HubServer, mirror: MirrorServer,
+                                                        served: Path, models_dir: Path,
+                                                        cli: Callable[..., Result]) -> None:
+    mirror.add_fault(Fault("ignore_range", times=100))
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert "one stream" in result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+
+
+def test_parallel_ranges_resume_after_sigkill(parallel: None, hub: HubServer, mirror: MirrorServer, served: Path,
+                                              models_dir: Path, console: Callable[..., Result]) -> None:
+    size = (served / "tiny.gguf").stat().st_size
+    mirror.add_fault(Fault("stall", after=100_000, seconds=30, times=4))  # every range stops mid-way
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q"],
+                            env={**os.environ, "TEADIST_STALL_TIMEOUT": "60"})
+    deadline = time.monotonic() + 30
+    progress = 0
+    while time.monotonic() < deadline and progress < 4 * 65536:
+        for sidecar in models_dir.glob(".tiny.gguf.*.part.json"):
+            try:
+                progress = sum(done - start for start, _, done in json.loads(sidecar.read_text())["segments"])
+            except (ValueError, KeyError):
+                pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert progress >= 4 * 65536 and not (models_dir / "tiny.gguf").exists()
+    first = mirror.bytes_sent
+    result = console("fetch", HF_SPEC)
+    assert result.code == 0, result.err
+    assert "resuming 4 ranges" in result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    assert mirror.bytes_sent - first <= size - progress + 1
+    assert mirror.bytes_sent < 1.6 * size
