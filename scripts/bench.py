@@ -189,9 +189,9 @@ def section_fetch(b: Bench, src: Path) -> None:
         # resume: kill at 50 %, run again, count what the server sends the second time
         proc = subprocess.Popen([*TEADIST, "fetch", "hf://org/repo/model.gguf", "-q", "--cache-dir", str(models)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None:
-            partial = [p for p in models.glob(".model.gguf.*.part")] if models.exists() else []
-            if partial and partial[0].stat().st_size >= size // 2:
+        start_bytes = hub.bytes_sent
+        while proc.poll() is None:  # the partial is preallocated: watch the bytes sent instead
+            if hub.bytes_sent - start_bytes >= size // 2:
                 proc.kill()
                 break
             time.sleep(0.002)

@@ -12,7 +12,8 @@ from teadist.progress import NullReporter
 from teadist.split import split_file
 from tests.helpers import Result, write_random
 
-COMMANDS = ["split", "assemble", "verify", "inspect", "list", "path", "rm"]
+COMMANDS = ["split", "assemble", "verify", "inspect", "list", "path", "rm", "fetch", "models", "du", "prune",
+            "demo", "registry pin"]
 
 
 def test_console_script_runs_split_assemble_verify(tmp_path: Path, console: Callable[..., Result]) -> None:
@@ -43,7 +44,7 @@ def test_installed_package_ships_the_schema(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command: str, console: Callable[..., Result]) -> None:
-    result = console(command, "--help")
+    result = console(*command.split(), "--help")
     assert result.code == 0
     assert "Example" in result.out
 
@@ -128,3 +129,12 @@ def test_cache_dir_flag_beats_environment(tmp_path: Path, cli: Callable[..., Res
     assert resolve_settings(cache_dir=tmp_path / "flag").models_dir == tmp_path / "flag"
     monkeypatch.delenv("TEA_MODELS_DIR")
     assert resolve_settings().models_dir == Path.home() / ".cache" / "tea" / "models"
+
+
+def test_demo_runs_the_main_job_offline(console: Callable[..., Result]) -> None:
+    result = console("demo", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert len(report["steps"]) == 7
+    assert any("resumed with Range bytes=" in step for step in report["steps"])
+    assert not Path(report["home"]).exists()  # the temporary home is gone

@@ -412,3 +412,57 @@ def test_parallel_ranges_resume_after_sigkill(parallel: None, hub: HubServer, mi
     assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
     assert mirror.bytes_sent - first <= size - progress + 1
     assert mirror.bytes_sent < 1.6 * size
+
+
+def test_retry_after_is_honoured(hub: HubServer, mirror: MirrorServer, served: Path, tmp_path: Path) -> None:
+    from teadist.download import Downloader
+
+    delays: list[float] = []
+    mirror.add_fault(Fault("status", status=429, retry_after=7))
+    dest = tmp_path / "o" / "tiny.gguf"
+    dest.parent.mkdir()
+    Downloader(NullReporter(), sleep=delays.append).fetch(mirror.url_for("tiny.gguf"), dest, None,
+                                                         sha(served / "tiny.gguf"))
+    assert delays == [7.0]
+
+
+def test_backoff_grows_with_jitter() -> None:
+    from teadist.download import Downloader, RetryPolicy
+
+    downloader = Downloader(NullReporter(), RetryPolicy(backoff=1.0, max_delay=30))
+    for attempt in range(4):
+        delay = downloader._delay(attempt, None)
+        assert 0.5 * 2**attempt <= delay <= 1.5 * 2**attempt
+    assert downloader._delay(10, None) <= 30
+
+
+def test_registry_pin_fills_values_from_the_hub(hub: HubServer, served: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Result]) -> None:
+    import shutil
+
+    from teadist import manifest as manifest_module
+    from teadist import registry
+
+    copy = tmp_path / "manifests"
+    shutil.copytree(manifest_module.resource_dir(), copy)
+    gemma = json.loads((copy / "models" / "gemma-3n-e4b.json").read_text())
+    gemma["sources"][0].update(repo="org/repo", path="tiny.gguf")
+    gemma["file"]["name"] = "tiny.gguf"
+    (copy / "models" / "gemma-3n-e4b.json").write_text(json.dumps(gemma))
+    monkeypatch.setattr(manifest_module, "resource_dir", lambda: copy)
+    monkeypatch.setattr(registry, "resource_dir", lambda: copy)
+    registry._entries.cache_clear()
+    try:
+        result = cli("registry", "pin", "gemma-3n-e4b", "--write", "--json")
+        assert result.code == 0, result.err
+        pinned = json.loads(result.out)
+        assert pinned["sha256"] == sha(served / "tiny.gguf") and pinned["revision"] == "c" * 40
+        saved = json.loads((copy / "models" / "gemma-3n-e4b.json").read_text())
+        assert saved["file"]["sha256"] == pinned["sha256"] and saved["sources"][0]["revision"] == "c" * 40
+        # a pinned value the Hub contradicts is refused, not replaced
+        saved["file"]["sha256"] = "0" * 64
+        (copy / "models" / "gemma-3n-e4b.json").write_text(json.dumps(saved))
+        registry._entries.cache_clear()
+        assert cli("registry", "pin", "gemma-3n-e4b").code == 3
+    finally:
+        registry._entries.cache_clear()
