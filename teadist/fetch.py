@@ -10,9 +10,11 @@ download it once.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 from teadist.cache import ModelCache, target_lock
@@ -131,6 +133,25 @@ def _select_sources(sources: list[Source], forced: str | None) -> list[Source]:
     return chosen
 
 
+FALLBACK_ERRORS = (SourceError, NotFoundError, IntegrityError)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def first_success(candidates: Sequence[T], attempt: Callable[[T], R], on_failure: Callable[[T, TeadistError], None],
+                  ) -> R:
+    """``attempt`` each candidate in order until one succeeds; a network error, a 404 or a hash
+    mismatch moves on to the next (after ``on_failure``), the last failure is raised."""
+    for index, candidate in enumerate(candidates):
+        try:
+            return attempt(candidate)
+        except FALLBACK_ERRORS as exc:
+            if index + 1 == len(candidates):
+                raise
+            on_failure(candidate, exc)
+    raise AssertionError("first_success needs at least one candidate")
+
+
 def describe(source: Source) -> str:
     if isinstance(source, HfSource):
         return f"hf://{source.repo}/{source.path}" + (f"@{source.revision}" if source.revision else "")
@@ -182,40 +203,38 @@ def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchO
     sources = _select_sources(manifest.sources, options.source)
     if not sources:
         raise ManifestError(f"{target.origin}: the manifest lists no source for {manifest.file.name}")
-    last: TeadistError | None = None
-    for index, source in enumerate(sources):
+
+    def attempt(source: Source) -> FetchResult:
         label = describe(source)
-        try:
-            sha, size = manifest.file.sha256, manifest.file.size
-            auth = None
-            if isinstance(source, HfSource):
-                remote = hub.resolve(source, options.endpoint, options.token)
-                if sha is not None and remote.sha256 is not None and remote.sha256 != sha:
-                    raise IntegrityError(f"the Hub's sha256 for {source.path} ({remote.sha256[:16]}…) differs "
-                                         f"from the pinned one ({sha[:16]}…)")
-                if size is not None and remote.size is not None and remote.size != size:
-                    raise IntegrityError(f"the Hub's size for {source.path} ({remote.size}) differs from the "
-                                         f"pinned {size}")
-                sha, size, url = sha or remote.sha256, size or remote.size, remote.url
-                if remote.token_origin and options.token:
-                    auth = Auth(origin(remote.token_origin), f"Bearer {options.token}")
-                if remote.commit:
-                    label += f" (commit {remote.commit[:12]})"
-            else:
-                url = source.url
-            if sha is None:
-                raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
-                                     "refusing an unverifiable download")
-            reporter.info(f"fetching {manifest.file.name} from {label}")
-            digest, got = downloader.fetch(url, dest, size, sha, auth=auth, label=manifest.file.name)
-            record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source))
-            return FetchResult(dest, record.name, digest, got, False, record.source)
-        except (SourceError, NotFoundError, IntegrityError) as exc:
-            last = exc
-            if index + 1 < len(sources):
-                reporter.warn(f"source {describe(source)} failed: {exc.message}; trying the next source")
-    assert last is not None
-    raise last
+        sha, size = manifest.file.sha256, manifest.file.size
+        auth = None
+        if isinstance(source, HfSource):
+            remote = hub.resolve(source, options.endpoint, options.token)
+            if sha is not None and remote.sha256 is not None and remote.sha256 != sha:
+                raise IntegrityError(f"the Hub's sha256 for {source.path} ({remote.sha256[:16]}…) differs "
+                                     f"from the pinned one ({sha[:16]}…)")
+            if size is not None and remote.size is not None and remote.size != size:
+                raise IntegrityError(f"the Hub's size for {source.path} ({remote.size}) differs from the "
+                                     f"pinned {size}")
+            sha, size, url = sha or remote.sha256, size or remote.size, remote.url
+            if remote.token_origin and options.token:
+                auth = Auth(origin(remote.token_origin), f"Bearer {options.token}")
+            if remote.commit:
+                label += f" (commit {remote.commit[:12]})"
+        else:
+            url = source.url
+        if sha is None:
+            raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
+                                 "refusing an unverifiable download")
+        reporter.info(f"fetching {manifest.file.name} from {label}")
+        digest, got = downloader.fetch(url, dest, size, sha, auth=auth, label=manifest.file.name)
+        record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source))
+        return FetchResult(dest, record.name, digest, got, False, record.source)
+
+    def failed(source: Source, exc: TeadistError) -> None:
+        reporter.warn(f"source {describe(source)} failed: {exc.message}; trying the next source")
+
+    return first_success(sources, attempt, failed)
 
 
 def _chunk_urls(target: Target, name: str, listed: tuple[str, ...]) -> list[str]:
@@ -255,17 +274,8 @@ def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchO
             urls = [u for u in urls if u.startswith(options.source)] or urls
         if not urls:
             raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
-        last: TeadistError | None = None
-        for n, url in enumerate(urls):
-            try:
-                downloader.fetch(url, path, chunk.size, chunk.sha256, label=chunk.name)
-                return
-            except (SourceError, NotFoundError, IntegrityError) as exc:
-                last = exc
-                if n + 1 < len(urls):
-                    reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL")
-        assert last is not None
-        raise last
+        first_success(urls, lambda url: downloader.fetch(url, path, chunk.size, chunk.sha256, label=chunk.name),
+                      lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
 
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         for future in [pool.submit(get, i) for i in range(len(manifest.chunks))]:

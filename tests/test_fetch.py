@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -397,10 +398,8 @@ def test_parallel_ranges_resume_after_sigkill(parallel: None, hub: HubServer, mi
     progress = 0
     while time.monotonic() < deadline and progress < 4 * 65536:
         for sidecar in models_dir.glob(".tiny.gguf.*.part.json"):
-            try:
+            with contextlib.suppress(ValueError, KeyError):
                 progress = sum(done - start for start, _, done in json.loads(sidecar.read_text())["segments"])
-            except (ValueError, KeyError):
-                pass
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
