@@ -573,6 +573,131 @@ def registry_pin(
             print(f"{key + ':':<10}{value}")
 
 
+# -- release -------------------------------------------------------------------------------------
+@app.command("package-wasm")
+def package_wasm_cmd(
+    pkg_dir: Annotated[Path, typer.Argument(help="The wasm-pack output folder (pkg/).")],
+    version: Annotated[str, typer.Option("--version", help="Version in the tarball name, e.g. 1.2.0.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tarball.")] = Path("dist"),
+    js: Annotated[Optional[Path], typer.Option("--js", help="Extra JS folder, packed under js/.")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Pack a reproducible tea-wasm-llm-VERSION.tar.gz (same inputs, same bytes).
+
+    \b
+    Uses SOURCE_DATE_EPOCH for every mtime (default 0); prints a size breakdown.
+    \b
+    Example:
+      teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
+    """
+    import os
+
+    from teadist.wasmpkg import package_wasm
+
+    epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not epoch_text.isdigit():
+        raise _usage(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=int(epoch_text))
+    if as_json:
+        _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
+                    "unpacked": report.unpacked, "files": report.files})
+        return
+    print("| file | size |")
+    print("|---|---:|")
+    for f in report.files:
+        print(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
+    print(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
+    print(f"| **{report.path.name}** | {format_size(report.size)} |")
+    print(f"sha256 {report.sha256}  {report.path}", file=sys.stderr)
+
+
+release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
+                          no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("prepare")
+def release_prepare(
+    tag: Annotated[str, typer.Option("--tag", help="The release tag, e.g. v1.2.0.")],
+    repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME on GitHub.")],
+    config: Annotated[Path, typer.Option("--config", help="Release config.")] = Path("manifests/release.json"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the release ships.")] = Path("dist"),
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Gather what a release ships: models split into chunks + model-manifest.json.
+
+    \b
+    Models named in the config are fetched (or taken as files) and split under the GitHub
+    limit; download URLs are built from the tag. Put the wasm tarball in --out first
+    (teadist package-wasm) and it is listed too.
+    \b
+    Example:
+      teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
+    """
+    from teadist.fetch import fetch as run_fetch
+    from teadist.release import prepare_release
+
+    settings = _settings(cache_dir)
+    reporter = _reporter(quiet, as_json)
+
+    def get_model(name: str) -> Path:
+        result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
+                           _downloader(settings, reporter))
+        return Path(result.path)
+
+    prepared = prepare_release(tag, repo, config, out, reporter, get_model)
+    if as_json:
+        _emit_json({"dist": str(prepared.dist), "assets": [p.name for p in prepared.assets],
+                    "index": prepared.index})
+        return
+    for asset in prepared.assets:
+        print(asset)
+
+
+@release_app.command("publish")
+def release_publish(
+    tag: Annotated[str, typer.Option("--tag", help="The release tag, e.g. v1.2.0.")],
+    repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME on GitHub.")],
+    dist: Annotated[Path, typer.Option("--dist", help="Folder written by `release prepare`.")] = Path("dist"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    draft: Annotated[bool, typer.Option("--draft", help="Leave the release a draft.")] = False,
+    upload_timeout: Annotated[float, typer.Option("--upload-timeout", help="Seconds allowed per upload.")] = 3600,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish DIST to the GitHub Release of TAG, converging after any failure.
+
+    \b
+    Uploads only what is missing or differs, removes half-uploaded leftovers, uploads the
+    manifest last, checks every digest, then publishes (unless --draft). A re-run on a
+    finished release uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    \b
+    Example:
+      GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
+    """
+    import os
+
+    from teadist.release import Publisher
+
+    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    if not token:
+        raise _usage("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
+    api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    reporter = _reporter(quiet, as_json)
+    publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout)
+    report = publisher.publish(dist, dry_run=dry_run, draft=draft)
+    if as_json:
+        _emit_json(report.__dict__)
+        return
+    for line in report.plan if dry_run else []:
+        print(line)
+    if not dry_run:
+        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there, "
+                      f"{len(report.deleted)} leftovers removed" + ("; published" if report.published else ""))
+
+
 @app.command()
 def demo(
     keep: Annotated[Optional[Path], typer.Option(  # noqa: UP045

@@ -76,7 +76,6 @@ def parse_hf_spec(spec: str) -> HfSource:
 
 def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
     from teadist import registry
-    from teadist.manifest import load_manifest
     from teadist.split import default_model_name
 
     if spec.startswith("hf://"):
@@ -88,14 +87,37 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
     if spec.startswith(("http://", "https://")):
         if offline:
             raise OfflineError(f"offline: cannot download the manifest {spec}")
-        raw = _get_small(downloader, spec)
-        return Target(parse_manifest(raw, spec), spec, base_url=urljoin(spec, "."))
-    path = Path(spec)
+        url, _, wanted = spec.partition("#")
+        raw = _get_small(downloader, url)
+        return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
+    path_text, _, wanted = spec.partition("#")
+    path = Path(path_text)
     if path.is_file():
-        return Target(load_manifest(path), str(path), base_dir=path.parent.resolve())
+        if path.stat().st_size > MANIFEST_FETCH_LIMIT:
+            raise ManifestError(f"{path}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+        return Target(_parse_any(path.read_bytes(), str(path), wanted or None), str(path),
+                      base_dir=path.parent.resolve())
     if "/" in spec or spec.endswith(".json"):
         raise NotFoundError(f"manifest not found: {spec}")
     return Target(registry.lookup(spec), f"registry:{spec}")
+
+
+def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
+    """A v1 manifest, or one model of a release index (``model-manifest.json``)."""
+    import json
+
+    from teadist.release import INDEX_KIND, manifest_from_index
+
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if isinstance(data, dict) and data.get("kind") == INDEX_KIND:
+        try:
+            return manifest_from_index(data, wanted)
+        except ManifestError as exc:
+            raise ManifestError(f"{origin}: {exc.message}") from None
+    return parse_manifest(raw, origin)
 
 
 def _get_small(downloader: Downloader, url: str) -> bytes:

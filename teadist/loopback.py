@@ -154,6 +154,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def read_body(self, limit: int | None = None) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length if limit is None else min(length, limit))
+
     # -- helpers ---------------------------------------------------------------------------
     def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
@@ -402,3 +412,208 @@ def _requested_paths(body: str) -> set[str]:
             paths = data.get("paths", [])
             return set(paths if isinstance(paths, list) else [paths])
     return set(parse_qs(body).get("paths", []))
+
+
+# -- GitHub Releases -----------------------------------------------------------------------------
+@dataclass
+class GhAsset:
+    id: int
+    name: str
+    content_type: str
+    size: int
+    state: str
+    digest: str | None
+
+
+@dataclass
+class GhRelease:
+    id: int
+    tag_name: str
+    name: str
+    body: str
+    draft: bool
+    prerelease: bool
+    assets: list[GhAsset] = field(default_factory=list)
+
+
+class GitHubServer(LoopbackServer):
+    """The GitHub REST API parts a release publisher uses, at ``{url}/api/v3`` (GitHub Enterprise
+    style, for PyGithub's ``base_url``), with uploads on the same host and port.
+
+    Behaves like github.com where it matters (FACTS.md): a duplicate asset name is 422
+    ``already_exists``; drafts are not found by tag; ``immutable`` releases refuse uploads once
+    published. ``upload_faults`` misbehave on uploads: ``starter`` (502 after storing a
+    half-uploaded ``starter`` asset), ``drop`` (read part of the body, then hang up, leaving a
+    starter), ``slow_success`` (store the asset, then answer 502 — a retry meets 422),
+    ``rate_limit`` (403 primary rate limit or 429 with Retry-After).
+    """
+
+    def __init__(self, repo: str = "tea/tea", immutable: bool = True, token: str | None = None) -> None:
+        super().__init__()
+        self.repo = repo
+        self.immutable = immutable
+        self.token = token
+        self.releases: list[GhRelease] = []
+        self.upload_faults: list[str] = []
+        self.api_faults: list[str] = []
+        self.uploads = 0
+        self.writes: list[str] = []
+        self._next_id = 100
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/v3"
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _base(self) -> str:
+        return f"{self.api_url}/repos/{self.repo}"
+
+    def asset_json(self, asset: GhAsset) -> dict[str, Any]:
+        return {"id": asset.id, "name": asset.name, "label": "", "content_type": asset.content_type,
+                "state": asset.state, "size": asset.size, "digest": asset.digest, "download_count": 0,
+                "url": f"{self._base()}/releases/assets/{asset.id}",
+                "browser_download_url": f"https://github.com/{self.repo}/releases/download/x/{asset.name}",
+                "created_at": "2026-11-22T00:00:00Z", "updated_at": "2026-11-22T00:00:00Z"}
+
+    def release_json(self, rel: GhRelease) -> dict[str, Any]:
+        return {"id": rel.id, "tag_name": rel.tag_name, "name": rel.name, "body": rel.body, "draft": rel.draft,
+                "prerelease": rel.prerelease, "url": f"{self._base()}/releases/{rel.id}",
+                "html_url": f"https://github.com/{self.repo}/releases/tag/{rel.tag_name}",
+                "upload_url": f"{self.url}/api/uploads/repos/{self.repo}/releases/{rel.id}/assets{{?name,label}}",
+                "assets_url": f"{self._base()}/releases/{rel.id}/assets",
+                "assets": [self.asset_json(a) for a in rel.assets],
+                "created_at": "2026-11-22T00:00:00Z", "published_at": None if rel.draft else "2026-11-22T00:00:00Z"}
+
+    def find_release(self, release_id: int) -> GhRelease | None:
+        return next((r for r in self.releases if r.id == release_id), None)
+
+    def route(self, handler: _Handler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        path = unquote(parts.path)
+        if self.token is not None and handler.headers.get("Authorization") not in (
+                f"token {self.token}", f"Bearer {self.token}"):
+            handler.send_json(401, {"message": "Bad credentials"})
+            return
+        if method != "GET" and not path.endswith("/rate_limit"):
+            self.writes.append(f"{method} {path}")
+        if self.api_faults and method == "GET":
+            kind = self.api_faults.pop(0)
+            self._rate_limited(handler, kind)
+            return
+        base = f"/api/v3/repos/{self.repo}"
+        upload = re.match(rf"^/api/uploads/repos/{re.escape(self.repo)}/releases/(\d+)/assets$", path)
+        if upload and method == "POST":
+            self._upload(handler, int(upload.group(1)), parts.query)
+            return
+        if path == base and method == "GET":
+            handler.send_json(200, {"id": 1, "name": self.repo.split("/")[1], "full_name": self.repo,
+                                    "url": self._base(), "owner": {"login": self.repo.split("/")[0]}})
+            return
+        if path == base + "/releases":
+            if method == "GET":
+                handler.send_json(200, [self.release_json(r) for r in self.releases])
+                return
+            if method == "POST":
+                data = json.loads(handler.read_body() or b"{}")
+                rel = GhRelease(self._id(), data["tag_name"], data.get("name") or data["tag_name"],
+                                data.get("body", ""), bool(data.get("draft")), bool(data.get("prerelease")))
+                self.releases.append(rel)
+                handler.send_json(201, self.release_json(rel))
+                return
+        tag = re.match(rf"^{re.escape(base)}/releases/tags/(.+)$", path)
+        if tag and method == "GET":
+            found = next((r for r in self.releases if r.tag_name == tag.group(1) and not r.draft), None)
+            if found is None:
+                handler.send_json(404, {"message": "Not Found"})
+            else:
+                handler.send_json(200, self.release_json(found))
+            return
+        one = re.match(rf"^{re.escape(base)}/releases/(\d+)(/assets)?$", path)
+        if one:
+            found_rel = self.find_release(int(one.group(1)))
+            if found_rel is None:
+                handler.send_json(404, {"message": "Not Found"})
+            elif one.group(2) and method == "GET":
+                handler.send_json(200, [self.asset_json(a) for a in found_rel.assets])
+            elif method == "GET":
+                handler.send_json(200, self.release_json(found_rel))
+            elif method == "PATCH":
+                data = json.loads(handler.read_body() or b"{}")
+                for key in ("name", "body", "draft", "prerelease", "tag_name"):
+                    if key in data:
+                        setattr(found_rel, key, data[key])
+                handler.send_json(200, self.release_json(found_rel))
+            else:
+                handler.send_json(405, {"message": "Method Not Allowed"})
+            return
+        asset = re.match(rf"^{re.escape(base)}/releases/assets/(\d+)$", path)
+        if asset and method == "DELETE":
+            for rel in self.releases:
+                for a in rel.assets:
+                    if a.id == int(asset.group(1)):
+                        if self.immutable and not rel.draft:
+                            handler.send_json(422, {"message": "Cannot modify an immutable release"})
+                            return
+                        rel.assets.remove(a)
+                        handler.send_response(204)
+                        handler.send_header("Content-Length", "0")
+                        handler.end_headers()
+                        return
+            handler.send_json(404, {"message": "Not Found"})
+            return
+        handler.send_json(404, {"message": "Not Found"})
+
+    def _rate_limited(self, handler: _Handler, kind: str) -> None:
+        if kind == "429":
+            handler.send_json(429, {"message": "You have exceeded a secondary rate limit."}, {"Retry-After": "1"})
+        else:
+            reset = str(int(time.time()) + 1)
+            handler.send_json(403, {"message": "API rate limit exceeded for user."},
+                              {"X-RateLimit-Remaining": "0", "X-RateLimit-Limit": "5000",
+                               "X-RateLimit-Reset": reset})
+
+    def _upload(self, handler: _Handler, release_id: int, query: str) -> None:
+        from urllib.parse import parse_qs
+
+        rel = self.find_release(release_id)
+        name = (parse_qs(query).get("name") or [""])[0]
+        if rel is None or not name:
+            handler.send_json(404, {"message": "Not Found"})
+            return
+        fault = self.upload_faults.pop(0) if self.upload_faults else None
+        if fault in ("rate_limit", "429"):
+            handler.read_body()
+            self._rate_limited(handler, "429" if fault == "429" else "403")
+            return
+        if self.immutable and not rel.draft:
+            handler.read_body()
+            handler.send_json(422, {"message": "Cannot upload assets to an immutable release."})
+            return
+        if any(a.name == name for a in rel.assets):
+            handler.read_body()
+            handler.send_json(422, {"message": "Validation Failed", "errors": [
+                {"resource": "ReleaseAsset", "code": "already_exists", "field": "name"}]})
+            return
+        content_type = handler.headers.get("Content-Type", "application/octet-stream")
+        length = int(handler.headers.get("Content-Length") or 0)
+        if fault == "drop":
+            handler.rfile.read(min(length, max(1, length // 2)))
+            rel.assets.append(GhAsset(self._id(), name, content_type, 0, "starter", None))
+            handler._abort(reset=True)
+            return
+        body = handler.read_body()
+        self.uploads += 1
+        if fault == "starter":
+            rel.assets.append(GhAsset(self._id(), name, content_type, 0, "starter", None))
+            handler.send_json(502, {"message": "Bad Gateway"})
+            return
+        asset = GhAsset(self._id(), name, content_type, len(body), "uploaded",
+                        "sha256:" + hashlib.sha256(body).hexdigest())
+        rel.assets.append(asset)
+        if fault == "slow_success":
+            handler.send_json(502, {"message": "Bad Gateway"})
+            return
+        handler.send_json(201, self.asset_json(asset))
