@@ -139,6 +139,8 @@ def split(
     name: Annotated[Optional[str], typer.Option("--name", help="Model name in the manifest.")] = None,  # noqa: UP045
     base_url: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--base-url", help="Record download URLs <base-url>/<chunk> in the manifest.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="bytes (byte ranges) or gguf (llama.cpp shards).")] = "bytes",
+    shard_size: Annotated[str, typer.Option("--shard-size", help="Target shard size for --format gguf.")] = "512M",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -149,24 +151,38 @@ def split(
     written last, so its presence means the split is complete. A re-run keeps chunks that
     are already right and redoes the rest.
     \b
-    Example:
+    With --format gguf it writes llama.cpp shards <stem>-00001-of-0000N.gguf instead: they
+    load as they are in llama.cpp and wllama, and `teadist assemble` rebuilds the
+    byte-identical original from them.
+    \b
+    Examples:
       teadist split phi.gguf --out dist/ --base-url https://example.org/models
+      teadist split phi.gguf --format gguf --shard-size 512M --out web/
     """
     from teadist.sizes import parse_size
-    from teadist.split import split_file
 
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         raise _usage("--base-url must start with http:// or https://")
-    result = split_file(file, out, _reporter(quiet, as_json), chunk_size=parse_size(chunk_size),
-                        name=name, base_url=base_url)
-    m = result.manifest
+    if fmt not in ("bytes", "gguf"):
+        raise _usage(f"--format must be bytes or gguf, not {fmt!r}")
+    reporter = _reporter(quiet, as_json)
+    if fmt == "gguf":
+        from teadist.shards import split_gguf
+
+        sharded = split_gguf(file, out, reporter, shard_size=parse_size(shard_size), name=name, base_url=base_url)
+        m, manifest_path, written, kept = sharded.manifest, sharded.manifest_path, len(sharded.manifest.chunks), 0
+    else:
+        from teadist.split import split_file
+
+        result = split_file(file, out, reporter, chunk_size=parse_size(chunk_size), name=name, base_url=base_url)
+        m, manifest_path, written, kept = result.manifest, result.manifest_path, result.written, result.reused
     if as_json:
-        _emit_json({"manifest": str(result.manifest_path), "written": result.written, "kept": result.reused,
-                    **m.to_dict()})
+        _emit_json({"manifest": str(manifest_path), "written": written, "kept": kept, **m.to_dict()})
         return
-    _reporter(quiet).info(f"split {m.file.name} ({format_size(m.file.size)}) into {len(m.chunks)} chunks "
-                          f"({result.written} written, {result.reused} kept); sha256 {m.file.sha256}")
-    print(result.manifest_path)
+    reporter.info(f"split {m.file.name} ({format_size(m.file.size)}) into {len(m.chunks)} "
+                  f"{'shards' if fmt == 'gguf' else 'chunks'} ({written} written, {kept} kept); "
+                  f"sha256 {m.file.sha256}")
+    print(manifest_path)
 
 
 @app.command()
@@ -199,8 +215,16 @@ def assemble(
     if dest.is_dir():
         dest = dest / m.file.name
     reporter = _reporter(quiet, as_json)
-    result = assemble_chunks(m, chunks if chunks is not None else manifest.parent, dest, reporter,
-                             cache=cache, source=f"manifest:{manifest.resolve()}")
+    folder = chunks if chunks is not None else manifest.parent
+    source = f"manifest:{manifest.resolve()}"
+    if m.format == "gguf":
+        from teadist.assemble import AssembleResult
+        from teadist.shards import rebuild_original
+
+        sha, size, present = rebuild_original(m, folder, dest, reporter, cache=cache, source=source)
+        result = AssembleResult(dest, sha, size, already_present=present)
+    else:
+        result = assemble_chunks(m, folder, dest, reporter, cache=cache, source=source)
     if as_json:
         _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size,
                     "already_present": result.already_present, "resumed_bytes": result.resumed_bytes})
