@@ -127,7 +127,8 @@ def test_native_llama_cpp_loads_shard_rebuilt_and_original_identically(tmp_path:
     outputs = []
     for path in (tmp_path / "shards" / result.manifest.chunks[0].name, rebuilt, src):
         llm = Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False, seed=0)
-        out = llm.create_completion("Once upon a time", max_tokens=16, temperature=0.0, top_k=1)
+        out = llm.create_completion("Once upon a time", max_tokens=16, temperature=0.0, top_k=1, stream=False)
+        assert isinstance(out, dict)
         outputs.append(out["choices"][0]["text"])
         assert out["usage"]["completion_tokens"] >= 16 or out["choices"][0]["finish_reason"] == "length"
         del llm
