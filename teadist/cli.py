@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -595,6 +596,43 @@ def registry_pin(
     else:
         for key, value in pinned.items():
             print(f"{key + ':':<10}{value}")
+
+
+@app.command()
+def serve(
+    folder: Annotated[Path, typer.Argument(help="Folder to serve (shards, wllama's esm build, pages).")],
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
+) -> None:
+    """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
+
+    \b
+    The cross-origin isolation headers let wllama run multi-threaded. With --verify, files
+    listed in the manifest are hashed first and a file that fails is answered 409, never served.
+    \b
+    Example:
+      teadist serve web/ --verify web/phi.gguf.manifest.json
+    """
+    from teadist.manifest import load_manifest
+    from teadist.serve import StaticServer
+
+    if not folder.is_dir():
+        raise NotFoundError(f"folder not found: {folder}")
+    manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
+    server = StaticServer(folder, manifest, host=host, port=port,
+                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
+    if manifest is not None:
+        verdicts = server.verify_all()
+        for name, good in sorted(verdicts.items()):
+            print(f"{'OK' if good else 'REFUSED':<9} {name}", file=sys.stderr)
+        for name in sorted(set(server.expected) - set(verdicts)):
+            if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
+                print(f"{'MISSING':<9} {name}", file=sys.stderr)
+    print(server.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
+        server.serve_forever()
 
 
 # -- release -------------------------------------------------------------------------------------

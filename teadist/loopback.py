@@ -61,9 +61,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, owner: LoopbackServer) -> None:
+    def __init__(self, owner: LoopbackServer, host: str = "127.0.0.1", port: int = 0) -> None:
         self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__((host, port), _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that hang up mid-transfer are expected here (faults, kills)
@@ -72,18 +72,21 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """Base: threading server on 127.0.0.1, request log, byte count and a fault queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[SeenRequest] = []
         self.faults: list[Fault] = []
         self.bytes_sent = 0
         self._lock = threading.Lock()
-        self._httpd = _Server(self)
+        self._httpd = _Server(self, host, port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback", daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
 
     def start(self) -> LoopbackServer:
         self._thread.start()
@@ -207,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = end - start
         declared = length + (1000 if fault is not None and fault.kind == "wrong_length" else 0)
         self.send_response(206 if ranged else 200)
-        self.send_header("Content-Type", "application/octet-stream")
+        if "Content-Type" not in served.headers:
+            self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(declared))
         self.send_header("Accept-Ranges", "bytes")
         if ranged:

@@ -19,7 +19,9 @@ PHI3_TEMPLATE = (
 
 def make_tiny_model(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_ff: int = 128, n_ctx: int = 256, alignment: int | None = None,
-                    name: str = "tiny-llama") -> Path:
+                    name: str = "tiny-llama", printable_only: bool = False) -> Path:
+    """Write the model; ``printable_only`` zeroes the output rows of every token but printable
+    ASCII bytes, so greedy text is valid UTF-8 (wllama serialises results as strict JSON)."""
     import numpy as np
     from gguf import GGUFWriter, TokenType
 
@@ -66,7 +68,12 @@ def make_tiny_model(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int
         writer.add_tensor(pre + "ffn_up.weight", weight(n_ff, n_embd))
         writer.add_tensor(pre + "ffn_down.weight", weight(n_embd, n_ff))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(n_vocab, n_embd, scale=1.0))
+    output = weight(n_vocab, n_embd, scale=1.0)
+    if printable_only:
+        keep = np.zeros(n_vocab, dtype=bool)
+        keep[3 + 0x20:3 + 0x7F] = True  # the byte tokens <0x20> .. <0x7E>
+        output[~keep] = 0.0
+    writer.add_tensor("output.weight", output)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

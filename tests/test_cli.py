@@ -13,7 +13,7 @@ from teadist.split import split_file
 from tests.helpers import Result, write_random
 
 COMMANDS = ["split", "assemble", "verify", "inspect", "list", "path", "rm", "fetch", "models", "du", "prune",
-            "demo", "registry pin"]
+            "demo", "registry pin", "serve", "package-wasm", "release prepare", "release publish"]
 
 
 def test_console_script_runs_split_assemble_verify(tmp_path: Path, console: Callable[..., Result]) -> None:
