@@ -43,6 +43,7 @@ class CacheRecord:
     last_used: str | None = None
     mtime_ns: int | None = None
     shards: list[str] = field(default_factory=list)
+    shard_sha256: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,12 +117,12 @@ class ModelCache:
                 and record.mtime_ns == st.st_mtime_ns)
 
     def record_install(self, filename: str, name: str, sha256: str, size: int, source: str,
-                       shards: list[str] | None = None) -> CacheRecord:
+                       shards: list[str] | None = None, shard_sha256: dict[str, str] | None = None) -> CacheRecord:
         st = self.path_for(filename).stat()
         stamp = now_iso()
         record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source,
                              installed_at=stamp, verified_at=stamp, last_used=stamp,
-                             mtime_ns=st.st_mtime_ns, shards=shards or [])
+                             mtime_ns=st.st_mtime_ns, shards=shards or [], shard_sha256=shard_sha256 or {})
         self.write_record(record)
         return record
 

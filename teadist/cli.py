@@ -449,6 +449,8 @@ def fetch(
                                       help="Parallel downloads: chunks, or byte ranges of a large file.")] = 4,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Use the cache only [env: TEA_OFFLINE=1 or HF_HUB_OFFLINE=1].")] = False,
+    keep_shards: Annotated[bool, typer.Option(
+        "--keep-shards", help="gguf manifests: install the verified shards as they are.")] = False,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -469,8 +471,9 @@ def fetch(
 
     settings = _settings(cache_dir, offline=True if offline else None)
     reporter = _reporter(quiet, as_json)
-    result = run_fetch(model, _cache(settings), _fetch_options(settings, jobs, source), reporter,
-                       _downloader(settings, reporter, jobs))
+    options = _fetch_options(settings, jobs, source)
+    options.keep_shards = keep_shards
+    result = run_fetch(model, _cache(settings), options, reporter, _downloader(settings, reporter, jobs))
     if as_json:
         _emit_json({"path": str(result.path), "name": result.name, "sha256": result.sha256, "size": result.size,
                     "already_present": result.already_present, "source": result.source})

@@ -51,6 +51,7 @@ class FetchOptions:
     offline: bool = False
     jobs: int = 4
     source: str | None = None
+    keep_shards: bool = False
 
 
 @dataclass
@@ -185,22 +186,24 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     downloader = downloader or Downloader(reporter)
     target = resolve_target(spec, downloader, options.offline)
     manifest = target.manifest
-    dest = cache.path_for(manifest.file.name)
-    cached = _cached(cache, manifest, dest)
+    keep = options.keep_shards and manifest.format == "gguf"
+    dest = cache.path_for(manifest.chunks[0].name if keep else manifest.file.name)
+    cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
     if cached is not None:
         return cached
     if options.offline:
         raise OfflineError(f"offline: {manifest.reference} ({manifest.file.name}) is not in the cache {cache.root}",
                            hint="fetch it once with the network, or copy it into the cache")
+    if options.keep_shards and manifest.format != "gguf":
+        raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
     with target_lock(dest):
-        cached = _cached(cache, manifest, dest)  # another process may have finished it meanwhile
+        # another process may have finished it meanwhile
+        cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
         if cached is not None:
             return cached
         if manifest.format == "single":
             return _fetch_single(target, dest, cache, options, reporter, downloader)
-        if manifest.format == "bytes":
-            return _fetch_chunks(target, dest, cache, options, reporter, downloader)
-        raise UsageError(f"manifest format {manifest.format!r} cannot be fetched by this teadist")
+        return _fetch_chunks(target, dest, cache, options, reporter, downloader)
 
 
 def _cached(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | None:
@@ -268,14 +271,13 @@ def _chunk_urls(target: Target, name: str, listed: tuple[str, ...]) -> list[str]
 
 def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
                   downloader: Downloader) -> FetchResult:
-    from teadist.assemble import assemble_chunks_locked as assemble_chunks
 
     manifest = target.manifest
     assert manifest.file.sha256 is not None and manifest.file.size is not None
     local = target.base_dir
-    if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
-        result = assemble_chunks(manifest, local, dest, reporter, cache=cache, source=target.origin)
-        return FetchResult(dest, manifest.reference, result.sha256, result.size, False, target.origin)
+    shards = manifest.format == "gguf"
+    if not options.keep_shards and local is not None and all((local / c.name).is_file() for c in manifest.chunks):
+        return _install_from(manifest, local, dest, cache, reporter, target.origin)
     staging = cache.meta / "staging" / manifest.file.sha256[:16]
     staging.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
@@ -288,7 +290,7 @@ def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchO
 
             if hash_range(path)[0] == chunk.sha256:
                 return
-        if local is not None and (local / chunk.name).is_file():
+        if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
             shutil.copyfile(local / chunk.name, path)
             return
         urls = _chunk_urls(target, chunk.name, chunk.urls)
@@ -302,6 +304,51 @@ def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchO
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         for future in [pool.submit(get, i) for i in range(len(manifest.chunks))]:
             future.result()
-    result = assemble_chunks(manifest, staging, dest, reporter, cache=cache, source=target.origin)
+    if shards and options.keep_shards:
+        result = _install_shards(manifest, staging, cache, reporter, target.origin)
+    else:
+        result = _install_from(manifest, staging, dest, cache, reporter, target.origin)
     shutil.rmtree(staging, ignore_errors=True)
-    return FetchResult(dest, manifest.reference, result.sha256, result.size, False, target.origin)
+    return result
+
+
+def _install_from(manifest: Manifest, folder: Path, dest: Path, cache: ModelCache, reporter: Reporter,
+                  origin: str) -> FetchResult:
+    """Rebuild the original from verified pieces: byte chunks are concatenated, shards replayed."""
+    if manifest.format == "gguf":
+        from teadist.shards import rebuild_original_locked
+
+        sha, size, _ = rebuild_original_locked(manifest, folder, dest, reporter, cache, origin)
+        return FetchResult(dest, manifest.reference, sha, size, False, origin)
+    from teadist.assemble import assemble_chunks_locked
+
+    result = assemble_chunks_locked(manifest, folder, dest, reporter, cache=cache, source=origin)
+    return FetchResult(dest, manifest.reference, result.sha256, result.size, False, origin)
+
+
+def _install_shards(manifest: Manifest, staging: Path, cache: ModelCache, reporter: Reporter,
+                    origin: str) -> FetchResult:
+    """Install the verified shards as they are (llama.cpp and wllama load them from shard 1)."""
+    from teadist.fsutil import commit_file
+
+    for chunk in manifest.chunks:
+        commit_file(staging / chunk.name, cache.path_for(chunk.name))
+    first = manifest.chunks[0]
+    record = cache.record_install(first.name, manifest.reference, first.sha256, first.size, origin,
+                                  shards=[c.name for c in manifest.chunks[1:]],
+                                  shard_sha256={c.name: c.sha256 for c in manifest.chunks[1:]})
+    reporter.info(f"installed {len(manifest.chunks)} shards of {manifest.file.name}; "
+                  f"llama.cpp and wllama load them from {first.name}")
+    return FetchResult(cache.path_for(first.name), record.name, first.sha256, first.size, False, origin)
+
+
+def _cached_shards(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | None:
+    record = cache.read_record(dest.name)
+    first = manifest.chunks[0]
+    if record is None or not cache.is_current(record, first.sha256, first.size):
+        return None
+    expected = {c.name: c.sha256 for c in manifest.chunks[1:]}
+    if record.shard_sha256 != expected or not all(cache.path_for(n).is_file() for n in expected):
+        return None
+    cache.touch(record)
+    return FetchResult(dest, record.name, record.sha256, record.size, True, record.source)

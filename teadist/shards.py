@@ -407,54 +407,61 @@ def rebuild_original(manifest: Manifest, shards_dir: Path, dest: Path, reporter:
     """Rebuild the byte-identical original from shards; verify every shard and the whole file.
 
     Returns (sha256, size, already_present)."""
-    from teadist.assemble import existing_is_verified
     from teadist.cache import target_lock
+
+    with target_lock(dest):
+        return rebuild_original_locked(manifest, shards_dir, dest, reporter, cache, source)
+
+
+def rebuild_original_locked(manifest: Manifest, shards_dir: Path, dest: Path, reporter: Reporter,
+                            cache: Any = None, source: str = "local") -> tuple[str, int, bool]:
+    """``rebuild_original`` for a caller that already holds ``target_lock(dest)``."""
+    from teadist.assemble import existing_is_verified
     from teadist.fsutil import commit_file, remove_quietly, temp_path_for
 
     pieces = check_recipe(manifest)
     sha256, size = manifest.file.sha256, manifest.file.size
     assert sha256 is not None and size is not None
-    with target_lock(dest):
-        if existing_is_verified(dest, sha256, size, cache, reporter):
-            if cache is not None and cache.contains(dest):
-                cache.record_install(dest.name, manifest.reference, sha256, size, source)
-            return sha256, size, True
-        for chunk in manifest.chunks:
-            path = shards_dir / chunk.name
-            if not path.is_file():
-                raise IntegrityError(f"shard {chunk.name} is missing from {shards_dir}")
-            if path.stat().st_size != chunk.size:
-                raise IntegrityError(f"shard {chunk.name} has {path.stat().st_size} bytes, the manifest says "
-                                     f"{chunk.size}", hint="download that shard again")
-        ensure_free_space(dest.parent, size, dest.name)
-        readers = [_VerifiedShard(shards_dir / c.name, c) for c in manifest.chunks]
-        whole = hashlib.sha256()
-        tmp = temp_path_for(dest)
-        task = reporter.task(f"rebuild {dest.name}", size)
-        try:
-            with open(tmp, "wb") as out:
-                def write(data: bytes) -> None:
-                    out.write(data)
-                    whole.update(data)
-                    task.advance(len(data))
-
-                for piece in pieces:
-                    if "shard" in piece:
-                        readers[int(piece["shard"])].read(int(piece["offset"]), int(piece["length"]), [write])
-                    else:
-                        replay([piece], lambda i: readers[i].fh, [write])
-                for reader in readers:
-                    reader.finish()
-            if whole.hexdigest() != sha256:
-                raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
-            commit_file(tmp, dest)
-        except BaseException:
-            remove_quietly(tmp)
-            raise
-        finally:
-            task.close()
-            for reader in readers:
-                reader.close()
+    if existing_is_verified(dest, sha256, size, cache, reporter):
         if cache is not None and cache.contains(dest):
             cache.record_install(dest.name, manifest.reference, sha256, size, source)
-        return sha256, size, False
+        return sha256, size, True
+    for chunk in manifest.chunks:
+        path = shards_dir / chunk.name
+        if not path.is_file():
+            raise IntegrityError(f"shard {chunk.name} is missing from {shards_dir}")
+        if path.stat().st_size != chunk.size:
+            raise IntegrityError(f"shard {chunk.name} has {path.stat().st_size} bytes, the manifest says "
+                                 f"{chunk.size}", hint="download that shard again")
+    ensure_free_space(dest.parent, size, dest.name)
+    readers = [_VerifiedShard(shards_dir / c.name, c) for c in manifest.chunks]
+    whole = hashlib.sha256()
+    tmp = temp_path_for(dest)
+    task = reporter.task(f"rebuild {dest.name}", size)
+    try:
+        with open(tmp, "wb") as out:
+            def write(data: bytes) -> None:
+                out.write(data)
+                whole.update(data)
+                task.advance(len(data))
+
+            for piece in pieces:
+                if "shard" in piece:
+                    readers[int(piece["shard"])].read(int(piece["offset"]), int(piece["length"]), [write])
+                else:
+                    replay([piece], lambda i: readers[i].fh, [write])
+            for reader in readers:
+                reader.finish()
+        if whole.hexdigest() != sha256:
+            raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
+        commit_file(tmp, dest)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    finally:
+        task.close()
+        for reader in readers:
+            reader.close()
+    if cache is not None and cache.contains(dest):
+        cache.record_install(dest.name, manifest.reference, sha256, size, source)
+    return sha256, size, False

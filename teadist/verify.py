@@ -117,8 +117,14 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
         raise NotFoundError(f"no cached model or cache record named {name!r}",
                             hint="pass a manifest with --manifest, or see `teadist list`")
     path = cache.path_for(record.filename)
-    rows = _run_jobs([_Job(record.filename, path, 0, record.size, record.sha256)], reporter,
-                     f"verify {record.filename}") if path.is_file() else [CheckRow(record.filename, MISSING)]
+    jobs, rows = [], []
+    for name, sha, size in [(record.filename, record.sha256, record.size),
+                            *((n, s, None) for n, s in record.shard_sha256.items())]:
+        if cache.path_for(name).is_file():
+            jobs.append(_Job(name, cache.path_for(name), 0, size, sha))
+        else:
+            rows.append(CheckRow(name, MISSING))
+    rows += _run_jobs(jobs, reporter, f"verify {record.filename}")
     report = VerifyReport(str(path), rows)
     if report.ok:
         cache.mark_verified(record)

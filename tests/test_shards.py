@@ -134,3 +134,34 @@ def test_native_llama_cpp_loads_shard_rebuilt_and_original_identically(tmp_path:
         del llm
     assert outputs[0] == outputs[1] == outputs[2]
     assert outputs[0]
+
+
+def test_fetch_gguf_manifest_rebuilds_or_keeps_shards(models: list[Path], tmp_path: Path, models_dir: Path,
+                                                      cli: Callable[..., Result],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from teadist.loopback import MirrorServer
+
+    monkeypatch.setenv("TEADIST_RETRY_BACKOFF", "0.01")
+    src = models[2]  # custom alignment
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=60_000)
+    first = result.manifest.chunks[0].name
+    with MirrorServer(tmp_path / "web") as server:
+        assert isinstance(server, MirrorServer)
+        url = server.url_for(result.manifest_path.name)
+        rebuilt = cli("fetch", url, "--json")
+        assert rebuilt.code == 0, rebuilt.err
+        assert sha(models_dir / src.name) == sha(src)  # the original, byte for byte
+        kept = cli("fetch", url, "--keep-shards", "--json")
+        assert kept.code == 0, kept.err
+        assert json.loads(kept.out)["path"] == str(models_dir / first)
+        again = cli("fetch", url, "--keep-shards", "--json")
+        assert json.loads(again.out)["already_present"] is True
+    for chunk in result.manifest.chunks:
+        assert sha(models_dir / chunk.name) == chunk.sha256
+    assert cli("path", first).out.strip() == str(models_dir / first)
+    assert cli("verify", first).code == 0
+    last = models_dir / result.manifest.chunks[-1].name
+    raw = bytearray(last.read_bytes())
+    raw[-1] ^= 1
+    last.write_bytes(bytes(raw))
+    assert cli("verify", first).code == 3
