@@ -188,7 +188,8 @@ def split(
 
 @app.command()
 def assemble(
-    manifest: Annotated[Path, typer.Argument(help="A manifest written by `teadist split`.")],
+    manifest: Annotated[Path, typer.Argument(
+        help="A manifest written by `teadist split`, or the first of llama.cpp shards to merge.")],
     chunks: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--chunks", help="Folder holding the chunks [default: the manifest's folder].")] = None,
     out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
@@ -210,8 +211,24 @@ def assemble(
     from teadist.manifest import load_manifest
 
     settings = _settings(cache_dir)
-    m = load_manifest(manifest)
     cache = _cache(settings)
+    from teadist.shards import is_shard_name
+
+    if is_shard_name(manifest.name) and manifest.is_file():
+        from teadist.ggufinfo import looks_like_gguf
+        from teadist.shards import merge_foreign_shards
+
+        if looks_like_gguf(manifest):
+            merged_name = manifest.name.rsplit("-", 3)[0] + ".gguf"
+            dest = out if out is not None else cache.path_for(merged_name)
+            dest = dest / merged_name if dest.is_dir() else dest
+            sha, size = merge_foreign_shards(manifest, dest, _reporter(quiet, as_json))
+            if as_json:
+                _emit_json({"path": str(dest), "sha256": sha, "size": size, "merged": True})
+            else:
+                print(dest)
+            return
+    m = load_manifest(manifest)
     dest = out if out is not None else cache.path_for(m.file.name)
     if dest.is_dir():
         dest = dest / m.file.name

@@ -19,7 +19,7 @@ PHI3_TEMPLATE = (
 
 def make_tiny_model(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_ff: int = 128, n_ctx: int = 256, alignment: int | None = None,
-                    name: str = "tiny-llama", printable_only: bool = False) -> Path:
+                    name: str = "tiny-llama", printable_only: bool = False, split_max_tensors: int = 0) -> Path:
     """Write the model; ``printable_only`` zeroes the output rows of every token but printable
     ASCII bytes, so greedy text is valid UTF-8 (wllama serialises results as strict JSON)."""
     import numpy as np
@@ -31,7 +31,8 @@ def make_tiny_model(path: Path, *, seed: int = 0, n_embd: int = 64, n_layer: int
     n_vocab = len(tokens)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = GGUFWriter(str(path), "llama")
+    # split_max_tensors > 0: gguf-py writes llama.cpp split shards itself (a writer other than ours)
+    writer = GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     writer.add_name(name)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(n_embd)

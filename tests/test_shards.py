@@ -165,3 +165,31 @@ def test_fetch_gguf_manifest_rebuilds_or_keeps_shards(models: list[Path], tmp_pa
     raw[-1] ^= 1
     last.write_bytes(bytes(raw))
     assert cli("verify", first).code == 3
+
+
+def test_foreign_shards_are_merged_and_said_to_be_a_merge(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Shards written by gguf-py's own split writer (as llama-gguf-split would) come without a
+    recipe: assemble merges them, says so, and the merge runs like the unsplit model."""
+    from llama_cpp import Llama
+
+    whole = make_tiny_model(tmp_path / "whole" / "foreign.gguf", seed=5)
+    make_tiny_model(tmp_path / "split" / "foreign.gguf", seed=5, split_max_tensors=8)
+    first = tmp_path / "split" / "foreign-00001-of-00003.gguf"
+    result = cli("assemble", first, "--out", tmp_path / "merged" / "foreign.gguf", "--json")
+    assert result.code == 0, result.err
+    assert "this is a merge" in result.err
+    merged = tmp_path / "merged" / "foreign.gguf"
+    info = read_info(merged)
+    assert info.split_count is None and info.tensor_count == read_info(whole).tensor_count
+    assert _tensors(merged) == _tensors(whole)
+    texts = []
+    for path in (merged, whole, first):
+        llm = Llama(model_path=str(path), n_ctx=64, n_threads=2, verbose=False, seed=0)
+        out = llm.create_completion("Hi", max_tokens=8, temperature=0.0, top_k=1, stream=False)
+        assert isinstance(out, dict)
+        texts.append(out["choices"][0]["text"])
+        del llm
+    assert texts[0] == texts[1] == texts[2]
+    (tmp_path / "split" / "foreign-00002-of-00003.gguf").unlink()
+    missing = cli("assemble", first, "--out", tmp_path / "m2" / "foreign.gguf")
+    assert missing.code == 3 and "foreign-00002-of-00003.gguf is missing" in missing.err
