@@ -768,7 +768,13 @@ def release_publish(
         raise _usage("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
     reporter = _reporter(quiet, as_json)
-    publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout)
+    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = max(0.0, float(interval_text))
+    except ValueError:
+        raise _usage(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
+    publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
+                          write_interval=interval)
     report = publisher.publish(dist, dry_run=dry_run, draft=draft)
     if as_json:
         _emit_json(report.__dict__)

@@ -222,7 +222,8 @@ class _ProgressFile:
 
 class Publisher:
     def __init__(self, repo: str, tag: str, token: str, api_url: str, reporter: Reporter,
-                 upload_timeout: float = 3600.0, attempts: int = 3, rate_limit_wait: float = 900.0) -> None:
+                 upload_timeout: float = 3600.0, attempts: int = 3, rate_limit_wait: float = 900.0,
+                 write_interval: float = 1.0) -> None:
         from github import Auth, Github, GithubRetry
 
         check_repo_and_tag(repo, tag)
@@ -231,7 +232,10 @@ class Publisher:
         self.upload_timeout = upload_timeout
         self.attempts = attempts
         retry = GithubRetry(total=5, backoff_factor=0.5, max_rate_limit_wait=rate_limit_wait)
-        self._gh = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), timeout=60, retry=retry)
+        # write_interval: PyGithub's pause between content-creating requests (GitHub's advice
+        # against secondary rate limits); tests against the loopback server set it to 0.
+        self._gh = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), timeout=60, retry=retry,
+                          seconds_between_requests=min(0.25, write_interval), seconds_between_writes=write_interval)
         self._repo_name = repo
         self._repo: Any = None
 
