@@ -204,9 +204,54 @@ def section_fetch(b: Bench, src: Path) -> None:
     shutil.rmtree(model.parent)
 
 
+def section_gguf(b: Bench, src: Path) -> None:
+    """GGUF shards of a generated ~1 GiB llama GGUF: split --format gguf and the lossless rebuild,
+    against a plain copy of the same file."""
+    n_layer = max(1, min(b.size, 2**30) // (4 * 51_380_224))  # n_embd 2048, n_ff 5632: ~205 MB a layer
+    model = b.work / "gguf-src" / "model.gguf"
+    code = (f"from pathlib import Path; from teadist.tinymodel import make_tiny_model; "
+            f"make_tiny_model(Path({str(model)!r}), seed=1, n_embd=2048, n_ff=5632, n_layer={n_layer}, n_head=16)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    shards = b.work / "gguf-shards"
+    copy = b.work / "gguf-copy.bin"
+    warm(model)
+    t_cat = median_of(b, lambda: b.shell(f"cat {q(model)} > {q(copy)}"), lambda: os.remove(copy))
+    t_split = median_of(b, lambda: b.teadist("split", str(model), "--format", "gguf", "--out", str(shards),
+                                             label="split --format gguf"), lambda: shutil.rmtree(shards))
+    b.teadist("split", str(model), "--format", "gguf", "--out", str(shards), label="split --format gguf")
+    size = model.stat().st_size
+    b.rows.append(Row(f"gguf shards: split ({size / 1e9:.2f} GB, 512 MB shards, with rebuild proof)", t_split,
+                      "cat copy", t_cat, "(info)", float("inf")))
+    rebuilt = b.work / "gguf-rebuilt" / "model.gguf"
+    manifest = shards / "model.gguf.manifest.json"
+    t_rebuild = median_of(b, lambda: b.teadist("assemble", str(manifest), "--out", str(rebuilt),
+                                               label="assemble (gguf)"), lambda: os.remove(rebuilt))
+    b.rows.append(Row("gguf shards: lossless rebuild, verified", t_rebuild, "cat copy", t_cat, "(info)",
+                      float("inf")))
+    shutil.rmtree(shards)
+    shutil.rmtree(model.parent)
+
+
+def section_startup(b: Bench, src: Path) -> None:
+    """`teadist --help` start-up against `python -c "import typer"`: heavy imports stay lazy."""
+    def timed(argv: list[str]) -> float:
+        runs = []
+        for _ in range(11):
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    t_typer = timed([sys.executable, "-c", "import typer"])
+    t_help = timed([*TEADIST, "--help"])
+    b.rows.append(Row("start-up: teadist --help", t_help, "python -c 'import typer'", t_typer, "≤ 2×", 2.0))
+
+
 SECTIONS: dict[str, Callable[[Bench, Path], None]] = {
     "split-assemble-verify": section_split_assemble_verify,
     "fetch": section_fetch,
+    "gguf": section_gguf,
+    "startup": section_startup,
 }
 
 

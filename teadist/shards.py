@@ -292,7 +292,10 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     if not file_name.endswith(".gguf"):
         raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
     layout = read_layout(src)
-    original_sha, _ = hash_range(src)
+    from concurrent.futures import ThreadPoolExecutor
+
+    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
+    original_sha_future = hasher.submit(hash_range, src)
     with open(src, "rb") as fh:
         fh.seek(layout.kv_start)
         kv_block = fh.read(layout.kv_end - layout.kv_start)
@@ -334,6 +337,8 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
                 records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url))
         finally:
             task.close()
+    original_sha = original_sha_future.result()[0]
+    hasher.shutdown()
     manifest = Manifest(name=name or default_model_name(file_name),
                         file=FileRecord(file_name, layout.size, original_sha), format="gguf", chunks=records,
                         rebuild={"method": "pieces-v1", "pieces": pieces}, model=describe_model(src, reporter))
