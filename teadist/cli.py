@@ -22,7 +22,7 @@ from teadist.errors import (
     NotFoundError,
     TeadistError,
 )
-from teadist.progress import ProgressTask, Reporter
+from teadist.progress import NullTask, ProgressTask, Reporter
 from teadist.settings import Settings, mask_secrets, resolve_settings
 from teadist.sizes import format_size
 
@@ -61,14 +61,6 @@ class _TqdmTask:
         self._bar.close()
 
 
-class _NoTask:
-    def advance(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class CliReporter:
     """Messages on stderr; tqdm bars only on a TTY and not with --quiet or --json."""
 
@@ -84,7 +76,7 @@ class CliReporter:
         print("warning: " + mask_secrets(message), file=sys.stderr)
 
     def task(self, description: str, total: int | None) -> ProgressTask:
-        return _TqdmTask(description, total) if self.bars else _NoTask()
+        return _TqdmTask(description, total) if self.bars else NullTask()
 
 
 def _reporter(quiet: bool, as_json: bool = False) -> Reporter:

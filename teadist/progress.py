@@ -27,7 +27,9 @@ class Reporter(Protocol):
         ...
 
 
-class _NullTask:
+class NullTask:
+    """A progress task that shows nothing."""
+
     def advance(self, n: int) -> None:
         pass
 
@@ -48,4 +50,4 @@ class NullReporter:
         self.messages.append("warning: " + message)
 
     def task(self, description: str, total: int | None) -> ProgressTask:
-        return _NullTask()
+        return NullTask()
