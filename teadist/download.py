@@ -346,9 +346,7 @@ class _SegmentedFetch:
         return True
 
     def _save(self) -> None:
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps({"size": self.size, "etag": self.etag, "segments": self.segments}), "utf-8")
-        os.replace(tmp, self.sidecar)
+        _write_sidecar(self.sidecar, {"size": self.size, "etag": self.etag, "segments": self.segments})
 
     def _prefix(self) -> int:
         for _, end, done in self.segments:
@@ -545,7 +543,11 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
 
 
 def _write_sidecar(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data), "utf-8")
+    """Temp-then-rename, without fsync: it is rewritten often, and a sidecar lost to a power cut
+    only costs a re-download (the final hash check still guards the file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), "utf-8")
+    os.replace(tmp, path)
 
 
 def _host(url: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from teadist.cache import ModelCache, lock_path_for
 from teadist.fsutil import remove_quietly
 
-_PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json)?$")
+_PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json(\.tmp)?)?$")
 
 
 def _unlocked(dest: Path) -> bool:
