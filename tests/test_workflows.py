@@ -41,4 +41,8 @@ def test_release_workflow_shape() -> None:
     assert "teadist release publish" in text and "Cargo.toml" in text
     ci = (WORKFLOWS / "ci.yml").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert ".venv/bin/python -m pytest" in ci and ".venv/bin/python -m pytest" in readme
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert first_block == ["bash scripts/setup.sh && .venv/bin/teadist demo", ".venv/bin/python -m pytest"]
+    assert ".venv/bin/python -m pytest" in ci and "bash scripts/setup.sh" in ci
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/setup.sh" in ci_run and ci_run.rstrip().endswith(first_block[1])
