@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -61,9 +59,6 @@ class ModelCache:
 
     def record_path(self, filename: str) -> Path:
         return self.records_dir / (require_plain_filename(filename, "model file name") + ".json")
-
-    def lock_path(self, filename: str) -> Path:
-        return lock_path_for(self.path_for(filename))
 
     def contains(self, dest: Path) -> bool:
         return dest.parent.resolve() == self.root.resolve()
@@ -193,15 +188,3 @@ def runtime_model_path(filename: str, cache: ModelCache, tea_model_path: str | N
     raise NotFoundError(f"model file {filename} is not installed",
                         hint=f"run `teadist fetch` for it, or place it in {cache.root}")
 
-
-def age_seconds(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return time.time() - datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
-
-
-def mtime_ns(path: Path) -> int:
-    return os.stat(path).st_mtime_ns

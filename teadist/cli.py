@@ -21,6 +21,7 @@ from teadist.errors import (
     EXIT_INTERRUPTED,
     NotFoundError,
     TeadistError,
+    UsageError,
 )
 from teadist.progress import NullTask, ProgressTask, Reporter
 from teadist.settings import Settings, mask_secrets, resolve_settings
@@ -155,9 +156,9 @@ def split(
     from teadist.sizes import parse_size
 
     if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise _usage("--base-url must start with http:// or https://")
+        raise UsageError("--base-url must start with http:// or https://")
     if fmt not in ("bytes", "gguf"):
-        raise _usage(f"--format must be bytes or gguf, not {fmt!r}")
+        raise UsageError(f"--format must be bytes or gguf, not {fmt!r}")
     reporter = _reporter(quiet, as_json)
     if fmt == "gguf":
         from teadist.shards import split_gguf
@@ -285,7 +286,7 @@ def verify(
     elif path.is_file() and cache.contains(path):
         report = v.verify_cached(cache, path.name, reporter)
     elif path.exists():
-        raise _usage(f"nothing to verify {target} against: it is not in the cache",
+        raise UsageError(f"nothing to verify {target} against: it is not in the cache",
                      hint="pass its manifest with --manifest")
     else:
         report = v.verify_cached(cache, str(target), reporter)
@@ -566,7 +567,7 @@ def prune(
     from teadist.sizes import parse_size
 
     if max_size is None and not partials:
-        raise _usage("say what to prune: --max-size SIZE and/or --partials")
+        raise UsageError("say what to prune: --max-size SIZE and/or --partials")
     cache = _cache(_settings(cache_dir))
     removed: list[str] = []
     if partials:
@@ -670,7 +671,7 @@ def package_wasm_cmd(
 
     epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "0")
     if not epoch_text.isdigit():
-        raise _usage(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
     report = package_wasm(pkg_dir, version, out, js, source_date_epoch=int(epoch_text))
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
@@ -757,14 +758,14 @@ def release_publish(
 
     token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
     if not token:
-        raise _usage("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
+        raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
     reporter = _reporter(quiet, as_json)
     interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
     try:
         interval = max(0.0, float(interval_text))
     except ValueError:
-        raise _usage(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
                           write_interval=interval)
     report = publisher.publish(dist, dry_run=dry_run, draft=draft)
@@ -801,12 +802,6 @@ def demo(
 
 
 # -- errors → exit codes ------------------------------------------------------------------------
-def _usage(message: str, hint: str | None = None) -> TeadistError:
-    from teadist.errors import UsageError
-
-    return UsageError(message, hint)
-
-
 def _print_error(message: str, hint: str | None) -> None:
     print("error: " + mask_secrets(message), file=sys.stderr)
     if hint:

@@ -8,7 +8,6 @@ into a temporary TEA model cache, verifies, and tells what it is, reporting each
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +77,8 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
     return result
 
 
-def _expect(condition: bool, message: str, error: Callable[[str], Exception] | None = None) -> None:
+def _expect(condition: bool, message: str) -> None:
     if not condition:
         from teadist.errors import TeadistError
 
-        raise (error or TeadistError)(message)
+        raise TeadistError(message)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from teadist.errors import DiskSpaceError, IntegrityError, NotFoundError, SourceError, TeadistError
+from teadist.errors import DiskSpaceError, IntegrityError, NotFoundError, SourceError
 from teadist.fsutil import PART_SUFFIX, WriteSink, commit_file, ensure_free_space, is_disk_full, remove_quietly
 from teadist.hashing import PipelinedCopier, TruncatedInput
 from teadist.progress import Reporter
@@ -248,26 +248,22 @@ class Downloader:
                 raise _Restart("the server refused the resume range (416)")
             _check_status(resp, url)
             etag = resp.headers.get("ETag")
+            declared_text = resp.headers.get("Content-Length")
+            declared = int(declared_text) if declared_text is not None and declared_text.isdigit() else None
             if status == 206:
                 start, total = _parse_content_range(resp.headers.get("Content-Range"))
                 if start != have or (size is not None and total not in (None, size)):
                     raise _Restart(f"the server sent range {start}- of {total}, not {have}- of {size}")
                 if saved.get("etag") and etag and saved["etag"] != etag:
                     raise _Restart("the file changed on the server since the partial download (ETag)")
-            elif status == 200:
-                if have:
-                    self.reporter.warn(f"{_host(url)} ignored the resume range; downloading from the start")
-                    hasher.__init__()  # type: ignore[misc]
-                    os.truncate(partial, 0)
-                    have = 0
-                declared = resp.headers.get("Content-Length")
-                if size is not None and declared is not None and declared.isdigit() and int(declared) != size:
-                    raise _Retry(f"{_host(url)} announced {declared} bytes, expected {size}")
+            elif have:
+                # 200 to a range: the body starts at byte 0. The caller owns the hasher and the
+                # partial, so it restarts both (asking again without a range).
+                raise _Restart(f"{_host(url)} ignored the resume range")
+            elif size is not None and declared is not None and declared != size:
+                raise _Retry(f"{_host(url)} announced {declared} bytes, expected {size}")
             _write_sidecar(sidecar, {"url_host": _host(url), "etag": etag or saved.get("etag")})
-            remaining = (size - have) if size is not None else None
-            declared_len = resp.headers.get("Content-Length")
-            if remaining is None and declared_len is not None and declared_len.isdigit():
-                remaining = int(declared_len)
+            remaining = size - have if size is not None else declared
             raw = resp.raw
             raw.decode_content = False
             with open(partial, "ab") as out, PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
@@ -565,5 +561,3 @@ def _reason(exc: BaseException) -> str:
         text += f": {type(root).__name__}"
     return text
 
-
-__all__ = ["Auth", "Downloader", "RetryPolicy", "TeadistError"]

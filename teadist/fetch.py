@@ -186,7 +186,9 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     downloader = downloader or Downloader(reporter)
     target = resolve_target(spec, downloader, options.offline)
     manifest = target.manifest
-    keep = options.keep_shards and manifest.format == "gguf"
+    if options.keep_shards and manifest.format != "gguf":
+        raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
+    keep = options.keep_shards
     dest = cache.path_for(manifest.chunks[0].name if keep else manifest.file.name)
     cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
     if cached is not None:
@@ -194,8 +196,6 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     if options.offline:
         raise OfflineError(f"offline: {manifest.reference} ({manifest.file.name}) is not in the cache {cache.root}",
                            hint="fetch it once with the network, or copy it into the cache")
-    if options.keep_shards and manifest.format != "gguf":
-        raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
     with target_lock(dest):
         # another process may have finished it meanwhile
         cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
@@ -281,17 +281,15 @@ def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchO
     staging = cache.meta / "staging" / manifest.file.sha256[:16]
     staging.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
+    from teadist.hashing import copy_verified, hash_range
 
     def get(chunk_index: int) -> None:
         chunk = manifest.chunks[chunk_index]
         path = staging / chunk.name
-        if path.is_file() and path.stat().st_size == chunk.size:
-            from teadist.hashing import hash_range
-
-            if hash_range(path)[0] == chunk.sha256:
-                return
+        if path.is_file() and path.stat().st_size == chunk.size and hash_range(path)[0] == chunk.sha256:
+            return  # verified by an earlier, interrupted run
         if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
-            shutil.copyfile(local / chunk.name, path)
+            copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}")
             return
         urls = _chunk_urls(target, chunk.name, chunk.urls)
         if options.source is not None and not options.source.isdigit() and options.source not in ("url", "mirror"):

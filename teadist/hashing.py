@@ -183,5 +183,21 @@ def with_fadvise(fd: int, offset: int, length: int) -> None:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+
+def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str) -> None:
+    """Copy ``src`` to ``dest`` hashing while copying (one pass), temp-then-rename; raise
+    IntegrityError naming ``label`` and leave nothing at ``dest`` when size or sha256 differ."""
+    from teadist.errors import IntegrityError
+    from teadist.fsutil import WriteSink, atomic_write
+
+    digest = hashlib.sha256()
+    with open(src, "rb", buffering=0) as fin, atomic_write(dest) as out, PipelinedCopier(n_sinks=2) as copier:
+        try:
+            copier.copy_file_range(fin.fileno(), 0, size, [digest.update, WriteSink(out)])
+        except TruncatedInput as exc:
+            raise IntegrityError(f"{label} has {exc.copied} bytes, expected {size}") from None
+        if os.fstat(fin.fileno()).st_size != size:
+            raise IntegrityError(f"{label} is longer than the {size} bytes expected")
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"{label} does not match its sha256 in the manifest",
+                                 hint="download it again")

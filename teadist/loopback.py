@@ -269,8 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    from teadist.hashing import hash_range
+
+    return hash_range(path)[0]
 
 
 class MirrorServer(LoopbackServer):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from teadist.cache import ModelCache
+from teadist.cache import CacheRecord, ModelCache
 from teadist.errors import NotFoundError, UsageError
 from teadist.hashing import hash_range
 from teadist.manifest import Manifest
@@ -111,31 +111,41 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     return VerifyReport(str(path), rows)
 
 
-def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyReport:
-    record = cache.find(name)
-    if record is None:
-        raise NotFoundError(f"no cached model or cache record named {name!r}",
-                            hint="pass a manifest with --manifest, or see `teadist list`")
-    path = cache.path_for(record.filename)
-    jobs, rows = [], []
+def _record_checks(cache: ModelCache, record: CacheRecord) -> tuple[list[_Job], list[CheckRow]]:
+    """Everything a cache record vouches for — the model file and any kept shards — as hash jobs,
+    plus MISSING rows for what is gone."""
+    jobs, missing = [], []
     for name, sha, size in [(record.filename, record.sha256, record.size),
                             *((n, s, None) for n, s in record.shard_sha256.items())]:
         if cache.path_for(name).is_file():
             jobs.append(_Job(name, cache.path_for(name), 0, size, sha))
         else:
-            rows.append(CheckRow(name, MISSING))
+            missing.append(CheckRow(name, MISSING))
+    return jobs, missing
+
+
+def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyReport:
+    record = cache.find(name)
+    if record is None:
+        raise NotFoundError(f"no cached model or cache record named {name!r}",
+                            hint="pass a manifest with --manifest, or see `teadist list`")
+    jobs, rows = _record_checks(cache, record)
     rows += _run_jobs(jobs, reporter, f"verify {record.filename}")
-    report = VerifyReport(str(path), rows)
+    report = VerifyReport(str(cache.path_for(record.filename)), rows)
     if report.ok:
         cache.mark_verified(record)
     return report
 
 
 def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
+    """Every record, shards included, hashed in one parallel batch."""
     records = cache.records()
-    jobs = [_Job(r.filename, cache.path_for(r.filename), 0, r.size, r.sha256) for r in records]
-    rows = _run_jobs(jobs, reporter, "verify cache")
-    for record, row in zip(records, rows, strict=True):
-        if row.status == OK:
+    checks = [_record_checks(cache, r) for r in records]
+    results = iter(_run_jobs([job for jobs, _ in checks for job in jobs], reporter, "verify cache"))
+    rows: list[CheckRow] = []
+    for record, (jobs, missing) in zip(records, checks, strict=True):
+        own = missing + [next(results) for _ in jobs]
+        if all(row.status == OK for row in own):
             cache.mark_verified(record)
+        rows += own
     return VerifyReport(str(cache.root), rows)

@@ -465,3 +465,20 @@ def test_registry_pin_fills_values_from_the_hub(hub: HubServer, served: Path, tm
         assert cli("registry", "pin", "gemma-3n-e4b").code == 3
     finally:
         registry._entries.cache_clear()
+
+
+def test_range_ignored_on_resume_restarts_cleanly(mirror: MirrorServer, served: Path, tmp_path: Path) -> None:
+    """A partial exists, the server answers 200 to the resume: one clean restart, no hash mismatch."""
+    from teadist.download import Downloader, RetryPolicy
+
+    reporter = NullReporter()
+    mirror.add_fault(Fault("truncate", after=100_000))
+    mirror.add_fault(Fault("ignore_range"))
+    dest = tmp_path / "o" / "tiny.gguf"
+    dest.parent.mkdir()
+    Downloader(reporter, RetryPolicy(backoff=0.01)).fetch(mirror.url_for("tiny.gguf"), dest, None,
+                                                          sha(served / "tiny.gguf"))
+    assert sha(dest) == sha(served / "tiny.gguf")
+    assert not [m for m in reporter.messages if "mismatch" in m], reporter.messages
+    size = (served / "tiny.gguf").stat().st_size
+    assert mirror.bytes_sent <= 100_000 + 2 * size

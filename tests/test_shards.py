@@ -193,3 +193,28 @@ def test_foreign_shards_are_merged_and_said_to_be_a_merge(tmp_path: Path, cli: C
     (tmp_path / "split" / "foreign-00002-of-00003.gguf").unlink()
     missing = cli("assemble", first, "--out", tmp_path / "m2" / "foreign.gguf")
     assert missing.code == 3 and "foreign-00002-of-00003.gguf is missing" in missing.err
+
+
+def test_keep_shards_from_a_local_manifest_verifies_every_shard(models: list[Path], tmp_path: Path,
+                                                               models_dir: Path, cli: Callable[..., Result]) -> None:
+    result = split_gguf(models[1], tmp_path / "local", NullReporter(), shard_size=150_000)
+    victim = tmp_path / "local" / result.manifest.chunks[1].name
+    raw = bytearray(victim.read_bytes())
+    raw[-2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    bad = cli("fetch", result.manifest_path, "--keep-shards")
+    assert bad.code == 3 and victim.name in bad.err
+    assert not [p for p in files_in(models_dir) if p.endswith(".gguf")] if models_dir.exists() else True
+    raw[-2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    good = cli("fetch", result.manifest_path, "--keep-shards", "--json")
+    assert good.code == 0, good.err
+    # the whole-cache verify covers kept shards too, not only `verify NAME`
+    assert cli("verify").code == 0
+    installed = models_dir / result.manifest.chunks[-1].name
+    data = bytearray(installed.read_bytes())
+    data[-1] ^= 0x01
+    installed.write_bytes(bytes(data))
+    whole = cli("verify", "--json")
+    assert whole.code == 3
+    assert [i["name"] for i in json.loads(whole.out)["items"] if i["status"] != "OK"] == [installed.name]
