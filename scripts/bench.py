@@ -152,7 +152,7 @@ def section_split_assemble_verify(b: Bench, src: Path) -> None:
 def section_fetch(b: Bench, src: Path) -> None:
     """Fetch 1 GiB (or --size, if smaller) from the loopback Hub server: teadist vs hf_hub_download vs curl."""
     sys.path.insert(0, str(ROOT))
-    from teadist.loopback import HubServer
+    from tests.servers import HubServer
 
     size = min(b.size, 2**30)
     model = b.work / "fetch-src" / "model.gguf"
@@ -209,7 +209,7 @@ def section_gguf(b: Bench, src: Path) -> None:
     against a plain copy of the same file."""
     n_layer = max(1, min(b.size, 2**30) // (4 * 51_380_224))  # n_embd 2048, n_ff 5632: ~205 MB a layer
     model = b.work / "gguf-src" / "model.gguf"
-    code = (f"from pathlib import Path; from teadist.tinymodel import make_tiny_model; "
+    code = (f"from pathlib import Path; from teadist.formats.tinymodel import make_tiny_model; "
             f"make_tiny_model(Path({str(model)!r}), seed=1, n_embd=2048, n_ff=5632, n_layer={n_layer}, n_head=16)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     shards = b.work / "gguf-shards"
@@ -274,7 +274,7 @@ def print_table(b: Bench) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from teadist.sizes import parse_size
+    from teadist.base.sizes import parse_size
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="3GiB", help="input size (default 3GiB)")

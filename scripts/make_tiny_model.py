@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from teadist.tinymodel import make_tiny_model
+from teadist.formats.tinymodel import make_tiny_model
 
 
 def main() -> None:

@@ -269,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def file_sha256(path: Path) -> str:
-    from teadist.hashing import hash_range
+    from teadist.base.hashing import hash_range
 
     return hash_range(path)[0]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from teadist.cli import main
-from teadist.loopback import HubServer, MirrorServer
-from teadist.tinymodel import make_tiny_model
+from teadist.formats.tinymodel import make_tiny_model
 from tests.helpers import Result, write_random
+from tests.servers import HubServer, MirrorServer
 
 ISOLATED_VARS = (
     "TEA_MODELS_DIR", "TEA_MODEL_PATH", "APPDIR", "TEA_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from teadist.progress import NullReporter
-from teadist.shards import split_gguf
-from teadist.tinymodel import make_tiny_model
+from teadist.base.progress import NullReporter
+from teadist.formats.tinymodel import make_tiny_model
+from teadist.pipelines.gguf_split import split_gguf
 from tests.conftest import TEADIST_BIN
 
 WLLAMA = Path(__file__).parent / "browser" / "node_modules" / "@wllama" / "wllama" / "esm"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from teadist.progress import NullReporter
-from teadist.split import split_file
+from teadist.base.progress import NullReporter
+from teadist.pipelines.split import split_file
 from tests.helpers import Result, write_random
 
 COMMANDS = ["split", "assemble", "verify", "inspect", "list", "path", "rm", "fetch", "models", "du", "prune",
@@ -36,7 +36,7 @@ def test_python_dash_m_and_version(console: Callable[..., Result]) -> None:
 
 
 def test_installed_package_ships_the_schema(tmp_path: Path) -> None:
-    code = "from teadist.manifest import resource_dir; print(resource_dir())"
+    code = "from teadist.formats.manifest import resource_dir; print(resource_dir())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     folder = Path(proc.stdout.strip())
     assert (folder / "schema" / "manifest-v1.schema.json").is_file()

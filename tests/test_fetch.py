@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import Fault, HubServer, MirrorServer
-from teadist.manifest import FileRecord, HfSource, Manifest, UrlSource, dump_manifest
-from teadist.progress import NullReporter
-from teadist.split import split_file
+from teadist.base.progress import NullReporter
+from teadist.formats.manifest import FileRecord, HfSource, Manifest, UrlSource, dump_manifest
+from teadist.pipelines.split import split_file
 from tests.conftest import SECRET, TEADIST_BIN
 from tests.helpers import Result, files_in
+from tests.servers import Fault, HubServer, MirrorServer
 
 HF_SPEC = "hf://org/repo/tiny.gguf"
 
@@ -150,7 +150,8 @@ def test_different_file_after_resume_restarts_cleanly(hub: HubServer, mirror: Mi
                                                       tmp_path: Path, models_dir: Path,
                                                       cli: Callable[..., Result]) -> None:
     """The partial came from one file; the server now has another (new ETag): don't splice them."""
-    from teadist.download import Downloader, partial_path_for
+    from teadist.sources.download import Downloader
+    from teadist.sources.partial import partial_path_for
 
     other = tmp_path / "other.gguf"
     other.write_bytes(os.urandom((served / "tiny.gguf").stat().st_size))
@@ -160,7 +161,7 @@ def test_different_file_after_resume_restarts_cleanly(hub: HubServer, mirror: Mi
     mirror.add_fault(Fault("truncate", after=200_000))
     downloader = Downloader(NullReporter())
     with pytest.raises(Exception):  # noqa: B017 - the truncated first attempt, retries off
-        from teadist.download import RetryPolicy
+        from teadist.sources.http import RetryPolicy
 
         Downloader(NullReporter(), RetryPolicy(attempts=1)).fetch(mirror.url_for("tiny.gguf"), dest,
                                                                   None, sha(served / "tiny.gguf"))
@@ -286,7 +287,8 @@ def test_no_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, fast_retri
 def test_token_goes_only_to_its_origin(hub: HubServer, mirror: MirrorServer, served: Path,
                                        tmp_path: Path) -> None:
     """Auth is bound to the Hub's origin: the CDN redirect target (same host, other port) never sees it."""
-    from teadist.download import Auth, Downloader, origin
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import Auth, origin
 
     dest = tmp_path / "out" / "tiny.gguf"
     dest.parent.mkdir()
@@ -309,7 +311,7 @@ def test_token_never_reaches_a_non_hub_endpoint_or_output(hub: HubServer, mirror
 
 # -- registry and cache care -----------------------------------------------------------------------
 def test_registry_lists_and_resolves_tags(cli: Callable[..., Result]) -> None:
-    from teadist import registry
+    from teadist.sources import registry
 
     assert registry.lookup("phi-4-mini").file.name == "microsoft_Phi-4-mini-instruct-Q3_K_S.gguf"
     assert registry.lookup("phi-4-mini:q4_k_m").file.name == "microsoft_Phi-4-mini-instruct-Q4_K_M.gguf"
@@ -414,7 +416,7 @@ def test_parallel_ranges_resume_after_sigkill(parallel: None, hub: HubServer, mi
 
 
 def test_retry_after_is_honoured(hub: HubServer, mirror: MirrorServer, served: Path, tmp_path: Path) -> None:
-    from teadist.download import Downloader
+    from teadist.sources.download import Downloader
 
     delays: list[float] = []
     mirror.add_fault(Fault("status", status=429, retry_after=7))
@@ -426,7 +428,8 @@ def test_retry_after_is_honoured(hub: HubServer, mirror: MirrorServer, served: P
 
 
 def test_backoff_grows_with_jitter() -> None:
-    from teadist.download import Downloader, RetryPolicy
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import RetryPolicy
 
     downloader = Downloader(NullReporter(), RetryPolicy(backoff=1.0, max_delay=30))
     for attempt in range(4):
@@ -439,8 +442,8 @@ def test_registry_pin_fills_values_from_the_hub(hub: HubServer, served: Path, tm
                                                 monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Result]) -> None:
     import shutil
 
-    from teadist import manifest as manifest_module
-    from teadist import registry
+    from teadist.formats import manifest as manifest_module
+    from teadist.sources import registry
 
     copy = tmp_path / "manifests"
     shutil.copytree(manifest_module.resource_dir(), copy)
@@ -469,7 +472,8 @@ def test_registry_pin_fills_values_from_the_hub(hub: HubServer, served: Path, tm
 
 def test_range_ignored_on_resume_restarts_cleanly(mirror: MirrorServer, served: Path, tmp_path: Path) -> None:
     """A partial exists, the server answers 200 to the resume: one clean restart, no hash mismatch."""
-    from teadist.download import Downloader, RetryPolicy
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import RetryPolicy
 
     reporter = NullReporter()
     mirror.add_fault(Fault("truncate", after=100_000))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from teadist.ggufinfo import InvalidGGUFError, read_info, template_family
+from teadist.formats.gguf_info import InvalidGGUFError, read_info, template_family
 from tests.helpers import Result
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from teadist.errors import ManifestError
-from teadist.manifest import (
+from teadist.formats.manifest import (
     ChunkRecord,
     FileRecord,
     HfSource,

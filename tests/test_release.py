@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import GitHubServer
-from teadist.release import RELEASE_MANIFEST
+from teadist.release.index import RELEASE_MANIFEST
 from tests.helpers import Result, write_random
+from tests.servers import GitHubServer
 
 GH_SECRET = "ghp_MARKER_do_not_leak_456"
 TAG = "v1.2.0"
@@ -203,7 +203,7 @@ def test_tarball_is_reproducible_and_normalised(tmp_path: Path, cli: Callable[..
     import tarfile
     import time
 
-    from teadist.wasmpkg import check_tarball
+    from teadist.release.wasmpkg import check_tarball
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     pkg = _pkg(tmp_path / "a")
@@ -240,7 +240,7 @@ def test_hostile_tarballs_are_detected(tmp_path: Path, kind: str) -> None:
     import tarfile
 
     from teadist.errors import UsageError
-    from teadist.wasmpkg import check_tarball
+    from teadist.release.wasmpkg import check_tarball
 
     path = tmp_path / "t.tar.gz"
     with tarfile.open(path, "w:gz") as tar:

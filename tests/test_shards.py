@@ -9,11 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from teadist.base.progress import NullReporter
 from teadist.errors import UsageError
-from teadist.ggufinfo import read_info
-from teadist.progress import NullReporter
-from teadist.shards import rebuild_original, split_gguf
-from teadist.tinymodel import make_tiny_model
+from teadist.formats.gguf_info import read_info
+from teadist.formats.tinymodel import make_tiny_model
+from teadist.pipelines.gguf_rebuild import rebuild_original
+from teadist.pipelines.gguf_split import split_gguf
 from tests.helpers import Result, files_in
 
 MODELS = [dict(seed=1), dict(seed=2, n_embd=96, n_layer=3), dict(seed=3, alignment=64), dict(seed=4, n_layer=1)]
@@ -65,7 +66,7 @@ def test_shards_are_valid_and_rebuild_the_exact_original(models: list[Path], mod
 
 def test_unusual_bytes_are_kept_by_the_recipe(models: list[Path], tmp_path: Path) -> None:
     """Non-zero padding and trailing bytes can't come from shards: split stores them, rebuild is exact."""
-    from teadist.shards import read_layout
+    from teadist.formats.gguf_layout import read_layout
 
     src = tmp_path / "odd.gguf"
     raw = bytearray(models[0].read_bytes())
@@ -83,9 +84,9 @@ def test_unusual_bytes_are_kept_by_the_recipe(models: list[Path], tmp_path: Path
 
 def test_a_tensor_too_large_for_a_shard_is_named(models: list[Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import teadist.shards as shards
+    import teadist.formats.gguf_layout as gguf_layout
 
-    monkeypatch.setattr(shards, "SHARD_LIMIT", 50_000)
+    monkeypatch.setattr(gguf_layout, "SHARD_LIMIT", 50_000)
     with pytest.raises(UsageError, match=r"tensor 'token_embd.weight'"):
         split_gguf(models[0], tmp_path / "out", NullReporter(), shard_size=40_000)
 
@@ -139,7 +140,7 @@ def test_native_llama_cpp_loads_shard_rebuilt_and_original_identically(tmp_path:
 def test_fetch_gguf_manifest_rebuilds_or_keeps_shards(models: list[Path], tmp_path: Path, models_dir: Path,
                                                       cli: Callable[..., Result],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from teadist.loopback import MirrorServer
+    from tests.servers import MirrorServer
 
     monkeypatch.setenv("TEADIST_RETRY_BACKOFF", "0.01")
     src = models[2]  # custom alignment

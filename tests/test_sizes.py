@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from teadist.base.sizes import format_size, parse_size
 from teadist.errors import UsageError
-from teadist.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [

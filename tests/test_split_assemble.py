@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from teadist.assemble import assemble_chunks, stable_partial_path
+from teadist.base.progress import NullReporter
 from teadist.errors import IntegrityError, UsageError
-from teadist.manifest import load_manifest
-from teadist.progress import NullReporter
-from teadist.split import DEFAULT_CHUNK_SIZE, chunk_names, split_file
+from teadist.formats.manifest import load_manifest
+from teadist.pipelines.assemble import assemble_chunks, stable_partial_path
+from teadist.pipelines.split import DEFAULT_CHUNK_SIZE, chunk_names, split_file
 from tests.conftest import TEADIST_BIN
 from tests.helpers import Result, files_in, write_random
 
@@ -187,7 +187,7 @@ def test_assemble_replaces_a_wrong_file_at_the_destination(split_dir: tuple[Path
 
 
 def test_assemble_refuses_a_non_bytes_manifest() -> None:
-    from teadist.manifest import FileRecord, Manifest
+    from teadist.formats.manifest import FileRecord, Manifest
 
     manifest = Manifest("x", FileRecord("x.gguf", None, None), "single")
     with pytest.raises(UsageError):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from teadist.progress import NullReporter
-from teadist.split import split_file
+from teadist.base.progress import NullReporter
+from teadist.pipelines.split import split_file
 from tests.helpers import Result, write_random
 
 

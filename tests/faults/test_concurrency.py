@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import HubServer, MirrorServer
-from teadist.progress import NullReporter
-from teadist.split import split_file
-from teadist.tinymodel import make_tiny_model
+from teadist.base.progress import NullReporter
+from teadist.formats.tinymodel import make_tiny_model
+from teadist.pipelines.split import split_file
 from tests.conftest import TEADIST_BIN
+from tests.servers import HubServer, MirrorServer
 
 pytestmark = pytest.mark.faults
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from teadist.base.sizes import parse_size
 from teadist.errors import TeadistError
-from teadist.ggufinfo import read_info
-from teadist.manifest import parse_manifest
-from teadist.sizes import parse_size
-from teadist.tinymodel import make_tiny_model
+from teadist.formats.gguf_info import read_info
+from teadist.formats.manifest import parse_manifest
+from teadist.formats.tinymodel import make_tiny_model
 
 pytestmark = pytest.mark.faults
 
@@ -106,8 +106,8 @@ def test_garbage_gguf(gguf_bytes: bytes, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_fuzzed_manifests_never_write_outside_the_target(tmp_path: Path) -> None:
-    from teadist.assemble import assemble_chunks
-    from teadist.progress import NullReporter
+    from teadist.base.progress import NullReporter
+    from teadist.pipelines.assemble import assemble_chunks
 
     rng = random.Random(7)
     for i in range(200):

@@ -41,8 +41,8 @@ def test_hostile_names_in_manifests(name: str, field: str, tmp_path: Path, cli: 
 
 def test_destination_symlink_is_replaced_not_followed(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result],
                                                       campaign: Callable[..., None]) -> None:
-    from teadist.progress import NullReporter
-    from teadist.split import split_file
+    from teadist.base.progress import NullReporter
+    from teadist.pipelines.split import split_file
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")

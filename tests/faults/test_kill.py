@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import Fault, GitHubServer, HubServer, MirrorServer
-from teadist.tinymodel import make_tiny_model
+from teadist.formats.tinymodel import make_tiny_model
 from tests.conftest import TEADIST_BIN
+from tests.servers import Fault, GitHubServer, HubServer, MirrorServer
 
 POINTS = 10
 RNG = random.Random(20261122)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import Fault, GitHubServer, HubServer, MirrorServer
 from tests.conftest import TEADIST_BIN
+from tests.servers import Fault, GitHubServer, HubServer, MirrorServer
 
 pytestmark = pytest.mark.faults
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from teadist.loopback import Fault, HubServer, MirrorServer
-from teadist.manifest import FileRecord, Manifest, UrlSource, dump_manifest
+from teadist.formats.manifest import FileRecord, Manifest, UrlSource, dump_manifest
 from tests.helpers import Result
+from tests.servers import Fault, HubServer, MirrorServer
 
 pytestmark = pytest.mark.faults
 

@@ -1,4 +1,4 @@
-"""GitHub Releases: ``release prepare`` (what a tag ships) and ``release publish`` (converging).
+"""GitHub Releases: ``release publish`` (converging).
 
 The only module that imports PyGithub. ``publish`` converges: run it again after any failure
 and it finishes the job; run it on a finished release and it uploads nothing. It finds or
@@ -11,7 +11,6 @@ bounds each upload's wall-clock time, uploads the release manifest last, checks 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable
@@ -20,136 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from teadist.base.fsutil import plain_filename_problem
+from teadist.base.progress import Reporter
+from teadist.base.sizes import format_size
 from teadist.errors import NotFoundError, ReleaseError, UsageError
-from teadist.fsutil import plain_filename_problem, write_bytes_atomic
-from teadist.manifest import Manifest, validate_manifest_dict
-from teadist.progress import Reporter
-from teadist.sizes import format_size
+from teadist.release.index import RELEASE_MANIFEST, check_repo_and_tag
+from teadist.release.prepare import release_assets
 
-RELEASE_MANIFEST = "model-manifest.json"
 MAX_ASSETS = 1000
 ASSET_LIMIT = 2**31  # GitHub refuses assets of 2 GiB or more
-INDEX_KIND = "release-index"
 _GITHUB_SAFE = re.compile(r"^[A-Za-z0-9._+-]+$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9._/+-]+$")
-_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
-def download_base(repo: str, tag: str) -> str:
-    """Release download URLs are built from the tag, never from a draft's (temporary) URLs."""
-    return f"https://github.com/{repo}/releases/download/{tag}"
-
-
-def check_repo_and_tag(repo: str, tag: str) -> None:
-    if not _REPO_RE.match(repo):
-        raise UsageError(f"--repo {repo!r} is not OWNER/NAME")
-    if not _TAG_RE.match(tag) or ".." in tag:
-        raise UsageError(f"--tag {tag!r} is not a valid tag name")
-
-
-# -- prepare ------------------------------------------------------------------------------------
-@dataclass
-class PreparedRelease:
-    dist: Path
-    index: dict[str, Any]
-    assets: list[Path]
-
-
-def load_release_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise NotFoundError(f"release config not found: {path}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("models"), list):
-        raise UsageError(f"{path}: needs a 'models' list")
-    for i, model in enumerate(config["models"]):
-        if not isinstance(model, dict) or not ({"model", "file"} & set(model)):
-            raise UsageError(f"{path}: models[{i}] needs 'model' (a registry name) or 'file' (a path)")
-    return config
-
-
-def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter: Reporter,
-                    get_model: Callable[[str], Path], files: dict[str, Path] | None = None) -> PreparedRelease:
-    """Split every configured model into DIST with tag-based URLs and write ``model-manifest.json``."""
-    from teadist.sizes import parse_size
-    from teadist.split import DEFAULT_CHUNK_SIZE, split_file
-
-    check_repo_and_tag(repo, tag)
-    config = load_release_config(config_path)
-    chunk_size = config.get("chunk_size", DEFAULT_CHUNK_SIZE)
-    chunk_size = parse_size(chunk_size) if isinstance(chunk_size, str) else int(chunk_size)
-    dist.mkdir(parents=True, exist_ok=True)
-    base = download_base(repo, tag)
-    models: list[dict[str, Any]] = []
-    for entry in config["models"]:
-        if "file" in entry:
-            path = (files or {}).get(entry["file"]) or (config_path.parent / entry["file"])
-            if not path.is_file():
-                raise NotFoundError(f"model file not found: {path}")
-        else:
-            path = get_model(entry["model"])
-        name = entry.get("name") or (entry["model"].split(":")[0] if "model" in entry else None)
-        result = split_file(path, dist, reporter, chunk_size=chunk_size, name=name, base_url=base)
-        models.append(result.manifest.to_dict())
-        reporter.info(f"{result.manifest.file.name}: {len(result.manifest.chunks)} chunks in {dist}")
-    extra = []
-    for tarball in sorted(dist.glob("tea-wasm-llm-*.tar.gz")):
-        from teadist.hashing import hash_range
-
-        digest, size = hash_range(tarball)
-        extra.append({"name": tarball.name, "size": size, "sha256": digest, "url": f"{base}/{tarball.name}"})
-    index = {"schema_version": "1.0", "kind": INDEX_KIND, "repo": repo, "tag": tag, "models": models,
-             "files": extra}
-    validate_index(index)
-    write_bytes_atomic(dist / RELEASE_MANIFEST, (json.dumps(index, indent=2) + "\n").encode())
-    return PreparedRelease(dist, index, release_assets(dist))
-
-
-def validate_index(data: Any) -> None:
-    """A release index: every model a valid v1 manifest, every name safe."""
-    from teadist.errors import ManifestError
-
-    if not isinstance(data, dict) or data.get("kind") != INDEX_KIND or not isinstance(data.get("models"), list):
-        raise ManifestError("release index: needs kind 'release-index' and a 'models' list")
-    if not data["models"]:
-        raise ManifestError("release index: lists no model")
-    for i, model in enumerate(data["models"]):
-        try:
-            validate_manifest_dict(model)
-        except ManifestError as exc:
-            raise ManifestError(f"release index models[{i}]: {exc.message}") from None
-    for i, extra in enumerate(data.get("files", [])):
-        problem = plain_filename_problem(extra.get("name") if isinstance(extra, dict) else None)
-        if problem:
-            raise ManifestError(f"release index files[{i}].name: {problem}")
-
-
-def manifest_from_index(data: dict[str, Any], wanted: str | None) -> Manifest:
-    from teadist.manifest import manifest_from_dict
-
-    validate_index(data)
-    models = [manifest_from_dict(m) for m in data["models"]]
-    if wanted is None:
-        if len(models) == 1:
-            return models[0]
-        raise UsageError("the release lists several models: name one as URL#NAME",
-                         hint="models: " + ", ".join(m.name for m in models))
-    for m in models:
-        if wanted in (m.name, m.reference, m.file.name):
-            return m
-    raise NotFoundError(f"model {wanted!r} is not in the release index")
-
-
-def release_assets(dist: Path) -> list[Path]:
-    """Files to upload, the release manifest last (its presence means the release is complete)."""
-    files = [p for p in sorted(dist.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    files.sort(key=lambda p: (p.name == RELEASE_MANIFEST, p.name.endswith(".manifest.json"), p.name))
-    return files
-
-
-# -- publish ------------------------------------------------------------------------------------
 @dataclass
 class LocalAsset:
     path: Path
@@ -174,7 +55,7 @@ class PublishReport:
 
 
 def preflight(dist: Path) -> list[LocalAsset]:
-    from teadist.hashing import hash_range
+    from teadist.base.hashing import hash_range
 
     if not dist.is_dir():
         raise NotFoundError(f"dist folder not found: {dist}", hint="run `teadist release prepare` first")

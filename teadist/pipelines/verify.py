@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from teadist.cache import CacheRecord, ModelCache
+from teadist.base.hashing import hash_range
+from teadist.base.progress import Reporter
+from teadist.cache.store import CacheRecord, ModelCache
 from teadist.errors import NotFoundError, UsageError
-from teadist.hashing import hash_range
-from teadist.manifest import Manifest
-from teadist.progress import Reporter
+from teadist.formats.manifest import Manifest
 
 VERIFY_WORKERS = 2
 OK, MISSING, MISMATCH = "OK", "MISSING", "MISMATCH"

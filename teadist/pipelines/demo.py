@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teadist.progress import Reporter
+from teadist.base.progress import Reporter
 
 
 @dataclass
@@ -31,14 +31,15 @@ def run_demo(reporter: Reporter, keep: Path | None = None) -> DemoResult:
 
 
 def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
-    from teadist.cache import ModelCache
-    from teadist.download import Downloader, RetryPolicy
-    from teadist.fetch import FetchOptions, fetch
-    from teadist.ggufinfo import read_info
+    from teadist.cache.store import ModelCache
+    from teadist.formats.gguf_info import read_info
+    from teadist.formats.tinymodel import make_tiny_model
     from teadist.loopback import Fault, MirrorServer
-    from teadist.split import split_file
-    from teadist.tinymodel import make_tiny_model
-    from teadist.verify import verify_cached
+    from teadist.pipelines.fetch import FetchOptions, fetch
+    from teadist.pipelines.split import split_file
+    from teadist.pipelines.verify import verify_cached
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import RetryPolicy
 
     result = DemoResult(home=str(home))
 

@@ -13,12 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from teadist.cache import ModelCache, target_lock
+from teadist.base.fsutil import PART_SUFFIX, WriteSink, commit_file, ensure_free_space, is_disk_full, remove_quietly
+from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range
+from teadist.base.progress import Reporter
+from teadist.cache.store import ModelCache, target_lock
 from teadist.errors import IntegrityError, TeadistError, UsageError
-from teadist.fsutil import PART_SUFFIX, WriteSink, commit_file, ensure_free_space, is_disk_full, remove_quietly
-from teadist.hashing import PipelinedCopier, TruncatedInput, hash_range
-from teadist.manifest import ChunkRecord, Manifest
-from teadist.progress import Reporter
+from teadist.formats.manifest import ChunkRecord, Manifest
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from teadist.errors import NotFoundError, SourceError
-from teadist.manifest import HfSource
+from teadist.formats.manifest import HfSource
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -7,8 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
-from teadist.cache import ModelCache, lock_path_for
-from teadist.fsutil import remove_quietly
+from teadist.base.fsutil import remove_quietly
+from teadist.cache.store import ModelCache, lock_path_for
 
 _PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json(\.tmp)?)?$")
 

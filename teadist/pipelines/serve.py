@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from teadist.formats.manifest import Manifest
 from teadist.loopback import LoopbackServer, _Handler, _Served
-from teadist.manifest import Manifest
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -55,7 +55,7 @@ class StaticServer(LoopbackServer):
             return dict(zip(present, pool.map(self._is_good, present), strict=True))
 
     def _is_good(self, name: str) -> bool:
-        from teadist.hashing import hash_range
+        from teadist.base.hashing import hash_range
 
         path = self.root / name
         st = path.stat()

@@ -15,8 +15,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from teadist.base.fsutil import atomic_write, require_plain_filename
 from teadist.errors import NotFoundError, UsageError
-from teadist.fsutil import atomic_write, require_plain_filename
 
 TARBALL_PREFIX = "tea-wasm-llm"
 
@@ -108,7 +108,7 @@ def package_wasm(pkg_dir: Path, version: str, out_dir: Path, js_dir: Path | None
                 with open(entry.source, "rb") as fh:
                     tar.addfile(info, fh)
                 report_files.append({"path": entry.arcname, "size": info.size})
-    from teadist.hashing import hash_range
+    from teadist.base.hashing import hash_range
 
     digest, size = hash_range(dest)
     return PackageReport(dest, size, digest, report_files)

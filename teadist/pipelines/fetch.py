@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from teadist.cache import ModelCache, target_lock
-from teadist.download import Auth, Downloader, origin
+from teadist.base.progress import Reporter
+from teadist.cache.store import ModelCache, target_lock
 from teadist.errors import (
     IntegrityError,
     ManifestError,
@@ -28,8 +28,9 @@ from teadist.errors import (
     TeadistError,
     UsageError,
 )
-from teadist.manifest import FileRecord, HfSource, Manifest, Source, UrlSource, parse_manifest
-from teadist.progress import Reporter
+from teadist.formats.manifest import FileRecord, HfSource, Manifest, Source, UrlSource, parse_manifest
+from teadist.sources.download import Downloader
+from teadist.sources.http import Auth, origin
 
 MANIFEST_FETCH_LIMIT = 16 * 1024 * 1024
 
@@ -76,8 +77,8 @@ def parse_hf_spec(spec: str) -> HfSource:
 
 
 def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
-    from teadist import registry
-    from teadist.split import default_model_name
+    from teadist.pipelines.split import default_model_name
+    from teadist.sources import registry
 
     if spec.startswith("hf://"):
         source = parse_hf_spec(spec)
@@ -107,7 +108,7 @@ def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
     """A v1 manifest, or one model of a release index (``model-manifest.json``)."""
     import json
 
-    from teadist.release import INDEX_KIND, manifest_from_index
+    from teadist.release.index import INDEX_KIND, manifest_from_index
 
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -222,7 +223,7 @@ def _cached(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | 
 
 def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
                   downloader: Downloader) -> FetchResult:
-    from teadist import hub
+    from teadist.sources import hub
 
     manifest = target.manifest
     sources = _select_sources(manifest.sources, options.source)
@@ -281,7 +282,7 @@ def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchO
     staging = cache.meta / "staging" / manifest.file.sha256[:16]
     staging.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
-    from teadist.hashing import copy_verified, hash_range
+    from teadist.base.hashing import copy_verified, hash_range
 
     def get(chunk_index: int) -> None:
         chunk = manifest.chunks[chunk_index]
@@ -314,11 +315,11 @@ def _install_from(manifest: Manifest, folder: Path, dest: Path, cache: ModelCach
                   origin: str) -> FetchResult:
     """Rebuild the original from verified pieces: byte chunks are concatenated, shards replayed."""
     if manifest.format == "gguf":
-        from teadist.shards import rebuild_original_locked
+        from teadist.pipelines.gguf_rebuild import rebuild_original_locked
 
         sha, size, _ = rebuild_original_locked(manifest, folder, dest, reporter, cache, origin)
         return FetchResult(dest, manifest.reference, sha, size, False, origin)
-    from teadist.assemble import assemble_chunks_locked
+    from teadist.pipelines.assemble import assemble_chunks_locked
 
     result = assemble_chunks_locked(manifest, folder, dest, reporter, cache=cache, source=origin)
     return FetchResult(dest, manifest.reference, result.sha256, result.size, False, origin)
@@ -327,7 +328,7 @@ def _install_from(manifest: Manifest, folder: Path, dest: Path, cache: ModelCach
 def _install_shards(manifest: Manifest, staging: Path, cache: ModelCache, reporter: Reporter,
                     origin: str) -> FetchResult:
     """Install the verified shards as they are (llama.cpp and wllama load them from shard 1)."""
-    from teadist.fsutil import commit_file
+    from teadist.base.fsutil import commit_file
 
     for chunk in manifest.chunks:
         commit_file(staging / chunk.name, cache.path_for(chunk.name))

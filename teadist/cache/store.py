@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from teadist.base.fsutil import PART_SUFFIX, require_plain_filename, write_bytes_atomic
 from teadist.errors import NotFoundError, TeadistError
-from teadist.fsutil import PART_SUFFIX, require_plain_filename, write_bytes_atomic
 
 META_DIR = ".teadist"
 LOCK_TIMEOUT = 6 * 3600.0

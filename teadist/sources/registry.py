@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 
 from teadist.errors import NotFoundError
-from teadist.manifest import Manifest, load_manifest, resource_dir, write_manifest
+from teadist.formats.manifest import Manifest, load_manifest, resource_dir, write_manifest
 
 
 def registry_dir() -> Path:

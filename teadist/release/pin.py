@@ -6,11 +6,11 @@ from dataclasses import replace
 from typing import Any
 
 from teadist.errors import IntegrityError, NotFoundError, UsageError
-from teadist.manifest import FileRecord, HfSource
+from teadist.formats.manifest import FileRecord, HfSource
 
 
 def pin_entry(reference: str, options: Any, write: bool = False) -> dict[str, Any]:
-    from teadist import hub, registry
+    from teadist.sources import hub, registry
 
     found = registry.find(reference)
     if found is None:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from teadist.errors import NotFoundError, TeadistError, UsageError
-from teadist.fsutil import (
+from teadist.base.fsutil import (
     WriteSink,
     atomic_write,
     ensure_free_space,
@@ -25,9 +24,10 @@ from teadist.fsutil import (
     remove_quietly,
     require_plain_filename,
 )
-from teadist.hashing import PipelinedCopier, TruncatedInput, hash_range
-from teadist.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
-from teadist.progress import Reporter
+from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range
+from teadist.base.progress import Reporter
+from teadist.errors import NotFoundError, TeadistError, UsageError
+from teadist.formats.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
 
 DEFAULT_CHUNK_SIZE = 1_900_000_000
 GITHUB_ASSET_LIMIT = 2**31  # uploads of exactly 2 GiB fail; anything at or above is refused
@@ -66,7 +66,7 @@ def default_model_name(file_name: str) -> str:
 
 def describe_model(path: Path, reporter: Reporter) -> dict[str, object] | None:
     """The manifest's ``model`` object when ``path`` is a GGUF; None (with a warning) otherwise."""
-    from teadist.ggufinfo import InvalidGGUFError, looks_like_gguf, read_info
+    from teadist.formats.gguf_info import InvalidGGUFError, looks_like_gguf, read_info
 
     if not looks_like_gguf(path):
         return None

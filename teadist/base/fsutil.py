@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from teadist.base.sizes import format_size
 from teadist.errors import DiskSpaceError, ManifestError
-from teadist.sizes import format_size
 
 PART_SUFFIX = ".part"
 MAX_NAME_BYTES = 255

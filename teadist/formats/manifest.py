@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teadist import __version__
+from teadist.base.fsutil import require_plain_filename, write_bytes_atomic
 from teadist.errors import ManifestError, NotFoundError
-from teadist.fsutil import require_plain_filename, write_bytes_atomic
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
@@ -139,7 +139,7 @@ def resource_dir() -> Path:
     packaged = Path(str(resources.files("teadist"))) / "manifests"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "manifests"
+    return Path(__file__).resolve().parents[2] / "manifests"
 
 
 @cache

@@ -1,0 +1,11 @@
+"""The command line: the only package that imports typer, prints, or picks exit codes.
+
+``app`` holds the shared options, output and the error → exit code table; the commands live in
+``files`` (split, assemble, verify, inspect), ``models`` (the cache and fetch) and ``maintain``
+(registry, serve, packaging, releases, demo). Importing them registers them, in help order.
+"""
+
+from teadist.cli import files, maintain, models  # noqa: F401  (registers the commands)
+from teadist.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,234 @@
+"""Maintainers' commands: registry pin, serve, package-wasm, release prepare/publish, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from teadist.base.sizes import format_size
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
+from teadist.cli.models import _downloader, _fetch_options
+from teadist.errors import NotFoundError, UsageError
+
+registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("pin")
+def registry_pin(
+    name: Annotated[str, typer.Argument(help="Registry model, e.g. gemma-3n-e4b or phi-4-mini:q4_k_m.")],
+    write: Annotated[bool, typer.Option("--write", help="Update the registry file in place.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fill a registry entry's missing revision, size and sha256 from the Hub API.
+
+    \b
+    A pinned value the Hub disagrees with is an error (exit 3), never silently replaced.
+    \b
+    Example:
+      teadist registry pin gemma-3n-e4b --write
+    """
+    from teadist.release.pin import pin_entry
+
+    settings = _settings()
+    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write)
+    if as_json:
+        _emit_json(pinned)
+    else:
+        for key, value in pinned.items():
+            print(f"{key + ':':<10}{value}")
+
+
+@app.command()
+def serve(
+    folder: Annotated[Path, typer.Argument(help="Folder to serve (shards, wllama's esm build, pages).")],
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
+) -> None:
+    """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
+
+    \b
+    The cross-origin isolation headers let wllama run multi-threaded. With --verify, files
+    listed in the manifest are hashed first and a file that fails is answered 409, never served.
+    \b
+    Example:
+      teadist serve web/ --verify web/phi.gguf.manifest.json
+    """
+    from teadist.formats.manifest import load_manifest
+    from teadist.pipelines.serve import StaticServer
+
+    if not folder.is_dir():
+        raise NotFoundError(f"folder not found: {folder}")
+    manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
+    server = StaticServer(folder, manifest, host=host, port=port,
+                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
+    if manifest is not None:
+        verdicts = server.verify_all()
+        for name, good in sorted(verdicts.items()):
+            print(f"{'OK' if good else 'REFUSED':<9} {name}", file=sys.stderr)
+        for name in sorted(set(server.expected) - set(verdicts)):
+            if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
+                print(f"{'MISSING':<9} {name}", file=sys.stderr)
+    print(server.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
+        server.serve_forever()
+
+
+# -- release -------------------------------------------------------------------------------------
+@app.command("package-wasm")
+def package_wasm_cmd(
+    pkg_dir: Annotated[Path, typer.Argument(help="The wasm-pack output folder (pkg/).")],
+    version: Annotated[str, typer.Option("--version", help="Version in the tarball name, e.g. 1.2.0.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tarball.")] = Path("dist"),
+    js: Annotated[Optional[Path], typer.Option("--js", help="Extra JS folder, packed under js/.")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Pack a reproducible tea-wasm-llm-VERSION.tar.gz (same inputs, same bytes).
+
+    \b
+    Uses SOURCE_DATE_EPOCH for every mtime (default 0); prints a size breakdown.
+    \b
+    Example:
+      teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
+    """
+    import os
+
+    from teadist.release.wasmpkg import package_wasm
+
+    epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not epoch_text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=int(epoch_text))
+    if as_json:
+        _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
+                    "unpacked": report.unpacked, "files": report.files})
+        return
+    print("| file | size |")
+    print("|---|---:|")
+    for f in report.files:
+        print(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
+    print(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
+    print(f"| **{report.path.name}** | {format_size(report.size)} |")
+    print(f"sha256 {report.sha256}  {report.path}", file=sys.stderr)
+
+
+release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
+                          no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("prepare")
+def release_prepare(
+    tag: Annotated[str, typer.Option("--tag", help="The release tag, e.g. v1.2.0.")],
+    repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME on GitHub.")],
+    config: Annotated[Path, typer.Option("--config", help="Release config.")] = Path("manifests/release.json"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the release ships.")] = Path("dist"),
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Gather what a release ships: models split into chunks + model-manifest.json.
+
+    \b
+    Models named in the config are fetched (or taken as files) and split under the GitHub
+    limit; download URLs are built from the tag. Put the wasm tarball in --out first
+    (teadist package-wasm) and it is listed too.
+    \b
+    Example:
+      teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
+    """
+    from teadist.pipelines.fetch import fetch as run_fetch
+    from teadist.release.prepare import prepare_release
+
+    settings = _settings(cache_dir)
+    reporter = _reporter(quiet, as_json)
+
+    def get_model(name: str) -> Path:
+        result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
+                           _downloader(settings, reporter))
+        return Path(result.path)
+
+    prepared = prepare_release(tag, repo, config, out, reporter, get_model)
+    if as_json:
+        _emit_json({"dist": str(prepared.dist), "assets": [p.name for p in prepared.assets],
+                    "index": prepared.index})
+        return
+    for asset in prepared.assets:
+        print(asset)
+
+
+@release_app.command("publish")
+def release_publish(
+    tag: Annotated[str, typer.Option("--tag", help="The release tag, e.g. v1.2.0.")],
+    repo: Annotated[str, typer.Option("--repo", help="OWNER/NAME on GitHub.")],
+    dist: Annotated[Path, typer.Option("--dist", help="Folder written by `release prepare`.")] = Path("dist"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    draft: Annotated[bool, typer.Option("--draft", help="Leave the release a draft.")] = False,
+    upload_timeout: Annotated[float, typer.Option("--upload-timeout", help="Seconds allowed per upload.")] = 3600,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish DIST to the GitHub Release of TAG, converging after any failure.
+
+    \b
+    Uploads only what is missing or differs, removes half-uploaded leftovers, uploads the
+    manifest last, checks every digest, then publishes (unless --draft). A re-run on a
+    finished release uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    \b
+    Example:
+      GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
+    """
+    import os
+
+    from teadist.release.publish import Publisher
+
+    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    if not token:
+        raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
+    api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    reporter = _reporter(quiet, as_json)
+    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = max(0.0, float(interval_text))
+    except ValueError:
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
+    publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
+                          write_interval=interval)
+    report = publisher.publish(dist, dry_run=dry_run, draft=draft)
+    if as_json:
+        _emit_json(report.__dict__)
+        return
+    for line in report.plan if dry_run else []:
+        print(line)
+    if not dry_run:
+        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there, "
+                      f"{len(report.deleted)} leftovers removed" + ("; published" if report.published else ""))
+
+
+@app.command()
+def demo(
+    keep: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--keep", help="Work in this folder and keep it, instead of a temporary one.")] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the main job end to end on a tiny embedded model, with no network at all.
+
+    \b
+    Example:
+      teadist demo
+    """
+    from teadist.pipelines.demo import run_demo
+
+    result = run_demo(_reporter(quiet, as_json), keep)
+    if as_json:
+        _emit_json(result.__dict__)
+    else:
+        print(f"demo ok: {len(result.steps)} steps")
+

@@ -1,0 +1,124 @@
+"""Lossless GGUF shards: llama.cpp loads them as they are, and they rebuild the exact original.
+
+``split_gguf`` writes ``<stem>-00001-of-0000N.gguf`` in llama.cpp's split format (``split.no``,
+``split.count``, ``split.tensors.count``; all metadata and the tokenizer in shard 1; tensors never
+cut; the file's alignment kept). Every byte of the original that a shard holds verbatim — the
+metadata block, each tensor's data — is written so that it can be found again, and the manifest's
+``rebuild`` lists the original as pieces in order: a range of a shard, a run of zeros, or a small
+literal (the 24-byte preamble, the tensor-info table with its original offsets, any non-zero
+padding). Split replays the pieces against the original's SHA-256 before it writes the manifest,
+so a file that would not rebuild exactly is noticed at split time, never later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from teadist.base.fsutil import atomic_write, ensure_free_space, require_plain_filename
+from teadist.base.progress import Reporter
+from teadist.errors import TeadistError, UsageError
+from teadist.formats.gguf_layout import (
+    DEFAULT_SHARD_SIZE,
+    SHARD_LIMIT,
+    build_headers,
+    plan_shards,
+    read_layout,
+    shard_names,
+)
+from teadist.formats.gguf_recipe import COPY_BLOCK, MAX_LITERAL_BYTES, check_recipe, make_recipe, piece_length, replay
+from teadist.formats.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
+
+
+# -- split --------------------------------------------------------------------------------------
+@dataclass
+class ShardResult:
+    manifest: Manifest
+    manifest_path: Path
+
+
+def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = DEFAULT_SHARD_SIZE,
+               name: str | None = None, base_url: str | None = None) -> ShardResult:
+    from urllib.parse import quote
+
+    from teadist.base.hashing import hash_range
+    from teadist.pipelines.split import default_model_name, describe_model
+
+    if shard_size <= 0 or shard_size >= SHARD_LIMIT:
+        raise UsageError(f"shard size {shard_size} must be positive and below 2 GiB")
+    file_name = require_plain_filename(src.name, "input file name")
+    if not file_name.endswith(".gguf"):
+        raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
+    layout = read_layout(src)
+    from concurrent.futures import ThreadPoolExecutor
+
+    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
+    original_sha_future = hasher.submit(hash_range, src)
+    with open(src, "rb") as fh:
+        fh.seek(layout.kv_start)
+        kv_block = fh.read(layout.kv_end - layout.kv_start)
+    shards = plan_shards(layout, len(kv_block), shard_size)
+    build_headers(layout, kv_block, shards)
+    names = shard_names(file_name.removesuffix(".gguf"), len(shards))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / manifest_filename(file_name)
+    manifest_path.unlink(missing_ok=True)
+    ensure_free_space(out_dir, sum(s.size for s in shards), "the shards")
+    with open(src, "rb") as original:
+        pieces = make_recipe(layout, original, shards)
+        literal_bytes = sum(piece_length(p) for p in pieces if "literal" in p)
+        if literal_bytes > MAX_LITERAL_BYTES:
+            raise UsageError(f"{file_name}: {literal_bytes} bytes would have to be stored in the manifest")
+        records = []
+        task = reporter.task(f"shard {file_name}", sum(s.size for s in shards))
+        try:
+            for shard, shard_name in zip(shards, names, strict=True):
+                digest = hashlib.sha256()
+                with atomic_write(out_dir / shard_name) as out:
+                    def emit(data: bytes, out: BinaryIO = out, digest: Any = digest) -> None:
+                        out.write(data)
+                        digest.update(data)
+                        task.advance(len(data))
+
+                    emit(shard.header)
+                    pos = len(shard.header)
+                    for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
+                        emit(bytes(at - pos))
+                        original.seek(tensor.data_offset)
+                        left = tensor.n_bytes
+                        while left:
+                            block = original.read(min(left, COPY_BLOCK))
+                            emit(block)
+                            left -= len(block)
+                        pos = at + tensor.n_bytes
+                url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
+                records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url))
+        finally:
+            task.close()
+    original_sha = original_sha_future.result()[0]
+    hasher.shutdown()
+    manifest = Manifest(name=name or default_model_name(file_name),
+                        file=FileRecord(file_name, layout.size, original_sha), format="gguf", chunks=records,
+                        rebuild={"method": "pieces-v1", "pieces": pieces}, model=describe_model(src, reporter))
+    check_recipe(manifest)
+    _prove_rebuild(manifest, out_dir, names)
+    write_manifest(manifest, manifest_path)
+    return ShardResult(manifest, manifest_path)
+
+
+def _prove_rebuild(manifest: Manifest, folder: Path, names: list[str]) -> None:
+    """Replay the recipe against the shards just written: it must give the original's sha256."""
+    digest = hashlib.sha256()
+    handles: dict[int, BinaryIO] = {}
+    try:
+        replay(check_recipe(manifest), lambda i: handles.setdefault(i, open(folder / names[i], "rb")),  # noqa: SIM115
+               [digest.update])
+    finally:
+        for fh in handles.values():
+            fh.close()
+    if digest.hexdigest() != manifest.file.sha256:
+        raise TeadistError(f"{manifest.file.name}: the shards would not rebuild the original exactly; refusing "
+                           "to write a manifest that cannot vouch for it")
+

@@ -1,0 +1,624 @@
+"""Loopback test servers: a Range-capable mirror, a Hub-compatible and a GitHub-API-compatible server.
+
+Used by ``scripts/bench.py`` and the tests. They bind 127.0.0.1 only. Each
+records the requests it saw (method, path, headers) and the body bytes it sent, and can be told
+to misbehave: truncate a body, reset the connection, answer 500 or 429 with Retry-After, stall,
+declare a wrong Content-Length, ignore Range, flip a byte, or serve another file after a resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote, unquote, urlsplit
+
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_SEND_BLOCK = 1024 * 1024
+
+
+@dataclass
+class Fault:
+    """One misbehaviour, applied to the next matching GET (``times`` of them)."""
+
+    kind: str  # truncate | reset | status | stall | wrong_length | ignore_range | corrupt
+    after: int = 0  # bytes of body sent before truncate/reset/stall
+    status: int = 500
+    retry_after: float | None = None
+    seconds: float = 0.0  # stall duration
+    offset: int = 0  # corrupt: file offset of the flipped byte
+    path: str | None = None  # only requests whose path ends with this
+    times: int = 1
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class _Served:
+    path: Path
+    sha256: str
+    size: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, owner: LoopbackServer, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.owner = owner
+        super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-transfer are expected here (faults, kills)
+
+
+class LoopbackServer:
+    """Base: threading server on 127.0.0.1, request log, byte count and a fault queue."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: list[SeenRequest] = []
+        self.faults: list[Fault] = []
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
+        self._httpd = _Server(self, host, port)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.path is None or path.endswith(fault.path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def record(self, method: str, path: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append(SeenRequest(method, path, headers))
+
+    def count_bytes(self, n: int) -> None:
+        with self._lock:
+            self.bytes_sent += n
+
+    def headers_seen(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [r.headers for r in self.requests]
+
+    # subclasses route requests
+    def route(self, handler: _Handler, method: str) -> None:
+        raise NotImplementedError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _dispatch(self, method: str) -> None:
+        owner = self.server.owner
+        owner.record(method, self.path, {k: v for k, v in self.headers.items()})
+        try:
+            owner.route(self, method)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def read_body(self, limit: int | None = None) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length if limit is None else min(length, limit))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error_code(self, status: int, code: str | None = None, retry_after: float | None = None) -> None:
+        headers = {"X-Error-Code": code} if code else {}
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        self.send_json(status, {"error": code or str(status)}, headers)
+
+    def send_file(self, served: _Served, extra_headers: dict[str, str] | None = None) -> None:
+        owner = self.server.owner
+        fault = owner.take_fault(self.path) if self.command == "GET" else None
+        if fault is not None and fault.kind == "status":
+            self.send_error_code(fault.status, retry_after=fault.retry_after)
+            return
+        size = served.size
+        start, end = 0, size
+        ranged = False
+        range_header = self.headers.get("Range")
+        if range_header and not (fault is not None and fault.kind == "ignore_range"):
+            match = _RANGE_RE.match(range_header.strip())
+            if match:
+                start = int(match.group(1))
+                end = min(size, int(match.group(2)) + 1) if match.group(2) else size
+                if start >= size or start >= end:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                ranged = True
+        length = end - start
+        declared = length + (1000 if fault is not None and fault.kind == "wrong_length" else 0)
+        self.send_response(206 if ranged else 200)
+        if "Content-Type" not in served.headers:
+            self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(declared))
+        self.send_header("Accept-Ranges", "bytes")
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        for key, value in {**served.headers, **(extra_headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self._send_body(served.path, start, length, fault)
+        if fault is not None and fault.kind == "wrong_length":
+            self._abort(reset=False)
+
+    def _send_body(self, path: Path, start: int, length: int, fault: Fault | None) -> None:
+        owner = self.server.owner
+        limit = length
+        if fault is not None and fault.kind in ("truncate", "reset", "stall"):
+            limit = min(length, fault.after)
+        sock = self.connection
+        with open(path, "rb") as fh:
+            if fault is None or fault.kind in ("ignore_range", "wrong_length", "truncate", "reset", "stall"):
+                sent = 0
+                while sent < limit:
+                    n = os.sendfile(sock.fileno(), fh.fileno(), start + sent, min(_SEND_BLOCK * 8, limit - sent))
+                    if n == 0:
+                        break
+                    sent += n
+                    owner.count_bytes(n)
+            else:  # corrupt: flip one byte on the way out
+                fh.seek(start)
+                pos = start
+                while pos < start + length:
+                    block = bytearray(fh.read(min(_SEND_BLOCK, start + length - pos)))
+                    if pos <= fault.offset < pos + len(block):
+                        block[fault.offset - pos] ^= 0xFF
+                    self.wfile.write(block)
+                    owner.count_bytes(len(block))
+                    pos += len(block)
+        if fault is None or (limit == length and fault.kind != "stall"):
+            return
+        if fault.kind == "stall":
+            time.sleep(fault.seconds)
+            self._abort(reset=False)
+        else:
+            self._abort(reset=fault.kind == "reset")
+
+    def _abort(self, reset: bool) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            if reset:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.connection.close()
+
+
+def file_sha256(path: Path) -> str:
+    from teadist.base.hashing import hash_range
+
+    return hash_range(path)[0]
+
+
+class MirrorServer(LoopbackServer):
+    """Serves the files of a folder by name, with HEAD, Range and faults."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self._served: dict[str, _Served] = {}
+        self.swapped: dict[str, Path] = {}
+
+    def url_for(self, name: str) -> str:
+        return f"{self.url}/{quote(name)}"
+
+    def _lookup(self, name: str) -> _Served | None:
+        path = self.swapped.get(name) or (self.root / name)
+        if "/" in name or name.startswith(".") or not path.is_file():
+            return None
+        st = path.stat()
+        key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+        served = self._served.get(key)
+        if served is None:
+            sha = file_sha256(path)
+            served = _Served(path, sha, st.st_size, {"ETag": f'"{sha}"'})
+            self._served[key] = served
+        return served
+
+    def route(self, handler: _Handler, method: str) -> None:
+        name = unquote(urlsplit(handler.path).path.lstrip("/"))
+        served = self._lookup(name)
+        if served is None or method == "POST":
+            handler.send_error_code(404)
+            return
+        handler.send_file(served)
+
+
+@dataclass
+class HubRepo:
+    commit: str
+    files: dict[str, Path]
+    branches: tuple[str, ...] = ("main",)
+
+
+class HubServer(LoopbackServer):
+    """The parts of the Hugging Face Hub protocol teadist and huggingface_hub use (FACTS.md).
+
+    ``/{repo}/resolve/{rev}/{path}`` (HEAD/GET with X-Repo-Commit, ETag / X-Linked-Etag =
+    sha256, X-Linked-Size, Range), ``/api/models/{repo}/paths-info/{rev}`` and
+    ``/api/models/{repo}/revision/{rev}`` (LFS metadata). With ``cdn`` set, GETs of files are
+    redirected there, as the real Hub does for LFS files.
+    """
+
+    def __init__(self, cdn: MirrorServer | None = None, lie_sha256: bool = False) -> None:
+        super().__init__()
+        self.repos: dict[str, HubRepo] = {}
+        self.cdn = cdn
+        self.lie_sha256 = lie_sha256
+        self._meta: dict[Path, tuple[str, int]] = {}
+
+    def add_repo(self, repo: str, files: dict[str, Path], commit: str | None = None) -> HubRepo:
+        commit = commit or hashlib.sha1(repo.encode()).hexdigest()
+        self.repos[repo] = HubRepo(commit, files)
+        for path in files.values():  # the real Hub knows its hashes before anyone asks
+            self._file_meta(path)
+        return self.repos[repo]
+
+    def _file_meta(self, path: Path) -> tuple[str, int]:
+        if path not in self._meta:
+            self._meta[path] = (file_sha256(path), path.stat().st_size)
+        sha, size = self._meta[path]
+        return ("0" * 64 if self.lie_sha256 else sha), size
+
+    def _repo_rev(self, repo: str, rev: str) -> HubRepo | str:
+        found = self.repos.get(repo)
+        if found is None:
+            return "RepoNotFound"
+        if rev not in (found.commit, *found.branches):
+            return "RevisionNotFound"
+        return found
+
+    def route(self, handler: _Handler, method: str) -> None:
+        path = unquote(urlsplit(handler.path).path)
+        api = re.match(r"^/api/models/([^/]+/[^/]+)/(paths-info|revision)/([^/]+)$", path)
+        if api:
+            self._api(handler, api.group(1), api.group(2), api.group(3))
+            return
+        match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if not match or method == "POST":
+            handler.send_error_code(404, "RepoNotFound")
+            return
+        repo = self._repo_rev(match.group(1), match.group(2))
+        if isinstance(repo, str):
+            handler.send_error_code(404, repo)
+            return
+        file = repo.files.get(match.group(3))
+        if file is None:
+            handler.send_error_code(404, "EntryNotFound")
+            return
+        sha, size = self._file_meta(file)
+        headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
+                   "X-Linked-Size": str(size)}
+        if self.cdn is not None and method == "GET":
+            target = self.cdn.url_for(file.name)
+            handler.send_response(302)
+            handler.send_header("Location", target)
+            handler.send_header("Content-Length", "0")
+            for key, value in headers.items():
+                handler.send_header(key, value)
+            handler.end_headers()
+            return
+        handler.send_file(_Served(file, sha, size, headers))
+
+    def _api(self, handler: _Handler, repo_id: str, kind: str, rev: str) -> None:
+        repo = self._repo_rev(repo_id, rev)
+        if isinstance(repo, str):
+            handler.send_error_code(404, repo)
+            return
+        entries = []
+        for name, file in repo.files.items():
+            sha, size = self._file_meta(file)
+            entries.append((name, sha, size))
+        if kind == "paths-info":
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length).decode() if length else ""
+            wanted = _requested_paths(body)
+            handler.send_json(200, [
+                {"type": "file", "path": n, "size": s, "oid": hashlib.sha1(n.encode()).hexdigest(),
+                 "lfs": {"oid": sha, "size": s, "pointerSize": 134}}
+                for n, sha, s in entries if not wanted or n in wanted])
+        else:
+            handler.send_json(200, {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "siblings": [
+                {"rfilename": n, "size": s, "blobId": hashlib.sha1(n.encode()).hexdigest(),
+                 "lfs": {"sha256": sha, "size": s, "pointerSize": 134}} for n, sha, s in entries]})
+
+
+def _requested_paths(body: str) -> set[str]:
+    """paths-info bodies are JSON or form-encoded (``paths=a&paths=b``)."""
+    from urllib.parse import parse_qs
+
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
+        if isinstance(data, dict):
+            paths = data.get("paths", [])
+            return set(paths if isinstance(paths, list) else [paths])
+    return set(parse_qs(body).get("paths", []))
+
+
+# -- GitHub Releases -----------------------------------------------------------------------------
+@dataclass
+class GhAsset:
+    id: int
+    name: str
+    content_type: str
+    size: int
+    state: str
+    digest: str | None
+
+
+@dataclass
+class GhRelease:
+    id: int
+    tag_name: str
+    name: str
+    body: str
+    draft: bool
+    prerelease: bool
+    assets: list[GhAsset] = field(default_factory=list)
+
+
+class GitHubServer(LoopbackServer):
+    """The GitHub REST API parts a release publisher uses, at ``{url}/api/v3`` (GitHub Enterprise
+    style, for PyGithub's ``base_url``), with uploads on the same host and port.
+
+    Behaves like github.com where it matters (FACTS.md): a duplicate asset name is 422
+    ``already_exists``; drafts are not found by tag; ``immutable`` releases refuse uploads once
+    published. ``upload_faults`` misbehave on uploads: ``starter`` (502 after storing a
+    half-uploaded ``starter`` asset), ``drop`` (read part of the body, then hang up, leaving a
+    starter), ``slow_success`` (store the asset, then answer 502 — a retry meets 422),
+    ``rate_limit`` (403 primary rate limit or 429 with Retry-After).
+    """
+
+    def __init__(self, repo: str = "tea/tea", immutable: bool = True, token: str | None = None) -> None:
+        super().__init__()
+        self.repo = repo
+        self.immutable = immutable
+        self.token = token
+        self.releases: list[GhRelease] = []
+        self.upload_faults: list[str] = []
+        self.api_faults: list[str] = []
+        self.uploads = 0
+        self.writes: list[str] = []
+        self._next_id = 100
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/v3"
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _base(self) -> str:
+        return f"{self.api_url}/repos/{self.repo}"
+
+    def asset_json(self, asset: GhAsset) -> dict[str, Any]:
+        return {"id": asset.id, "name": asset.name, "label": "", "content_type": asset.content_type,
+                "state": asset.state, "size": asset.size, "digest": asset.digest, "download_count": 0,
+                "url": f"{self._base()}/releases/assets/{asset.id}",
+                "browser_download_url": f"https://github.com/{self.repo}/releases/download/x/{asset.name}",
+                "created_at": "2026-11-22T00:00:00Z", "updated_at": "2026-11-22T00:00:00Z"}
+
+    def release_json(self, rel: GhRelease) -> dict[str, Any]:
+        return {"id": rel.id, "tag_name": rel.tag_name, "name": rel.name, "body": rel.body, "draft": rel.draft,
+                "prerelease": rel.prerelease, "url": f"{self._base()}/releases/{rel.id}",
+                "html_url": f"https://github.com/{self.repo}/releases/tag/{rel.tag_name}",
+                "upload_url": f"{self.url}/api/uploads/repos/{self.repo}/releases/{rel.id}/assets{{?name,label}}",
+                "assets_url": f"{self._base()}/releases/{rel.id}/assets",
+                "assets": [self.asset_json(a) for a in rel.assets],
+                "created_at": "2026-11-22T00:00:00Z", "published_at": None if rel.draft else "2026-11-22T00:00:00Z"}
+
+    def find_release(self, release_id: int) -> GhRelease | None:
+        return next((r for r in self.releases if r.id == release_id), None)
+
+    def route(self, handler: _Handler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        path = unquote(parts.path)
+        if self.token is not None and handler.headers.get("Authorization") not in (
+                f"token {self.token}", f"Bearer {self.token}"):
+            handler.send_json(401, {"message": "Bad credentials"})
+            return
+        if method != "GET" and not path.endswith("/rate_limit"):
+            self.writes.append(f"{method} {path}")
+        if self.api_faults and method == "GET":
+            kind = self.api_faults.pop(0)
+            self._rate_limited(handler, kind)
+            return
+        base = f"/api/v3/repos/{self.repo}"
+        upload = re.match(rf"^/api/uploads/repos/{re.escape(self.repo)}/releases/(\d+)/assets$", path)
+        if upload and method == "POST":
+            self._upload(handler, int(upload.group(1)), parts.query)
+            return
+        if path == base and method == "GET":
+            handler.send_json(200, {"id": 1, "name": self.repo.split("/")[1], "full_name": self.repo,
+                                    "url": self._base(), "owner": {"login": self.repo.split("/")[0]}})
+            return
+        if path == base + "/releases":
+            if method == "GET":
+                handler.send_json(200, [self.release_json(r) for r in self.releases])
+                return
+            if method == "POST":
+                data = json.loads(handler.read_body() or b"{}")
+                rel = GhRelease(self._id(), data["tag_name"], data.get("name") or data["tag_name"],
+                                data.get("body", ""), bool(data.get("draft")), bool(data.get("prerelease")))
+                self.releases.append(rel)
+                handler.send_json(201, self.release_json(rel))
+                return
+        tag = re.match(rf"^{re.escape(base)}/releases/tags/(.+)$", path)
+        if tag and method == "GET":
+            found = next((r for r in self.releases if r.tag_name == tag.group(1) and not r.draft), None)
+            if found is None:
+                handler.send_json(404, {"message": "Not Found"})
+            else:
+                handler.send_json(200, self.release_json(found))
+            return
+        one = re.match(rf"^{re.escape(base)}/releases/(\d+)(/assets)?$", path)
+        if one:
+            found_rel = self.find_release(int(one.group(1)))
+            if found_rel is None:
+                handler.send_json(404, {"message": "Not Found"})
+            elif one.group(2) and method == "GET":
+                handler.send_json(200, [self.asset_json(a) for a in found_rel.assets])
+            elif method == "GET":
+                handler.send_json(200, self.release_json(found_rel))
+            elif method == "PATCH":
+                data = json.loads(handler.read_body() or b"{}")
+                for key in ("name", "body", "draft", "prerelease", "tag_name"):
+                    if key in data:
+                        setattr(found_rel, key, data[key])
+                handler.send_json(200, self.release_json(found_rel))
+            else:
+                handler.send_json(405, {"message": "Method Not Allowed"})
+            return
+        asset = re.match(rf"^{re.escape(base)}/releases/assets/(\d+)$", path)
+        if asset and method == "DELETE":
+            for rel in self.releases:
+                for a in rel.assets:
+                    if a.id == int(asset.group(1)):
+                        if self.immutable and not rel.draft:
+                            handler.send_json(422, {"message": "Cannot modify an immutable release"})
+                            return
+                        rel.assets.remove(a)
+                        handler.send_response(204)
+                        handler.send_header("Content-Length", "0")
+                        handler.end_headers()
+                        return
+            handler.send_json(404, {"message": "Not Found"})
+            return
+        handler.send_json(404, {"message": "Not Found"})
+
+    def _rate_limited(self, handler: _Handler, kind: str) -> None:
+        if kind == "429":
+            handler.send_json(429, {"message": "You have exceeded a secondary rate limit."}, {"Retry-After": "1"})
+        else:
+            reset = str(int(time.time()) + 1)
+            handler.send_json(403, {"message": "API rate limit exceeded for user."},
+                              {"X-RateLimit-Remaining": "0", "X-RateLimit-Limit": "5000",
+                               "X-RateLimit-Reset": reset})
+
+    def _upload(self, handler: _Handler, release_id: int, query: str) -> None:
+        from urllib.parse import parse_qs
+
+        rel = self.find_release(release_id)
+        name = (parse_qs(query).get("name") or [""])[0]
+        if rel is None or not name:
+            handler.send_json(404, {"message": "Not Found"})
+            return
+        fault = self.upload_faults.pop(0) if self.upload_faults else None
+        if fault in ("rate_limit", "429"):
+            handler.read_body()
+            self._rate_limited(handler, "429" if fault == "429" else "403")
+            return
+        if self.immutable and not rel.draft:
+            handler.read_body()
+            handler.send_json(422, {"message": "Cannot upload assets to an immutable release."})
+            return
+        if any(a.name == name for a in rel.assets):
+            handler.read_body()
+            handler.send_json(422, {"message": "Validation Failed", "errors": [
+                {"resource": "ReleaseAsset", "code": "already_exists", "field": "name"}]})
+            return
+        content_type = handler.headers.get("Content-Type", "application/octet-stream")
+        length = int(handler.headers.get("Content-Length") or 0)
+        if fault == "drop":
+            handler.rfile.read(min(length, max(1, length // 2)))
+            rel.assets.append(GhAsset(self._id(), name, content_type, 0, "starter", None))
+            handler._abort(reset=True)
+            return
+        body = handler.read_body()
+        self.uploads += 1
+        if fault == "starter":
+            rel.assets.append(GhAsset(self._id(), name, content_type, 0, "starter", None))
+            handler.send_json(502, {"message": "Bad Gateway"})
+            return
+        asset = GhAsset(self._id(), name, content_type, len(body), "uploaded",
+                        "sha256:" + hashlib.sha256(body).hexdigest())
+        rel.assets.append(asset)
+        if fault == "slow_success":
+            handler.send_json(502, {"message": "Bad Gateway"})
+            return
+        handler.send_json(201, self.asset_json(asset))
