@@ -157,7 +157,7 @@ def release_prepare(
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)
     if as_json:
         _emit_json({"dist": str(prepared.dist), "assets": [p.name for p in prepared.assets],
-                    "index": prepared.index})
+                    "removed": prepared.removed, "index": prepared.index})
         return
     for asset in prepared.assets:
         print(asset)
@@ -170,34 +170,40 @@ def release_publish(
     dist: Annotated[Path, typer.Option("--dist", help="Folder written by `release prepare`.")] = Path("dist"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     draft: Annotated[bool, typer.Option("--draft", help="Leave the release a draft.")] = False,
-    upload_timeout: Annotated[float, typer.Option("--upload-timeout", help="Seconds allowed per upload.")] = 3600,
+    upload_timeout: Annotated[float, typer.Option("--upload-timeout",
+                                                  help="Seconds allowed per upload (0 < s <= 7 days).")] = 3600,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish DIST to the GitHub Release of TAG, converging after any failure.
+    """Publish exactly what DIST's release index lists to the GitHub Release of TAG, converging.
 
     \b
-    Uploads only what is missing or differs, removes half-uploaded leftovers, uploads the
-    manifest last, checks every digest, then publishes (unless --draft). A re-run on a
-    finished release uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    Every listed file is checked against model-manifest.json (size, sha256, no symlink,
+    nothing unlisted) before anything is written. Assets already on the draft are kept only
+    when proven (GitHub's digest, or downloaded and hashed); the rest is replaced, unlisted
+    assets are deleted. The index goes last; the release is published only when every asset
+    is proven (a tag like v1.2.0-rc1 as a pre-release). A re-run on a finished release
+    uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
     \b
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
     """
     import os
 
-    from teadist.release.publish import Publisher
+    from teadist.release.publish import Publisher, check_upload_timeout, check_write_interval
 
+    check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
+    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = float(interval_text)
+    except ValueError:
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    check_write_interval(interval)
     token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
     reporter = _reporter(quiet, as_json)
-    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
-    try:
-        interval = max(0.0, float(interval_text))
-    except ValueError:
-        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
                           write_interval=interval)
     report = publisher.publish(dist, dry_run=dry_run, draft=draft)
@@ -207,8 +213,9 @@ def release_publish(
     for line in report.plan if dry_run else []:
         print(line)
     if not dry_run:
-        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there, "
-                      f"{len(report.deleted)} leftovers removed" + ("; published" if report.published else ""))
+        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there "
+                      f"({len(report.downloaded)} checked by download), {len(report.deleted)} removed"
+                      + ("; published" if report.published else ""))
 
 
 @app.command()
