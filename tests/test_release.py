@@ -450,3 +450,82 @@ def test_hostile_tarballs_are_detected(tmp_path: Path, kind: str) -> None:
             tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(UsageError):
         check_tarball(path)
+
+
+# -- issue 11, defect 6: package-wasm packs only what stays inside its top folder ----------------
+def test_tarball_refuses_a_link_that_leaves_the_top_folder_through_the_input_name(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    pkg = _pkg(tmp_path)
+    (pkg / "sneaky.js").symlink_to("../pkg/tea_wasm_llm.js")  # resolves inside pkg/, points outside the archive
+    result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2 and "sneaky.js" in result.err, result.err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("linkname", ["../../other/x", "../../tea-wasm-llm-1.2.0-evil/x", "../../../x"])
+def test_check_tarball_refuses_links_leaving_the_top_folder(tmp_path: Path, linkname: str) -> None:
+    import io
+    import tarfile
+
+    from teadist.errors import UsageError
+    from teadist.release.wasmpkg import check_tarball
+
+    path = tmp_path / "t.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        top = tarfile.TarInfo("tea-wasm-llm-1.2.0")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        tar.addfile(tarfile.TarInfo("tea-wasm-llm-1.2.0/sub/x"), io.BytesIO(b""))
+        link = tarfile.TarInfo("tea-wasm-llm-1.2.0/sub/l")
+        link.type, link.linkname = tarfile.SYMTYPE, linkname
+        tar.addfile(link)
+    with pytest.raises(UsageError):
+        check_tarball(path)
+
+
+def test_tarball_refuses_js_folder_colliding_with_the_package(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    import tarfile
+
+    pkg = _pkg(tmp_path)
+    (pkg / "js").mkdir()
+    (pkg / "js" / "app.js").write_text("1\n")
+    extra = tmp_path / "js"
+    extra.mkdir()
+    (extra / "app.js").write_text("2\n")
+    result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o", "--js", extra)
+    tarball = tmp_path / "o" / "tea-wasm-llm-1.2.0.tar.gz"
+    if result.code == 0:
+        with tarfile.open(tarball) as tar:
+            names = tar.getnames()
+        assert len(names) == len(set(names)), "duplicate entries in the tarball"
+    else:
+        assert result.code == 2 and "js" in result.err and not tarball.exists()
+
+
+def test_tarball_out_inside_the_package_never_packs_a_previous_tarball(tmp_path: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    import tarfile
+
+    pkg = _pkg(tmp_path)
+    for _ in range(2):
+        result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", pkg / "dist")
+        assert "Traceback" not in result.err
+        tarball = pkg / "dist" / "tea-wasm-llm-1.2.0.tar.gz"
+        if result.code == 0:
+            with tarfile.open(tarball) as tar:
+                assert not [n for n in tar.getnames() if n.endswith(".tar.gz")]
+        else:
+            assert result.code == 2 and "--out" in result.err
+
+
+@pytest.mark.parametrize("shape", ["self", "pair"])
+def test_tarball_symlink_loop_is_a_clear_error(shape: str, tmp_path: Path, console: Callable[..., Result]) -> None:
+    pkg = _pkg(tmp_path)
+    if shape == "self":
+        (pkg / "loop").symlink_to("loop")
+    else:
+        (pkg / "a").symlink_to("b")
+        (pkg / "b").symlink_to("a")
+    result = console("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err and result.err.startswith("error: ")

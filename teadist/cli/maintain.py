@@ -99,12 +99,10 @@ def package_wasm_cmd(
     """
     import os
 
-    from teadist.release.wasmpkg import package_wasm
+    from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
 
-    epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not epoch_text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
-    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=int(epoch_text))
+    epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch)
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
