@@ -47,26 +47,36 @@ def registry_pin(
 def serve(
     folder: Annotated[Path, typer.Argument(help="Folder to serve (shards, wllama's esm build, pages).")],
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (IPv4 or IPv6).")] = "127.0.0.1",
     verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
+                                                             "(0 < s <= 3600).")] = 30.0,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
     \b
-    The cross-origin isolation headers let wllama run multi-threaded. With --verify, files
-    listed in the manifest are hashed first and a file that fails is answered 409, never served.
+    The cross-origin isolation headers let wllama run multi-threaded. Hidden files are never
+    served; links are followed only when they stay inside the folder. With --verify, files
+    listed in the manifest are hashed first and a file that fails is answered 409, never
+    served; bytes changed after the check are cut off, never completed. Binding beyond
+    loopback (e.g. --host 0.0.0.0) makes the folder readable from the network: a warning says so.
     \b
     Example:
       teadist serve web/ --verify web/phi.gguf.manifest.json
     """
-    from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.serve import StaticServer
+    import math
 
+    from teadist.formats.manifest import load_manifest
+    from teadist.pipelines.serve import MAX_TIMEOUT, StaticServer
+
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise UsageError(f"--timeout must be seconds between 0 and {MAX_TIMEOUT:g}, not {timeout!r}")
     if not folder.is_dir():
         raise NotFoundError(f"folder not found: {folder}")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
-    server = StaticServer(folder, manifest, host=host, port=port,
+    reporter = _reporter(False)
+    server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
                           manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
     if manifest is not None:
         verdicts = server.verify_all()
@@ -75,6 +85,9 @@ def serve(
         for name in sorted(set(server.expected) - set(verdicts)):
             if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
                 print(f"{'MISSING':<9} {name}", file=sys.stderr)
+    if server.is_public:
+        reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
+                      "network; use --host 127.0.0.1 to keep it local")
     print(server.url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
