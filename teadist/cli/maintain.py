@@ -21,13 +21,20 @@ app.add_typer(registry_app, name="registry")
 @registry_app.command("pin")
 def registry_pin(
     name: Annotated[str, typer.Argument(help="Registry model, e.g. gemma-3n-e4b or phi-4-mini:q4_k_m.")],
-    write: Annotated[bool, typer.Option("--write", help="Update the registry file in place.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Update the entry in the source tree's registry.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Take the Hub's values even where they change a pin.")] = False,
+    registry_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--registry-dir", help="The registry folder to read and write (a checkout's manifests/models; "
+                               "default: found from the working folder).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fill a registry entry's missing revision, size and sha256 from the Hub API.
 
     \b
-    A pinned value the Hub disagrees with is an error (exit 3), never silently replaced.
+    A pin is never weakened: a pinned value the Hub does not give or contradicts (sha256,
+    size, or the commit a pinned revision resolves to) is an error (exit 3) unless --force.
+    --write edits manifests/models/ of the teadist checkout holding the working folder (or
+    --registry-dir), never the installed package.
     \b
     Example:
       teadist registry pin gemma-3n-e4b --write
@@ -35,12 +42,12 @@ def registry_pin(
     from teadist.release.pin import pin_entry
 
     settings = _settings()
-    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write)
+    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write, force=force, registry_dir=registry_dir)
     if as_json:
         _emit_json(pinned)
     else:
         for key, value in pinned.items():
-            print(f"{key + ':':<10}{value}")
+            print(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @app.command()
