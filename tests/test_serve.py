@@ -250,3 +250,29 @@ def test_the_package_holds_no_test_fakes() -> None:
     for source in package.rglob("*.py"):
         text = source.read_text()
         assert "loopback import" not in text and "from tests" not in text, source
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root, "--timeout", "1") as (url, _):
+        [s] = _half_sent(url, 1)
+        start = time.monotonic()
+        cut = False
+        while time.monotonic() - start < 8:
+            try:
+                s.sendall(b"a")  # each byte well within the socket timeout
+                s.settimeout(0.3)
+                if s.recv(1024) == b"":
+                    cut = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                cut = True
+                break
+        s.close()
+        assert cut, "a trickling client held a worker for 8 s"
+        assert time.monotonic() - start < 4
+        assert request(url, "/ok.txt") == (200, b"fine")

@@ -31,6 +31,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -118,6 +119,10 @@ class StaticServer:
         self._verdict_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(workers)
         self._closing = threading.Event()
+        # connection -> when its request must have arrived: a client trickling a request byte by
+        # byte (each read within the socket timeout) is cut off as surely as a silent one
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadline_lock = threading.Lock()
         family, address = _bind_address(host, port)
         self._httpd = _Server(self, family, address)
         self._thread: threading.Thread | None = None
@@ -138,6 +143,7 @@ class StaticServer:
         return not is_loopback(self.address[0])
 
     def serve_forever(self) -> None:
+        threading.Thread(target=self._reap, name="teadist-serve-deadlines", daemon=True).start()
         try:
             self._httpd.serve_forever()
         finally:
@@ -161,6 +167,25 @@ class StaticServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def expect_request(self, connection: socket.socket) -> None:
+        with self._deadline_lock:
+            self._deadlines[connection] = time.monotonic() + self.timeout
+
+    def request_arrived(self, connection: socket.socket) -> None:
+        with self._deadline_lock:
+            self._deadlines.pop(connection, None)
+
+    def _reap(self) -> None:
+        while not self._closing.wait(min(1.0, self.timeout / 4)):
+            now = time.monotonic()
+            with self._deadline_lock:
+                late = [c for c, deadline in self._deadlines.items() if deadline < now]
+                for connection in late:
+                    del self._deadlines[connection]
+            for connection in late:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     # -- files -------------------------------------------------------------------------------
     def parts_of(self, raw_path: str) -> list[str]:
@@ -201,6 +226,9 @@ class StaticServer:
                         break
                     part = "index.html"
                     names = [f"{n}/{part}".lstrip("/") for n in names]
+                kind = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):  # never open a device, FIFO or link
+                    raise Refused(404, "not found")
                 next_fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
@@ -384,6 +412,19 @@ class StaticHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # no access log: nothing kept or printed per request
+
+    def handle_one_request(self) -> None:
+        owner = self.server.owner
+        owner.expect_request(self.connection)  # the whole request must arrive within the timeout
+        try:
+            super().handle_one_request()
+        finally:
+            owner.request_arrived(self.connection)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.owner.request_arrived(self.connection)  # from here on: per-read/write timeouts
+        return parsed
 
     def do_GET(self) -> None:
         self._answer(head=False)

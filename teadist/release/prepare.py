@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teadist.base.fsutil import PART_SUFFIX, remove_quietly, write_bytes_atomic
+from teadist.base.fsutil import remove_quietly, write_bytes_atomic
 from teadist.base.progress import Reporter
 from teadist.errors import ManifestError, NotFoundError, UsageError
 from teadist.formats.manifest import manifest_filename
@@ -92,10 +92,14 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
     config = load_release_config(config_path)
     chunk_size = config_chunk_size(config, config_path)
     tarball = f"{TARBALL_PREFIX}-{tarball_version(tag)}.tar.gz"
-    if dist.is_symlink() or (dist.exists() and not dist.is_dir()):
+    if dist.exists() and not dist.is_dir():
         raise UsageError(f"--out {dist} is not a folder")
     # Gather every model first (fetching writes only to the model cache), then check the folder:
-    # nothing is written to DIST before it is known to hold only what prepare may replace.
+    # nothing is written to DIST before it is known to hold only what prepare may replace. A first
+    # look before fetching spares a long download into a folder that would be refused anyway.
+    previous = _previous_files(dist)
+    _check_folder_is_ours(dist, previous | {RELEASE_MANIFEST, tarball}, tarball,
+                          _possible_names(config, config_path, files))
     sources: list[tuple[Path, str | None]] = []
     for entry in config["models"]:
         if "file" in entry:
@@ -109,7 +113,6 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
     for path, _ in sources:
         count = max(1, -(-path.stat().st_size // chunk_size))
         planned |= {*chunk_names(path.name, count), manifest_filename(path.name)}
-    previous = _previous_files(dist)
     _check_folder_is_ours(dist, previous | planned, tarball)
 
     dist.mkdir(parents=True, exist_ok=True)
@@ -154,13 +157,31 @@ def _previous_files(dist: Path) -> set[str]:
     return {a.name for a in listed_assets(data)} | model_manifest_names(data) | {RELEASE_MANIFEST}
 
 
-def _check_folder_is_ours(dist: Path, allowed: set[str], tarball: str) -> None:
+def _possible_names(config: dict[str, Any], config_path: Path, files: dict[str, Path] | None) -> tuple[str, ...]:
+    """File-name prefixes this config's models can write (``<model file>.``), before fetching."""
+    from teadist.sources.registry import lookup_filename
+
+    prefixes = []
+    for entry in config["models"]:
+        if "file" in entry:
+            prefixes.append(((files or {}).get(entry["file"]) or config_path.parent / entry["file"]).name + ".")
+        else:
+            name = lookup_filename(entry["model"])
+            if name is None:
+                return ("",)  # not a registry name we know: the exact check after fetching decides
+            prefixes.append(name + ".")
+    return tuple(prefixes)
+
+
+def _check_folder_is_ours(dist: Path, allowed: set[str], tarball: str, prefixes: tuple[str, ...] = ()) -> None:
     if not dist.is_dir():
         return
     foreign = []
     for entry in sorted(os.listdir(dist)):
-        if entry.startswith(".") and entry.endswith(PART_SUFFIX):
-            continue  # an interrupted write's temp file (split cleans its own)
+        if entry.startswith("."):
+            continue  # hidden: never listed, never published (split cleans its own temp files)
+        if entry.startswith(prefixes) and _is_regular(dist / entry):
+            continue  # a first look, before fetching: the exact names are checked after
         if entry not in allowed or not _is_regular(dist / entry):
             foreign.append(entry)
     if foreign:
