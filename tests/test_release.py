@@ -366,6 +366,48 @@ def test_token_never_goes_to_a_foreign_upload_host(how: str, tmp_path: Path, tin
         assert "upload" in proc.stderr and GH_SECRET not in proc.stderr
 
 
+def test_two_drafts_for_one_tag_are_refused_before_any_write(github: GitHubServer, dist: Path,
+                                                             cli: Callable[..., Result]) -> None:
+    github.add_release(TAG)
+    github.add_release(TAG)
+    result = _publish(cli, dist)
+    assert result.code == 1 and "2 releases" in result.err
+    assert github.writes == []
+
+
+def test_an_index_prepared_for_another_tag_is_refused(github: GitHubServer, dist: Path,
+                                                      cli: Callable[..., Result]) -> None:
+    result = cli("release", "publish", "--tag", "v9.9.9", "--repo", "tea/tea", "--dist", dist)
+    assert result.code == 1 and "v9.9.9" in result.err
+    assert github.writes == []
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://uploads.github.com/repos/o/r/releases/1/assets", True),
+    ("https://UPLOADS.github.com:443/repos/o/r/releases/1/assets", True),
+    ("http://uploads.github.com/repos/o/r/releases/1/assets", False),  # plain http: a downgrade
+    ("https://uploads.github.com:8443/repos/o/r/releases/1/assets", False),
+    ("https://objects.githubusercontent.com/x", False),
+    ("https://uploads.github.com.evil.example/x", False),
+    ("https://api.github.com@evil.example/x", None),
+    ("https://uploads.github.com\\@evil.example/x", None),
+    ("https://uploads.github.com/x y", None),
+    ("https://uploads.github.com:99999/x", None),
+    ("ftp://uploads.github.com/x", None),
+])
+def test_upload_origin_check(url: str, allowed: bool | None) -> None:
+    from teadist.errors import ReleaseError
+    from teadist.release.publish import upload_origins, url_origin
+
+    origins = upload_origins("https://api.github.com")
+    if allowed is None:
+        with pytest.raises(ReleaseError):
+            url_origin(url)
+    else:
+        assert (url_origin(url) in origins) is allowed
+    assert upload_origins("https://ghe.example/api/v3") == {("https", "ghe.example", 443)}
+
+
 def test_prepare_owns_its_output_folder(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> None:
     out = _prepare(cli, tmp_path, tiny_model, chunk_size="200k")
     first = set(index_assets(out))

@@ -456,8 +456,10 @@ class Publisher:
     def _upload(self, release: Any, asset: LocalAsset) -> None:
         # the exact URL PyGithub will send the token and the bytes to
         url = release.upload_url.split("{?")[0]
-        if url_origin(url) not in self._upload_origins or not urlsplit(url).path.endswith(
-                f"/repos/{self._repo_name}/releases/{int(release.id)}/assets"):
+        repos = {self._repo_name.lower(), str(self.repo.full_name).lower()}  # GitHub's own spelling too
+        path = urlsplit(url).path.lower()
+        if url_origin(url) not in self._upload_origins or not any(
+                path.endswith(f"/repos/{name}/releases/{int(release.id)}/assets") for name in repos):
             raise ReleaseError(f"refusing to upload to {url[:120]}: not this release's upload URL on the "
                                "GitHub API's upload host", hint="check GITHUB_API_URL")
         task = self.reporter.task(f"upload {asset.name}", asset.size)
