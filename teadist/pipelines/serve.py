@@ -206,7 +206,7 @@ class StaticServer:
             raise Refused(404, "not found")
         return parts
 
-    def open(self, parts: list[str]) -> Opened:
+    def open(self, parts: list[str], _index: bool = True) -> Opened:
         """Open what ``parts`` names: links inside the root are resolved first, then the real path is
         opened one component at a time without following anything (a link swapped in meanwhile, or
         a loop, ends in 404). A folder means its index.html."""
@@ -216,16 +216,9 @@ class StaticServer:
         real_parts = [] if real == self.root else real[len(self.root) + 1:].split(os.sep)
         if any(p.startswith(".") for p in real_parts):
             raise Refused(404, "not found")
-        names = ["/".join(parts), "/".join(real_parts)]
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for part in [*real_parts, None]:
-                st = os.fstat(fd)
-                if part is None:
-                    if not stat.S_ISDIR(st.st_mode):
-                        break
-                    part = "index.html"
-                    names = [f"{n}/{part}".lstrip("/") for n in names]
+            for part in real_parts:
                 kind = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
                 if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):  # never open a device, FIFO or link
                     raise Refused(404, "not found")
@@ -233,15 +226,19 @@ class StaticServer:
                 os.close(fd)
                 fd = next_fd
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise Refused(404, "not found")
         except OSError:
             os.close(fd)
             raise Refused(404, "not found") from None
         except Refused:
             os.close(fd)
             raise
-        return Opened(fd, st, tuple(dict.fromkeys(names)))
+        if stat.S_ISDIR(st.st_mode) and _index:
+            os.close(fd)
+            return self.open([*parts, "index.html"], _index=False)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise Refused(404, "not found")
+        return Opened(fd, st, tuple(dict.fromkeys(["/".join(parts), "/".join(real_parts)])))
 
     def listings(self, opened: Opened) -> list[Listed]:
         return [self.expected[n] for n in opened.names if n in self.expected]
@@ -433,7 +430,9 @@ class StaticHandler(BaseHTTPRequestHandler):
         self._answer(head=True)
 
     def _not_allowed(self) -> None:
-        self.send_json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
+        self.server.owner.request_arrived(self.connection)
+        self.close_connection = True  # its body is never read: the connection cannot be reused
+        self.send_json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD", "Connection": "close"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
@@ -474,7 +473,7 @@ class StaticHandler(BaseHTTPRequestHandler):
                 self.send_json(refused.status, {"error": refused.message}, refused.headers)
                 return
             start, length = wanted if wanted is not None else (0, size)
-            name = opened.names[-1]
+            name = opened.names[0]  # the type the client asked for, also through a link
             suffix = os.path.splitext(name)[1]
             content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
             self.send_response(206 if wanted is not None else 200)
