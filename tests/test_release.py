@@ -212,8 +212,8 @@ def test_fetch_installs_from_a_release_index(dist: Path, tiny_model: Path, model
 
 
 # -- issue 11: the release index is the single source of truth ----------------------------------
-TAMPERINGS = ["clean", "chunk-edited", "chunk-deleted", "stray-file", "symlink-outside", "stale-draft-asset",
-              "same-size-no-digest"]
+TAMPERINGS = ["clean", "chunk-edited", "chunk-deleted", "stray-file", "symlink-outside", "symlink-as-chunk",
+              "stale-draft-asset", "same-size-no-digest"]
 
 
 @pytest.mark.parametrize("case", TAMPERINGS)
@@ -243,6 +243,11 @@ def test_tampered_dist_never_publishes_what_the_index_does_not_say(case: str, tm
             (dist / "notes.txt").write_text("not for the release\n")
         elif case == "symlink-outside":
             (dist / "id_rsa").symlink_to(secret)
+        elif case == "symlink-as-chunk":  # a listed name, reached through a link to the same bytes
+            outside = tmp_path / "outside" / victim.name
+            outside.write_bytes(victim.read_bytes())
+            victim.unlink()
+            victim.symlink_to(outside)
         elif case == "stale-draft-asset":
             draft = github.add_release(TAG, draft=True)
             github.add_asset(draft, "old-model.gguf.part-00001-of-00001", b"stale bytes of an earlier prepare")

@@ -436,10 +436,9 @@ class Publisher:
         report.deleted.append(remote.name)
 
     def _converge_asset(self, release: Any, asset: LocalAsset, existing: Any, report: PublishReport) -> None:
+        """Replace ``existing`` (found unproven) or upload anew, re-listing after every attempt."""
         for attempt in range(1, self.attempts + 1):
             if existing is not None:
-                if self._is_proven(existing, asset, report):
-                    return  # a retry that in fact succeeded
                 self._delete(existing, report)
             try:
                 self._upload(release, asset)
@@ -450,7 +449,7 @@ class Publisher:
                 self.reporter.warn(f"{exc.message}; checking what GitHub has before retrying")
             existing = self.assets(release).get(asset.name)  # always re-list: the truth is GitHub's
             if existing is not None and self._is_proven(existing, asset, report):
-                return
+                return  # uploaded, or a failed-looking upload that in fact succeeded
         raise ReleaseError(f"could not upload {asset.name} after {self.attempts} attempts")
 
     def _upload(self, release: Any, asset: LocalAsset) -> None:
