@@ -277,9 +277,11 @@ def test_tampered_dist_never_publishes_what_the_index_does_not_say(case: str, tm
                 assert not any("Authorization" in h for h in github.cdn_headers)
 
 
-def test_asset_without_digest_is_kept_only_once_its_bytes_are_proven(github: GitHubServer, dist: Path,
+@pytest.mark.parametrize("redirect", [True, False])
+def test_asset_without_digest_is_kept_only_once_its_bytes_are_proven(redirect: bool, github: GitHubServer, dist: Path,
                                                                       cli: Callable[..., Result]) -> None:
     github.digests = False
+    github.download_redirect = redirect  # GitHub answers with a 302 to its CDN; Enterprise may serve directly
     assert _publish(cli, dist, "--draft").code == 0
     before = github.uploads
     result = _publish(cli, dist)
@@ -287,6 +289,8 @@ def test_asset_without_digest_is_kept_only_once_its_bytes_are_proven(github: Git
     assert github.uploads == before  # nothing re-uploaded: every asset was downloaded and hashed
     assert github.downloads == len(index_assets(dist))
     assert published_matches_index(github, index_assets(dist))
+    assert len(github.cdn_headers) == (github.downloads if redirect else 0)
+    assert not any("Authorization" in h for h in github.cdn_headers)  # the token stays with the API
 
 
 @pytest.mark.parametrize(("tag", "prerelease"), [("v1.2.0-rc1", True), ("v1.2.0-beta.2", True),
