@@ -428,6 +428,7 @@ class GhAsset:
     size: int
     state: str
     digest: str | None
+    data: bytes = b""  # what was uploaded: served by asset downloads
 
 
 @dataclass
@@ -451,13 +452,26 @@ class GitHubServer(LoopbackServer):
     half-uploaded ``starter`` asset), ``drop`` (read part of the body, then hang up, leaving a
     starter), ``slow_success`` (store the asset, then answer 502 — a retry meets 422),
     ``rate_limit`` (403 primary rate limit or 429 with Retry-After).
+
+    Asset downloads (``GET …/releases/assets/ID`` with ``Accept: application/octet-stream``) are
+    answered directly or, with ``download_redirect``, by a 302 to ``/_cdn/…`` on the same server
+    (like GitHub's signed CDN URLs; no token needed there, and ``cdn_headers`` records what came).
+    ``digests=False`` presents every asset without a digest (old assets, GitHub Enterprise);
+    ``upload_url_override`` hands out a hostile ``upload_url``.
     """
 
-    def __init__(self, repo: str = "tea/tea", immutable: bool = True, token: str | None = None) -> None:
+    def __init__(self, repo: str = "tea/tea", immutable: bool = True, token: str | None = None,
+                 digests: bool = True, download_redirect: bool = True,
+                 upload_url_override: str | None = None) -> None:
         super().__init__()
         self.repo = repo
         self.immutable = immutable
         self.token = token
+        self.digests = digests
+        self.download_redirect = download_redirect
+        self.upload_url_override = upload_url_override
+        self.cdn_headers: list[dict[str, str]] = []
+        self.downloads = 0
         self.releases: list[GhRelease] = []
         self.upload_faults: list[str] = []
         self.api_faults: list[str] = []
@@ -473,12 +487,26 @@ class GitHubServer(LoopbackServer):
         self._next_id += 1
         return self._next_id
 
+    def add_release(self, tag: str, draft: bool = True, prerelease: bool = False) -> GhRelease:
+        """Stage a release, as an earlier run (or a person) left it."""
+        rel = GhRelease(self._id(), tag, tag, "", draft, prerelease)
+        self.releases.append(rel)
+        return rel
+
+    def add_asset(self, rel: GhRelease, name: str, data: bytes, state: str = "uploaded") -> GhAsset:
+        """Stage an asset holding ``data`` (its digest is shown only when ``digests`` is on)."""
+        asset = GhAsset(self._id(), name, "application/octet-stream", len(data), state,
+                        "sha256:" + hashlib.sha256(data).hexdigest(), data)
+        rel.assets.append(asset)
+        return asset
+
     def _base(self) -> str:
         return f"{self.api_url}/repos/{self.repo}"
 
     def asset_json(self, asset: GhAsset) -> dict[str, Any]:
         return {"id": asset.id, "name": asset.name, "label": "", "content_type": asset.content_type,
-                "state": asset.state, "size": asset.size, "digest": asset.digest, "download_count": 0,
+                "state": asset.state, "size": asset.size, "digest": asset.digest if self.digests else None,
+                "download_count": 0,
                 "url": f"{self._base()}/releases/assets/{asset.id}",
                 "browser_download_url": f"https://github.com/{self.repo}/releases/download/x/{asset.name}",
                 "created_at": "2026-11-22T00:00:00Z", "updated_at": "2026-11-22T00:00:00Z"}
@@ -487,7 +515,8 @@ class GitHubServer(LoopbackServer):
         return {"id": rel.id, "tag_name": rel.tag_name, "name": rel.name, "body": rel.body, "draft": rel.draft,
                 "prerelease": rel.prerelease, "url": f"{self._base()}/releases/{rel.id}",
                 "html_url": f"https://github.com/{self.repo}/releases/tag/{rel.tag_name}",
-                "upload_url": f"{self.url}/api/uploads/repos/{self.repo}/releases/{rel.id}/assets{{?name,label}}",
+                "upload_url": (self.upload_url_override or
+                               f"{self.url}/api/uploads/repos/{self.repo}/releases/{rel.id}/assets") + "{?name,label}",
                 "assets_url": f"{self._base()}/releases/{rel.id}/assets",
                 "assets": [self.asset_json(a) for a in rel.assets],
                 "created_at": "2026-11-22T00:00:00Z", "published_at": None if rel.draft else "2026-11-22T00:00:00Z"}
@@ -498,6 +527,11 @@ class GitHubServer(LoopbackServer):
     def route(self, handler: _Handler, method: str) -> None:
         parts = urlsplit(handler.path)
         path = unquote(parts.path)
+        cdn = re.match(r"^/_cdn/(\d+)/", path)
+        if cdn and method == "GET":  # the signed CDN URL a download redirects to: no token needed
+            self.cdn_headers.append(dict(handler.headers.items()))
+            self._send_asset(handler, int(cdn.group(1)))
+            return
         if self.token is not None and handler.headers.get("Authorization") not in (
                 f"token {self.token}", f"Bearer {self.token}"):
             handler.send_json(401, {"message": "Bad credentials"})
@@ -555,6 +589,20 @@ class GitHubServer(LoopbackServer):
                 handler.send_json(405, {"message": "Method Not Allowed"})
             return
         asset = re.match(rf"^{re.escape(base)}/releases/assets/(\d+)$", path)
+        if asset and method == "GET":
+            found_asset = self._asset(int(asset.group(1)))
+            if found_asset is None:
+                handler.send_json(404, {"message": "Not Found"})
+            elif "application/octet-stream" not in handler.headers.get("Accept", ""):
+                handler.send_json(200, self.asset_json(found_asset))
+            elif self.download_redirect:
+                handler.send_response(302)
+                handler.send_header("Location", f"{self.url}/_cdn/{found_asset.id}/{found_asset.name}?sig=x")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+            else:
+                self._send_asset(handler, found_asset.id)
+            return
         if asset and method == "DELETE":
             for rel in self.releases:
                 for a in rel.assets:
@@ -570,6 +618,21 @@ class GitHubServer(LoopbackServer):
             handler.send_json(404, {"message": "Not Found"})
             return
         handler.send_json(404, {"message": "Not Found"})
+
+    def _asset(self, asset_id: int) -> GhAsset | None:
+        return next((a for r in self.releases for a in r.assets if a.id == asset_id), None)
+
+    def _send_asset(self, handler: _Handler, asset_id: int) -> None:
+        found = self._asset(asset_id)
+        if found is None:
+            handler.send_json(404, {"message": "Not Found"})
+            return
+        self.downloads += 1
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(found.data)))
+        handler.end_headers()
+        handler.wfile.write(found.data)
 
     def _rate_limited(self, handler: _Handler, kind: str) -> None:
         if kind == "429":
@@ -616,7 +679,7 @@ class GitHubServer(LoopbackServer):
             handler.send_json(502, {"message": "Bad Gateway"})
             return
         asset = GhAsset(self._id(), name, content_type, len(body), "uploaded",
-                        "sha256:" + hashlib.sha256(body).hexdigest())
+                        "sha256:" + hashlib.sha256(body).hexdigest(), body)
         rel.assets.append(asset)
         if fault == "slow_success":
             handler.send_json(502, {"message": "Bad Gateway"})

@@ -438,38 +438,6 @@ def test_backoff_grows_with_jitter() -> None:
     assert downloader._delay(10, None) <= 30
 
 
-def test_registry_pin_fills_values_from_the_hub(hub: HubServer, served: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Result]) -> None:
-    import shutil
-
-    from teadist.formats import manifest as manifest_module
-    from teadist.sources import registry
-
-    copy = tmp_path / "manifests"
-    shutil.copytree(manifest_module.resource_dir(), copy)
-    gemma = json.loads((copy / "models" / "gemma-3n-e4b.json").read_text())
-    gemma["sources"][0].update(repo="org/repo", path="tiny.gguf")
-    gemma["file"]["name"] = "tiny.gguf"
-    (copy / "models" / "gemma-3n-e4b.json").write_text(json.dumps(gemma))
-    monkeypatch.setattr(manifest_module, "resource_dir", lambda: copy)
-    monkeypatch.setattr(registry, "resource_dir", lambda: copy)
-    registry._entries.cache_clear()
-    try:
-        result = cli("registry", "pin", "gemma-3n-e4b", "--write", "--json")
-        assert result.code == 0, result.err
-        pinned = json.loads(result.out)
-        assert pinned["sha256"] == sha(served / "tiny.gguf") and pinned["revision"] == "c" * 40
-        saved = json.loads((copy / "models" / "gemma-3n-e4b.json").read_text())
-        assert saved["file"]["sha256"] == pinned["sha256"] and saved["sources"][0]["revision"] == "c" * 40
-        # a pinned value the Hub contradicts is refused, not replaced
-        saved["file"]["sha256"] = "0" * 64
-        (copy / "models" / "gemma-3n-e4b.json").write_text(json.dumps(saved))
-        registry._entries.cache_clear()
-        assert cli("registry", "pin", "gemma-3n-e4b").code == 3
-    finally:
-        registry._entries.cache_clear()
-
-
 def test_range_ignored_on_resume_restarts_cleanly(mirror: MirrorServer, served: Path, tmp_path: Path) -> None:
     """A partial exists, the server answers 200 to the resume: one clean restart, no hash mismatch."""
     from teadist.sources.download import Downloader

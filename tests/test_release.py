@@ -24,20 +24,50 @@ def github(monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHubServer]:
         yield server
 
 
-@pytest.fixture
-def dist(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> Path:
+def _prepare(cli: Callable[..., Result], tmp_path: Path, tiny_model: Path, tag: str = TAG,
+             chunk_size: str = "200k", out: Path | None = None) -> Path:
     config = tmp_path / "release.json"
-    config.write_text(json.dumps({"models": [{"file": str(tiny_model), "name": "tiny"}], "chunk_size": "200k"}))
+    config.write_text(json.dumps({"models": [{"file": str(tiny_model), "name": "tiny"}], "chunk_size": chunk_size}))
     pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "tea_wasm_llm_bg.wasm").write_bytes(b"\0asm" + os.urandom(3000))
-    (pkg / "tea_wasm_llm.js").write_text("export default 1;\n")
-    (pkg / "package.json").write_text('{"name": "tea-wasm-llm"}\n')
-    out = tmp_path / "dist"
-    assert cli("package-wasm", pkg, "--version", "1.2.0", "--out", out).code == 0
-    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    if not pkg.is_dir():
+        pkg.mkdir()
+        (pkg / "tea_wasm_llm_bg.wasm").write_bytes(b"\0asm" + os.urandom(3000))
+        (pkg / "tea_wasm_llm.js").write_text("export default 1;\n")
+        (pkg / "package.json").write_text('{"name": "tea-wasm-llm"}\n')
+    out = out or tmp_path / "dist"
+    assert cli("package-wasm", pkg, "--version", tag.removeprefix("v"), "--out", out).code == 0
+    result = cli("release", "prepare", "--tag", tag, "--repo", "tea/tea", "--config", config, "--out", out)
     assert result.code == 0, result.err
     return out
+
+
+@pytest.fixture
+def dist(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> Path:
+    return _prepare(cli, tmp_path, tiny_model)
+
+
+def index_assets(dist: Path) -> dict[str, str]:
+    """name → sha256 of everything the release index says the release holds (itself included)."""
+    import hashlib
+
+    raw = (dist / RELEASE_MANIFEST).read_bytes()
+    index = json.loads(raw)
+    listed = {c["name"]: c["sha256"] for m in index["models"] for c in m["chunks"]}
+    listed.update({f["name"]: f["sha256"] for f in index["files"]})
+    listed[RELEASE_MANIFEST] = hashlib.sha256(raw).hexdigest()
+    return listed
+
+
+def published_matches_index(github: GitHubServer, expected: dict[str, str], tag: str = TAG) -> bool:
+    """The only acceptable published release: exactly the listed assets, each holding the listed bytes."""
+    import hashlib
+
+    published = [r for r in github.releases if r.tag_name == tag and not r.draft]
+    if not published:
+        return False
+    [release] = published
+    held = {a.name: hashlib.sha256(a.data).hexdigest() for a in release.assets if a.state == "uploaded"}
+    return held == expected and len(release.assets) == len(expected)
 
 
 def _publish(cli: Callable[..., Result], dist: Path, *extra: str) -> Result:
@@ -45,16 +75,11 @@ def _publish(cli: Callable[..., Result], dist: Path, *extra: str) -> Result:
 
 
 def _assert_complete(github: GitHubServer, dist: Path) -> None:
-    import hashlib
-
     [release] = [r for r in github.releases if r.tag_name == TAG]
     assert not release.draft
-    remote = {a.name: a for a in release.assets}
-    local = sorted(p for p in dist.iterdir() if p.is_file() and not p.name.startswith("."))
-    assert set(remote) == {p.name for p in local}
-    for path in local:
-        assert remote[path.name].state == "uploaded"
-        assert remote[path.name].digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert published_matches_index(github, index_assets(dist))
+    for asset in release.assets:
+        assert asset.digest == "sha256:" + index_assets(dist)[asset.name]
 
 
 def test_prepare_writes_chunks_and_an_index_with_tag_urls(dist: Path, tiny_model: Path) -> None:
@@ -63,7 +88,7 @@ def test_prepare_writes_chunks_and_an_index_with_tag_urls(dist: Path, tiny_model
     chunks = index["models"][0]["chunks"]
     assert len(chunks) == 3
     assert chunks[0]["urls"] == [f"https://github.com/tea/tea/releases/download/{TAG}/{chunks[0]['name']}"]
-    assert index["files"][0]["name"] == "tea-wasm-llm-1.2.0.tar.gz"
+    assert [f["name"] for f in index["files"]] == ["tiny-llama.gguf.manifest.json", "tea-wasm-llm-1.2.0.tar.gz"]
 
 
 def test_publish_uploads_everything_manifest_last_then_publishes(github: GitHubServer, dist: Path,
@@ -134,10 +159,11 @@ def test_draft_is_found_and_reused_not_duplicated(github: GitHubServer, dist: Pa
 
 
 def test_published_immutable_release_with_a_changed_asset_is_refused(github: GitHubServer, dist: Path,
+                                                                     tmp_path: Path, tiny_model: Path,
                                                                      cli: Callable[..., Result]) -> None:
     assert _publish(cli, dist).code == 0
-    tarball = dist / "tea-wasm-llm-1.2.0.tar.gz"
-    tarball.write_bytes(tarball.read_bytes() + b"x")
+    (tmp_path / "pkg" / "tea_wasm_llm.js").write_text("export default 2;\n")  # a rebuilt, different tarball
+    _prepare(cli, tmp_path, tiny_model)
     result = _publish(cli, dist)
     assert result.code == 1 and "immutable" in result.err
 
@@ -183,6 +209,229 @@ def test_fetch_installs_from_a_release_index(dist: Path, tiny_model: Path, model
     result = cli("fetch", dist / RELEASE_MANIFEST)
     assert result.code == 0, result.err
     assert (models_dir / tiny_model.name).read_bytes() == tiny_model.read_bytes()
+
+
+# -- issue 11: the release index is the single source of truth ----------------------------------
+TAMPERINGS = ["clean", "chunk-edited", "chunk-deleted", "stray-file", "symlink-outside", "symlink-as-chunk",
+              "stale-draft-asset", "same-size-no-digest"]
+
+
+@pytest.mark.parametrize("case", TAMPERINGS)
+def test_tampered_dist_never_publishes_what_the_index_does_not_say(case: str, tmp_path: Path, tiny_model: Path,
+                                                                   cli: Callable[..., Result],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acceptance: exit != 0 and no published release, or a published release whose every asset
+    equals the index (and nothing else) -- never anything else."""
+    dist = _prepare(cli, tmp_path, tiny_model)
+    expected = index_assets(dist)
+    chunks = sorted(n for n in expected if ".part-" in n)
+    secret = tmp_path / "outside" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY----- marker")
+    with GitHubServer(repo="tea/tea", token=GH_SECRET, digests=case != "same-size-no-digest") as github:
+        assert isinstance(github, GitHubServer)
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_SECRET)
+        victim = dist / chunks[1]
+        if case == "chunk-edited":
+            raw = bytearray(victim.read_bytes())
+            raw[100] ^= 0xFF
+            victim.write_bytes(bytes(raw))
+        elif case == "chunk-deleted":
+            victim.unlink()
+        elif case == "stray-file":
+            (dist / "notes.txt").write_text("not for the release\n")
+        elif case == "symlink-outside":
+            (dist / "id_rsa").symlink_to(secret)
+        elif case == "symlink-as-chunk":  # a listed name, reached through a link to the same bytes
+            outside = tmp_path / "outside" / victim.name
+            outside.write_bytes(victim.read_bytes())
+            victim.unlink()
+            victim.symlink_to(outside)
+        elif case == "stale-draft-asset":
+            draft = github.add_release(TAG, draft=True)
+            github.add_asset(draft, "old-model.gguf.part-00001-of-00001", b"stale bytes of an earlier prepare")
+            github.add_asset(draft, chunks[0], os.urandom(len(victim.read_bytes())))
+        elif case == "same-size-no-digest":
+            draft = github.add_release(TAG, draft=True)
+            for name in expected:  # an earlier draft: every name there, every size right, other bytes
+                data = bytearray((dist / name).read_bytes())
+                if name == chunks[1]:
+                    data[7] ^= 0x01
+                github.add_asset(draft, name, bytes(data))
+        result = _publish(cli, dist)
+        assert "Traceback" not in result.err
+        published = [r for r in github.releases if not r.draft]
+        if result.code != 0:
+            assert not published, f"exit {result.code} but a release was published"
+        else:
+            assert published_matches_index(github, expected), f"published something the index does not say: " \
+                f"{[(a.name, a.size) for r in published for a in r.assets]}"
+        assert not any(secret.read_bytes() in a.data for r in github.releases for a in r.assets)
+        if case == "clean":
+            assert result.code == 0, result.err
+        if case in ("stale-draft-asset", "same-size-no-digest"):  # these can always be converged
+            assert result.code == 0, result.err
+            if case == "same-size-no-digest":
+                assert github.downloads > 0  # proven by downloading, not by size
+                assert not any("Authorization" in h for h in github.cdn_headers)
+
+
+@pytest.mark.parametrize("redirect", [True, False])
+def test_asset_without_digest_is_kept_only_once_its_bytes_are_proven(redirect: bool, github: GitHubServer, dist: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    github.digests = False
+    github.download_redirect = redirect  # GitHub answers with a 302 to its CDN; Enterprise may serve directly
+    assert _publish(cli, dist, "--draft").code == 0
+    before = github.uploads
+    result = _publish(cli, dist)
+    assert result.code == 0, result.err
+    assert github.uploads == before  # nothing re-uploaded: every asset was downloaded and hashed
+    assert github.downloads == len(index_assets(dist))
+    assert published_matches_index(github, index_assets(dist))
+    assert len(github.cdn_headers) == (github.downloads if redirect else 0)
+    assert not any("Authorization" in h for h in github.cdn_headers)  # the token stays with the API
+
+
+@pytest.mark.parametrize(("tag", "prerelease"), [("v1.2.0-rc1", True), ("v1.2.0-beta.2", True),
+                                                 ("v2.0.0-alpha", True), ("v1.2.0rc1", True), ("v1.2.0", False),
+                                                 ("v1.2.0+build.5", False)])
+def test_prerelease_tags_are_published_as_prereleases(tag: str, prerelease: bool, github: GitHubServer,
+                                                      tmp_path: Path, tiny_model: Path,
+                                                      cli: Callable[..., Result]) -> None:
+    dist = _prepare(cli, tmp_path, tiny_model, tag=tag)
+    result = cli("release", "publish", "--tag", tag, "--repo", "tea/tea", "--dist", dist)
+    assert result.code == 0, result.err
+    [release] = github.releases
+    assert (release.draft, release.prerelease) == (False, prerelease)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "1e400"])
+def test_bad_upload_timeout_is_a_usage_error_before_any_write(value: str, github: GitHubServer, dist: Path,
+                                                              cli: Callable[..., Result]) -> None:
+    result = _publish(cli, dist, "--upload-timeout", value)
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err and "--upload-timeout" in result.err
+    assert github.writes == [] and github.releases == []
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_bad_write_interval_is_a_usage_error_before_any_write(value: str, github: GitHubServer, dist: Path,
+                                                              cli: Callable[..., Result],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEADIST_GITHUB_WRITE_INTERVAL", value)
+    result = _publish(cli, dist)
+    assert result.code == 2, result.err
+    assert github.writes == [] and github.releases == []
+
+
+@pytest.mark.parametrize("chunk_size", [float("nan"), float("inf"), -5, True, "lots"])
+def test_bad_release_config_numbers_are_usage_errors_before_any_write(chunk_size: object, tmp_path: Path,
+                                                                      tiny_model: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"file": str(tiny_model)}], "chunk_size": chunk_size}))
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config,
+                 "--out", tmp_path / "out")
+    assert result.code == 2, result.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("epoch", ["\u00b2", "1" * 40, "-1", "1.5"])
+def test_bad_source_date_epoch_is_a_usage_error(epoch: str, tmp_path: Path, cli: Callable[..., Result],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    result = cli("package-wasm", _pkg(tmp_path), "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2, result.err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("how", ["other-port", "userinfo"])
+def test_token_never_goes_to_a_foreign_upload_host(how: str, tmp_path: Path, tiny_model: Path,
+                                                   cli: Callable[..., Result]) -> None:
+    """PyGithub's only guard is an assert: run under ``python -O`` where it is gone."""
+    import subprocess
+    import sys
+
+    from tests.servers import MirrorServer
+
+    dist = _prepare(cli, tmp_path, tiny_model)
+    (tmp_path / "thief").mkdir()
+    with MirrorServer(tmp_path / "thief") as thief, GitHubServer(repo="tea/tea", token=GH_SECRET) as github:
+        assert isinstance(github, GitHubServer)
+        path = "/api/uploads/repos/tea/tea/releases/101/assets"
+        thief_netloc = thief.url.split("://")[1]
+        github.upload_url_override = {
+            "other-port": f"{thief.url}{path}",
+            "userinfo": f"http://{github.url.split('://')[1]}@{thief_netloc}{path}",
+        }[how]
+        env = {**os.environ, "GITHUB_API_URL": github.api_url, "GITHUB_TOKEN": GH_SECRET}
+        proc = subprocess.run([sys.executable, "-O", "-m", "teadist", "release", "publish", "--tag", TAG,
+                               "--repo", "tea/tea", "--dist", str(dist)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        leaked = [h for h in thief.headers_seen() if GH_SECRET in json.dumps(h)]
+        assert not leaked, f"the token went to {thief.url}"
+        assert proc.returncode != 0 and not [r for r in github.releases if not r.draft]
+        assert "upload" in proc.stderr and GH_SECRET not in proc.stderr
+
+
+def test_two_drafts_for_one_tag_are_refused_before_any_write(github: GitHubServer, dist: Path,
+                                                             cli: Callable[..., Result]) -> None:
+    github.add_release(TAG)
+    github.add_release(TAG)
+    result = _publish(cli, dist)
+    assert result.code == 1 and "2 releases" in result.err
+    assert github.writes == []
+
+
+def test_an_index_prepared_for_another_tag_is_refused(github: GitHubServer, dist: Path,
+                                                      cli: Callable[..., Result]) -> None:
+    result = cli("release", "publish", "--tag", "v9.9.9", "--repo", "tea/tea", "--dist", dist)
+    assert result.code == 1 and "v9.9.9" in result.err
+    assert github.writes == []
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://uploads.github.com/repos/o/r/releases/1/assets", True),
+    ("https://UPLOADS.github.com:443/repos/o/r/releases/1/assets", True),
+    ("http://uploads.github.com/repos/o/r/releases/1/assets", False),  # plain http: a downgrade
+    ("https://uploads.github.com:8443/repos/o/r/releases/1/assets", False),
+    ("https://objects.githubusercontent.com/x", False),
+    ("https://uploads.github.com.evil.example/x", False),
+    ("https://api.github.com@evil.example/x", None),
+    ("https://uploads.github.com\\@evil.example/x", None),
+    ("https://uploads.github.com/x y", None),
+    ("https://uploads.github.com:99999/x", None),
+    ("ftp://uploads.github.com/x", None),
+])
+def test_upload_origin_check(url: str, allowed: bool | None) -> None:
+    from teadist.errors import ReleaseError
+    from teadist.release.publish import upload_origins, url_origin
+
+    origins = upload_origins("https://api.github.com")
+    if allowed is None:
+        with pytest.raises(ReleaseError):
+            url_origin(url)
+    else:
+        assert (url_origin(url) in origins) is allowed
+    assert upload_origins("https://ghe.example/api/v3") == {("https", "ghe.example", 443)}
+
+
+def test_prepare_owns_its_output_folder(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> None:
+    out = _prepare(cli, tmp_path, tiny_model, chunk_size="200k")
+    first = set(index_assets(out))
+    again = _prepare(cli, tmp_path, tiny_model, chunk_size="100k", out=out)
+    second = set(index_assets(again))
+    on_disk = {p.name for p in out.iterdir()}
+    assert on_disk == second, f"left over from the first run: {sorted(on_disk - second)}"
+    assert first - second  # the first run's chunks had other names, and they are gone
+    # a folder holding files prepare did not write is refused, and they are left alone
+    (out / "notes.txt").write_text("mine\n")
+    config = tmp_path / "release.json"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert result.code != 0 and "notes.txt" in result.err
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert {p.name for p in out.iterdir()} == second | {"notes.txt"}
 
 
 # -- the wasm tarball -----------------------------------------------------------------------------
@@ -252,3 +501,82 @@ def test_hostile_tarballs_are_detected(tmp_path: Path, kind: str) -> None:
             tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(UsageError):
         check_tarball(path)
+
+
+# -- issue 11, defect 6: package-wasm packs only what stays inside its top folder ----------------
+def test_tarball_refuses_a_link_that_leaves_the_top_folder_through_the_input_name(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    pkg = _pkg(tmp_path)
+    (pkg / "sneaky.js").symlink_to("../pkg/tea_wasm_llm.js")  # resolves inside pkg/, points outside the archive
+    result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2 and "sneaky.js" in result.err, result.err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("linkname", ["../../other/x", "../../tea-wasm-llm-1.2.0-evil/x", "../../../x"])
+def test_check_tarball_refuses_links_leaving_the_top_folder(tmp_path: Path, linkname: str) -> None:
+    import io
+    import tarfile
+
+    from teadist.errors import UsageError
+    from teadist.release.wasmpkg import check_tarball
+
+    path = tmp_path / "t.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        top = tarfile.TarInfo("tea-wasm-llm-1.2.0")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        tar.addfile(tarfile.TarInfo("tea-wasm-llm-1.2.0/sub/x"), io.BytesIO(b""))
+        link = tarfile.TarInfo("tea-wasm-llm-1.2.0/sub/l")
+        link.type, link.linkname = tarfile.SYMTYPE, linkname
+        tar.addfile(link)
+    with pytest.raises(UsageError):
+        check_tarball(path)
+
+
+def test_tarball_refuses_js_folder_colliding_with_the_package(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    import tarfile
+
+    pkg = _pkg(tmp_path)
+    (pkg / "js").mkdir()
+    (pkg / "js" / "app.js").write_text("1\n")
+    extra = tmp_path / "js"
+    extra.mkdir()
+    (extra / "app.js").write_text("2\n")
+    result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o", "--js", extra)
+    tarball = tmp_path / "o" / "tea-wasm-llm-1.2.0.tar.gz"
+    if result.code == 0:
+        with tarfile.open(tarball) as tar:
+            names = tar.getnames()
+        assert len(names) == len(set(names)), "duplicate entries in the tarball"
+    else:
+        assert result.code == 2 and "js" in result.err and not tarball.exists()
+
+
+def test_tarball_out_inside_the_package_never_packs_a_previous_tarball(tmp_path: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    import tarfile
+
+    pkg = _pkg(tmp_path)
+    for _ in range(2):
+        result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", pkg / "dist")
+        assert "Traceback" not in result.err
+        tarball = pkg / "dist" / "tea-wasm-llm-1.2.0.tar.gz"
+        if result.code == 0:
+            with tarfile.open(tarball) as tar:
+                assert not [n for n in tar.getnames() if n.endswith(".tar.gz")]
+        else:
+            assert result.code == 2 and "--out" in result.err
+
+
+@pytest.mark.parametrize("shape", ["self", "pair"])
+def test_tarball_symlink_loop_is_a_clear_error(shape: str, tmp_path: Path, console: Callable[..., Result]) -> None:
+    pkg = _pkg(tmp_path)
+    if shape == "self":
+        (pkg / "loop").symlink_to("loop")
+    else:
+        (pkg / "a").symlink_to("b")
+        (pkg / "b").symlink_to("a")
+    result = console("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err and result.err.startswith("error: ")

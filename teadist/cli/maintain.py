@@ -21,13 +21,20 @@ app.add_typer(registry_app, name="registry")
 @registry_app.command("pin")
 def registry_pin(
     name: Annotated[str, typer.Argument(help="Registry model, e.g. gemma-3n-e4b or phi-4-mini:q4_k_m.")],
-    write: Annotated[bool, typer.Option("--write", help="Update the registry file in place.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Update the entry in the source tree's registry.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Take the Hub's values even where they change a pin.")] = False,
+    registry_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--registry-dir", help="The registry folder to read and write (a checkout's manifests/models; "
+                               "default: found from the working folder).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fill a registry entry's missing revision, size and sha256 from the Hub API.
 
     \b
-    A pinned value the Hub disagrees with is an error (exit 3), never silently replaced.
+    A pin is never weakened: a pinned value the Hub does not give or contradicts (sha256,
+    size, or the commit a pinned revision resolves to) is an error (exit 3) unless --force.
+    --write edits manifests/models/ of the teadist checkout holding the working folder (or
+    --registry-dir), never the installed package.
     \b
     Example:
       teadist registry pin gemma-3n-e4b --write
@@ -35,38 +42,48 @@ def registry_pin(
     from teadist.release.pin import pin_entry
 
     settings = _settings()
-    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write)
+    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write, force=force, registry_dir=registry_dir)
     if as_json:
         _emit_json(pinned)
     else:
         for key, value in pinned.items():
-            print(f"{key + ':':<10}{value}")
+            print(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @app.command()
 def serve(
     folder: Annotated[Path, typer.Argument(help="Folder to serve (shards, wllama's esm build, pages).")],
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (IPv4 or IPv6).")] = "127.0.0.1",
     verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
+                                                             "(0 < s <= 3600).")] = 30.0,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
     \b
-    The cross-origin isolation headers let wllama run multi-threaded. With --verify, files
-    listed in the manifest are hashed first and a file that fails is answered 409, never served.
+    The cross-origin isolation headers let wllama run multi-threaded. Hidden files are never
+    served; links are followed only when they stay inside the folder. With --verify, files
+    listed in the manifest are hashed first and a file that fails is answered 409, never
+    served; bytes changed after the check are cut off, never completed. Binding beyond
+    loopback (e.g. --host 0.0.0.0) makes the folder readable from the network: a warning says so.
     \b
     Example:
       teadist serve web/ --verify web/phi.gguf.manifest.json
     """
-    from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.serve import StaticServer
+    import math
 
+    from teadist.formats.manifest import load_manifest
+    from teadist.pipelines.serve import MAX_TIMEOUT, StaticServer
+
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise UsageError(f"--timeout must be seconds between 0 and {MAX_TIMEOUT:g}, not {timeout!r}")
     if not folder.is_dir():
         raise NotFoundError(f"folder not found: {folder}")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
-    server = StaticServer(folder, manifest, host=host, port=port,
+    reporter = _reporter(False)
+    server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
                           manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
     if manifest is not None:
         verdicts = server.verify_all()
@@ -75,6 +92,9 @@ def serve(
         for name in sorted(set(server.expected) - set(verdicts)):
             if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
                 print(f"{'MISSING':<9} {name}", file=sys.stderr)
+    if server.is_public:
+        reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
+                      "network; use --host 127.0.0.1 to keep it local")
     print(server.url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
@@ -99,12 +119,10 @@ def package_wasm_cmd(
     """
     import os
 
-    from teadist.release.wasmpkg import package_wasm
+    from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
 
-    epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not epoch_text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch_text!r}")
-    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=int(epoch_text))
+    epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch)
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
@@ -157,7 +175,7 @@ def release_prepare(
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)
     if as_json:
         _emit_json({"dist": str(prepared.dist), "assets": [p.name for p in prepared.assets],
-                    "index": prepared.index})
+                    "removed": prepared.removed, "index": prepared.index})
         return
     for asset in prepared.assets:
         print(asset)
@@ -170,34 +188,40 @@ def release_publish(
     dist: Annotated[Path, typer.Option("--dist", help="Folder written by `release prepare`.")] = Path("dist"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     draft: Annotated[bool, typer.Option("--draft", help="Leave the release a draft.")] = False,
-    upload_timeout: Annotated[float, typer.Option("--upload-timeout", help="Seconds allowed per upload.")] = 3600,
+    upload_timeout: Annotated[float, typer.Option("--upload-timeout",
+                                                  help="Seconds allowed per upload (0 < s <= 7 days).")] = 3600,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish DIST to the GitHub Release of TAG, converging after any failure.
+    """Publish exactly what DIST's release index lists to the GitHub Release of TAG, converging.
 
     \b
-    Uploads only what is missing or differs, removes half-uploaded leftovers, uploads the
-    manifest last, checks every digest, then publishes (unless --draft). A re-run on a
-    finished release uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    Every listed file is checked against model-manifest.json (size, sha256, no symlink,
+    nothing unlisted) before anything is written. Assets already on the draft are kept only
+    when proven (GitHub's digest, or downloaded and hashed); the rest is replaced, unlisted
+    assets are deleted. The index goes last; the release is published only when every asset
+    is proven (a tag like v1.2.0-rc1 as a pre-release). A re-run on a finished release
+    uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
     \b
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
     """
     import os
 
-    from teadist.release.publish import Publisher
+    from teadist.release.publish import Publisher, check_upload_timeout, check_write_interval
 
+    check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
+    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = float(interval_text)
+    except ValueError:
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    check_write_interval(interval)
     token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
     reporter = _reporter(quiet, as_json)
-    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
-    try:
-        interval = max(0.0, float(interval_text))
-    except ValueError:
-        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text!r}") from None
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
                           write_interval=interval)
     report = publisher.publish(dist, dry_run=dry_run, draft=draft)
@@ -207,8 +231,9 @@ def release_publish(
     for line in report.plan if dry_run else []:
         print(line)
     if not dry_run:
-        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there, "
-                      f"{len(report.deleted)} leftovers removed" + ("; published" if report.published else ""))
+        reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there "
+                      f"({len(report.downloaded)} checked by download), {len(report.deleted)} removed"
+                      + ("; published" if report.published else ""))
 
 
 @app.command()

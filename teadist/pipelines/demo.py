@@ -1,17 +1,47 @@
 """``teadist demo``: the main job end to end on an embedded default, with no network at all.
 
-In a temporary home it makes a tiny GGUF, splits it, serves the chunks and manifest from a
-loopback mirror, fetches through the manifest URL with one interruption and a resume, installs
-into a temporary TEA model cache, verifies, and tells what it is, reporting each step.
+In a temporary home it makes a tiny GGUF, splits it, serves the chunks and manifest with
+``teadist serve``'s handler on loopback, fetches through the manifest URL with one interruption
+and a resume, installs into a temporary TEA model cache, verifies, and tells what it is,
+reporting each step. The interruption is demo-local: the server hangs up once, mid-chunk.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from teadist.base.progress import Reporter
+from teadist.pipelines.serve import Listed, Opened, StaticHandler, StaticServer
+
+
+class _InterruptingServer(StaticServer):
+    """``serve`` that cuts the first GET of one file after ``cut`` bytes and notes the resumes."""
+
+    def __init__(self, root: Path, victim: str, cut: int) -> None:
+        super().__init__(root)
+        self.victim, self.cut = victim, cut
+        self.resumed_with: list[str] = []
+        self.bytes_sent = 0
+        self._cut_done = False
+        self._lock = threading.Lock()
+
+    def send_body(self, handler: StaticHandler, opened: Opened, start: int, length: int,
+                  checks: list[Listed]) -> None:
+        with self._lock:
+            ours = opened.names[-1] == self.victim
+            cut_now = ours and not self._cut_done
+            self._cut_done = self._cut_done or cut_now
+            if ours and handler.headers.get("Range") and len(self.resumed_with) < 10:
+                self.resumed_with.append(str(handler.headers["Range"]))
+            self.bytes_sent += min(length, self.cut) if cut_now else length
+        if cut_now:
+            super().send_body(handler, opened, start, min(length, self.cut), checks)
+            handler.abort()
+            return
+        super().send_body(handler, opened, start, length, checks)
 
 
 @dataclass
@@ -34,7 +64,6 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
     from teadist.cache.store import ModelCache
     from teadist.formats.gguf_info import read_info
     from teadist.formats.tinymodel import make_tiny_model
-    from teadist.loopback import Fault, MirrorServer
     from teadist.pipelines.fetch import FetchOptions, fetch
     from teadist.pipelines.split import split_file
     from teadist.pipelines.verify import verify_cached
@@ -52,21 +81,18 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
     dist = home / "dist"
     split = split_file(model, dist, reporter, chunk_size=256 * 1024, name="tiny-llama")
     step(f"split it into {len(split.manifest.chunks)} chunks + {split.manifest_path.name} in {dist}")
-    with MirrorServer(dist) as mirror:
-        assert isinstance(mirror, MirrorServer)
-        victim = split.manifest.chunks[len(split.manifest.chunks) // 2].name
-        cut = 100_000
-        mirror.add_fault(Fault("reset", after=cut, path=victim))
-        url = mirror.url_for(split.manifest_path.name)
-        step(f"serving chunks and manifest from a loopback mirror at {mirror.url}; the connection for "
+    victim = split.manifest.chunks[len(split.manifest.chunks) // 2].name
+    cut = 100_000
+    with _InterruptingServer(dist, victim, cut) as server:
+        url = f"{server.url}/{split.manifest_path.name}"
+        step(f"serving chunks and manifest on loopback at {server.url}; the connection for "
              f"{victim} will be cut after {cut} bytes")
         cache = ModelCache(home / ".cache" / "tea" / "models")
         downloader = Downloader(reporter, RetryPolicy(backoff=0.05))
         fetched = fetch(url, cache, FetchOptions(endpoint="http://127.0.0.1:9", jobs=4), reporter, downloader)
-        resumed = [r for r in mirror.requests if r.path.endswith(victim) and r.headers.get("Range")]
-        _expect(bool(resumed), "the interrupted chunk was not resumed")
-        step(f"fetched {url}: {victim} was interrupted and resumed with Range {resumed[0].headers['Range']}; "
-             f"the mirror sent {mirror.bytes_sent} bytes for a {fetched.size}-byte model")
+        _expect(bool(server.resumed_with), "the interrupted chunk was not resumed")
+        step(f"fetched {url}: {victim} was interrupted and resumed with Range {server.resumed_with[0]}; "
+             f"the server sent {server.bytes_sent} bytes for a {fetched.size}-byte model")
     step(f"installed {fetched.path} (sha256 {fetched.sha256[:16]}…, verified)")
     report = verify_cached(cache, "tiny-llama", reporter)
     _expect(report.ok, "verification of the installed model failed")

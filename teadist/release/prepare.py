@@ -1,17 +1,40 @@
-"""``release prepare``: split every configured model with tag-based URLs, write the release index."""
+"""``release prepare``: split every configured model with tag-based URLs, write the release index.
+
+``prepare`` owns its output folder. It only starts in a folder holding nothing but what it may
+write: files a previous index listed (and that index), the files this run is about to write, and
+this tag's wasm tarball. Anything else (a user's notes, a symlink, another version's tarball) is
+refused before anything is written and left alone. After the run the folder holds exactly what
+the new index lists: files the previous index listed and this one does not are removed, so a
+reused ``--out`` never keeps an earlier run's chunks. The index is written last.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teadist.base.fsutil import write_bytes_atomic
+from teadist.base.fsutil import remove_quietly, write_bytes_atomic
 from teadist.base.progress import Reporter
-from teadist.errors import NotFoundError, UsageError
-from teadist.release.index import INDEX_KIND, RELEASE_MANIFEST, check_repo_and_tag, download_base, validate_index
+from teadist.errors import ManifestError, NotFoundError, UsageError
+from teadist.formats.manifest import manifest_filename
+from teadist.release.index import (
+    INDEX_KIND,
+    RELEASE_MANIFEST,
+    check_repo_and_tag,
+    download_base,
+    listed_assets,
+    model_manifest_names,
+    read_index,
+    tarball_version,
+    validate_index,
+)
+from teadist.release.wasmpkg import TARBALL_PREFIX
 
 
 @dataclass
@@ -19,6 +42,7 @@ class PreparedRelease:
     dist: Path
     index: dict[str, Any]
     assets: list[Path]
+    removed: list[str]
 
 
 def load_release_config(path: Path) -> dict[str, Any]:
@@ -26,29 +50,57 @@ def load_release_config(path: Path) -> dict[str, Any]:
         config = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise NotFoundError(f"release config not found: {path}") from None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("models"), list):
-        raise UsageError(f"{path}: needs a 'models' list")
+    if not isinstance(config, dict) or not isinstance(config.get("models"), list) or not config["models"]:
+        raise UsageError(f"{path}: needs a non-empty 'models' list")
     for i, model in enumerate(config["models"]):
         if not isinstance(model, dict) or not ({"model", "file"} & set(model)):
             raise UsageError(f"{path}: models[{i}] needs 'model' (a registry name) or 'file' (a path)")
+        for key in ("model", "file", "name"):
+            if key in model and not isinstance(model[key], str):
+                raise UsageError(f"{path}: models[{i}].{key} must be a string")
     return config
+
+
+def config_chunk_size(config: dict[str, Any], path: Path) -> int:
+    """The config's ``chunk_size`` (bytes or a size like "1.9G"), checked before anything is written."""
+    from teadist.base.sizes import parse_size
+    from teadist.pipelines.split import DEFAULT_CHUNK_SIZE, check_chunk_size
+
+    value = config.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    if isinstance(value, str):
+        size = parse_size(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        size = int(value)
+    else:
+        raise UsageError(f"{path}: chunk_size {value!r} is not a size", hint='use bytes or e.g. "1.9G"')
+    check_chunk_size(size)
+    return size
 
 
 def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter: Reporter,
                     get_model: Callable[[str], Path], files: dict[str, Path] | None = None) -> PreparedRelease:
     """Split every configured model into DIST with tag-based URLs and write ``model-manifest.json``."""
-    from teadist.base.sizes import parse_size
-    from teadist.pipelines.split import DEFAULT_CHUNK_SIZE, split_file
+    from teadist.base.hashing import hash_range
+    from teadist.pipelines.split import chunk_names, split_file
+    from teadist.release.wasmpkg import check_tarball
 
     check_repo_and_tag(repo, tag)
     config = load_release_config(config_path)
-    chunk_size = config.get("chunk_size", DEFAULT_CHUNK_SIZE)
-    chunk_size = parse_size(chunk_size) if isinstance(chunk_size, str) else int(chunk_size)
-    dist.mkdir(parents=True, exist_ok=True)
-    base = download_base(repo, tag)
-    models: list[dict[str, Any]] = []
+    chunk_size = config_chunk_size(config, config_path)
+    tarball = f"{TARBALL_PREFIX}-{tarball_version(tag)}.tar.gz"
+    if dist.exists() and not dist.is_dir():
+        raise UsageError(f"--out {dist} is not a folder")
+    # Gather every model first (fetching writes only to the model cache), then check the folder:
+    # nothing is written to DIST before it is known to hold only what prepare may replace. A first
+    # look before fetching spares a long download into a folder that would be refused anyway.
+    previous = _previous_files(dist)
+    _check_folder_is_ours(dist, previous | {RELEASE_MANIFEST, tarball}, tarball,
+                          _possible_names(config, config_path, files))
+    sources: list[tuple[Path, str | None]] = []
     for entry in config["models"]:
         if "file" in entry:
             path = (files or {}).get(entry["file"]) or (config_path.parent / entry["file"])
@@ -56,27 +108,91 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
                 raise NotFoundError(f"model file not found: {path}")
         else:
             path = get_model(entry["model"])
-        name = entry.get("name") or (entry["model"].split(":")[0] if "model" in entry else None)
+        sources.append((path, entry.get("name") or (entry["model"].split(":")[0] if "model" in entry else None)))
+    planned: set[str] = {RELEASE_MANIFEST, tarball}
+    for path, _ in sources:
+        count = max(1, -(-path.stat().st_size // chunk_size))
+        planned |= {*chunk_names(path.name, count), manifest_filename(path.name)}
+    _check_folder_is_ours(dist, previous | planned, tarball)
+
+    dist.mkdir(parents=True, exist_ok=True)
+    base = download_base(repo, tag)
+    models: list[dict[str, Any]] = []
+    extra: list[dict[str, Any]] = []
+    for path, name in sources:
         result = split_file(path, dist, reporter, chunk_size=chunk_size, name=name, base_url=base)
         models.append(result.manifest.to_dict())
+        extra.append(_listed_file(result.manifest_path, base, hash_range))
         reporter.info(f"{result.manifest.file.name}: {len(result.manifest.chunks)} chunks in {dist}")
-    extra = []
-    for tarball in sorted(dist.glob("tea-wasm-llm-*.tar.gz")):
-        from teadist.base.hashing import hash_range
-
-        digest, size = hash_range(tarball)
-        extra.append({"name": tarball.name, "size": size, "sha256": digest, "url": f"{base}/{tarball.name}"})
+    tarball_path = dist / tarball
+    if tarball_path.is_file():
+        check_tarball(tarball_path)
+        extra.append(_listed_file(tarball_path, base, hash_range))
     index = {"schema_version": "1.0", "kind": INDEX_KIND, "repo": repo, "tag": tag, "models": models,
              "files": extra}
     validate_index(index)
+    keep = {a.name for a in listed_assets(index)} | {RELEASE_MANIFEST}
+    removed = sorted(n for n in previous - keep if _is_regular(dist / n))
+    for stale in removed:  # the previous index listed them: prepare wrote them
+        remove_quietly(dist / stale)
     write_bytes_atomic(dist / RELEASE_MANIFEST, (json.dumps(index, indent=2) + "\n").encode())
-    return PreparedRelease(dist, index, release_assets(dist))
+    return PreparedRelease(dist, index, [dist / a.name for a in listed_assets(index)] + [dist / RELEASE_MANIFEST],
+                           removed)
 
 
+def _listed_file(path: Path, base: str, hash_range: Callable[[Path], tuple[str, int]]) -> dict[str, Any]:
+    digest, size = hash_range(path)
+    return {"name": path.name, "size": size, "sha256": digest, "url": f"{base}/{path.name}"}
 
-def release_assets(dist: Path) -> list[Path]:
-    """Files to upload, the release manifest last (its presence means the release is complete)."""
-    files = [p for p in sorted(dist.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    files.sort(key=lambda p: (p.name == RELEASE_MANIFEST, p.name.endswith(".manifest.json"), p.name))
-    return files
 
+def _previous_files(dist: Path) -> set[str]:
+    """What an earlier ``prepare`` wrote here, as its index says; nothing if there is no index."""
+    if not (dist / RELEASE_MANIFEST).exists() and not (dist / RELEASE_MANIFEST).is_symlink():
+        return set()
+    try:
+        _, data = read_index(dist / RELEASE_MANIFEST)
+    except ManifestError as exc:
+        raise UsageError(f"--out {dist} holds a {RELEASE_MANIFEST} that is not a release index ({exc.message})",
+                         hint="use an empty folder for --out") from None
+    return {a.name for a in listed_assets(data)} | model_manifest_names(data) | {RELEASE_MANIFEST}
+
+
+def _possible_names(config: dict[str, Any], config_path: Path, files: dict[str, Path] | None) -> tuple[str, ...]:
+    """File-name prefixes this config's models can write (``<model file>.``), before fetching."""
+    from teadist.sources.registry import lookup_filename
+
+    prefixes = []
+    for entry in config["models"]:
+        if "file" in entry:
+            prefixes.append(((files or {}).get(entry["file"]) or config_path.parent / entry["file"]).name + ".")
+        else:
+            name = lookup_filename(entry["model"])
+            if name is None:
+                return ("",)  # not a registry name we know: the exact check after fetching decides
+            prefixes.append(name + ".")
+    return tuple(prefixes)
+
+
+def _check_folder_is_ours(dist: Path, allowed: set[str], tarball: str, prefixes: tuple[str, ...] = ()) -> None:
+    if not dist.is_dir():
+        return
+    foreign = []
+    for entry in sorted(os.listdir(dist)):
+        if entry.startswith("."):
+            continue  # hidden: never listed, never published (split cleans its own temp files)
+        if entry.startswith(prefixes) and _is_regular(dist / entry):
+            continue  # a first look, before fetching: the exact names are checked after
+        if entry not in allowed or not _is_regular(dist / entry):
+            foreign.append(entry)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UsageError(f"--out {dist} holds files release prepare did not write: {shown}",
+                         hint=f"use an empty folder (only {tarball} may be put there first, "
+                              "by teadist package-wasm)")
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False

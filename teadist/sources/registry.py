@@ -27,8 +27,17 @@ def entries() -> list[Manifest]:
 
 
 def find(reference: str) -> tuple[Path, Manifest] | None:
+    return _match(_entries(), reference)
+
+
+def find_in(folder: Path, reference: str) -> tuple[Path, Manifest] | None:
+    """``find`` in another registry folder (e.g. a source checkout's ``manifests/models``)."""
+    return _match(tuple((p, load_manifest(p)) for p in sorted(folder.glob("*.json"))), reference)
+
+
+def _match(found: tuple[tuple[Path, Manifest], ...], reference: str) -> tuple[Path, Manifest] | None:
     name, _, tag = reference.lower().partition(":")
-    for path, manifest in _entries():
+    for path, manifest in found:
         if manifest.name.lower() != name:
             continue
         if (tag and (manifest.tag or "").lower() == tag) or (not tag and (manifest.default_tag or not manifest.tag)):
