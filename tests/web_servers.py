@@ -63,19 +63,32 @@ class _SendLog:
         self._current = threading.local()
         self._log_lock = threading.Lock()
 
-    def begin(self, handler: _Handler, method: str) -> SentLog:
+    def begin(self, handler: _Handler, method: str, headers: dict[str, str]) -> SentLog:
+        """Log this request; every response to it (fault answers included) carries ``headers``."""
         entry = SentLog(method, unquote(urlsplit(handler.path).path), handler.headers.get("Range"),
                         handler.headers.get("Accept"))
         with self._log_lock:
             self.sent.append(entry)
         self._current.entry = entry
-        original = handler.send_response
+        # A keep-alive connection reuses its handler: wrap its methods once, point them at this request.
+        state: dict[str, Any] | None = getattr(handler, "_web_log_state", None)
+        if state is None:
+            state = {}
+            send_response, end_headers = handler.send_response, handler.end_headers
 
-        def send_response(code: int, message: str | None = None) -> None:
-            entry.status = code
-            original(code, message)
+            def logged_send_response(code: int, message: str | None = None) -> None:
+                state["entry"].status = code
+                send_response(code, message)
 
-        handler.send_response = send_response  # type: ignore[method-assign]
+            def end_headers_with_extra() -> None:
+                for key, value in state["headers"].items():
+                    handler.send_header(key, value)
+                end_headers()
+
+            handler.send_response = logged_send_response  # type: ignore[method-assign]
+            handler.end_headers = end_headers_with_extra  # type: ignore[method-assign]
+            handler._web_log_state = state  # type: ignore[attr-defined]
+        state["entry"], state["headers"] = entry, headers
         return entry
 
     def add(self, n: int) -> None:
@@ -89,12 +102,10 @@ class _SendLog:
             return [e for e in self.sent if e.path.endswith(suffix) and e.method == "GET"]
 
 
-def _send_bytes(handler: _Handler, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+def _send_bytes(handler: _Handler, status: int, body: bytes, content_type: str) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body)))
-    for key, value in headers.items():
-        handler.send_header(key, value)
     handler.end_headers()
     if handler.command != "HEAD":
         handler.wfile.write(body)
@@ -121,13 +132,13 @@ class AppServer(LoopbackServer):
         return None
 
     def route(self, handler: _Handler, method: str) -> None:
-        self.log.begin(handler, method)
+        self.log.begin(handler, method, ISOLATION_HEADERS)
         target = self._resolve(urlsplit(handler.path).path)
         if target is None or method not in ("GET", "HEAD"):
-            _send_bytes(handler, 404, b"not found", "text/plain", ISOLATION_HEADERS)
+            _send_bytes(handler, 404, b"not found", "text/plain")
             return
         kind = TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        _send_bytes(handler, 200, target.read_bytes(), kind, ISOLATION_HEADERS)
+        _send_bytes(handler, 200, target.read_bytes(), kind)
 
     def count_bytes(self, n: int) -> None:
         super().count_bytes(n)
@@ -142,16 +153,16 @@ class ModelServer(MirrorServer):
         self.log = _SendLog()
 
     def route(self, handler: _Handler, method: str) -> None:
-        self.log.begin(handler, method)
+        self.log.begin(handler, method, PREFLIGHT_HEADERS if method == "OPTIONS" else CORS_HEADERS)
         if method == "OPTIONS":
-            _send_bytes(handler, 204, b"", "text/plain", PREFLIGHT_HEADERS)
+            _send_bytes(handler, 204, b"", "text/plain")
             return
         name = unquote(urlsplit(handler.path).path.lstrip("/"))
         served = self._lookup(name)
         if served is None or method not in ("GET", "HEAD"):
-            handler.send_json(404, {"error": "not found"}, CORS_HEADERS)
+            handler.send_json(404, {"error": "not found"})
             return
-        handler.send_file(served, CORS_HEADERS)
+        handler.send_file(served)
 
     def count_bytes(self, n: int) -> None:
         super().count_bytes(n)
@@ -180,10 +191,10 @@ class GitHubAssetServer(GitHubServer):
         return str(self.asset_json(asset)["url"])
 
     def route(self, handler: _Handler, method: str) -> None:
-        self.log.begin(handler, method)
+        self.log.begin(handler, method, PREFLIGHT_HEADERS if method == "OPTIONS" else CORS_HEADERS)
         path = unquote(urlsplit(handler.path).path)
         if method == "OPTIONS":
-            _send_bytes(handler, 204, b"", "text/plain", PREFLIGHT_HEADERS)
+            _send_bytes(handler, 204, b"", "text/plain")
             return
         prefix = f"/api/v3/repos/{self.repo}/releases/assets/"
         if path.startswith(prefix) and method in ("GET", "HEAD") and path[len(prefix):].isdigit():
@@ -200,32 +211,25 @@ class GitHubAssetServer(GitHubServer):
     def _asset(self, handler: _Handler, asset_id: int) -> None:
         asset = self._find(asset_id)
         if asset is None or asset_id not in self.files:
-            handler.send_json(404, {"message": "Not Found"}, CORS_HEADERS)
+            handler.send_json(404, {"message": "Not Found"})
             return
         if "application/octet-stream" not in (handler.headers.get("Accept") or ""):
-            handler.send_json(200, self.asset_json(asset), CORS_HEADERS)
+            handler.send_json(200, self.asset_json(asset))
             return
         # GitHub answers 302 to a short-lived storage URL that honours Range; so does this.
         handler.send_response(302)
         handler.send_header("Location", f"{self.url}/storage/{asset_id}/{quote(asset.name)}")
         handler.send_header("Content-Length", "0")
-        for key, value in CORS_HEADERS.items():
-            handler.send_header(key, value)
         handler.end_headers()
 
     def _storage(self, handler: _Handler, rest: str) -> None:
         head, _, name = rest.partition("/")
         path = self.files.get(int(head)) if head.isdigit() else None
         if path is None or path.name != name:
-            handler.send_json(404, {"message": "Not Found"}, CORS_HEADERS)
+            handler.send_json(404, {"message": "Not Found"})
             return
-        handler.send_file(_Served(path, file_sha256(path), path.stat().st_size, {}), CORS_HEADERS)
+        handler.send_file(_Served(path, file_sha256(path), path.stat().st_size, {}))
 
     def count_bytes(self, n: int) -> None:
         super().count_bytes(n)
         self.log.add(n)
-
-
-def as_json(value: Any) -> Any:
-    """Log entries as plain dicts (for assertion messages)."""
-    return value.__dict__ if isinstance(value, SentLog) else value

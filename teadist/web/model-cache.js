@@ -738,13 +738,13 @@ function abortReason(signal) {
   return signal.reason ?? new DOMException('The download was aborted.', 'AbortError');
 }
 
-function describeStorageError(err, model, shard) {
-  if (err?.name === 'QuotaExceededError') {
-    return new QuotaError(`storage is full: could not store ${quoted(shard.name)} of ${quoted(model.id)}; the verified part is kept`,
-      { neededBytes: shard.size, availableBytes: 0, candidates: [], hint: 'free space with evictLeastRecentlyUsed() and call download() again', cause: err });
+/** A failed piece write; the caller turns a full disk into a QuotaError naming what to evict. */
+class StorageWriteError extends Error {
+  constructor(err, model, shard) {
+    super(`storage failed while writing ${quoted(shard.name)} of ${quoted(model.id)}: ${err?.message ?? err}`);
+    this.quota = err?.name === 'QuotaExceededError';
+    this.cause = err;
   }
-  return new ModelCacheError(`storage failed while writing ${quoted(shard.name)} of ${quoted(model.id)}: ${err?.message ?? err}`,
-    { code: 'storage', cause: err });
 }
 
 class Progress {
@@ -974,6 +974,16 @@ export class ModelCache {
       progress.emit('downloading', null, true);
       await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
       if (signal?.aborted) throw abortReason(signal);
+      if (failure instanceof StorageWriteError && failure.quota) {
+        // The estimate said it would fit, the browser disagreed (its estimate is coarse on purpose).
+        const needed = model.totalBytes - progress.loaded;
+        throw await this.#quotaError(model, needed, 0,
+          `storage is full: ${model.id} still needs ${formatBytes(needed)} (${needed} bytes); `
+          + `the ${formatBytes(progress.loaded)} verified so far are kept`, failure.cause);
+      }
+      if (failure instanceof StorageWriteError) {
+        throw new ModelCacheError(failure.message, { code: 'storage', cause: failure.cause });
+      }
       if (failure) throw failure;
     } finally {
       signal?.removeEventListener('abort', onAbort);
@@ -1000,15 +1010,18 @@ export class ModelCache {
     const { quota = 0, usage = 0 } = await navigator.storage.estimate();
     const available = Math.max(0, quota - usage);
     if (needed <= available) return;
+    throw await this.#quotaError(model, needed, available,
+      `${model.id} needs ${formatBytes(needed)} (${needed} bytes) more, but only ${formatBytes(available)} `
+      + `(${available} bytes) of this site's storage quota is free; nothing was written`);
+  }
+
+  async #quotaError(model, needed, available, message, cause = undefined) {
     const info = await this.storageInfo();
     const candidates = info.models.filter((m) => m.key !== model.key)
       .map(({ id, size: bytes, lastUsed }) => ({ id, size: bytes, lastUsed }));
     const listed = candidates.slice(0, 5).map((c) => `${c.id} (${formatBytes(c.size)}, last used ${when(c.lastUsed)})`);
-    throw new QuotaError(
-      `${model.id} needs ${formatBytes(needed)} (${needed} bytes) more, but only ${formatBytes(available)} `
-      + `(${available} bytes) of this site's storage quota is free; nothing was written`
-      + (listed.length ? `; least recently used first: ${listed.join(', ')}` : ''),
-      { neededBytes: needed, availableBytes: available, candidates,
+    return new QuotaError(message + (listed.length ? `; least recently used first: ${listed.join(', ')}` : ''),
+      { neededBytes: needed, availableBytes: available, candidates, cause,
         hint: candidates.length ? 'free space with evictLeastRecentlyUsed(targetBytes) or delete(id), then download again'
           : 'the browser grants this site too little storage for this model' });
   }
@@ -1204,7 +1217,7 @@ export class ModelCache {
     try {
       await this.#pieces.write(model.key, shard.index, piece, bytes, next);
     } catch (err) {
-      throw describeStorageError(err, model, shard);
+      throw new StorageWriteError(err, model, shard);
     }
     return next;
   }
