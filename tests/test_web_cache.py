@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,7 +135,8 @@ class Page:
 
 
 @contextlib.contextmanager
-def browser(profile: Path, app: AppServer, path: str = "/cache-harness.html") -> Iterator[Page]:
+def browser(profile: Path, app: AppServer, path: str = "/cache-harness.html",
+            ready: str = "window.ready === true") -> Iterator[Page]:
     """A Chromium process on ``profile`` (kept between calls: a second visit sees the same storage)."""
     from playwright.sync_api import sync_playwright
 
@@ -147,7 +148,7 @@ def browser(profile: Path, app: AppServer, path: str = "/cache-harness.html") ->
         try:
             page = context.new_page()
             page.goto(app.url + path)
-            page.wait_for_function("window.ready === true", timeout=60_000)
+            page.wait_for_function(ready, timeout=60_000)
             yield Page(page, context)
         finally:
             context.close()
@@ -162,7 +163,8 @@ DOWNLOAD = """async ([manifest, storage, id, options]) => {
   if (options?.abortAfterMs) setTimeout(() => ctrl.abort(), options.abortAfterMs);
   const onProgress = (p) => events.push(p);
   try {
-    const status = await cache.download(id, { onProgress, signal: ctrl.signal, concurrency: options?.concurrency ?? 3 });
+    const concurrency = options?.concurrency ?? 3;
+    const status = await cache.download(id, { onProgress, signal: ctrl.signal, concurrency });
     return { ok: true, status, events };
   } catch (e) {
     return { ok: false, error: errorInfo(e), events, status: await cache.status(id) };
@@ -193,6 +195,8 @@ LOAD_FLOW = """async ([manifest, storage, id]) => {
     return { ok: false, error: errorInfo(e), blobsError, status: await cache.status(id), wllamaCalls };
   }
 }"""
+
+DIGEST = "async ([m, s, id]) => digestOf(await (await openCache(m, s)).blobs(id))"
 
 INFO = """async ([manifest, storage]) => {
   const cache = await openCache(manifest, storage);
@@ -250,7 +254,8 @@ def test_first_visit_downloads_and_wllama_matches_llama_cpp_then_offline_visit(
     models.stop()  # the model origin is gone; the app origin stays up
     seen = len(models.log.sent)
     with browser(profile, app) as page:
-        second = {model_id: page.run(GENERATE, url, storage, model_id, PROMPT, N_PREDICT) for model_id in (SHARDS, BYTES)}
+        second = {model_id: page.run(GENERATE, url, storage, model_id, PROMPT, N_PREDICT)
+                  for model_id in (SHARDS, BYTES)}
     assert len(models.log.sent) == seen
     for model_id in (SHARDS, BYTES):
         got = second[model_id]
@@ -279,7 +284,7 @@ def test_a_dropped_connection_resumes_after_a_reload_from_the_last_verified_bloc
         models.faults.clear()
         page.reload()
         resumed = {model_id: page.run(DOWNLOAD, url, storage, model_id, options) for model_id in cases}
-        digests = {model_id: page.run("async ([m, s, id]) => digestOf(await (await openCache(m, s)).blobs(id))",
+        digests = {model_id: page.run(DIGEST,
                                       url, storage, model_id) for model_id in cases}
     for model_id, chunk in cases.items():
         name, size = chunk["name"], chunk["size"]
@@ -298,11 +303,13 @@ def test_a_dropped_connection_resumes_after_a_reload_from_the_last_verified_bloc
         assert 0 <= sent_again <= TEST_BLOCK_SIZE, sent_again
         # The shards the failure stopped midway also resumed exactly where their verified part ended.
         for n, shard in enumerate(failed["status"]["shards"]):
-            later = [e.range for e in models.log.sent[session1:] if e.path.endswith(shard["name"]) and e.method == "GET"]
+            later = [e.range for e in models.log.sent[session1:]
+                     if e.path.endswith(shard["name"]) and e.method == "GET"]
             if shard["verified"]:
                 assert later == []
             else:
-                assert later == ([f"bytes={shard['storedBytes']}-{shard['size'] - 1}"] if shard["storedBytes"] else [None]), n
+                resumed_at = shard["storedBytes"]
+                assert later == ([f"bytes={resumed_at}-{shard['size'] - 1}"] if resumed_at else [None]), n
 
 
 def test_an_aborted_download_keeps_its_verified_part(app: AppServer, models: ModelServer, release: Release,
@@ -318,7 +325,7 @@ def test_an_aborted_download_keeps_its_verified_part(app: AppServer, models: Mod
         raw = page.run("async ([s]) => rawStorage(s)", storage)
         session1 = len(models.log.sent)
         done = page.run(DOWNLOAD, url, storage, BYTES, {"open": {"pieceSize": TEST_BLOCK_SIZE}})
-        digest = page.run("async ([m, s, id]) => digestOf(await (await openCache(m, s)).blobs(id))", url, storage, BYTES)
+        digest = page.run(DIGEST, url, storage, BYTES)
     assert models.log.for_path(second["name"])[0].sent == 100_000
     assert not aborted["ok"] and aborted["error"]["name"] == "AbortError", aborted["error"]
     kept = aborted["status"]["partialBytes"]
@@ -326,7 +333,8 @@ def test_an_aborted_download_keeps_its_verified_part(app: AppServer, models: Mod
     assert kept == SHARD_SIZE + TEST_BLOCK_SIZE == raw_bytes(raw)
     assert done["ok"] and digest == release.digest(BYTES)
     later = [e for e in models.log.sent[session1:] if e.method == "GET" and e.path != "/model-manifest.json"]
-    assert [e.range for e in later if e.path.endswith(second["name"])] == [f"bytes={TEST_BLOCK_SIZE}-{second['size'] - 1}"]
+    assert [e.range for e in later if e.path.endswith(second["name"])] == [
+        f"bytes={TEST_BLOCK_SIZE}-{second['size'] - 1}"]
     assert sum(e.sent for e in later) == total - kept  # nothing verified was fetched twice
 
 
@@ -377,10 +385,11 @@ def test_a_changed_manifest_sha256_is_a_new_version_and_stale_shards_are_not_use
             shutil.copy(new_folder / chunk["name"], served / chunk["name"])
         shutil.copy(new_folder / "model-manifest.json", served / "model-manifest.json")
         page.reload()
-        stale = page.run(LOAD_FLOW.replace("await cache.download(id);", "throw new Error('skip');"), url, storage, SHARDS)
+        no_download = LOAD_FLOW.replace("await cache.download(id);", "throw new Error('skip');")
+        stale = page.run(no_download, url, storage, SHARDS)
         seen = len(models.log.sent)
         done = page.run(DOWNLOAD, url, storage, SHARDS)
-        digest = page.run("async ([m, s, id]) => digestOf(await (await openCache(m, s)).blobs(id))", url, storage, SHARDS)
+        digest = page.run(DIGEST, url, storage, SHARDS)
         after = page.run(INFO, url, storage)
     old_key = old["info"]["models"][0]["key"]
     assert stale["status"]["downloaded"] is False and stale["status"]["partialBytes"] == 0
@@ -397,7 +406,8 @@ def test_a_changed_manifest_sha256_is_a_new_version_and_stale_shards_are_not_use
 # -- quota -----------------------------------------------------------------------------------------
 def test_quota_lru_eviction_storage_info_and_a_model_that_cannot_fit(
         app: AppServer, models: ModelServer, served: Path, release: Release, storage: str, tmp_path: Path) -> None:
-    other_src = make_tiny_model(tmp_path / "src" / "tiny-other.gguf", seed=12, n_embd=128, n_layer=4, printable_only=True)
+    other_src = make_tiny_model(tmp_path / "src" / "tiny-other.gguf", seed=12, n_embd=128, n_layer=4,
+                                printable_only=True)
     other = split_gguf(other_src, served, NullReporter(), shard_size=SHARD_SIZE, name=OTHER).manifest.to_dict()
     huge_shard = 1_900_000_000  # six of them: more than the 10 GiB Chromium's estimate() offers here
     huge = {"schema_version": "1.0", "name": "huge", "format": "gguf", "rebuild": {},
@@ -424,11 +434,12 @@ def test_quota_lru_eviction_storage_info_and_a_model_that_cannot_fit(
         seen = len(models.log.sent)
         resumed = page.run(DOWNLOAD, url, storage, BYTES)
         resent = sum(e.sent for e in models.log.sent[seen:] if e.path != "/model-manifest.json")
-        digest = page.run("async ([m, s, id]) => digestOf(await (await openCache(m, s)).blobs(id))", url, storage, BYTES)
+        digest = page.run(DIGEST, url, storage, BYTES)
         page.run("async ([m, s, id]) => (await openCache(m, s)).blobs(id)", url, storage, SHARDS)  # used last
         full = page.run(INFO, url, storage)
         target = full["info"]["used"] - 1
-        evicted = page.run("async ([m, s, t]) => (await openCache(m, s)).evictLeastRecentlyUsed(t)", url, storage, target)
+        evicted = page.run("async ([m, s, t]) => (await openCache(m, s)).evictLeastRecentlyUsed(t)",
+                           url, storage, target)
         after = page.run(INFO, url, storage)
         seen = len(models.log.sent)
         refused = page.run(DOWNLOAD, url, storage, "huge")
@@ -477,7 +488,8 @@ def test_a_byte_chunk_model_over_2_gib_is_refused_before_any_download(
         raw = page.run("async ([s]) => rawStorage(s)", storage)
     for got in results.values():
         assert not got["ok"] and got["error"]["code"] == "too-large" and got["wllamaCalls"] == 0
-    assert "GGUF shards" in results["big-bytes"]["error"]["hint"] and "2 GiB" in results["big-bytes"]["error"]["message"]
+    too_big = results["big-bytes"]["error"]
+    assert "GGUF shards" in too_big["hint"] and "2 GiB" in too_big["message"]
     assert "big-00001-of-00001.gguf" in results["big-shard"]["error"]["message"]
     assert raw == {} and [e.path for e in models.log.sent if "big" in e.path] == []
 
@@ -505,7 +517,8 @@ def test_shards_come_through_listed_api_asset_urls_when_no_same_origin_copy_exis
     same_origin = {e.path.lstrip("/"): e.status for e in models.log.sent if e.method == "GET"}
     assert all(same_origin[c["name"]] == (404 if c["name"] in missing else 200) for c in chunks)
     asset_calls = [e for e in api if "/releases/assets/" in e.path]
-    assert len(asset_calls) == 2 and all(e.status == 302 and e.accept == "application/octet-stream" for e in asset_calls)
+    assert len(asset_calls) == 2
+    assert all(e.status == 302 and e.accept == "application/octet-stream" for e in asset_calls)
     downloads = [e for e in api if e.path.startswith("/storage/")]
     assert sorted(e.path.rsplit("/", 1)[1] for e in downloads) == sorted(missing)
     assert all(e.status == 200 and e.sent == next(c["size"] for c in chunks if e.path.endswith(c["name"]))
@@ -513,74 +526,7 @@ def test_shards_come_through_listed_api_asset_urls_when_no_same_origin_copy_exis
 
 
 # -- the module's own pieces, in the browser ------------------------------------------------------
-UNIT = """async () => {
-  const { Sha256, parseManifest } = MC;
-  const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
-  const enc = (s) => new TextEncoder().encode(s);
-  const out = { vectors: {}, random: [], resumed: null, saveMidBlock: null, rejected: {} };
-  const vectors = {
-    empty: '', abc: 'abc',
-    '448 bits': 'abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq',
-    '896 bits': 'abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu',
-  };
-  for (const [k, v] of Object.entries(vectors)) out.vectors[k] = new Sha256().update(enc(v)).digest();
-  const million = new Sha256();
-  const a = enc('a'.repeat(1000));
-  for (let i = 0; i < 1000; i++) million.update(i % 2 ? a : a.subarray(0, 999)).update(i % 2 ? new Uint8Array(0) : a.subarray(999));
-  out.vectors.million = million.digest();
-  // Random data in random cuts, against SubtleCrypto, at the padding edges and beyond.
-  const data = new Uint8Array(65536 * 5 + 17);
-  for (let at = 0; at < data.length; at += 65536) crypto.getRandomValues(data.subarray(at, at + 65536));
-  for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 65536, data.length]) {
-    const h = new Sha256();
-    let at = 0;
-    while (at < n) { const step = Math.min(n - at, 1 + Math.floor(Math.random() * 9000)); h.update(data.subarray(at, at + step)); at += step; }
-    out.random.push([n, h.digest() === hex(await crypto.subtle.digest('SHA-256', data.subarray(0, n)))]);
-  }
-  // Save at a block boundary, restore through JSON (as IndexedDB would keep it), continue.
-  const first = new Sha256().update(data.subarray(0, 65536 * 3));
-  const state = JSON.parse(JSON.stringify(first.save()));
-  out.resumed = Sha256.restore(state).update(data.subarray(65536 * 3)).digest() === hex(await crypto.subtle.digest('SHA-256', data));
-  try { new Sha256().update(data.subarray(0, 100)).save(); out.saveMidBlock = 'saved'; } catch (e) { out.saveMidBlock = e.message; }
-  try { Sha256.restore({ h: [1, 2, 3], bytes: 64 }); out.badRestore = 'restored'; } catch (e) { out.badRestore = e.message; }
-  const base = { schema_version: '1.1', name: 'm', format: 'gguf', rebuild: {},
-    file: { name: 'm.gguf', size: 70000, sha256: 'a'.repeat(64) },
-    chunks: [{ name: 'm-00001-of-00001.gguf', size: 70000, sha256: 'b'.repeat(64) }] };
-  const twoBlocks = { block_size: 65536, blocks: ['c'.repeat(64), 'd'.repeat(64)] };
-  const bad = {
-    traversal: { chunks: [{ ...base.chunks[0], name: '../../etc/passwd' }] },
-    backslash: { chunks: [{ ...base.chunks[0], name: '..\\\\x.gguf' }] },
-    blockCount: { chunks: [{ ...base.chunks[0], block_size: 65536, blocks: ['c'.repeat(64)] }] },
-    blockSize: { chunks: [{ ...base.chunks[0], block_size: 100000, blocks: ['c'.repeat(64)] }] },
-    tinyBlocks: { chunks: [{ ...base.chunks[0], block_size: 4096, blocks: Array(18).fill('c'.repeat(64)) }] },
-    blockHashCase: { chunks: [{ ...base.chunks[0], block_size: 65536, blocks: ['C'.repeat(64), 'd'.repeat(64)] }] },
-    blocksIn10: { schema_version: '1.0', chunks: [{ ...base.chunks[0], ...twoBlocks }] },
-    major2: { schema_version: '2.0' },
-    hugeSize: { chunks: [{ ...base.chunks[0], size: 2 ** 60 }] },
-    negative: { chunks: [{ ...base.chunks[0], size: -1 }] },
-    fileUrl: { chunks: [{ ...base.chunks[0], urls: ['file:///etc/passwd'] }] },
-    jsUrl: { chunks: [{ ...base.chunks[0], urls: ['javascript:alert(1)'] }] },
-    unpinned: { format: 'single', chunks: undefined, rebuild: undefined, file: { name: 'm.gguf', size: null, sha256: null } },
-    gap: { format: 'bytes', rebuild: undefined, chunks: [{ ...base.chunks[0], offset: 5 }] },
-    sum: { format: 'bytes', rebuild: undefined, chunks: [{ ...base.chunks[0], offset: 0, size: 69999 }] },
-    duplicate: { chunks: [base.chunks[0], base.chunks[0]] },
-  };
-  for (const [k, patch] of Object.entries(bad)) {
-    try { parseManifest(JSON.stringify({ ...base, ...patch }), 'https://x.test/m.json'); out.rejected[k] = null; }
-    catch (e) { out.rejected[k] = [e.name, e.message]; }
-  }
-  const twoIds = JSON.stringify({ schema_version: '1.0', kind: 'release-index', models: [base, base] });
-  try { parseManifest(twoIds, 'https://x.test/m.json'); out.rejected.sameId = null; } catch (e) { out.rejected.sameId = [e.name, e.message]; }
-  const ok = parseManifest(JSON.stringify({ ...base, chunks: [{ ...base.chunks[0], ...twoBlocks,
-    urls: ['https://api.github.com/repos/o/r/releases/assets/1'] }] }), 'https://host.test/rel/model-manifest.json');
-  out.sources = ok[0].shards[0].sources;
-  out.layout = ok[0].shards[0].layout;
-  const hf = parseManifest(JSON.stringify({ schema_version: '1.0', name: 'h', format: 'single',
-    file: { name: 'h h.gguf', size: 1, sha256: 'a'.repeat(64) },
-    sources: [{ type: 'hf', repo: 'org/repo', revision: 'abc', path: 'sub/h h.gguf' }] }), 'https://host.test/x/');
-  out.hfSources = hf[0].shards[0].sources;
-  return out;
-}"""
+UNIT = "async () => (await import('/cache-unit.js')).default()"
 
 
 def test_streaming_sha256_and_manifest_checks_in_the_browser(app: AppServer, tmp_path: Path) -> None:
@@ -607,5 +553,38 @@ def test_streaming_sha256_and_manifest_checks_in_the_browser(app: AppServer, tmp
     assert out["layout"] == {"blockSize": 65536, "blocks": ["c" * 64, "d" * 64]}
     assert out["hfSources"] == ["https://host.test/x/h%20h.gguf",
                                 "https://huggingface.co/org/repo/resolve/abc/sub/h%20h.gguf"]
+    # What the module exports is what its hand-written .d.ts declares, and no more.
+    dts = (WEB / "model-cache.d.ts").read_text()
+    declared = set(re.findall(r"^export declare (?:class|function|const) (\w+)", dts, re.M))
+    assert set(out["exports"]) == declared
+    body = dts[dts.index("export declare class ModelCache {"):]
+    body = body[:body.index("\n}\n")]
+    assert set(out["methods"]) == set(re.findall(r"^  (\w+)\(", body, re.M))
+    assert out["statics"] == re.findall(r"^  static (\w+)\(", body, re.M) == ["open"]
+
+
+def test_the_example_page_downloads_shows_storage_and_generates(
+        app: AppServer, models: ModelServer, release: Release, tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    path = f"/teadist/examples/index.html?manifest={quote(manifest_url(models))}&wllama=/wllama/&storage=indexeddb"
+    with browser(tmp_path / "profile", app, path=path, ready="document.body.dataset.state === 'idle'") as page:
+        ui = page.page
+        assert ui.locator("#model option").all_inner_texts()[:2] == [
+            f"{SHARDS} — tiny-web.gguf, 2.0 MiB, gguf", f"{BYTES} — tiny-web.gguf, 2.0 MiB, bytes"]
+        ui.select_option("#model", SHARDS)
+        ui.click("#download")
+        ui.wait_for_function("document.body.dataset.state === 'idle'", timeout=60_000)
+        status = ui.inner_text("#model-status")
+        storage_line = ui.inner_text("#storage-line")
+        bar = ui.eval_on_selector("#bar", "b => b.value")
+        ui.fill("#tokens", str(N_PREDICT))
+        ui.click("#generate")
+        ui.wait_for_function("document.body.dataset.state === 'idle' || document.body.dataset.state === 'error'",
+                             timeout=60_000)
+        output, error = ui.inner_text("#output"), ui.inner_text("#error")
+    assert error == "" and output == release.text
+    assert status.startswith("cached and verified, 2.0 MiB") and bar == 1
+    assert storage_line.startswith("Cache: 2.0 MiB in 1 model(s); site quota ")
 
 
