@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +337,25 @@ def test_an_aborted_download_keeps_its_verified_part(app: AppServer, models: Mod
     assert [e.range for e in later if e.path.endswith(second["name"])] == [
         f"bytes={TEST_BLOCK_SIZE}-{second['size'] - 1}"]
     assert sum(e.sent for e in later) == total - kept  # nothing verified was fetched twice
+
+
+def test_a_stalled_transfer_is_abandoned_and_resumed(app: AppServer, models: ModelServer, release: Release,
+                                                     storage: str, tmp_path: Path) -> None:
+    url = manifest_url(models)
+    second = release.chunk(SHARDS, 1)
+    # The server goes silent for a minute after 100 000 bytes, keeping the connection open.
+    models.add_fault(Fault("stall", after=100_000, seconds=60, path=second["name"]))
+    with browser(tmp_path / "profile", app) as page:
+        started = time.monotonic()
+        done = page.run(DOWNLOAD, url, storage, SHARDS, {"open": {"stallTimeout": 1000}})
+        elapsed = time.monotonic() - started
+        digest = page.run(DIGEST, url, storage, SHARDS)
+    assert done["ok"], done.get("error")
+    assert elapsed < 20, f"a silent server held the download for {elapsed:.0f} s"
+    assert digest == release.digest(SHARDS)
+    tries = models.log.for_path(second["name"])
+    assert [e.sent for e in tries] == [100_000, second["size"] - TEST_BLOCK_SIZE]  # resumed after the one block
+    assert tries[1].range == f"bytes={TEST_BLOCK_SIZE}-{second['size'] - 1}"
 
 
 # -- integrity -------------------------------------------------------------------------------------

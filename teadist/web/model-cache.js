@@ -27,6 +27,7 @@ const MIN_BLOCK_SIZE = 65536;
 const MAX_BLOCK_SIZE = 67108864;
 const DEFAULT_PIECE_SIZE = 8 * 1024 * 1024;
 const DEFAULT_RETRIES = 2;
+const DEFAULT_STALL_TIMEOUT_MS = 30000;
 const DEFAULT_CONCURRENCY = 3;
 const MAX_CONCURRENCY = 16;
 const PROGRESS_INTERVAL_MS = 100;
@@ -578,10 +579,10 @@ class IndexedDbPieces {
   }
 
   async read(key, shard, count) {
-    const tx = this.book.db.transaction('pieces');
-    const store = tx.objectStore('pieces');
-    const blobs = await request(store.getAll(keyRange(key, shard)));
-    const keys = await request(store.getAllKeys(keyRange(key, shard)));
+    const store = this.book.db.transaction('pieces').objectStore('pieces');
+    // Both requests go out before the first await, while the transaction is surely active.
+    const [blobs, keys] = await Promise.all([request(store.getAll(keyRange(key, shard))),
+      request(store.getAllKeys(keyRange(key, shard)))]);
     const out = new Array(count).fill(null);
     keys.forEach((k, i) => { if (k[2] < count) out[k[2]] = blobs[i]; });
     return out;
@@ -675,7 +676,7 @@ class OpfsPieces {
     for await (const name of this.root.keys()) names.push(name);
     for (const name of names) {
       if (await isKnown(name)) continue;
-      await withLock(name, { ifAvailable: true }, async (held) => {
+      await withLock(`opfs:${name}`, { ifAvailable: true }, async (held) => {
         if (held && !(await isKnown(name))) {
           await this.root.removeEntry(name, { recursive: true }).catch(() => {});
         }
@@ -716,6 +717,44 @@ class AttemptError extends Error {
     super(message);
     this.transient = transient;
     this.integrity = integrity; // { start, end, what } when bytes failed their hash
+  }
+}
+
+/**
+ * Cuts an attempt when the server sends nothing for `ms`: a silent, open connection would
+ * otherwise hold a download forever. Aborting the outer signal aborts the attempt too.
+ */
+class StallWatch {
+  constructor(ms, outer) {
+    this.ms = ms;
+    this.stalled = false;
+    this.outer = outer;
+    this.controller = new AbortController();
+    this.onOuterAbort = () => this.controller.abort(abortReason(outer));
+    outer.addEventListener('abort', this.onOuterAbort, { once: true });
+    this.timer = 0;
+    this.reset();
+  }
+
+  get signal() {
+    return this.controller.signal;
+  }
+
+  reset() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.stalled = true;
+      this.controller.abort(new DOMException(this.describe(), 'TimeoutError'));
+    }, this.ms);
+  }
+
+  describe() {
+    return `no data for ${this.ms / 1000} s`;
+  }
+
+  close() {
+    clearTimeout(this.timer);
+    this.outer.removeEventListener('abort', this.onOuterAbort);
   }
 }
 
@@ -777,11 +816,13 @@ class Progress {
       timeElapsed: elapsed,
       timeRemaining: remaining,
     };
+    // A failing callback must not break the download; show it where page code would look.
+    const complain = (err) => console.error('ModelCache onProgress callback failed:', err);
     try {
-      this.onProgress(report);
+      const result = this.onProgress(report);
+      if (result && typeof result.then === 'function') result.then(undefined, complain);
     } catch (err) {
-      // A throwing callback must not break the download; show it where page code would look.
-      console.error('ModelCache onProgress callback threw:', err);
+      complain(err);
     }
   }
 }
@@ -803,6 +844,7 @@ export class ModelCache {
   #models;
   #pieceSize;
   #retries;
+  #stallTimeout;
 
   constructor(secret, fields) {
     if (secret !== OPEN_TOKEN) throw new TypeError('use ModelCache.open({ manifestUrl, storage })');
@@ -812,6 +854,7 @@ export class ModelCache {
     this.#models = fields.models;
     this.#pieceSize = fields.pieceSize;
     this.#retries = fields.retries;
+    this.#stallTimeout = fields.stallTimeout;
     Object.freeze(this);
   }
 
@@ -819,9 +862,11 @@ export class ModelCache {
    * Read the manifest (or, when it cannot be fetched, the copy kept from the last visit) and open
    * the chosen storage. Options: `manifestUrl` (relative URLs resolve against the page),
    * `storage` ('opfs' | 'indexeddb'), and rarely `pieceSize` (resume unit of shards without block
-   * hashes, a power of two ≥ 64 KiB) and `retries` (extra attempts per URL on a network error).
+   * hashes, a power of two ≥ 64 KiB), `retries` (extra attempts per URL on a network error) and
+   * `stallTimeout` (ms without a byte before an attempt is given up and resumed; default 30 s).
    */
-  static async open({ manifestUrl, storage = 'opfs', pieceSize = DEFAULT_PIECE_SIZE, retries = DEFAULT_RETRIES } = {}) {
+  static async open({ manifestUrl, storage = 'opfs', pieceSize = DEFAULT_PIECE_SIZE, retries = DEFAULT_RETRIES,
+    stallTimeout = DEFAULT_STALL_TIMEOUT_MS } = {}) {
     if (storage !== 'opfs' && storage !== 'indexeddb') {
       throw new ModelCacheError(`storage must be 'opfs' or 'indexeddb', not ${quoted(storage)}`, { code: 'usage' });
     }
@@ -830,6 +875,9 @@ export class ModelCache {
     }
     if (!Number.isSafeInteger(retries) || retries < 0 || retries > 10) {
       throw new ModelCacheError('retries must be a whole number from 0 to 10', { code: 'usage' });
+    }
+    if (!Number.isSafeInteger(stallTimeout) || stallTimeout < 100 || stallTimeout > 3600000) {
+      throw new ModelCacheError('stallTimeout must be milliseconds from 100 to 3600000', { code: 'usage' });
     }
     if (manifestUrl === undefined || manifestUrl === null || manifestUrl === '') {
       throw new ModelCacheError('manifestUrl is required', { code: 'usage' });
@@ -860,8 +908,13 @@ export class ModelCache {
     await pieces.collectGarbage(async (key) => (await book.get('entries', key)) !== undefined);
     return new ModelCache(OPEN_TOKEN, {
       public: { manifestUrl: url, storage, offline, manifestProblem: problem },
-      book, pieces, models, pieceSize, retries,
+      book, pieces, models, pieceSize, retries, stallTimeout,
     });
+  }
+
+  /** One lock per stored version of this back end, across tabs (Web Locks). */
+  #lock(key, options, fn) {
+    return withLock(`${this.storage}:${key}`, options, fn);
   }
 
   #model(id) {
@@ -916,7 +969,7 @@ export class ModelCache {
     checkLoadable(model);
     if (signal?.aborted) throw abortReason(signal);
     const progress = new Progress(model, onProgress);
-    await withLock(model.key, { signal }, async () => {
+    await this.#lock(model.key, { signal }, async () => {
       await this.#download(model, progress, signal, concurrency);
     });
     return this.status(id);
@@ -988,6 +1041,19 @@ export class ModelCache {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+    // Every piece was verified as it arrived; before the version counts as complete, check that
+    // storage holds each one at its size (a store that lost a write must not pass for complete).
+    progress.emit('verifying', `${model.id}: checking the stored shards`, true);
+    const done = await this.#book.progressOf(model.key);
+    for (const shard of model.shards) {
+      const p = done.get(shard.index);
+      const parts = p?.complete ? await this.#pieces.read(model.key, shard.index, p.pieces) : [];
+      if (!p?.complete || !piecesIntact(parts, shard, p)) {
+        await this.#pieces.dropShard(model.key, shard.index);
+        throw new ModelCacheError(`storage lost part of shard ${quoted(shard.name)} of ${quoted(model.id)} right after writing it`,
+          { code: 'storage', hint: 'call download() again; if this repeats, the browser storage is failing' });
+      }
+    }
     const now = Date.now();
     await this.#book.put('entries', { ...entry, complete: true, verifiedAt: now, lastUsed: now });
     progress.loaded = model.totalBytes;
@@ -999,7 +1065,7 @@ export class ModelCache {
     for (const old of entries) {
       if (old.id !== model.id || old.key === model.key) continue;
       // Another tab may still be downloading that version: leave it to a later call then.
-      await withLock(old.key, { ifAvailable: true }, async (held) => {
+      await this.#lock(old.key, { ifAvailable: true }, async (held) => {
         if (held) await this.#pieces.dropVersion(old.key);
       });
     }
@@ -1094,18 +1160,28 @@ export class ModelCache {
     const pieceSize = state.pieceSize;
     const nPieces = Math.ceil(shard.size / pieceSize);
     let current = state;
+    const fail = (message, options = {}) => Object.assign(new AttemptError(message, options), { state: current });
     const start = current.pieces * pieceSize;
+    const requested = start > 0 ? ` (asked for bytes ${start}-${shard.size - 1})` : '';
     const headers = { Accept: 'application/octet-stream' };
     if (start > 0) headers.Range = `bytes=${start}-${shard.size - 1}`;
-    const fail = (message, options = {}) => Object.assign(new AttemptError(message, options), { state: current });
+    const watch = new StallWatch(this.#stallTimeout, signal);
     let response;
     try {
-      response = await fetch(url, { headers, signal, cache: 'no-store', credentials: 'same-origin', redirect: 'follow' });
+      response = await fetch(url, { headers, signal: watch.signal, cache: 'no-store', credentials: 'same-origin' });
     } catch (err) {
+      watch.close();
       if (signal.aborted) throw abortReason(signal);
-      throw fail(`request failed (${err?.message ?? err})`, { transient: true });
+      if (watch.stalled) throw fail(`${watch.describe()} before the response${requested}`, { transient: true });
+      const crossOrigin = new URL(url).origin !== globalThis.location?.origin;
+      throw fail(`request failed (${err?.message ?? err}${crossOrigin ? '; a server on another origin must also send CORS headers' : ''})`,
+        { transient: true });
     }
-    const requested = start > 0 ? ` (asked for bytes ${start}-${shard.size - 1})` : '';
+    const refuse = (message, options = {}) => {
+      watch.close();
+      response.body?.cancel().catch(() => {});
+      return fail(message, options);
+    };
     let skip = 0;
     // Content-Length is the body's length only without a Content-Encoding, which a cross-origin
     // response does not expose: there the byte count and the hashes decide alone.
@@ -1116,26 +1192,18 @@ export class ModelCache {
       const range = parseContentRange(response.headers.get('Content-Range'));
       if (response.headers.has('Content-Range') && (!range || range.start !== start || range.end !== shard.size - 1
           || (range.total !== null && range.total !== shard.size))) {
-        response.body?.cancel().catch(() => {});
-        throw fail(`answered ${quoted(response.headers.get('Content-Range'))}${requested}`);
+        throw refuse(`answered ${quoted(response.headers.get('Content-Range'))}${requested}`);
       }
-      if (length !== null && Number(length) !== shard.size - start) {
-        response.body?.cancel().catch(() => {});
-        throw fail(`answered ${length} bytes${requested}`);
-      }
+      if (length !== null && Number(length) !== shard.size - start) throw refuse(`answered ${length} bytes${requested}`);
     } else if (response.status === 200) {
-      if (length !== null && Number(length) !== shard.size) {
-        response.body?.cancel().catch(() => {});
-        throw fail(`has ${length} bytes, the manifest says ${shard.size}`);
-      }
+      if (length !== null && Number(length) !== shard.size) throw refuse(`has ${length} bytes, the manifest says ${shard.size}`);
       skip = start; // the server ignored Range: read past what is already verified
     } else {
-      response.body?.cancel().catch(() => {});
       const s = response.status;
-      throw fail(`HTTP ${s}${response.statusText ? ' ' + response.statusText : ''}${requested}`,
+      throw refuse(`HTTP ${s}${response.statusText ? ' ' + response.statusText : ''}${requested}`,
         { transient: s >= 500 || s === 429 || s === 408 });
     }
-    if (!response.body) throw fail('response has no body');
+    if (!response.body) throw refuse('response has no body');
     const reader = response.body.getReader();
     const hasher = shard.layout ? null : (current.hashState ? Sha256.restore(current.hashState) : new Sha256());
     let piece = current.pieces;
@@ -1143,15 +1211,17 @@ export class ModelCache {
     let filled = 0;
     let received = 0;
     try {
-      for (;;) {
+      while (piece < nPieces) {
         let chunk;
         try {
           chunk = await reader.read();
         } catch (err) {
           if (signal.aborted) throw abortReason(signal);
+          if (watch.stalled) throw fail(`${watch.describe()} after ${received} bytes${requested}`, { transient: true });
           throw fail(`connection dropped after ${received} bytes${requested} (${err?.message ?? err})`, { transient: true });
         }
-        if (chunk.done) break;
+        if (chunk.done) throw fail(`body ended after ${received} bytes${requested}`, { transient: true });
+        watch.reset();
         let bytes = chunk.value;
         received += bytes.length;
         if (skip > 0) {
@@ -1159,6 +1229,7 @@ export class ModelCache {
           skip -= drop;
           bytes = bytes.subarray(drop);
         }
+        // Bytes past the manifest's size are not ours: once every piece is stored, stop reading.
         while (bytes.length > 0 && piece < nPieces) {
           const take = Math.min(buffer.length - filled, bytes.length);
           buffer.set(bytes.subarray(0, take), filled);
@@ -1168,24 +1239,21 @@ export class ModelCache {
           progress.sessionBytes += take;
           if (filled === buffer.length) {
             current = await this.#commitPiece(model, shard, current, piece, buffer, hasher, url, progress);
+            watch.reset(); // time spent storing is not the server's silence
             piece += 1;
             filled = 0;
             if (piece < nPieces) buffer = new Uint8Array(Math.min(pieceSize, shard.size - piece * pieceSize));
           }
           progress.emit('downloading');
         }
-        // Every byte the manifest describes is verified and stored: what else the server sends is not ours.
-        if (piece === nPieces) break;
       }
-      if (piece < nPieces) {
-        throw fail(`body ended after ${received} bytes${requested}`, { transient: true });
-      }
-      reader.cancel().catch(() => {});
       return current;
     } catch (err) {
       progress.loaded -= filled; // an unfinished piece is not kept
-      reader.cancel().catch(() => {});
       throw err;
+    } finally {
+      watch.close();
+      reader.cancel().catch(() => {});
     }
   }
 
@@ -1288,7 +1356,7 @@ export class ModelCache {
     const evicted = [];
     for (const m of info.models) {
       if (used <= targetBytes) break;
-      await withLock(m.key, { ifAvailable: true }, async (held) => {
+      await this.#lock(m.key, { ifAvailable: true }, async (held) => {
         if (!held) return;
         await this.#pieces.dropVersion(m.key);
         used -= m.size;
@@ -1313,7 +1381,7 @@ export class ModelCache {
   }
 
   async #dropOrFail(entry) {
-    await withLock(entry.key, { ifAvailable: true }, async (held) => {
+    await this.#lock(entry.key, { ifAvailable: true }, async (held) => {
       if (!held) {
         throw new ModelCacheError(`model ${quoted(entry.id)} is being downloaded right now`,
           { code: 'busy', hint: 'abort that download (its signal) first' });
@@ -1337,6 +1405,9 @@ function piecesIntact(blobs, shard, progress) {
 
 /** wllama takes GGUF shards or one file, each under 2 GiB: refuse anything it cannot load. */
 function checkLoadable(model) {
+  if (model.totalBytes === 0) {
+    throw new ModelCacheError(`${model.id} is empty (0 bytes); there is nothing to load`, { code: 'manifest' });
+  }
   if (model.format === 'bytes' || model.format === 'single') {
     if (model.file.size > WLLAMA_FILE_LIMIT) {
       throw new ModelCacheError(
