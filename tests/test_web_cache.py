@@ -268,6 +268,62 @@ def test_first_visit_downloads_and_wllama_matches_llama_cpp_then_offline_visit(
         assert got["before"]["verifiedAt"] == first[model_id]["before"]["verifiedAt"]
 
 
+MANIFEST_STATE = """async ([manifest, storage]) => {
+  try {
+    const cache = await openCache(manifest, storage);
+    return { offline: cache.offline, problem: cache.manifestProblem, list: await cache.list() };
+  } catch (e) { return { error: errorInfo(e) }; }
+}"""
+
+
+def test_an_unusable_manifest_falls_back_to_the_copy_from_the_last_visit(
+        app: AppServer, models: ModelServer, served: Path, storage: str, tmp_path: Path) -> None:
+    url = manifest_url(models)
+    with browser(tmp_path / "profile", app) as page:
+        fresh = page.run(MANIFEST_STATE, url, storage)
+        (served / "model-manifest.json").write_text("<html>Sign in to the hotel Wi-Fi</html>")
+        portal = page.run(MANIFEST_STATE, url, storage)
+        (served / "model-manifest.json").unlink()
+        gone = page.run(MANIFEST_STATE, url, storage)
+        never = page.run(MANIFEST_STATE, f"{models.url}/other/model-manifest.json", storage)
+        (served / "broken.json").write_text('{"schema_version": "1.0", "name": "../x"}')
+        broken = page.run(MANIFEST_STATE, f"{models.url}/broken.json", storage)
+    assert fresh["offline"] is False and fresh["problem"] is None and len(fresh["list"]) == 2
+    assert portal["offline"] is True and "not valid JSON" in portal["problem"] and portal["list"] == fresh["list"]
+    assert gone["offline"] is True and gone["problem"] == f"HTTP 404 from {url}" and gone["list"] == fresh["list"]
+    assert never["error"]["code"] == "source" and "no copy of it is kept" in never["error"]["message"]
+    assert "HTTP 404" in never["error"]["message"]
+    assert broken["error"]["name"] == "ManifestError" and "manifest.name" in broken["error"]["message"]
+
+
+def test_two_tabs_share_one_download_and_a_model_in_use_is_not_deleted(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    url = manifest_url(models)
+    models.add_fault(Fault("stall", after=100_000, seconds=2, path=release.chunk(SHARDS, 1)["name"]))
+    start = """([m, s, id]) => { window.running = openCache(m, s, { stallTimeout: 10000 })
+        .then((c) => c.download(id)).then(() => 'ok', (e) => errorInfo(e)); }"""
+    with browser(tmp_path / "profile", app) as first:
+        second = Page(first.context.new_page(), first.context)
+        asked: list[str] = []
+        second.page.on("request", lambda r: asked.append(r.url))
+        second.page.goto(first.page.url)
+        second.page.wait_for_function("window.ready === true")
+        first.run(start, url, storage, SHARDS)
+        first.page.wait_for_timeout(500)  # the first tab is inside its download (the server stalls)
+        busy = second.run("async ([m, s, id]) => { try { await (await openCache(m, s)).delete(id); return null; }"
+                          " catch (e) { return errorInfo(e); } }", url, storage, SHARDS)
+        joined = second.run(DOWNLOAD, url, storage, SHARDS)  # waits for the first tab, then finds it done
+        first_result = first.run("() => window.running")
+        digest = second.run(DIGEST, url, storage, SHARDS)
+    assert busy is not None and busy["code"] == "busy" and "being downloaded" in busy["message"]
+    assert first_result == "ok" and joined["ok"] and digest == release.digest(SHARDS)
+    assert [e["phase"] for e in joined["events"]] == ["ready"]
+    assert [u for u in asked if u.startswith(models.url) and not u.endswith("/model-manifest.json")] == []
+    for n, chunk in enumerate(release.model(SHARDS)["chunks"]):  # the first tab's download, nothing more
+        sent = sum(e.sent for e in models.log.for_path(chunk["name"]))
+        assert sent == (chunk["size"] if n != 1 else 100_000 + chunk["size"] - TEST_BLOCK_SIZE), chunk["name"]
+
+
 # -- resume ----------------------------------------------------------------------------------------
 def test_a_dropped_connection_resumes_after_a_reload_from_the_last_verified_block(
         app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:

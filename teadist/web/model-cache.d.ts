@@ -17,6 +17,8 @@ export interface OpenOptions {
   pieceSize?: number;
   /** Extra attempts per URL after a network error or a 5xx/429 answer (0 to 10; default 2). */
   retries?: number;
+  /** Milliseconds without a byte before an attempt is cut and resumed (100 to 3600000; default 30000). */
+  stallTimeout?: number;
 }
 
 /** One model of the manifest, as `list()` gives it. */
@@ -119,7 +121,10 @@ export declare class ModelCache {
   /** The manifest URL, absolute. */
   readonly manifestUrl: string;
   readonly storage: StorageKind;
-  /** True when the manifest could not be fetched and the copy from an earlier visit is in use. */
+  /**
+   * True when the network gave no valid manifest (unreachable, an HTTP error, a broken file) and
+   * the copy kept from an earlier visit is in use.
+   */
   readonly offline: boolean;
   /** Why the network copy of the manifest was not used, or null. */
   readonly manifestProblem: string | null;

@@ -882,7 +882,12 @@ export class ModelCache {
     if (manifestUrl === undefined || manifestUrl === null || manifestUrl === '') {
       throw new ModelCacheError('manifestUrl is required', { code: 'usage' });
     }
-    const url = new URL(String(manifestUrl), globalThis.location?.href).href;
+    let url;
+    try {
+      url = new URL(String(manifestUrl), globalThis.location?.href).href;
+    } catch {
+      throw new ModelCacheError(`manifestUrl ${quoted(manifestUrl)} is not a URL`, { code: 'usage' });
+    }
     if (typeof indexedDB === 'undefined') {
       throw new ModelCacheError('this browser offers no IndexedDB here (private mode?); the model cache cannot work', { code: 'unsupported' });
     }
@@ -890,7 +895,13 @@ export class ModelCache {
       throw new ModelCacheError('this browser offers no origin private file system (OPFS)',
         { code: 'unsupported', hint: "open the cache with storage: 'indexeddb'" });
     }
-    const book = new Bookkeeping(await openDatabase(`teadist-model-cache-${storage}`));
+    let book;
+    try {
+      book = new Bookkeeping(await openDatabase(`teadist-model-cache-${storage}`));
+    } catch (err) {
+      throw new ModelCacheError(`cannot open IndexedDB here (${err?.message ?? err}); the model cache needs it for its records`,
+        { code: 'unsupported', hint: 'private browsing or disabled site data can cause this', cause: err });
+    }
     let pieces;
     try {
       pieces = storage === 'opfs' ? await OpfsPieces.open(book) : new IndexedDbPieces(book);
@@ -1431,28 +1442,37 @@ function requestPersistence() {
   }
 }
 
+/**
+ * The manifest's text: from the network when it answers with a valid manifest (then kept for
+ * later), otherwise the copy kept from an earlier visit. Falling back is safe: that copy was
+ * valid, and every byte it lists is verified anyway. Without a copy, the network's problem is the error.
+ */
 async function loadManifestText(url, book) {
   let problem;
+  let error;
   try {
     const response = await fetch(url, { cache: 'no-store', headers: { Accept: 'application/octet-stream' } });
     if (response.ok) {
       const declared = Number(response.headers.get('Content-Length'));
       if (declared > MAX_MANIFEST_BYTES) throw new ManifestError(`manifest ${url}: larger than ${MAX_MANIFEST_BYTES} bytes`);
       const text = await readLimited(response, url);
-      parseManifest(text, url); // a broken manifest from the network is an error, never replaced by the copy
-      await book.put('manifests', { url, text, savedAt: Date.now() });
+      parseManifest(text, url);
+      // The copy is for later visits; failing to keep it (a full disk) must not fail this one.
+      await book.put('manifests', { url, text, savedAt: Date.now() }).catch(() => {});
       return { text, offline: false, problem: null };
     }
     response.body?.cancel().catch(() => {});
     problem = `HTTP ${response.status} from ${url}`;
   } catch (err) {
-    if (err instanceof ManifestError) throw err;
-    problem = `cannot fetch ${url} (${err?.message ?? err})`;
+    if (!(err instanceof ModelCacheError) && !(err instanceof TypeError) && err?.name !== 'AbortError') throw err;
+    error = err instanceof ModelCacheError ? err : null;
+    problem = error ? error.message : `cannot fetch ${url} (${err?.message ?? err})`;
   }
   const copy = await book.get('manifests', url);
   if (!copy) {
+    if (error) throw error;
     throw new ModelCacheError(`${problem}, and no copy of it is kept from an earlier visit`,
-      { code: 'source', hint: 'check the URL and the network' });
+      { code: 'source', hint: 'check the URL and the network (a manifest on another origin needs CORS headers)' });
   }
   return { text: copy.text, offline: true, problem };
 }
