@@ -27,7 +27,14 @@ from teadist.pipelines.gguf_split import split_gguf
 from teadist.pipelines.split import split_file
 from tests.servers import Fault
 from tests.test_browser import CHROMIUM, FLAGS, N_PREDICT, PROMPT, WLLAMA, native_text
-from tests.web_manifests import TEST_BLOCK_SIZE, load, release_index, with_block_hashes, write
+from tests.web_manifests import (
+    TEST_BLOCK_SIZE,
+    block_hashes,
+    load,
+    release_index,
+    with_block_hashes,
+    write,
+)
 from tests.web_servers import AppServer, GitHubAssetServer, ModelServer
 
 pytestmark = pytest.mark.slow
@@ -599,6 +606,32 @@ def test_shards_come_through_listed_api_asset_urls_when_no_same_origin_copy_exis
     assert sorted(e.path.rsplit("/", 1)[1] for e in downloads) == sorted(missing)
     assert all(e.status == 200 and e.sent == next(c["size"] for c in chunks if e.path.endswith(c["name"]))
                for e in downloads)
+
+
+def test_a_single_file_manifest_loads_from_its_folder_or_its_url_sources(
+        app: AppServer, models: ModelServer, served: Path, release: Release, storage: str, tmp_path: Path) -> None:
+    original = release.original.read_bytes()
+    single = {"schema_version": "1.1", "name": "tiny-single", "format": "single",
+              "file": {"name": "tiny-web.gguf", "size": len(original), "sha256": hashlib.sha256(original).hexdigest(),
+                       "block_size": TEST_BLOCK_SIZE, "blocks": block_hashes(release.original, TEST_BLOCK_SIZE)}}
+    elsewhere = tmp_path / "mirror"
+    elsewhere.mkdir()
+    shutil.copy(release.original, elsewhere / "tiny-web.gguf")
+    with ModelServer(elsewhere) as mirror:
+        assert isinstance(mirror, ModelServer)
+        write(served / "here.json", single)  # the file beside it is missing: the listed URL serves it
+        write(served / "there.json", {**single, "sources": [{"type": "url", "url": f"{mirror.url}/tiny-web.gguf"}]})
+        with browser(tmp_path / "profile", app) as page:
+            missing = page.run(DOWNLOAD, f"{models.url}/here.json", storage, "tiny-single")
+            done = page.run(DOWNLOAD, f"{models.url}/there.json", storage, "tiny-single")
+            got = page.run(GENERATE, f"{models.url}/there.json", storage, "tiny-single", PROMPT, N_PREDICT)
+        served_by_mirror = [(e.path, e.status, e.sent) for e in mirror.log.sent if e.method == "GET"]
+    assert not missing["ok"] and missing["error"]["name"] == "SourceError"
+    assert f"{models.url}/tiny-web.gguf: HTTP 404" in missing["error"]["message"]
+    assert done["ok"], done.get("error")
+    assert got["count"] == 1 and got["digest"] == hashlib.sha256(original).hexdigest()
+    assert got["text"] == release.text
+    assert served_by_mirror == [("/tiny-web.gguf", 200, len(original))]
 
 
 # -- the module's own pieces, in the browser ------------------------------------------------------

@@ -1244,6 +1244,9 @@ export class ModelCache {
         while (bytes.length > 0 && piece < nPieces) {
           const take = Math.min(buffer.length - filled, bytes.length);
           buffer.set(bytes.subarray(0, take), filled);
+          // Hashed as it arrives (small steps keep the page responsive); the state saved with a
+          // piece is always at its end, and a failed attempt restarts from that saved state.
+          hasher?.update(bytes.subarray(0, take));
           filled += take;
           bytes = bytes.subarray(take);
           progress.loaded += take;
@@ -1281,7 +1284,6 @@ export class ModelCache {
           { integrity: { start, end, what: `block ${piece + 1} of ${shard.layout.blocks.length}` } }), { state });
       }
     } else {
-      hasher.update(bytes);
       if (last) {
         const digest = hasher.digest();
         if (digest !== shard.sha256) {
