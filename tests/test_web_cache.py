@@ -585,7 +585,9 @@ def test_shards_come_through_listed_api_asset_urls_when_no_same_origin_copy_exis
         assert isinstance(github, GitHubAssetServer)
         index = load(served / "model-manifest.json")
         for chunk in index["models"][0]["chunks"]:
-            chunk["urls"] = [github.add_asset_file("v0.0.1-test", release.folder / chunk["name"])]
+            # What `release prepare` records (no CORS: useless in a browser), then the API asset URL.
+            chunk["urls"] = [f"https://github.com/tea/tea/releases/download/v0.0.1-test/{chunk['name']}",
+                             github.add_asset_file("v0.0.1-test", release.folder / chunk["name"])]
         write(served / "model-manifest.json", index)
         missing = {chunks[1]["name"], chunks[3]["name"]}  # the self-hosted copy lacks two shards
         for name in missing:
@@ -659,6 +661,7 @@ def test_streaming_sha256_and_manifest_checks_in_the_browser(app: AppServer, tmp
     assert "pinned" in messages["unpinned"] and "offset" in messages["gap"] and "add up" in messages["sum"]
     assert out["sources"] == ["https://host.test/rel/m-00001-of-00001.gguf",
                               "https://api.github.com/repos/o/r/releases/assets/1"]
+    assert out["skipped"] == ["https://github.com/o/r/releases/download/v1/m-00001-of-00001.gguf"]
     assert out["layout"] == {"blockSize": 65536, "blocks": ["c" * 64, "d" * 64]}
     assert out["hfSources"] == ["https://host.test/x/h%20h.gguf",
                                 "https://huggingface.co/org/repo/resolve/abc/sub/h%20h.gguf"]

@@ -210,6 +210,8 @@ export interface ParsedShard {
   layout: { blockSize: number; blocks: string[] } | null;
   /** Tried in order: the name resolved against the manifest's URL, then the listed URLs. */
   sources: string[];
+  /** Listed URLs a browser cannot read (GitHub's releases/download/, no CORS): never tried. */
+  skipped: string[];
 }
 
 export interface ParsedModel {

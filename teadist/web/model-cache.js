@@ -333,6 +333,16 @@ function blockLayout(obj, fileSize, minor, field) {
   return { blockSize: bs, blocks: obj.blocks.slice() };
 }
 
+// GitHub's releases/download/ URLs answer without CORS headers: no page can read them, so trying
+// them only costs retries. The REST API's asset URLs (…/releases/assets/ID) are the browser's way.
+const NO_CORS_URL = /^https:\/\/github\.com\/[^/]+\/[^/]+\/releases\/download\//;
+
+/** The URLs a browser can use, in order, and the ones it cannot (kept for error messages). */
+function browserSources(urls) {
+  const unique = [...new Set(urls)];
+  return { sources: unique.filter((u) => !NO_CORS_URL.test(u)), skipped: unique.filter((u) => NO_CORS_URL.test(u)) };
+}
+
 function encodePath(path) {
   return path.split('/').map(encodeURIComponent).join('/');
 }
@@ -391,7 +401,7 @@ function readModel(data, baseUrl, field) {
         throw new ManifestError(`${where}.type: ${quoted(src.type)} is not url or hf`);
       }
     });
-    shards = [{ name: file.name, size: fileSize, sha256: fileSha, offset: 0, layout: fileBlocks, sources }];
+    shards = [{ name: file.name, size: fileSize, sha256: fileSha, offset: 0, layout: fileBlocks, ...browserSources(sources) }];
   } else {
     const chunks = data.chunks;
     if (!Array.isArray(chunks) || chunks.length === 0) {
@@ -422,7 +432,7 @@ function readModel(data, baseUrl, field) {
       if (!Array.isArray(urls) || urls.length > MAX_URLS) throw new ManifestError(`${where}.urls: at most ${MAX_URLS} URLs`);
       const sources = [resolve(name), ...urls.map((u, j) => httpUrl(u, `${where}.urls[${j}]`))];
       return { name, size: chunkSize, sha256: chunkSha, offset, layout: blockLayout(chunk, chunkSize, minor, where),
-        sources: [...new Set(sources)] };
+        ...browserSources(sources) };
     });
     if (format === 'bytes' && expected !== fileSize) {
       throw new ManifestError(`${field}.chunks: sizes add up to ${expected} bytes, file.size is ${fileSize}`);
@@ -1148,7 +1158,8 @@ export class ModelCache {
         }
       }
     }
-    const detail = failures.map((f) => `${f.url}: ${f.reason}`).join('; ');
+    const detail = [...failures.map((f) => `${f.url}: ${f.reason}`),
+      ...shard.skipped.map((u) => `${u}: not tried (GitHub's releases/download URLs send no CORS headers)`)].join('; ');
     if (integrity) {
       await this.#pieces.dropShard(model.key, shard.index);
       progress.loaded -= state.bytes;

@@ -61,8 +61,10 @@ export default async function run() {
   const twoIds = JSON.stringify({ schema_version: '1.0', kind: 'release-index', models: [base, base] });
   try { parseManifest(twoIds, 'https://x.test/m.json'); out.rejected.sameId = null; } catch (e) { out.rejected.sameId = [e.name, e.message]; }
   const ok = parseManifest(JSON.stringify({ ...base, chunks: [{ ...base.chunks[0], ...twoBlocks,
-    urls: ['https://api.github.com/repos/o/r/releases/assets/1'] }] }), 'https://host.test/rel/model-manifest.json');
+    urls: ['https://github.com/o/r/releases/download/v1/m-00001-of-00001.gguf',
+      'https://api.github.com/repos/o/r/releases/assets/1'] }] }), 'https://host.test/rel/model-manifest.json');
   out.sources = ok[0].shards[0].sources;
+  out.skipped = ok[0].shards[0].skipped;
   out.layout = ok[0].shards[0].layout;
   const hf = parseManifest(JSON.stringify({ schema_version: '1.0', name: 'h', format: 'single',
     file: { name: 'h h.gguf', size: 1, sha256: 'a'.repeat(64) },
