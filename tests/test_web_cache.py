@@ -486,6 +486,26 @@ def test_a_changed_manifest_sha256_is_a_new_version_and_stale_shards_are_not_use
     assert [m["key"] for m in after["info"]["models"]] != [old_key]
 
 
+def test_a_piece_lost_by_the_browser_is_noticed_and_only_its_shard_fetched_again(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    url = manifest_url(models)
+    with browser(tmp_path / "profile", app) as page:
+        assert page.run(DOWNLOAD, url, storage, SHARDS)["ok"]
+        key = page.run(INFO, url, storage)["info"]["models"][0]["key"]
+        page.run("async ([s, k, n]) => damage(s, k, n)", storage, key, "2.3")  # shard 3, block 4
+        lost = page.run(LOAD_FLOW.replace("await cache.download(id);", ""), url, storage, SHARDS)
+        seen = len(models.log.sent)
+        again = page.run(DOWNLOAD, url, storage, SHARDS)
+        digest = page.run(DIGEST, url, storage, SHARDS)
+    name = release.chunk(SHARDS, 2)["name"]
+    assert not lost["ok"] and lost["error"]["code"] == "not-downloaded" and lost["wllamaCalls"] == 0
+    assert f'lost part of shard "{name}"' in lost["error"]["message"]
+    assert lost["status"]["downloaded"] is False and lost["status"]["shards"][2]["storedBytes"] == 0
+    assert again["ok"] and digest == release.digest(SHARDS)
+    fetched = [(e.path.lstrip("/"), e.range) for e in models.log.sent[seen:] if e.path != "/model-manifest.json"]
+    assert fetched == [(name, None)]
+
+
 # -- quota -----------------------------------------------------------------------------------------
 def test_quota_lru_eviction_storage_info_and_a_model_that_cannot_fit(
         app: AppServer, models: ModelServer, served: Path, release: Release, storage: str, tmp_path: Path) -> None:
@@ -528,6 +548,12 @@ def test_quota_lru_eviction_storage_info_and_a_model_that_cannot_fit(
         refused = page.run(DOWNLOAD, url, storage, "huge")
         unchanged = page.run(INFO, url, storage)
         requested = [e.path for e in models.log.sent[seen:] if e.path != "/model-manifest.json"]
+        deleted = page.run("async ([m, s]) => { const c = await openCache(m, s); return [await c.delete('tiny-shards'),"
+                           " await c.delete('no-such-model'), (await c.status('tiny-shards')).downloaded]; }",
+                           url, storage)
+        after_delete = page.run(INFO, url, storage)
+        page.run("async ([m, s]) => (await openCache(m, s)).clear()", url, storage)
+        cleared = page.run(INFO, url, storage)
     error = full_disk["error"]
     assert not full_disk["ok"] and error["name"] == "QuotaError" and "storage is full" in error["message"], error
     kept = full_disk["status"]["partialBytes"]
@@ -551,6 +577,10 @@ def test_quota_lru_eviction_storage_info_and_a_model_that_cannot_fit(
     assert error["message"].index(BYTES) < error["message"].index(SHARDS) and "evictLeastRecentlyUsed" in error["hint"]
     assert unchanged["raw"] == after["raw"] and unchanged["info"]["models"] == after["info"]["models"]
     assert refused["status"]["partialBytes"] == 0 and requested == []
+    assert deleted == [True, False, False]
+    assert [m["id"] for m in after_delete["info"]["models"]] == [BYTES] and len(after_delete["raw"]) == 1
+    assert cleared["info"]["used"] == 0 and cleared["info"]["models"] == [] and cleared["raw"] == {}
+    assert [m["cached"] for m in cleared["list"]] == [False] * 4 and len(cleared["list"]) == 4  # the manifest stays
 
 
 def test_a_byte_chunk_model_over_2_gib_is_refused_before_any_download(
