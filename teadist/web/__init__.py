@@ -2,8 +2,8 @@
 hand-written ``model-cache.d.ts`` and an example page (``examples/index.html``).
 
 ``asset_files`` lists them; ``copy_assets`` writes them into a folder for pages with their own
-build (``teadist web-assets``). Packagers take them from ``asset_files`` too, so the wheel, the
-wasm tarball and ``teadist serve`` ship the same bytes.
+build (``teadist web-assets``). ``package-wasm`` and ``serve`` are to take them from
+``asset_files`` too, so the wheel, the wasm tarball and the served pages carry the same bytes.
 """
 
 from __future__ import annotations
