@@ -163,6 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_OPTIONS(self) -> None:  # CORS preflights (tests/web_servers.py)
+        self._dispatch("OPTIONS")
+
     def read_body(self, limit: int | None = None) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length if limit is None else min(length, limit))

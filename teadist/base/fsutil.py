@@ -89,7 +89,7 @@ def atomic_write(dest: Path) -> Iterator[BinaryIO]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(dest)
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:  # O_CREAT|O_EXCL: never an existing file, never through a symlink
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
