@@ -219,3 +219,13 @@ def test_keep_shards_from_a_local_manifest_verifies_every_shard(models: list[Pat
     whole = cli("verify", "--json")
     assert whole.code == 3
     assert [i["name"] for i in json.loads(whole.out)["items"] if i["status"] != "OK"] == [installed.name]
+
+
+def test_splitting_a_shard_again_is_refused(models: list[Path], tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Issue 10, defect 11: a shard already carries split.* keys; splitting it again would write them twice."""
+    result = split_gguf(models[1], tmp_path / "web", NullReporter(), shard_size=150_000)
+    first = tmp_path / "web" / result.manifest.chunks[0].name
+    again = cli("split", first, "--format", "gguf", "--shard-size", "60k", "--out", tmp_path / "again")
+    assert again.code == 2, again.err
+    assert "already a shard" in again.err and "Traceback" not in again.err
+    assert not (tmp_path / "again").exists() or not list((tmp_path / "again").iterdir())
