@@ -103,7 +103,7 @@ def test_assemble_refuses_malicious_manifest_before_any_write(
     manifest.write_text(json.dumps(with_change(change)))
     cache = tmp_path / "cache"
     result = cli("assemble", manifest, "--cache-dir", cache)
-    assert result.code == 1
+    assert result.code == 3  # bad content: an integrity failure
     assert result.err.startswith("error: ") and field in result.err
     assert not cache.exists()
     assert files_in(manifest.parent) == {"m.manifest.json"}

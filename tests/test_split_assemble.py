@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from teadist.base.progress import NullReporter
 from teadist.errors import IntegrityError, UsageError
 from teadist.formats.manifest import load_manifest
-from teadist.pipelines.assemble import assemble_chunks, stable_partial_path
+from teadist.pipelines.assemble import assemble_chunks
 from teadist.pipelines.split import DEFAULT_CHUNK_SIZE, chunk_names, split_file
 from tests.conftest import TEADIST_BIN
 from tests.helpers import Result, files_in, write_random
@@ -48,7 +48,7 @@ def test_split_assemble_round_trip_is_byte_identical(tmp_path: Path, size: int) 
         assert len(piece) == chunk.size <= N
         assert hashlib.sha256(piece).hexdigest() == chunk.sha256
         assert data[chunk.offset or 0:(chunk.offset or 0) + chunk.size] == piece
-    assert files_in(dest.parent) == {"model.gguf", ".model.gguf.lock"}
+    assert files_in(dest.parent) == {"model.gguf"}  # the lock file goes with the lock
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -147,7 +147,7 @@ def test_missing_chunk_is_refused(split_dir: tuple[Path, bytes], tmp_path: Path,
     result = _assemble_cli(cli, chunks, tmp_path / "cache")
     assert result.code == 3
     assert "part-00002-of-00011 is missing" in result.err
-    assert files_in(tmp_path / "cache") <= {".model.gguf.lock"}
+    assert not (tmp_path / "cache" / "model.gguf").exists()
 
 
 def test_extra_chunks_are_ignored(split_dir: tuple[Path, bytes], tmp_path: Path,
@@ -217,7 +217,11 @@ def test_assemble_resumes_from_a_verified_partial(split_dir: tuple[Path, bytes],
     cache.mkdir()
     manifest = load_manifest(chunks / "model.gguf.manifest.json")
     assert manifest.file.sha256
-    partial = stable_partial_path(cache / "model.gguf", manifest.file.sha256)
+    from teadist.cache.layout import CacheLayout
+
+    files = CacheLayout(cache).target("model.gguf").files
+    files.ensure_folder()
+    partial = files.partial(manifest.file.sha256, kind="assemble")
     partial.write_bytes(data[:3 * N] + b"garbage in the fourth chunk")
     result = cli("assemble", chunks / "model.gguf.manifest.json", "--cache-dir", cache, "--json")
     assert result.code == 0, result.err
@@ -247,6 +251,7 @@ def test_split_and_assemble_killed_then_rerun_resume(tmp_path: Path, console: Ca
     out = tmp_path / "chunks"
     proc = subprocess.Popen([str(TEADIST_BIN), "split", str(src), "-s", "8MiB", "-o", str(out), "-q"])
     assert _kill_when(proc, lambda: len(list(out.glob("big.gguf.part-*"))) >= 3), "split ended too early"
+    assert proc.returncode == -signal.SIGKILL
     assert not (out / "big.gguf.manifest.json").exists()
     again = console("split", src, "-s", "8MiB", "-o", out, "--json")
     assert again.code == 0, again.err
@@ -256,8 +261,9 @@ def test_split_and_assemble_killed_then_rerun_resume(tmp_path: Path, console: Ca
     cache = tmp_path / "cache"
     proc = subprocess.Popen([str(TEADIST_BIN), "assemble", str(out / "big.gguf.manifest.json"),
                              "--cache-dir", str(cache), "-q"])
-    assert _kill_when(proc, lambda: any(p.stat().st_size > 40 * 2**20 for p in cache.glob(".*.part"))
+    assert _kill_when(proc, lambda: any(p.stat().st_size > 40 * 2**20 for p in cache.rglob("*.part"))
                       if cache.exists() else False), "assemble ended too early"
+    assert proc.returncode == -signal.SIGKILL
     assert not (cache / "big.gguf").exists()
     again = console("assemble", out / "big.gguf.manifest.json", "--cache-dir", cache, "--json")
     assert again.code == 0, again.err

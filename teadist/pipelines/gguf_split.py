@@ -52,6 +52,9 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     if not file_name.endswith(".gguf"):
         raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
     layout = read_layout(src)
+    if layout.split_keys:
+        raise UsageError(f"{file_name} is already a shard ({', '.join(layout.split_keys)}); splitting it again would "
+                         "write those keys twice", hint="assemble the shards first, then split the whole model")
     from concurrent.futures import ThreadPoolExecutor
 
     hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
