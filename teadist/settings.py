@@ -44,6 +44,12 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
     if offline is None:
         offline = env_flag(env, "TEA_OFFLINE") or env_flag(env, "HF_HUB_OFFLINE")
     endpoint = env.get("HF_ENDPOINT") or None
+    if endpoint is not None:
+        from teadist.base.urls import url_problem
+
+        problem = url_problem(endpoint)
+        if problem is not None:
+            raise UsageError(f"HF_ENDPOINT {endpoint[:80]!r} {problem}", hint="set it to the Hub's https:// URL")
     return Settings(
         models_dir=models_dir.expanduser(),
         offline=offline,

@@ -10,11 +10,13 @@ unlinked at release and never pile up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from teadist.base.fsutil import UnsafePathError
 from teadist.errors import TeadistError
 
 LOCK_TIMEOUT = 6 * 3600.0
@@ -34,6 +36,9 @@ def _try_acquire(path: Path) -> int | None:
         try:
             fd = os.open(path, flags, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(f"refusing the lock {path}: it is a symlink",
+                                      hint="remove it; teadist creates its own lock files") from None
             if exc.filename is None:
                 exc.filename = str(path)
             raise

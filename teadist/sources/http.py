@@ -67,11 +67,15 @@ class Auth:
     on every request and every redirect hop: GITHUB_TOKEN and HF_TOKEN go through the same rule.
     """
 
-    origin: Origin | tuple[str, str, int]
+    origin: Origin
     authorization: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.origin, Origin):  # a (scheme, host, port) tuple
+            object.__setattr__(self, "origin", Origin(*self.origin))
+
     def allows(self, url: str, left_origin: bool = False) -> bool:
-        bound = self.origin if isinstance(self.origin, Origin) else Origin(*self.origin)
+        bound = self.origin
         if left_origin or (bound.scheme != "https" and not is_loopback_host(bound.host)):
             return False
         try:
