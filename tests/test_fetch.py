@@ -705,3 +705,31 @@ def test_symlinks_planted_at_partial_and_temp_names_are_never_written_through(
     assert victim.read_bytes() == b"precious", f"written through a symlink: now {victim.stat().st_size} bytes"
     assert result.code == 0, result.err
     assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+
+
+def test_a_file_altered_in_place_with_its_mtime_put_back_is_not_handed_out(hub: HubServer, served: Path,
+                                                                          models_dir: Path,
+                                                                          cli: Callable[..., Result]) -> None:
+    """Size and mtime alone would call it cached; the inode's change time gives it away, and the
+    re-check restores the published bytes."""
+    assert cli("fetch", HF_SPEC).code == 0
+    path = models_dir / "tiny.gguf"
+    before = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = cli("fetch", HF_SPEC, "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["already_present"] is False
+    assert sha(path) == sha(served / "tiny.gguf")
+
+
+def test_a_touched_but_intact_file_is_re_recorded_not_downloaded(hub: HubServer, mirror: MirrorServer,
+                                                                 models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", HF_SPEC).code == 0
+    sent = mirror.bytes_sent
+    os.utime(models_dir / "tiny.gguf")
+    again = cli("fetch", HF_SPEC, "--json")
+    assert again.code == 0 and json.loads(again.out)["already_present"] is True
+    assert mirror.bytes_sent == sent

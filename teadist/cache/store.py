@@ -55,6 +55,8 @@ class CacheRecord:
     verified_at: str | None = None
     last_used: str | None = None
     mtime_ns: int | None = None
+    ctime_ns: int | None = None  # with the inode: a change that puts the mtime back is still seen
+    inode: int | None = None
     group: str | None = None  # kept shards: the first shard's file name, on every shard
     shards: list[str] = field(default_factory=list)  # on the first shard: the other shards, in order
     shard_sha256: dict[str, str] = field(default_factory=dict)  # records of older teadist: shards' sha256
@@ -115,6 +117,7 @@ class CacheRecord:
             filename=filename, name=text("name"), sha256=sha256, size=whole("size"), source=text("source"),
             origin=origin, installed_at=text("installed_at"), verified_at=text("verified_at", True),
             last_used=text("last_used", True), mtime_ns=whole("mtime_ns", True, 2**63 - 1),
+            ctime_ns=whole("ctime_ns", True, 2**63 - 1), inode=whole("inode", True, 2**64 - 1),
             group=None if group is None else file_name(group, "group"),
             shards=[file_name(s, "shards") for s in shards],
             shard_sha256={file_name(k, "shard_sha256"): v for k, v in shard_sha.items()},
@@ -258,7 +261,8 @@ class ModelCache:
             st = os.lstat(self.path_for(record.filename))
         except FileNotFoundError:
             return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == record.size and record.mtime_ns == st.st_mtime_ns
+        return (stat.S_ISREG(st.st_mode) and st.st_size == record.size and record.mtime_ns == st.st_mtime_ns
+                and record.ctime_ns in (None, st.st_ctime_ns) and record.inode in (None, st.st_ino))
 
     def record_install(self, filename: str, name: str, sha256: str, size: int, source: str,
                        origin: dict[str, str | None] | None = None, group: str | None = None,
@@ -268,6 +272,7 @@ class ModelCache:
         stamp = now_iso()
         record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source, origin=origin,
                              installed_at=stamp, verified_at=stamp, last_used=stamp, mtime_ns=st.st_mtime_ns,
+                             ctime_ns=st.st_ctime_ns, inode=st.st_ino,
                              group=group, shards=shards or [])
         self.write_record(record)
         return record

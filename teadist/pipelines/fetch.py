@@ -212,11 +212,12 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
     """Make way for the requested file at ``target`` (lock held). A file teadist installed that is
     another one is replaced (the user is told); a file nobody recorded is adopted if it is the
     requested one, and otherwise left alone with an error."""
-    from teadist.base.hashing import hash_range
-
     record = cache.read_record(target.name)
     present = os.path.lexists(target.final)
     if record is not None:
+        if record.sha256 == sha256 and _holds(target, sha256, size):
+            # ours, and still the right bytes (copied back, touched): record it again, no download
+            return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
         if present:
             reporter.warn(f"replacing {target.name} in the cache ({record.name}, from {record.source}) "
                           f"with the one from {what}")
@@ -227,12 +228,19 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
         return None
     if not present:
         return None
-    if is_plain_file(target.final) and size in (None, target.final.stat().st_size) \
-            and hash_range(target.final)[0] == sha256:
+    if _holds(target, sha256, size):
         return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
     raise TeadistError(f"{target.final} is in the cache but was not installed by teadist, and it is not the "
                        f"requested file from {what}; leaving it alone",
                        hint="move it out of the cache (or delete it), then fetch again")
+
+
+def _holds(target: CacheTarget, sha256: str, size: int | None) -> bool:
+    """The file at ``target`` is a plain file with exactly these bytes (hashed now)."""
+    from teadist.base.hashing import hash_range
+
+    return (is_plain_file(target.final) and size in (None, target.final.stat().st_size)
+            and hash_range(target.final)[0] == sha256)
 
 
 def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
