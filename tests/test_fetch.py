@@ -733,3 +733,21 @@ def test_a_touched_but_intact_file_is_re_recorded_not_downloaded(hub: HubServer,
     again = cli("fetch", HF_SPEC, "--json")
     assert again.code == 0 and json.loads(again.out)["already_present"] is True
     assert mirror.bytes_sent == sent
+
+
+def test_a_manifest_cannot_take_over_another_models_file(tiny_model: Path, tmp_path: Path, models_dir: Path,
+                                                         cli: Callable[..., Result]) -> None:
+    """A manifest naming its file (or its shards) after a model already installed from elsewhere
+    is refused: the runtimes load by file name, so a replacement would hand them another model."""
+    from teadist.formats.tinymodel import make_tiny_model
+
+    split_file(tiny_model, tmp_path / "a", NullReporter(), chunk_size=100_000, name="model-a")
+    assert cli("fetch", tmp_path / "a" / "tiny-llama.gguf.manifest.json").code == 0
+    other = make_tiny_model(tmp_path / "b-src" / "tiny-llama.gguf", seed=77)
+    split_file(other, tmp_path / "b", NullReporter(), chunk_size=100_000, name="model-b")
+    taken = cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json")
+    assert taken.code == 1 and "refusing to replace" in taken.err, taken.err
+    assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
+    assert cli("rm", "tiny-llama.gguf").code == 0
+    assert cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json").code == 0
+    assert sha(models_dir / "tiny-llama.gguf") == sha(other)

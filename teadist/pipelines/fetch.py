@@ -209,8 +209,9 @@ def _hit(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None) 
 
 def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None, what: str, name: str,
            origin: Origin, reporter: Reporter) -> CacheRecord | None:
-    """Make way for the requested file at ``target`` (lock held). A file teadist installed that is
-    another one is replaced (the user is told); a file nobody recorded is adopted if it is the
+    """Make way for the requested file at ``target`` (lock held). A file teadist installed for the same
+    model (or the same Hub file) that is another version is replaced (the user is told); another
+    model's file is left alone with an error; a file nobody recorded is adopted if it is the
     requested one, and otherwise left alone with an error."""
     record = cache.read_record(target.name)
     present = os.path.lexists(target.final)
@@ -218,6 +219,11 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
         if record.sha256 == sha256 and _holds(target, sha256, size):
             # ours, and still the right bytes (copied back, touched): record it again, no download
             return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
+        if record.name != name and not _same_lineage(record.origin, origin):
+            # another model's file: a manifest must not take over a name it does not own
+            raise TeadistError(f"{target.name} in the cache holds {record.name} (from {record.source}); refusing "
+                               f"to replace it with {name} from {what}",
+                               hint=f"if you no longer need it: teadist rm {target.name}")
         if present:
             reporter.warn(f"replacing {target.name} in the cache ({record.name}, from {record.source}) "
                           f"with the one from {what}")
@@ -233,6 +239,12 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
     raise TeadistError(f"{target.final} is in the cache but was not installed by teadist, and it is not the "
                        f"requested file from {what}; leaving it alone",
                        hint="move it out of the cache (or delete it), then fetch again")
+
+
+def _same_lineage(old: Origin | None, new: Origin) -> bool:
+    """Two versions of one Hub file (same endpoint, repository and path): an update, not a takeover."""
+    keys = ("kind", "endpoint", "repo", "path")
+    return old is not None and new.get("kind") == "hf" and all(old.get(k) == new.get(k) for k in keys)
 
 
 def _holds(target: CacheTarget, sha256: str, size: int | None) -> bool:
