@@ -100,9 +100,12 @@ def main() -> int:
 
             def prune_loop() -> None:
                 while not done.is_set():
+                    # what is in flight right before each prune: it must all still be there after
+                    in_flight = json.loads(run("du", "--json", env=env).stdout or "{}").get("partials", 0)
                     result = run("prune", "--partials", "--json", env=env)
-                    prunes.append({"code": result.returncode, "removed": json.loads(result.stdout or "{}")
-                                   .get("removed", []), "err": result.stderr[-300:]})
+                    prunes.append({"code": result.returncode, "in_flight_bytes": in_flight,
+                                   "removed": json.loads(result.stdout or "{}").get("removed", []),
+                                   "err": result.stderr[-300:]})
                     time.sleep(0.5)
 
             start = time.monotonic()
@@ -134,6 +137,8 @@ def main() -> int:
             report["server"] = {"GETs": len(gets), "bytes_sent": mirror.bytes_sent,
                                 "shard_bytes": sum(c["size"] for c in shards)}
         report["prune"] = {"runs": len(prunes), "during_fetches_removed": sum(len(p["removed"]) for p in prunes),
+                           "runs_with_bytes_in_flight": sum(1 for p in prunes if p["in_flight_bytes"]),
+                           "most_bytes_in_flight": max((p["in_flight_bytes"] for p in prunes), default=0),
                            "failures": [p for p in prunes if p["code"] != 0]}
         verify = run("verify", "--json", env=env)
         rows = json.loads(verify.stdout)["items"] if verify.stdout else []
