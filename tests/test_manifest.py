@@ -214,3 +214,13 @@ def test_a_release_index_with_files_not_a_list_is_refused(tmp_path: Path, cli: C
         result = cli("fetch", server.url_for("model-manifest.json"))
     assert result.code == 3, result.err
     assert "files" in result.err and "Traceback" not in result.err
+
+
+def test_names_too_long_for_teadists_own_names_beside_them_are_refused(tmp_path: Path,
+                                                                       cli: Callable[..., Result]) -> None:
+    """A 230-byte file name is a valid file name, but its lock, record and partial names would not
+    be: refused before any download, not after one (the model installed, its record unwritable)."""
+    data = good()
+    data["file"]["name"] = "m" * 225 + ".gguf"
+    with pytest.raises(ManifestError, match="longer than 200 bytes"):
+        parse_manifest(json.dumps(data).encode(), "m.json")

@@ -21,6 +21,7 @@ from teadist.base.sizes import format_size
 from teadist.errors import DiskSpaceError, ManifestError, TeadistError
 
 PART_SUFFIX = ".part"
+MAX_MODEL_NAME_BYTES = 200  # a model or chunk name leaves room for teadist's own names beside it (255)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 MAX_NAME_BYTES = 255

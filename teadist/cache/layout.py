@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from teadist.base.fsutil import ensure_private_dir, remove_foreign, require_plain_filename
+from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, ensure_private_dir, remove_foreign, require_plain_filename
 from teadist.base.workfiles import WorkFiles
 from teadist.cache.lock import LOCK_TIMEOUT, held, held_if_free
 from teadist.errors import ManifestError
@@ -58,6 +58,8 @@ def target_name(name: object) -> str:
     checked = require_plain_filename(name, "model file name")
     if checked.startswith("."):
         raise ManifestError(f"model file name: {checked[:80]!r} starts with '.'; hidden names are not models")
+    if len(checked.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+        raise ManifestError(f"model file name: {checked[:60]!r}… is longer than {MAX_MODEL_NAME_BYTES} bytes")
     return checked
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from teadist import __version__
 from teadist.base import jsonin
-from teadist.base.fsutil import require_plain_filename, write_bytes_atomic
+from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, require_plain_filename, write_bytes_atomic
 from teadist.base.urls import url_problem
 from teadist.errors import ManifestError, NotFoundError
 
@@ -188,6 +188,8 @@ def _plain_name(name: object, field: str) -> str:
     checked = require_plain_filename(name, field)
     if checked.startswith("."):
         raise ManifestError(f"{field}: {checked[:80]!r} starts with '.'; hidden names are refused")
+    if len(checked.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+        raise ManifestError(f"{field}: {checked[:60]!r}… is longer than {MAX_MODEL_NAME_BYTES} bytes")
     return checked
 
 

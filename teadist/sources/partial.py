@@ -114,7 +114,7 @@ class Partial:
                                 "etag": self.etag}
         if self.mode == SEGMENTS:
             data["segments"] = self.segments
-        write_bytes_atomic(self.sidecar, json.dumps(data).encode(), stem=f".{self.sidecar.name}.")
+        write_bytes_atomic(self.sidecar, json.dumps(data).encode(), stem=".")  # short: names near 255 bytes
 
     def start(self, mode: str, etag: str | None, segments: list[list[int]] | None = None) -> None:
         """Begin filling the (empty or truncated) partial in ``mode`` from the file with ``etag``."""
