@@ -140,6 +140,8 @@ def test_headers_llama_cpp_refuses_are_refused(case: str, tmp_path: Path, cli: C
     assert result.err.startswith("error: ") and "crafted.gguf" in result.err and "Traceback" not in result.err
     shards = cli("split", path, "--format", "gguf", "--out", tmp_path / "out")
     assert shards.code == 3, (case, shards.err)
+    chunks = cli("split", path, "--out", tmp_path / "out")  # and never published as plain bytes either
+    assert chunks.code == 3, (case, chunks.err)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
