@@ -49,10 +49,11 @@ class Crafted:
     def header(self) -> bytes:
         out = b"GGUF" + struct.pack("<IQQ", 3, len(self.tensors) if self.n_tensors is None else self.n_tensors,
                                     len(self.kvs) if self.n_kv is None else self.n_kv)
-        out += b"".join(self.kvs)
+        parts = [out, *self.kvs]
         for t in self.tensors:
-            out += gstr(t.name) + struct.pack("<I", len(t.dims)) + b"".join(struct.pack("<q", d) for d in t.dims)
-            out += struct.pack("<IQ", t.ggml_type, t.offset)
+            parts += (gstr(t.name), struct.pack("<I", len(t.dims)), *(struct.pack("<q", d) for d in t.dims),
+                      struct.pack("<IQ", t.ggml_type, t.offset))
+        out = b"".join(parts)
         return out + b"\0" * (-len(out) % self.alignment)
 
     def write(self, path: Path) -> Path:

@@ -53,6 +53,12 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     file_name = usable_input_name(src)
     if not file_name.endswith(".gguf"):
         raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
+    from teadist.formats.gguf_header import read_header
+
+    header = read_header(src)  # bounded: no per-tensor objects yet
+    if header.info_end - header.kv_end > MAX_LITERAL_BYTES:  # the tensor-info table goes into the recipe
+        raise UsageError(f"{file_name}: its tensor-info table ({header.info_end - header.kv_end} bytes) would have "
+                         f"to be stored in the manifest (at most {MAX_LITERAL_BYTES})")
     layout = read_layout(src)
     if layout.split_keys:
         raise UsageError(f"{file_name} is already a shard ({', '.join(layout.split_keys)}); splitting it again would "
