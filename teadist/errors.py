@@ -34,7 +34,10 @@ class UsageError(TeadistError):
 
 
 class ManifestError(TeadistError):
-    """A manifest is malformed or unsafe; raised before anything is written."""
+    """A manifest (or other content teadist reads: an index, a record) is malformed or unsafe;
+    raised before anything is written. Bad content, like bad bytes, is an integrity failure."""
+
+    exit_code = EXIT_INTEGRITY
 
 
 class NotFoundError(TeadistError):

@@ -5,13 +5,13 @@ Library functions take explicit parameters; only the CLI calls ``resolve_setting
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
+from teadist.errors import UsageError
 
 DEFAULT_MODELS_DIR = Path("~/.cache/tea/models")
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
@@ -44,6 +44,12 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
     if offline is None:
         offline = env_flag(env, "TEA_OFFLINE") or env_flag(env, "HF_HUB_OFFLINE")
     endpoint = env.get("HF_ENDPOINT") or None
+    if endpoint is not None:
+        from teadist.base.urls import url_problem
+
+        problem = url_problem(endpoint)
+        if problem is not None:
+            raise UsageError(f"HF_ENDPOINT {endpoint[:80]!r} {problem}", hint="set it to the Hub's https:// URL")
     return Settings(
         models_dir=models_dir.expanduser(),
         offline=offline,
@@ -52,27 +58,51 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
         hf_endpoint=endpoint.rstrip("/") if endpoint else None,
         debug=debug or env_flag(env, "TEADIST_DEBUG"),
         hf_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
-        retries=_number(env, "TEADIST_RETRIES", 6, int),
-        retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, float),
-        stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, float),
-        parallel_min=_number(env, "TEADIST_PARALLEL_MIN", 256 * 1024 * 1024, int),
+        retries=int(_number(env, "TEADIST_RETRIES", 6, whole=True, least=1)),
+        retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, least=0.0),
+        stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, least=0.001),
+        parallel_min=int(_number(env, "TEADIST_PARALLEL_MIN", 256 * 1024 * 1024, whole=True, least=1)),
     )
 
 
-def _number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
-    try:
-        return kind(env[name]) if env.get(name) else default
-    except ValueError:
+def _number(env: Mapping[str, str], name: str, default: float, whole: bool = False, least: float = 0.0) -> float:
+    """A number from the environment, checked: a bad value is a usage error naming the variable."""
+    text = env.get(name, "").strip()
+    if not text:
         return default
+    kind = "a whole number" if whole else "a number"
+    try:
+        value = float(int(text)) if whole else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < least or value > 1e15:
+        raise UsageError(f"{name} must be {kind} of at least {least:g}, not {text[:40]!r}",
+                         hint=f"unset {name} to use the default ({default:g})")
+    return value
+
+
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """A secret found elsewhere than the environment (a saved token): mask it too."""
+    if value and len(value) >= 4:
+        _registered.add(value)
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """Token values present in the environment, to mask wherever text leaves the process."""
+    """Token values present in the environment (or registered), to mask wherever text leaves the process."""
     env = os.environ if env is None else env
-    return [v for k in SECRET_ENV_VARS if len(v := env.get(k, "")) >= 4]
+    found = {v for k in SECRET_ENV_VARS if len(v := env.get(k, "")) >= 4} | _registered
+    return sorted(found, key=len, reverse=True)
 
 
 def mask_secrets(text: str, env: Mapping[str, str] | None = None) -> str:
+    from urllib.parse import quote
+
     for value in secret_values(env):
         text = text.replace(value, "***")
+        encoded = quote(value, safe="")
+        if encoded != value:
+            text = text.replace(encoded, "***")
     return text

@@ -21,6 +21,27 @@ ISOLATED_VARS = (
     "GITHUB_API_URL", "HF_HOME",
 )
 TEADIST_BIN = Path(sys.executable).parent / "teadist"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _untracked_files() -> set[str] | None:
+    """Files in the working tree git does not know and does not ignore (None outside a checkout)."""
+    try:
+        proc = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(proc.stdout.decode("utf-8", "replace").split("\0")) - {""} if proc.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_tree_untouched() -> Iterator[None]:
+    """Tests never write into the working tree: no new untracked file appears during the session."""
+    before = _untracked_files()
+    yield
+    after = _untracked_files()
+    if before is not None and after is not None:
+        assert not after - before, f"tests wrote into the working tree: {sorted(after - before)}"
 
 
 @pytest.fixture(autouse=True)

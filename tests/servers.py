@@ -31,14 +31,25 @@ _SEND_BLOCK = 1024 * 1024
 class Fault:
     """One misbehaviour, applied to the next matching GET (``times`` of them)."""
 
-    kind: str  # truncate | reset | status | stall | wrong_length | ignore_range | corrupt
-    after: int = 0  # bytes of body sent before truncate/reset/stall
+    kind: str  # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag
+    after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
     retry_after: float | None = None
-    seconds: float = 0.0  # stall duration
+    seconds: float = 0.0  # stall / pause duration (a pause then sends the rest)
     offset: int = 0  # corrupt: file offset of the flipped byte
     path: str | None = None  # only requests whose path ends with this
     times: int = 1
+    skip: int = 0  # let this many matching requests through untouched first
+    location: str = ""  # redirect: the Location sent (302)
+
+
+@dataclass
+class AppliedFault:
+    """The server's own log of a fault it applied: which request it hit."""
+
+    kind: str
+    path: str
+    range: str | None
 
 
 @dataclass
@@ -75,6 +86,7 @@ class LoopbackServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[SeenRequest] = []
         self.faults: list[Fault] = []
+        self.applied: list[AppliedFault] = []
         self.bytes_sent = 0
         self._lock = threading.Lock()
         self._httpd = _Server(self, host, port)
@@ -106,15 +118,23 @@ class LoopbackServer:
         with self._lock:
             self.faults.append(fault)
 
-    def take_fault(self, path: str) -> Fault | None:
+    def take_fault(self, path: str, range_header: str | None = None) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.path is None or path.endswith(fault.path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
+                    self.applied.append(AppliedFault(fault.kind, path, range_header))
                     return fault
         return None
+
+    def applied_kinds(self) -> list[str]:
+        with self._lock:
+            return [a.kind for a in self.applied]
 
     def record(self, method: str, path: str, headers: dict[str, str]) -> None:
         with self._lock:
@@ -190,9 +210,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_file(self, served: _Served, extra_headers: dict[str, str] | None = None) -> None:
         owner = self.server.owner
-        fault = owner.take_fault(self.path) if self.command == "GET" else None
+        fault = owner.take_fault(self.path, self.headers.get("Range")) if self.command == "GET" else None
         if fault is not None and fault.kind == "status":
             self.send_error_code(fault.status, retry_after=fault.retry_after)
+            return
+        if fault is not None and fault.kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", fault.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         size = served.size
         start, end = 0, size
@@ -219,7 +245,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         if ranged:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        for key, value in {**served.headers, **(extra_headers or {})}.items():
+        headers = {**served.headers, **(extra_headers or {})}
+        if fault is not None and fault.kind == "etag":
+            headers["ETag"] = '"another-version"'
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         if self.command == "HEAD":
@@ -231,13 +260,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_body(self, path: Path, start: int, length: int, fault: Fault | None) -> None:
         owner = self.server.owner
         limit = length
-        if fault is not None and fault.kind in ("truncate", "reset", "stall"):
+        if fault is not None and fault.kind in ("truncate", "reset", "stall", "pause"):
             limit = min(length, fault.after)
         sock = self.connection
         with open(path, "rb") as fh:
-            if fault is None or fault.kind in ("ignore_range", "wrong_length", "truncate", "reset", "stall"):
+            if fault is None or fault.kind in ("ignore_range", "wrong_length", "truncate", "reset", "stall", "pause",
+                                               "etag"):
                 sent = 0
-                while sent < limit:
+                while sent < length:
+                    if sent == limit and fault is not None and fault.kind == "pause":
+                        time.sleep(fault.seconds)  # then send the rest: a slow but honest server
+                        limit = length
+                    if sent >= limit:
+                        break
                     n = os.sendfile(sock.fileno(), fh.fileno(), start + sent, min(_SEND_BLOCK * 8, limit - sent))
                     if n == 0:
                         break
@@ -253,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(block)
                     owner.count_bytes(len(block))
                     pos += len(block)
-        if fault is None or (limit == length and fault.kind != "stall"):
+        if fault is None or (limit == length and fault.kind != "stall") or fault.kind == "pause":
             return
         if fault.kind == "stall":
             time.sleep(fault.seconds)

@@ -138,3 +138,124 @@ def test_demo_runs_the_main_job_offline(console: Callable[..., Result]) -> None:
     assert len(report["steps"]) == 7
     assert any("resumed with Range bytes=" in step for step in report["steps"])
     assert not Path(report["home"]).exists()  # the temporary home is gone
+
+
+# -- issue 10, defect 13: records and kept shards are input too ----------------------------------
+@pytest.fixture
+def kept_shards(tmp_path: Path, cli: Callable[..., Result], models_dir: Path) -> list[Path]:
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "k.gguf", seed=4, n_embd=96, n_layer=3)
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=150_000)
+    fetched = cli("fetch", result.manifest_path, "--keep-shards")
+    assert fetched.code == 0, fetched.err
+    return [models_dir / c.name for c in result.manifest.chunks]
+
+
+def test_du_list_and_prune_count_every_kept_shard(kept_shards: list[Path], cli: Callable[..., Result],
+                                                  models_dir: Path) -> None:
+    total = sum(p.stat().st_size for p in kept_shards)
+    usage = json.loads(cli("du", "--json").out)
+    assert usage["total"] == total, usage
+    listing = json.loads(cli("list", "--json").out)
+    assert [m["size"] for m in listing["models"]] == [total]
+    pruned = cli("prune", "--max-size", "1", "--json")
+    assert pruned.code == 0
+    assert sorted(json.loads(pruned.out)["removed"]) == sorted(str(p) for p in kept_shards)
+    assert not [p for p in kept_shards if p.exists()]
+
+
+def test_du_counts_staging(tiny_model: Path, tmp_path: Path, cli: Callable[..., Result], models_dir: Path) -> None:
+    """An interrupted chunked fetch leaves verified chunks waiting: du counts them as partial downloads."""
+    from tests.servers import Fault, MirrorServer
+
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=64 * 1024)
+    with MirrorServer(tmp_path / "dist") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("status", status=404, path="part-00008-of-00008", times=100))
+        result = cli("fetch", server.url_for("tiny-llama.gguf.manifest.json"), "--jobs", "1")
+    assert result.code == 1 and "404" in result.err
+    usage = json.loads(cli("du", "--json").out)
+    assert usage["partials"] >= 7 * 64 * 1024, usage
+
+
+def test_an_interrupted_rm_of_kept_shards_can_be_finished(kept_shards: list[Path], cli: Callable[..., Result],
+                                                          models_dir: Path) -> None:
+    kept_shards[0].unlink()  # as if `rm` was killed after its first unlink
+    listing = json.loads(cli("list", "--json").out)
+    assert listing["models"], "the record of the half-removed model is invisible"
+    result = cli("rm", "k")
+    assert result.code == 0, result.err
+    assert not [p for p in kept_shards if p.exists()]
+    assert [p.relative_to(models_dir) for p in models_dir.rglob("*") if p.is_file()] == []
+
+
+def test_lock_files_do_not_pile_up(installed: Path, cli: Callable[..., Result], models_dir: Path) -> None:
+    assert cli("rm", "tiny-model").code == 0
+    assert cli("prune", "--partials").code == 0
+    assert [p.relative_to(models_dir) for p in models_dir.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("damage", [{"size": "big"}, {"filename": "../x.gguf"}, {"shards": 5}, "not json"])
+def test_a_damaged_record_is_reported_not_a_crash(damage: object, installed: Path, cli: Callable[..., Result],
+                                                  models_dir: Path) -> None:
+    record = models_dir / ".teadist" / "records" / "tiny.gguf.json"
+    if isinstance(damage, dict):
+        record.write_text(json.dumps({**json.loads(record.read_text()), **damage}))
+    else:
+        record.write_text(str(damage))
+    for command in (["list"], ["list", "--json"], ["du"], ["verify"], ["prune", "--max-size", "1G"]):
+        result = cli(*command)
+        assert "Traceback" not in result.err and result.code in (0, 3), (command, result.err)
+    whole = cli("verify")
+    assert whole.code == 3 and "tiny.gguf.json" in whole.out, whole.out
+    assert "tiny.gguf.json" in cli("list").out
+    assert cli("rm", "tiny.gguf").code == 0
+    assert cli("verify").code == 0
+
+
+def test_a_truncated_kept_shard_is_never_counted_as_cached(kept_shards: list[Path], tmp_path: Path,
+                                                          cli: Callable[..., Result]) -> None:
+    """Issue 10, defect 2: the cache check of kept shards looks at each shard, not only its existence."""
+    victim = kept_shards[2]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-10])
+    again = cli("fetch", tmp_path / "web" / "k.gguf.manifest.json", "--keep-shards", "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["already_present"] is False
+    assert victim.read_bytes() == good
+
+
+def test_debug_tracebacks_mask_secrets(tmp_path: Path, console: Callable[..., Result]) -> None:
+    """Issue 10, defect 6: --debug shows the traceback, never the token in it."""
+    secret = "hf_DEBUG_MARKER_4242"
+    env = {"HF_TOKEN": secret, "GITHUB_TOKEN": "ghp_DEBUG_MARKER_4343"}
+    missing = console("--debug", "fetch", tmp_path / secret / "m.manifest.json", env=env)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    oserror = console("--debug", "fetch", "hf://org/repo/x.gguf", "--cache-dir", blocked / secret, env=env)
+    for result in (missing, oserror):
+        assert result.code == 1
+        assert "Traceback" in result.err
+        assert secret not in result.out + result.err, result.err
+
+
+@pytest.mark.parametrize(("variable", "value"), [("TEADIST_STALL_TIMEOUT", "-1"), ("TEADIST_STALL_TIMEOUT", "abc"),
+                                                 ("TEADIST_STALL_TIMEOUT", "nan"), ("TEADIST_RETRY_BACKOFF", "-1"),
+                                                 ("TEADIST_RETRIES", "0"), ("TEADIST_PARALLEL_MIN", "-5")])
+def test_bad_numbers_in_the_environment_are_usage_errors(variable: str, value: str, tmp_path: Path,
+                                                         console: Callable[..., Result]) -> None:
+    """Issue 10, defect 9: one line naming the variable, exit 2, before any work."""
+    from tests.servers import Fault, MirrorServer
+
+    src = tmp_path / "served" / "m.gguf"
+    src.parent.mkdir()
+    write_random(src, 5000)
+    split_file(src, tmp_path / "served", NullReporter(), chunk_size=2000)
+    with MirrorServer(tmp_path / "served") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("status", status=503, path="part-00001-of-00003"))  # a retry, with backoff
+        result = console("fetch", server.url_for("m.gguf.manifest.json"), env={variable: value})
+    assert result.code == 2, result.err
+    assert variable in result.err and "Traceback" not in result.err

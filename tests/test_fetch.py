@@ -132,7 +132,7 @@ def test_persistent_corruption_is_refused_and_leaves_nothing(hub: HubServer, mir
     assert result.code == 3
     assert "sha256 mismatch" in result.err
     assert not (models_dir / "tiny.gguf").exists()
-    assert not [p for p in files_in(models_dir) if p.endswith(".part")]
+    assert not [p for p in models_dir.rglob("*") if p.name.endswith(".part")]
 
 
 def test_persistent_500_gives_up_with_a_clear_error(hub: HubServer, mirror: MirrorServer,
@@ -223,12 +223,12 @@ def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorS
     deadline = time.monotonic() + 30
     partials: list[Path] = []
     while time.monotonic() < deadline:
-        partials = [p for p in models_dir.glob(".tiny.gguf.*.part") if p.stat().st_size >= size // 2]
+        partials = [p for p in models_dir.rglob("*.part") if p.stat().st_size >= size // 2]
         if partials:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # the kill happened (the run did not just finish)
     assert partials and not (models_dir / "tiny.gguf").exists()
     result = console("fetch", HF_SPEC)
     assert result.code == 0, result.err
@@ -366,7 +366,7 @@ def test_large_file_is_fetched_as_parallel_ranges(parallel: None, hub: HubServer
     assert ranges[0] == "bytes=0-0"  # the probe
     assert len([r for r in ranges if r != "bytes=0-0"]) == 4
     assert mirror.bytes_sent == (served / "tiny.gguf").stat().st_size + 1
-    assert not [p for p in files_in(models_dir) if ".part" in p]
+    assert not [p for p in models_dir.rglob("*") if ".part" in p.name]
 
 
 @pytest.mark.parametrize("fault", [Fault("reset", after=20_000, times=2), Fault("status", status=503, times=3),
@@ -399,12 +399,12 @@ def test_parallel_ranges_resume_after_sigkill(parallel: None, hub: HubServer, mi
     deadline = time.monotonic() + 30
     progress = 0
     while time.monotonic() < deadline and progress < 4 * 65536:
-        for sidecar in models_dir.glob(".tiny.gguf.*.part.json"):
+        for sidecar in models_dir.rglob("*.part.json"):
             with contextlib.suppress(ValueError, KeyError):
                 progress = sum(done - start for start, _, done in json.loads(sidecar.read_text())["segments"])
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     assert progress >= 4 * 65536 and not (models_dir / "tiny.gguf").exists()
     first = mirror.bytes_sent
     result = console("fetch", HF_SPEC)
@@ -454,3 +454,268 @@ def test_range_ignored_on_resume_restarts_cleanly(mirror: MirrorServer, served: 
     assert not [m for m in reporter.messages if "mismatch" in m], reporter.messages
     size = (served / "tiny.gguf").stat().st_size
     assert mirror.bytes_sent <= 100_000 + 2 * size
+
+
+# -- issue 10 regressions ------------------------------------------------------------------------
+def _wait_for(condition: Callable[[], bool], limit: float = 30.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _env(models_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TEA_MODELS_DIR": str(models_dir), "TEADIST_RETRY_BACKOFF": "0.01", **extra}
+
+
+def test_plain_and_keep_shards_fetch_at_once_share_no_bytes(tmp_path: Path, models_dir: Path) -> None:
+    """Defect 1: `fetch M` and `fetch M --keep-shards` at the same time. The plain run is held
+    mid-way through shard 1 by the server; the --keep-shards run completes meanwhile. Neither
+    may write into the other's files: every installed file is exactly what the manifest says."""
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "m.gguf", seed=2, n_embd=96, n_layer=3)
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=150_000)
+    first = result.manifest.chunks[0]
+    with MirrorServer(tmp_path / "web") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("pause", after=first.size // 2, seconds=6, path=first.name))
+        url = server.url_for(result.manifest_path.name)
+        plain = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1"], env=_env(models_dir),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: "pause" in server.applied_kinds()), "the server never held the plain fetch"
+        time.sleep(0.5)  # let the first half of shard 1 reach the plain run's partial file
+        keep = subprocess.run([str(TEADIST_BIN), "fetch", url, "--keep-shards", "--jobs", "1"], env=_env(models_dir),
+                              capture_output=True, text=True, timeout=120)
+        overlapped = plain.poll() is None  # the keep-shards run finished while the plain one was held
+        _, plain_err = plain.communicate(timeout=120)
+    assert overlapped
+    installed = {c.name: sha(models_dir / c.name) for c in result.manifest.chunks if (models_dir / c.name).exists()}
+    assert installed == {c.name: c.sha256 for c in result.manifest.chunks}, "a kept shard is not the published one"
+    assert keep.returncode == 0, keep.stderr
+    assert plain.returncode == 0, plain_err
+    assert sha(models_dir / src.name) == sha(src)
+    verify = subprocess.run([str(TEADIST_BIN), "verify", "--json"], env=_env(models_dir), capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_same_file_name_from_another_repository_is_not_handed_out(hub: HubServer, mirror: MirrorServer,
+                                                                  tmp_path: Path, models_dir: Path,
+                                                                  cli: Callable[..., Result]) -> None:
+    """Defect 3: the cache is not looked up by file name alone."""
+    from teadist.formats.tinymodel import make_tiny_model
+
+    hub.cdn = None
+    other = make_tiny_model(tmp_path / "other" / "tiny.gguf", seed=99)
+    hub.add_repo("other/repo", {"tiny.gguf": other}, commit="d" * 40)
+    assert cli("fetch", HF_SPEC).code == 0
+    offline = cli("fetch", "hf://other/repo/tiny.gguf", "--offline", "--json")
+    assert offline.code != 0, "offline fetch handed out org/repo's file for other/repo"
+    second = cli("fetch", "hf://other/repo/tiny.gguf", "--json")
+    assert second.code == 0, second.err
+    assert json.loads(second.out)["already_present"] is False
+    assert sha(models_dir / "tiny.gguf") == sha(other)
+    assert "replac" in second.err  # the user is told another model's file was replaced
+    third = cli("fetch", "hf://other/repo/tiny.gguf", "--json")
+    assert json.loads(third.out)["already_present"] is True
+
+
+def test_prune_partials_leaves_a_running_fetch_alone(tiny_model: Path, tmp_path: Path, models_dir: Path) -> None:
+    """Defect 4: `prune --partials` while a chunked fetch is held mid-chunk by the server."""
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=64 * 1024)
+    with MirrorServer(tmp_path / "dist") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("pause", after=20_000, seconds=5, path="part-00003-of-00008"))
+        url = server.url_for("tiny-llama.gguf.manifest.json")
+        fetching = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1", "-q"], env=_env(models_dir),
+                                    stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: "pause" in server.applied_kinds()), "the server never held the fetch"
+        time.sleep(0.3)
+        prune = subprocess.run([str(TEADIST_BIN), "prune", "--partials", "--json"], env=_env(models_dir),
+                               capture_output=True, text=True, timeout=60)
+        during = fetching.poll() is None
+        _, err = fetching.communicate(timeout=120)
+        sent = server.bytes_sent
+    assert during, "prune did not run while the fetch was held"
+    assert prune.returncode == 0, prune.stderr
+    assert json.loads(prune.stdout)["removed"] == []
+    assert fetching.returncode == 0, err
+    assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
+    assert sent <= tiny_model.stat().st_size + 64 * 1024  # nothing was downloaded twice
+
+
+def test_token_follows_the_url_as_requests_sends_it(hub: HubServer, mirror: MirrorServer, served: Path,
+                                                    tmp_path: Path) -> None:
+    """Defect 5: urlsplit reads `http://127.0.0.1:MIRROR\\@127.0.0.1:HUB/…` as the Hub, requests
+    connects to the mirror. The token must go to neither a crafted URL nor a redirect to one."""
+    from teadist.errors import TeadistError
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import Auth, RetryPolicy, origin
+
+    hub.cdn = None
+    mirror_port, hub_port = mirror.url.rsplit(":", 1)[1], hub.url.rsplit(":", 1)[1]
+    crafted = f"http://127.0.0.1:{mirror_port}\\@127.0.0.1:{hub_port}/org/repo/resolve/main/tiny.gguf"
+    auth = Auth(origin(hub.url), f"Bearer {SECRET}")
+    downloader = Downloader(NullReporter(), RetryPolicy(attempts=1))
+    dest = tmp_path / "out" / "tiny.gguf"
+    dest.parent.mkdir()
+    with contextlib.suppress(TeadistError):
+        downloader.fetch(crafted, dest, None, sha(served / "tiny.gguf"), auth=auth)
+    hub.add_fault(Fault("redirect", location=crafted))
+    with contextlib.suppress(TeadistError):
+        downloader.fetch(f"{hub.url}/org/repo/resolve/main/tiny.gguf", dest, None, sha(served / "tiny.gguf"),
+                         auth=auth)
+    assert hub.applied_kinds() == ["redirect"]
+    assert all(SECRET not in json.dumps(h) for h in mirror.headers_seen())
+
+
+def test_token_never_goes_over_plain_http_to_a_remote_host() -> None:
+    """Defect 5: only https, or loopback, may carry a token; the Hub's endpoint is checked strictly."""
+    from teadist.sources.http import Auth, origin
+    from teadist.sources.hub import token_for
+
+    assert Auth(origin("http://hub.example"), "Bearer t").headers_for("http://hub.example/x") == {}
+    assert token_for("http://huggingface.co", "t") is None
+    assert token_for("https://evil.example\\@huggingface.co", "t") is None
+    assert token_for("https://user@huggingface.co", "t") is None
+    assert token_for("https://huggingface.co", "t") == "t"
+
+
+@pytest.fixture
+def segmented(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEADIST_PARALLEL_MIN", "65536")
+
+
+@pytest.mark.parametrize("fault", ["ignore_range", "etag"])
+def test_one_range_answered_200_or_with_another_etag_still_ends_verified(
+        fault: str, segmented: None, hub: HubServer, mirror: MirrorServer, served: Path, models_dir: Path,
+        cli: Callable[..., Result]) -> None:
+    """Defect 7: one of the parallel ranges gets a 200 (whole file) or another ETag."""
+    mirror.add_fault(Fault(fault, skip=2))  # the probe and the first range pass; the second one is hit
+    result = cli("fetch", HF_SPEC, "--jobs", "4")
+    assert [a.kind for a in mirror.applied] == [fault] and mirror.applied[0].range is not None
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    assert "mismatch" not in result.err
+    assert not [p for p in models_dir.rglob("*") if p.name.endswith((".part", ".part.json"))]
+
+
+def test_rerun_with_other_jobs_resumes_the_ranges_it_proved(segmented: None, hub: HubServer, mirror: MirrorServer,
+                                                            served: Path, models_dir: Path,
+                                                            console: Callable[..., Result]) -> None:
+    """Defect 7: a segmented partial killed, then fetched again with --jobs 1: the ranges done are
+    kept (never re-read as a prefix), the rest downloaded, no hash mismatch."""
+    size = (served / "tiny.gguf").stat().st_size
+    mirror.add_fault(Fault("stall", after=100_000, seconds=30, times=4))
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"],
+                            env={**os.environ, "TEADIST_STALL_TIMEOUT": "60"})
+    assert _wait_for(lambda: mirror.applied_kinds().count("stall") == 4 and mirror.bytes_sent >= 4 * 90_000)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    mirror.faults.clear()
+    first = mirror.bytes_sent
+    result = console("fetch", HF_SPEC, "--jobs", "1")
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+    assert "mismatch" not in result.err, result.err
+    assert mirror.bytes_sent - first <= size - 4 * 65536
+
+
+def test_redirect_to_a_non_http_url_moves_on_to_the_next_source(mirror: MirrorServer, served: Path, tmp_path: Path,
+                                                                models_dir: Path, fast_retries: None,
+                                                                cli: Callable[..., Result]) -> None:
+    """Defect 8: `Location: ftp://…` is a failed source, not a crash."""
+    expected = sha(served / "tiny.gguf")
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size, expected),
+                        format="single", sources=[UrlSource(mirror.url_for("tiny.gguf")),
+                                                  UrlSource(mirror.url_for("tiny.gguf") + "?second")])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    mirror.add_fault(Fault("redirect", location="ftp://127.0.0.1/tiny.gguf"))
+    result = cli("fetch", path)
+    assert mirror.applied_kinds() == ["redirect"]
+    assert result.code == 0, result.err
+    assert "trying the next source" in result.err and "Traceback" not in result.err
+    assert sha(models_dir / "tiny.gguf") == expected
+
+
+def test_symlinks_planted_at_partial_and_temp_names_are_never_written_through(
+        hub: HubServer, mirror: MirrorServer, served: Path, tmp_path: Path, models_dir: Path, segmented: None,
+        console: Callable[..., Result]) -> None:
+    """Defect 12: learn the names a fetch gives its partial files (kill one mid-way), then plant a
+    symlink to a victim at each of them (and at each sidecar's temp name) and fetch again."""
+    mirror.add_fault(Fault("stall", after=100_000, seconds=30, times=4))
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q"], env={**os.environ,
+                                                                               "TEADIST_STALL_TIMEOUT": "60"})
+    assert _wait_for(lambda: mirror.applied_kinds().count("stall") == 4)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    mirror.faults.clear()
+    names = [p for p in models_dir.rglob("*") if (p.is_file() and not p.name.endswith((".lock", ".json")))
+             or p.name.endswith(".part.json")]
+    names = [p for p in names if p.name != "tiny.gguf" and "records" not in p.parts]
+    assert names, "the killed fetch left no partial files to learn from"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = []
+    for path in names:
+        for target in (path, path.with_name(path.name + ".tmp")):
+            target.unlink(missing_ok=True)
+            target.symlink_to(victim)
+            planted.append(target)
+    result = console("fetch", HF_SPEC)
+    assert victim.read_bytes() == b"precious", f"written through a symlink: now {victim.stat().st_size} bytes"
+    assert result.code == 0, result.err
+    assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
+
+
+def test_a_file_altered_in_place_with_its_mtime_put_back_is_not_handed_out(hub: HubServer, served: Path,
+                                                                          models_dir: Path,
+                                                                          cli: Callable[..., Result]) -> None:
+    """Size and mtime alone would call it cached; the inode's change time gives it away, and the
+    re-check restores the published bytes."""
+    assert cli("fetch", HF_SPEC).code == 0
+    path = models_dir / "tiny.gguf"
+    before = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = cli("fetch", HF_SPEC, "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["already_present"] is False
+    assert sha(path) == sha(served / "tiny.gguf")
+
+
+def test_a_touched_but_intact_file_is_re_recorded_not_downloaded(hub: HubServer, mirror: MirrorServer,
+                                                                 models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", HF_SPEC).code == 0
+    sent = mirror.bytes_sent
+    os.utime(models_dir / "tiny.gguf")
+    again = cli("fetch", HF_SPEC, "--json")
+    assert again.code == 0 and json.loads(again.out)["already_present"] is True
+    assert mirror.bytes_sent == sent
+
+
+def test_a_manifest_cannot_take_over_another_models_file(tiny_model: Path, tmp_path: Path, models_dir: Path,
+                                                         cli: Callable[..., Result]) -> None:
+    """A manifest naming its file (or its shards) after a model already installed from elsewhere
+    is refused: the runtimes load by file name, so a replacement would hand them another model."""
+    from teadist.formats.tinymodel import make_tiny_model
+
+    split_file(tiny_model, tmp_path / "a", NullReporter(), chunk_size=100_000, name="model-a")
+    assert cli("fetch", tmp_path / "a" / "tiny-llama.gguf.manifest.json").code == 0
+    other = make_tiny_model(tmp_path / "b-src" / "tiny-llama.gguf", seed=77)
+    split_file(other, tmp_path / "b", NullReporter(), chunk_size=100_000, name="model-b")
+    taken = cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json")
+    assert taken.code == 1 and "refusing to replace" in taken.err, taken.err
+    assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
+    assert cli("rm", "tiny-llama.gguf").code == 0
+    assert cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json").code == 0
+    assert sha(models_dir / "tiny-llama.gguf") == sha(other)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +63,92 @@ def test_missing_file_is_exit_1(tmp_path: Path, cli: Callable[..., Result]) -> N
 ])
 def test_template_family(template: str | None, family: str | None) -> None:
     assert template_family(template) == family
+
+
+# -- crafted headers (issue 10, defect 10): bounded memory/time, llama.cpp's refusals ------------
+def _inspect_measured(path: Path) -> tuple[int, str, float, int]:
+    """Run `teadist inspect` in a child process: (exit code, stderr, CPU seconds, peak RSS in MB)."""
+    import subprocess
+
+    from tests.conftest import TEADIST_BIN
+
+    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(p.returncode, u.ru_utime + u.ru_stime, u.ru_maxrss); sys.stderr.write(p.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, str(TEADIST_BIN), "inspect", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    rc, cpu, rss_kb = proc.stdout.split()
+    return int(rc), proc.stderr, float(cpu), int(rss_kb) // 1024
+
+
+def test_huge_string_array_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    from tests.ggufcraft import Crafted, Tensor, kv_str, kv_string_array
+
+    crafted = Crafted(kvs=[kv_str("general.architecture", "llama"), kv_string_array("tokenizer.ggml.tokens", 250_000)],
+                      tensors=[Tensor("a", (8,), 0)], data=bytes(32))
+    path = crafted.write(tmp_path / "strings.gguf")  # 2 MB: 250,000 empty strings
+    code, err, cpu, rss = _inspect_measured(path)
+    assert code == 0, err
+    assert cpu < 4.0 and rss < 120, f"peak RSS {rss} MB for a {path.stat().st_size} byte file"
+
+
+def test_many_zero_size_tensors_are_read_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    from tests.ggufcraft import Crafted, Tensor, kv_str
+
+    crafted = Crafted(kvs=[kv_str("general.architecture", "llama")],
+                      tensors=[Tensor(f"t{i}", (0,), 0) for i in range(100_000)])
+    path = crafted.write(tmp_path / "zeros.gguf")  # 3.8 MB
+    code, err, cpu, rss = _inspect_measured(path)
+    assert code == 0, err
+    assert rss < 150 and cpu < 4.0, f"peak RSS {rss} MB, {cpu:.1f} s CPU"
+
+
+def _crafted_cases() -> dict[str, object]:
+    from tests.ggufcraft import Crafted, Tensor, good_two_tensors, kv_str, kv_u32
+
+    def change(**kw: object) -> Crafted:
+        crafted = good_two_tensors()
+        for key, value in kw.items():
+            setattr(crafted, key, value)
+        return crafted
+
+    return {
+        "overlapping tensors": change(tensors=[Tensor("a", (8,), 0), Tensor("b", (8,), 0)]),
+        "offset wraps past 2**64": change(tensors=[Tensor("a", (8,), 0), Tensor("b", (8,), 2**64 - 32)]),
+        "misaligned offset": change(tensors=[Tensor("a", (8,), 0), Tensor("b", (8,), 33)], data=bytes(80)),
+        "gap between tensors": change(tensors=[Tensor("a", (8,), 0), Tensor("b", (8,), 64)], data=bytes(96)),
+        "data outside the file": change(data=bytes(40)),
+        "duplicate tensor name": change(tensors=[Tensor("a", (8,), 0), Tensor("a", (8,), 32)]),
+        "duplicate key": change(kvs=[kv_str("general.architecture", "llama"), kv_str("general.architecture", "x")]),
+        "negative dimension": change(tensors=[Tensor("a", (-8,), 0), Tensor("b", (8,), 32)]),
+        "five dimensions": change(tensors=[Tensor("a", (8, 1, 1, 1, 1), 0), Tensor("b", (8,), 32)]),
+        "unknown tensor type": change(tensors=[Tensor("a", (8,), 0, ggml_type=4), Tensor("b", (8,), 32)]),
+        "row not a multiple of the block": change(tensors=[Tensor("a", (8,), 0, ggml_type=2), Tensor("b", (8,), 32)]),
+        "alignment not a power of two": change(kvs=[kv_u32("general.alignment", 48)]),
+        "tensor count larger than the file": change(n_tensors=10**12),
+        "key count larger than the file": change(n_kv=2**62),
+        "name of 64 bytes": change(tensors=[Tensor("n" * 64, (8,), 0), Tensor("b", (8,), 32)]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_crafted_cases()))
+def test_headers_llama_cpp_refuses_are_refused(case: str, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    crafted = _crafted_cases()[case]
+    path = crafted.write(tmp_path / "crafted.gguf")  # type: ignore[attr-defined]
+    result = cli("inspect", path)
+    assert result.code == 3, (case, result.out, result.err)
+    assert result.err.startswith("error: ") and "crafted.gguf" in result.err and "Traceback" not in result.err
+    shards = cli("split", path, "--format", "gguf", "--out", tmp_path / "out")
+    assert shards.code == 3, (case, shards.err)
+    chunks = cli("split", path, "--out", tmp_path / "out")  # and never published as plain bytes either
+    assert chunks.code == 3, (case, chunks.err)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_good_crafted_header_is_accepted(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from tests.ggufcraft import good_two_tensors
+
+    path = good_two_tensors().write(tmp_path / "good.gguf")
+    result = cli("inspect", path, "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["tensor_count"] == 2

@@ -103,7 +103,7 @@ def test_assemble_refuses_malicious_manifest_before_any_write(
     manifest.write_text(json.dumps(with_change(change)))
     cache = tmp_path / "cache"
     result = cli("assemble", manifest, "--cache-dir", cache)
-    assert result.code == 1
+    assert result.code == 3  # bad content: an integrity failure
     assert result.err.startswith("error: ") and field in result.err
     assert not cache.exists()
     assert files_in(manifest.parent) == {"m.manifest.json"}
@@ -146,3 +146,81 @@ def test_oversized_manifest_is_refused(tmp_path: Path) -> None:
 
 def test_schema_ships_with_the_package() -> None:
     assert (resource_dir() / "schema" / "manifest-v1.schema.json").is_file()
+
+
+# -- issue 10, defect 9: numbers and nesting are checked at the boundary --------------------------
+BAD_NUMBERS: list[tuple[str, str, str]] = [
+    ("float size", '"size": 30.0', "file.size"),
+    ("exponent size", '"size": 3e1', "file.size"),
+    ("huge size", '"size": ' + str(10**30), "file.size"),
+    ("bool offset", '"offset": true', "chunks[0].offset"),
+]
+
+
+def _raw_with(fragment: str) -> bytes:
+    text = json.dumps(good())
+    if fragment.startswith('"size"'):
+        text = text.replace('"size": 30', fragment, 1)
+    else:
+        text = text.replace('"offset": 0', fragment, 1)
+    return text.encode()
+
+
+@pytest.mark.parametrize(("label", "fragment", "field"), BAD_NUMBERS, ids=[b[0] for b in BAD_NUMBERS])
+def test_non_integer_or_absurd_numbers_are_refused(label: str, fragment: str, field: str, tmp_path: Path,
+                                                   cli: Callable[..., Result]) -> None:
+    raw = _raw_with(fragment)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(raw, "m.json")
+    assert field in info.value.message or "number" in info.value.message, info.value.message
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(raw)
+    for command in (("assemble", path, "--cache-dir", tmp_path / "c"), ("verify", path), ("fetch", path)):
+        result = cli(*command)
+        assert result.code == 3, (command, result.err)
+        assert result.err.startswith("error: ") and result.err.count("\n") <= 2 and "Traceback" not in result.err
+
+
+def test_bool_in_a_rebuild_piece_is_refused() -> None:
+    data = {"schema_version": "1.0", "name": "g", "format": "gguf", "file": {"name": "g.gguf", "size": 3, "sha256": A},
+            "chunks": [{"name": "g-00001-of-00001.gguf", "size": 3, "sha256": B}],
+            "rebuild": {"method": "pieces-v1", "pieces": [{"shard": False, "offset": True, "length": 2},
+                                                          {"zeros": True}]}}
+    from teadist.formats.gguf_recipe import check_recipe
+
+    manifest = parse_manifest(json.dumps(data).encode(), "g.json")
+    with pytest.raises(ManifestError, match=r"rebuild\.pieces\[0\]"):
+        check_recipe(manifest)
+
+
+def test_deeply_nested_json_is_refused_without_a_traceback(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    path = tmp_path / "deep.manifest.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ManifestError, match="nested"):
+        parse_manifest(path.read_bytes(), "deep.json")
+    for command in (("assemble", path), ("verify", path), ("fetch", path)):
+        result = cli(*command)
+        assert result.code == 3 and "nested" in result.err and "Traceback" not in result.err, (command, result.err)
+
+
+def test_a_release_index_with_files_not_a_list_is_refused(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from tests.servers import MirrorServer
+
+    index = {"schema_version": "1.0", "kind": "release-index", "repo": "a/b", "tag": "v1",
+             "models": [{**good(), "name": "tiny"}], "files": 5}
+    (tmp_path / "model-manifest.json").write_text(json.dumps(index))
+    with MirrorServer(tmp_path) as server:
+        assert isinstance(server, MirrorServer)
+        result = cli("fetch", server.url_for("model-manifest.json"))
+    assert result.code == 3, result.err
+    assert "files" in result.err and "Traceback" not in result.err
+
+
+def test_names_too_long_for_teadists_own_names_beside_them_are_refused(tmp_path: Path,
+                                                                       cli: Callable[..., Result]) -> None:
+    """A 230-byte file name is a valid file name, but its lock, record and partial names would not
+    be: refused before any download, not after one (the model installed, its record unwritable)."""
+    data = good()
+    data["file"]["name"] = "m" * 225 + ".gguf"
+    with pytest.raises(ManifestError, match="longer than 200 bytes"):
+        parse_manifest(json.dumps(data).encode(), "m.json")

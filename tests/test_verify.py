@@ -83,3 +83,37 @@ def test_verify_uncached_file_without_manifest_is_a_usage_error(tmp_path: Path, 
     path.write_bytes(b"x")
     result = cli("verify", path)
     assert result.code == 2 and "--manifest" in result.err
+
+
+def test_bytes_appended_to_a_cached_model_are_a_mismatch(split_model: tuple[Path, Path], tmp_path: Path,
+                                                         cli: Callable[..., Result]) -> None:
+    """Issue 10, defect 2: verify checks the exact size, not only the first `size` bytes."""
+    _, manifest = split_model
+    cache = tmp_path / "cache"
+    assert cli("assemble", manifest, "--cache-dir", cache).code == 0
+    with open(cache / "model.gguf", "ab") as fh:
+        fh.write(b"appended")
+    by_name = cli("verify", "model", "--cache-dir", cache)
+    assert by_name.code == 3, by_name.out
+    assert "size" in by_name.out
+    whole = cli("verify", "--cache-dir", cache)
+    assert whole.code == 3 and "MISMATCH  model.gguf" in whole.out
+
+
+def test_a_model_deleted_by_hand_is_reported_and_its_record_removable(split_model: tuple[Path, Path],
+                                                                      tmp_path: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    """Issue 10, defect 13: an orphan record is MISSING (exit 3), listed, and `rm` clears it."""
+    _, manifest = split_model
+    cache = tmp_path / "cache"
+    assert cli("assemble", manifest, "--cache-dir", cache).code == 0
+    (cache / "model.gguf").unlink()
+    result = cli("verify", "--cache-dir", cache)
+    assert result.code == 3 and "MISSING   model.gguf" in result.out, (result.out, result.err)
+    listing = json.loads(cli("list", "--cache-dir", cache, "--json").out)
+    assert [m["filename"] for m in listing["models"]] == ["model.gguf"]
+    removed = cli("rm", "model", "--cache-dir", cache)
+    assert removed.code == 0, removed.err
+    assert cli("verify", "--cache-dir", cache).code == 0
+    leftovers = [p.relative_to(cache) for p in cache.rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers

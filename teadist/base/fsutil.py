@@ -1,7 +1,8 @@
-"""File-system primitives: safe names, atomic writes, free-space checks.
+"""File-system primitives: safe names, exclusive creation, atomic writes, free-space checks.
 
-Every file teadist writes goes to a temporary name in the destination folder and is renamed
-into place only once complete and verified, so a final path never holds a partial file.
+Every file teadist writes goes to a temporary name created exclusively (``O_EXCL``, never through
+a symlink) on the destination's file system and is renamed into place only once complete and
+verified, so a final path never holds a partial file and a planted symlink is never written through.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from teadist.base.sizes import format_size
-from teadist.errors import DiskSpaceError, ManifestError
+from teadist.errors import DiskSpaceError, ManifestError, TeadistError
 
 PART_SUFFIX = ".part"
+MAX_MODEL_NAME_BYTES = 200  # a model or chunk name leaves room for teadist's own names beside it (255)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 MAX_NAME_BYTES = 255
 _WINDOWS_DEVICES = {
     "con", "prn", "aux", "nul",
@@ -61,9 +66,77 @@ def require_plain_filename(name: object, field: str) -> str:
     return name
 
 
-def temp_path_for(dest: Path) -> Path:
-    """A fresh, unique temporary path beside ``dest`` (same folder, same file system)."""
-    return dest.parent / f".{dest.name}.{secrets.token_hex(4)}{PART_SUFFIX}"
+class UnsafePathError(TeadistError):
+    """A symlink or a non-regular file sits where teadist keeps its own files."""
+
+
+def create_exclusive(path: Path) -> int:
+    """A new, empty file at ``path`` opened for reading and writing; never an existing file and
+    never through a symlink (FileExistsError if anything is there)."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+
+
+def create_temp(folder: Path, stem: str) -> tuple[int, Path]:
+    """A fresh temp file ``<stem>tmp.<random>.part`` in ``folder``, created exclusively."""
+    while True:
+        path = folder / f"{stem}tmp.{secrets.token_hex(6)}{PART_SUFFIX}"
+        try:
+            return create_exclusive(path), path
+        except FileExistsError:
+            continue
+
+
+def open_own_file(path: Path) -> int | None:
+    """Open a file teadist wrote earlier (a partial, a sidecar) for reading and writing.
+
+    None when nothing is there. Anything that is not a plain file — a symlink planted at the
+    name, a folder, a fifo — is not ours: it is removed (the link itself, never its target) and
+    None returned, so the caller starts afresh with ``create_exclusive``.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:  # ELOOP (a symlink), EISDIR, ENXIO (a fifo without a writer), ...
+        remove_foreign(path)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        remove_foreign(path)
+        return None
+    return fd
+
+
+def remove_foreign(path: Path) -> None:
+    """Remove whatever sits at ``path`` without following it: a link goes, its target stays."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def ensure_private_dir(base: Path, *parts: str) -> Path:
+    """``base/part1/part2…`` as real folders, created as needed. ``base`` itself may be a symlink
+    (a cache moved to another disk); anything below it that is a symlink or not a folder is refused."""
+    path = base
+    path.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        path = path / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(f"refusing to use {path}: it is a symlink or not a folder, and teadist keeps "
+                                  "its own files there", hint="remove it; teadist recreates the folder")
+    return path
+
+
+def is_plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def fsync_dir(folder: Path) -> None:
@@ -75,34 +148,48 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def commit_file(tmp: Path, dest: Path) -> None:
-    """Flush ``tmp`` to disk and rename it onto ``dest`` atomically."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+def commit_fd(fd: int, tmp: Path, dest: Path) -> None:
+    """Flush the file open as ``fd`` and rename it from ``tmp`` onto ``dest`` atomically — only if
+    ``tmp`` still names that very file (nobody swapped it while it was written)."""
+    os.fsync(fd)
+    st, now = os.fstat(fd), os.lstat(tmp)
+    if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+        raise UnsafePathError(f"{tmp} was replaced while teadist was writing it; nothing installed",
+                              hint="another program writes into teadist's folders; run the command again")
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
 
 
-@contextlib.contextmanager
-def atomic_write(dest: Path) -> Iterator[BinaryIO]:
-    """Write ``dest`` through a temp file that is renamed into place only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(dest)
+def commit_file(tmp: Path, dest: Path) -> None:
+    """Flush ``tmp`` (a file teadist created) to disk and rename it onto ``dest`` atomically."""
+    fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
     try:
-        with open(tmp, "xb") as fh:  # O_CREAT|O_EXCL: never an existing file, never through a symlink
+        commit_fd(fd, tmp, dest)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(dest: Path, folder: Path | None = None, stem: str | None = None) -> Iterator[BinaryIO]:
+    """Write ``dest`` through a temp file that is renamed into place only if the block succeeds.
+
+    The temp file is created exclusively in ``folder`` (default: beside ``dest``), named from ``stem``.
+    """
+    folder = folder if folder is not None else dest.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temp(folder, stem if stem is not None else f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+            commit_fd(fh.fileno(), tmp, dest)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        remove_quietly(tmp)
         raise
 
 
-def write_bytes_atomic(dest: Path, data: bytes) -> None:
-    with atomic_write(dest) as fh:
+def write_bytes_atomic(dest: Path, data: bytes, folder: Path | None = None, stem: str | None = None) -> None:
+    with atomic_write(dest, folder, stem) as fh:
         fh.write(data)
 
 
@@ -180,5 +267,28 @@ class WriteSink:
         self._pos += len(view)
         if self._pos - self._flushed >= _WRITEBACK_STEP:
             self._fh.flush()
+            _SyncFileRange.call(self._fd, self._flushed, self._pos - self._flushed)
+            self._flushed = self._pos
+
+
+class PwriteSink:
+    """Write views at increasing offsets of a file descriptor (``pwrite``), starting writeback every
+    64 MiB like ``WriteSink``. Used where a file is held by descriptor, never reopened by name."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._pos = offset
+        self._flushed = offset
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def __call__(self, view: memoryview) -> None:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._fd, view[written:], self._pos + written)
+        self._pos += len(view)
+        if self._pos - self._flushed >= _WRITEBACK_STEP:
             _SyncFileRange.call(self._fd, self._flushed, self._pos - self._flushed)
             self._flushed = self._pos

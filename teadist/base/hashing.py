@@ -184,14 +184,17 @@ def with_fadvise(fd: int, offset: int, length: int) -> None:
 
 
 
-def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str) -> None:
-    """Copy ``src`` to ``dest`` hashing while copying (one pass), temp-then-rename; raise
-    IntegrityError naming ``label`` and leave nothing at ``dest`` when size or sha256 differ."""
+def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str, folder: Path | None = None,
+                  stem: str | None = None) -> None:
+    """Copy ``src`` to ``dest`` hashing while copying (one pass), temp-then-rename (temp created in
+    ``folder`` as ``stem…``); raise IntegrityError naming ``label`` and leave nothing at ``dest``
+    when size or sha256 differ."""
     from teadist.base.fsutil import WriteSink, atomic_write
     from teadist.errors import IntegrityError
 
     digest = hashlib.sha256()
-    with open(src, "rb", buffering=0) as fin, atomic_write(dest) as out, PipelinedCopier(n_sinks=2) as copier:
+    with open(src, "rb", buffering=0) as fin, atomic_write(dest, folder, stem) as out, \
+            PipelinedCopier(n_sinks=2) as copier:
         try:
             copier.copy_file_range(fin.fileno(), 0, size, [digest.update, WriteSink(out)])
         except TruncatedInput as exc:

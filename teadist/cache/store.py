@@ -1,174 +1,353 @@
 """The TEA model cache: models at ``<root>/<upstream filename>``, teadist's records beside them.
 
 The TEA runtimes search ``~/.cache/tea/models/`` for upstream file names, so models live there
-directly. teadist keeps one JSON record per model (sha256, size, source, installed / verified /
-used times) in the hidden folder ``<root>/.teadist/records/``; locks and partial downloads are
-hidden files that no runtime will mistake for a model.
+directly. teadist keeps one JSON record per installed file (sha256, size, where it came from,
+installed / verified / used times) under ``<root>/.teadist/records/`` (see ``layout``). Kept
+llama.cpp shards are one record per shard, tied together by ``group`` (the first shard's name).
+
+Records are input too: one that does not parse is reported as damaged (and can be removed), never
+a crash for the whole cache; one whose model file is gone is listed, verified as MISSING and
+removable.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from teadist.base.fsutil import PART_SUFFIX, require_plain_filename, write_bytes_atomic
+from teadist.base import jsonin
+from teadist.base.fsutil import plain_filename_problem, remove_quietly, write_bytes_atomic
+from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget
+from teadist.cache.lock import LOCK_TIMEOUT
 from teadist.errors import NotFoundError, TeadistError
 
-META_DIR = ".teadist"
-LOCK_TIMEOUT = 6 * 3600.0
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_SIZE = 2**60
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class RecordProblem(ValueError):
+    """A record file that does not describe an installed file; the message says why."""
+
+
 @dataclass
 class CacheRecord:
-    """What teadist knows about one installed model file."""
+    """What teadist knows about one installed file (a model, or one kept shard of it)."""
 
     filename: str
     name: str
     sha256: str
     size: int
     source: str
+    origin: dict[str, str | None] | None = None  # the content's identity at its source (see fetch)
     installed_at: str = field(default_factory=now_iso)
     verified_at: str | None = None
     last_used: str | None = None
     mtime_ns: int | None = None
-    shards: list[str] = field(default_factory=list)
-    shard_sha256: dict[str, str] = field(default_factory=dict)
+    ctime_ns: int | None = None  # with the inode: a change that puts the mtime back is still seen
+    inode: int | None = None
+    group: str | None = None  # kept shards: the first shard's file name, on every shard
+    shards: list[str] = field(default_factory=list)  # on the first shard: the other shards, in order
+    shard_sha256: dict[str, str] = field(default_factory=dict)  # records of older teadist: shards' sha256
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def parse(cls, raw: bytes, filename: str) -> CacheRecord:
+        """The record for ``filename`` from its JSON, or RecordProblem naming what is wrong."""
+        try:
+            data = jsonin.loads(raw)
+        except jsonin.JsonInputError as exc:
+            raise RecordProblem(str(exc)) from None
+        if not isinstance(data, dict):
+            raise RecordProblem("not a JSON object")
+
+        def text(key: str, optional: bool = False) -> Any:
+            value = data.get(key)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str) or len(value) > 4096:
+                raise RecordProblem(f"{key} is not a string")
+            return value
+
+        def whole(key: str, optional: bool = False, most: int = MAX_SIZE) -> Any:
+            value = data.get(key)
+            if value is None and optional:
+                return None
+            if type(value) is not int or not 0 <= value <= most:
+                raise RecordProblem(f"{key} is not a whole number in range")
+            return value
+
+        def file_name(value: object, key: str) -> str:
+            problem = plain_filename_problem(value)
+            if problem is not None or not isinstance(value, str) or value.startswith("."):
+                raise RecordProblem(f"{key} {str(value)[:60]!r} is not a plain file name")
+            return value
+
+        if file_name(data.get("filename"), "filename") != filename:
+            raise RecordProblem(f"filename {data.get('filename')!r} does not match the record's name")
+        sha256 = text("sha256")
+        if not _SHA256.match(sha256):
+            raise RecordProblem("sha256 is not 64 lower-case hex digits")
+        origin = data.get("origin")
+        if origin is not None and not (isinstance(origin, dict) and all(
+                isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in origin.items())):
+            raise RecordProblem("origin is not an object of strings")
+        shards = data.get("shards", [])
+        if not isinstance(shards, list):
+            raise RecordProblem("shards is not a list")
+        shard_sha = data.get("shard_sha256", {})
+        if not isinstance(shard_sha, dict) or not all(isinstance(v, str) and _SHA256.match(v)
+                                                      for v in shard_sha.values()):
+            raise RecordProblem("shard_sha256 is not an object of sha256 values")
+        group = data.get("group")
+        return cls(
+            filename=filename, name=text("name"), sha256=sha256, size=whole("size"), source=text("source"),
+            origin=origin, installed_at=text("installed_at"), verified_at=text("verified_at", True),
+            last_used=text("last_used", True), mtime_ns=whole("mtime_ns", True, 2**63 - 1),
+            ctime_ns=whole("ctime_ns", True, 2**63 - 1), inode=whole("inode", True, 2**64 - 1),
+            group=None if group is None else file_name(group, "group"),
+            shards=[file_name(s, "shards") for s in shards],
+            shard_sha256={file_name(k, "shard_sha256"): v for k, v in shard_sha.items()},
+        )
+
+
+@dataclass
+class Member:
+    """One file of a cached model: the model itself, or one of its kept shards."""
+
+    filename: str
+    sha256: str | None  # None: listed by the model, but its record is gone
+    size: int | None  # None: an older teadist recorded only the shard's hash
+    record: CacheRecord | None
+
+
+@dataclass
+class CachedModel:
+    head: CacheRecord
+    members: list[Member]  # the head first
+
+    @property
+    def filenames(self) -> list[str]:
+        return [m.filename for m in self.members]
+
+
+@dataclass
+class DamagedRecord:
+    path: Path
+    problem: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name.removesuffix(RECORD_SUFFIX)
+
+
+@dataclass
+class CacheScan:
+    models: list[CachedModel]
+    damaged: list[DamagedRecord]
+    unrecorded: list[Path]
 
 
 class ModelCache:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.meta = root / META_DIR
-        self.records_dir = self.meta / "records"
+        self.layout = CacheLayout(root)
 
-    # -- paths ----------------------------------------------------------------------------
+    # -- names ----------------------------------------------------------------------------
+    def target(self, filename: str) -> CacheTarget:
+        return self.layout.target(filename)
+
     def path_for(self, filename: str) -> Path:
-        return self.root / require_plain_filename(filename, "model file name")
-
-    def record_path(self, filename: str) -> Path:
-        return self.records_dir / (require_plain_filename(filename, "model file name") + ".json")
+        return self.target(filename).final
 
     def contains(self, dest: Path) -> bool:
-        return dest.parent.resolve() == self.root.resolve()
+        return self.layout.contains(dest)
 
     # -- records --------------------------------------------------------------------------
-    def read_record(self, filename: str) -> CacheRecord | None:
+    def _load(self, path: Path, filename: str) -> CacheRecord:
         try:
-            data = json.loads(self.record_path(filename).read_text("utf-8"))
-            return CacheRecord(**data)
-        except (FileNotFoundError, ValueError, TypeError):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise RecordProblem(f"cannot be read ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RecordProblem("is not a regular file")
+            raw = fh.read(MAX_RECORD_BYTES + 1)
+        if len(raw) > MAX_RECORD_BYTES:
+            raise RecordProblem(f"is larger than {MAX_RECORD_BYTES} bytes")
+        return CacheRecord.parse(raw, filename)
+
+    def read_record(self, filename: str) -> CacheRecord | None:
+        """The record of ``filename``; None when there is none or it is damaged."""
+        target = self.target(filename)
+        try:
+            return self._load(target.record, filename)
+        except (FileNotFoundError, RecordProblem):
             return None
 
     def write_record(self, record: CacheRecord) -> None:
-        self.records_dir.mkdir(parents=True, exist_ok=True)
+        """Write atomically (temp created exclusively, then renamed). Hold the target's lock."""
+        import json
+
+        target = self.target(record.filename)
+        folder = self.layout.ensure_records_dir()
         payload = json.dumps(record.to_dict(), indent=2).encode("utf-8")
-        write_bytes_atomic(self.record_path(record.filename), payload)
+        write_bytes_atomic(target.record, payload, folder=folder, stem=f".{record.filename}.")
 
-    def records(self) -> list[CacheRecord]:
-        """Records whose model file is present, sorted by file name."""
-        out = []
-        if self.records_dir.is_dir():
-            for entry in sorted(self.records_dir.glob("*.json")):
-                record = self.read_record(entry.name.removesuffix(".json"))
-                if record is not None and self.path_for(record.filename).exists():
-                    out.append(record)
-        return out
+    def scan(self) -> CacheScan:
+        """Every record (damaged ones apart), grouped into models; files nobody recorded."""
+        records: dict[str, CacheRecord] = {}
+        damaged: list[DamagedRecord] = []
+        for path in self.layout.record_files():
+            filename = path.name.removesuffix(RECORD_SUFFIX)
+            if path.name.startswith("."):
+                continue  # a record being written (temp file)
+            try:
+                records[filename] = self._load(path, filename)
+            except FileNotFoundError:
+                continue
+            except RecordProblem as exc:
+                damaged.append(DamagedRecord(path, str(exc)))
+        heads = [r for r in records.values() if r.group in (None, r.filename) or r.group not in records]
+        claimed: set[str] = set()
+        models = []
+        for record in heads:
+            members = [Member(record.filename, record.sha256, record.size, record)]
+            for name in record.shards:
+                shard = records.get(name)
+                if shard is not None and shard.group == record.filename:
+                    members.append(Member(name, shard.sha256, shard.size, shard))
+                else:
+                    members.append(Member(name, record.shard_sha256.get(name), None, None))
+                claimed.add(name)
+            models.append(CachedModel(record, members))
+        for record in records.values():  # shards their first shard does not list (yet): on their own
+            if record not in heads and record.filename not in claimed:
+                models.append(CachedModel(record, [Member(record.filename, record.sha256, record.size, record)]))
+        known = set(records) | {d.filename for d in damaged} | claimed
+        unrecorded = [p for p in sorted(self.root.glob("*.gguf")) if p.name not in known and _is_file(p)] \
+            if self.root.is_dir() else []
+        return CacheScan(sorted(models, key=lambda m: m.head.filename), damaged, unrecorded)
 
-    def unrecorded_models(self) -> list[Path]:
-        """GGUF files in the cache that teadist did not install (copied by hand, other tools)."""
-        known = {r.filename for r in self.records()}
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob("*.gguf") if p.is_file() and p.name not in known)
+    def find(self, name: str) -> CachedModel | None:
+        """A model by its name (``phi-4-mini``, ``phi-4-mini:q4_k_m``) or by any of its file names."""
+        models = self.scan().models
+        for model in models:
+            if name in model.filenames:
+                return model
+        return next((m for m in models if m.head.name == name), None)
 
-    def find(self, name: str) -> CacheRecord | None:
-        """A record by model name (``phi-4-mini``, ``phi-4-mini:q4_k_m``) or by file name."""
-        records = self.records()
-        for record in records:
-            if name in (record.filename, record.name):
-                return record
-        return None
+    def find_damaged(self, name: str) -> DamagedRecord | None:
+        return next((d for d in self.scan().damaged if name in (d.filename, d.path.name)), None)
 
-    def is_current(self, record: CacheRecord, sha256: str, size: int) -> bool:
-        """True when the file on disk is the one the record vouches for and matches sha256/size."""
-        path = self.path_for(record.filename)
+    def is_current(self, record: CacheRecord) -> bool:
+        """True when the file on disk is still the one the record vouches for (size and mtime)."""
         try:
-            st = path.stat()
+            st = os.lstat(self.path_for(record.filename))
         except FileNotFoundError:
             return False
-        return (record.sha256 == sha256 and record.size == size == st.st_size
-                and record.mtime_ns == st.st_mtime_ns)
+        return (stat.S_ISREG(st.st_mode) and st.st_size == record.size and record.mtime_ns == st.st_mtime_ns
+                and record.ctime_ns in (None, st.st_ctime_ns) and record.inode in (None, st.st_ino))
 
     def record_install(self, filename: str, name: str, sha256: str, size: int, source: str,
-                       shards: list[str] | None = None, shard_sha256: dict[str, str] | None = None) -> CacheRecord:
-        st = self.path_for(filename).stat()
+                       origin: dict[str, str | None] | None = None, group: str | None = None,
+                       shards: list[str] | None = None) -> CacheRecord:
+        """Record a file just installed and verified. Hold the target's lock."""
+        st = os.lstat(self.path_for(filename))
         stamp = now_iso()
-        record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source,
-                             installed_at=stamp, verified_at=stamp, last_used=stamp,
-                             mtime_ns=st.st_mtime_ns, shards=shards or [], shard_sha256=shard_sha256 or {})
+        record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source, origin=origin,
+                             installed_at=stamp, verified_at=stamp, last_used=stamp, mtime_ns=st.st_mtime_ns,
+                             ctime_ns=st.st_ctime_ns, inode=st.st_ino,
+                             group=group, shards=shards or [])
         self.write_record(record)
         return record
 
     def touch(self, record: CacheRecord) -> None:
-        """Note a use (install, fetch hit, path lookup): ``prune`` evicts least recently used."""
+        """Note a use (fetch hit, path lookup): ``prune`` evicts least recently used. Hold the lock."""
         record.last_used = now_iso()
         self.write_record(record)
 
     def mark_verified(self, record: CacheRecord) -> None:
-        record.verified_at = now_iso()
-        self.write_record(record)
+        """Stamp a record verified — only if nobody changed it or its file meanwhile."""
+        target = self.target(record.filename)
+        with target.lock_if_free() as got:
+            current = self.read_record(record.filename) if got else None
+            if current is not None and current.sha256 == record.sha256 and current.mtime_ns == record.mtime_ns \
+                    and self.is_current(current):
+                current.verified_at = now_iso()
+                self.write_record(current)
 
-    def remove(self, record: CacheRecord) -> list[Path]:
-        removed = []
-        for filename in [record.filename, *record.shards]:
-            path = self.path_for(filename)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-        with contextlib.suppress(FileNotFoundError):
-            self.record_path(record.filename).unlink()
+    # -- removal --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, filenames: list[str], wait: bool) -> Iterator[bool]:
+        """Hold the locks of ``filenames`` (in name order, so two removers never deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(filenames)):
+                target = self.target(name)
+                if wait:
+                    stack.enter_context(target.lock(timeout=LOCK_TIMEOUT))
+                elif not stack.enter_context(target.lock_if_free()):
+                    yield False
+                    return
+            yield True
+
+    def remove(self, model: CachedModel, wait: bool = True) -> list[Path] | None:
+        """Remove a model's files, records and work folders; None if busy (``wait`` False).
+
+        Order: shard files, their records, the first file, its record last — so a removal cut
+        short leaves the first record, listing what is left, for the next ``rm`` to finish."""
+        removed: list[Path] = []
+        with self._locked(model.filenames, wait) as got:
+            if not got:
+                return None
+            for member in [*model.members[1:], model.members[0]]:
+                target = self.target(member.filename)
+                if _is_file(target.final) or os.path.islink(target.final):
+                    remove_quietly(target.final)
+                    removed.append(target.final)
+                target.clear_work()
+                if member is not model.members[0]:
+                    remove_quietly(target.record)
+            remove_quietly(self.target(model.head.filename).record)
         return removed
 
-    def partials(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob(f".*{PART_SUFFIX}") if p.is_file())
+    def remove_damaged(self, damaged: DamagedRecord) -> list[Path]:
+        """Remove a damaged record and the file it stood for (teadist installed it)."""
+        removed = []
+        try:
+            target = self.target(damaged.filename)
+        except TeadistError:  # not even a valid file name: only the record file goes
+            remove_quietly(damaged.path)
+            return [damaged.path]
+        with target.lock():
+            if _is_file(target.final):
+                remove_quietly(target.final)
+                removed.append(target.final)
+            target.clear_work()
+            remove_quietly(damaged.path)
+        return [*removed, damaged.path]
 
 
-def lock_path_for(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.lock"
-
-
-@contextlib.contextmanager
-def target_lock(dest: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold the lock that serialises every writer of ``dest`` (across processes)."""
-    from filelock import FileLock, Timeout
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path_for(dest)), timeout=timeout)
+def _is_file(path: Path) -> bool:
     try:
-        lock.acquire()
-    except Timeout:
-        raise TeadistError(
-            f"timed out waiting for another teadist working on {dest.name}",
-            hint=f"if no other teadist is running, remove {lock_path_for(dest)}",
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def runtime_model_path(filename: str, cache: ModelCache, tea_model_path: str | None,
@@ -187,4 +366,3 @@ def runtime_model_path(filename: str, cache: ModelCache, tea_model_path: str | N
         return candidate, "cache"
     raise NotFoundError(f"model file {filename} is not installed",
                         hint=f"run `teadist fetch` for it, or place it in {cache.root}")
-

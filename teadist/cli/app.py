@@ -80,7 +80,12 @@ def _reporter(quiet: bool, as_json: bool = False) -> Reporter:
 
 
 def _emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    echo(json.dumps(data, indent=2, default=str))
+
+
+def echo(text: object = "", err: bool = False) -> None:
+    """A line of output (stdout, or stderr with ``err``), secrets masked."""
+    print(mask_secrets(str(text)), file=sys.stderr if err else sys.stdout)
 
 
 def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
@@ -126,6 +131,13 @@ def _print_error(message: str, hint: str | None) -> None:
         print("hint: " + mask_secrets(hint), file=sys.stderr)
 
 
+def _print_traceback() -> None:
+    """The current exception's traceback, secrets masked (never Python's own unmasked printing)."""
+    import traceback
+
+    print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, prog_name="teadist", standalone_mode=False)
@@ -136,18 +148,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except TeadistError as exc:
         if _state["debug"]:
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback()
         _print_error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(EXIT_ERROR)
     except OSError as exc:
         if _state["debug"]:
-            raise
+            _print_traceback()
         _print_error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-                     "run with --debug for details")
+                     None if _state["debug"] else "run with --debug for details")
         sys.exit(EXIT_ERROR)
     except Exception as exc:
         # Click's own usage errors (typer vendors click, so match by shape, not by class).
@@ -155,5 +165,6 @@ def main(argv: list[str] | None = None) -> None:
         if callable(show) and isinstance(code, int):
             show()
             sys.exit(code)
-        raise
+        _print_traceback()  # a bug: shown whole (masked), never turned into a user error
+        sys.exit(EXIT_ERROR)
     sys.exit(rv if isinstance(rv, int) else 0)

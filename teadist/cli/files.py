@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import EXIT_INTEGRITY, UsageError
 
 
@@ -65,7 +64,7 @@ def split(
     reporter.info(f"split {m.file.name} ({format_size(m.file.size)}) into {len(m.chunks)} "
                   f"{'shards' if fmt == 'gguf' else 'chunks'} ({written} written, {kept} kept); "
                   f"sha256 {m.file.sha256}")
-    print(manifest_path)
+    echo(manifest_path)
 
 
 @app.command()
@@ -104,11 +103,11 @@ def assemble(
             merged_name = manifest.name.rsplit("-", 3)[0] + ".gguf"
             dest = out if out is not None else cache.path_for(merged_name)
             dest = dest / merged_name if dest.is_dir() else dest
-            sha, size = merge_foreign_shards(manifest, dest, _reporter(quiet, as_json))
+            sha, size = merge_foreign_shards(manifest, cache.layout.target_for(dest), _reporter(quiet, as_json))
             if as_json:
                 _emit_json({"path": str(dest), "sha256": sha, "size": size, "merged": True})
             else:
-                print(dest)
+                echo(dest)
             return
     m = load_manifest(manifest)
     dest = out if out is not None else cache.path_for(m.file.name)
@@ -133,7 +132,7 @@ def assemble(
         reporter.info(f"{result.path.name} is already there and verified; nothing to do")
     else:
         reporter.info(f"assembled and verified {result.path.name} ({format_size(result.size)})")
-    print(result.path)
+    echo(result.path)
 
 
 @app.command()
@@ -183,11 +182,11 @@ def verify(
         _emit_json(report.to_dict())
     else:
         for row in report.rows:
-            print(f"{row.status:<9} {row.name}" + (f"  ({row.detail})" if row.detail else ""))
+            echo(f"{row.status:<9} {row.name}" + (f"  ({row.detail})" if row.detail else ""))
     failed = [r for r in report.rows if r.status != v.OK]
     if failed:
-        print(f"error: verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}",
-              file=sys.stderr)
+        echo(f"error: verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}",
+             err=True)
         raise typer.Exit(EXIT_INTEGRITY)
     if not as_json:
         reporter.info(f"all {len(report.rows)} items verified")
@@ -223,7 +222,7 @@ def inspect(
     if info.split_count is not None:
         rows.append(("split", f"shard {(info.split_no or 0) + 1} of {info.split_count}"))
     for key, value in rows:
-        print(f"{key + ':':<18}{'-' if value is None else value}")
-    print(f"{'structure:':<18}ok (magic, version, all tensor data inside the file)")
+        echo(f"{key + ':':<18}{'-' if value is None else value}")
+    echo(f"{'structure:':<18}ok (header as llama.cpp reads it; every tensor in place inside the file)")
 
 

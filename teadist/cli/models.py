@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any, Optional
 
 import typer
 
 from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
 from teadist.settings import Settings
 
@@ -19,33 +18,48 @@ def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
     """List the models in the TEA model cache, with size, last use and last verification.
 
     \b
+    Files a model's record lists but that are gone are shown as missing; records that cannot be
+    read are shown as damaged (`teadist rm FILE` removes them).
+    \b
     Example:
       teadist list --json
     """
+    from teadist.pipelines.prune import model_bytes
+
     cache = _cache(_settings(cache_dir))
-    records = cache.records()
-    others = cache.unrecorded_models()
+    scan = cache.scan()
+    rows = []
+    for model in scan.models:
+        missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
+        size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
+        rows.append((model, missing, size))
     if as_json:
         _emit_json({"cache": str(cache.root),
-                    "models": [r.to_dict() for r in records],
-                    "unrecorded": [str(p) for p in others]})
+                    "models": [{**model.head.to_dict(), "size": size, "files": model.filenames, "missing": missing}
+                               for model, missing, size in rows],
+                    "damaged": [{"record": str(d.path), "problem": d.problem} for d in scan.damaged],
+                    "unrecorded": [str(p) for p in scan.unrecorded]})
         return
-    if not records and not others:
-        print(f"no models in {cache.root}", file=sys.stderr)
+    if not rows and not scan.unrecorded and not scan.damaged:
+        echo(f"no models in {cache.root}", err=True)
         return
-    print(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
-    for r in records:
-        print(f"{r.name:<28} {format_size(r.size):>10}  {r.last_used or '-':<25} {r.verified_at or '-':<25} "
-              f"{r.filename}")
-    for p in others:
-        print(f"{'(not installed by teadist)':<28} {format_size(p.stat().st_size):>10}  {'-':<25} {'-':<25} "
-              f"{p.name}")
+    echo(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
+    for model, missing, size in rows:
+        r = model.head
+        note = f"  ({len(model.members)} shards)" if len(model.members) > 1 else ""
+        note += f"  (missing: {', '.join(missing)})" if missing else ""
+        echo(f"{r.name:<28} {format_size(size):>10}  {r.last_used or '-':<25} {r.verified_at or '-':<25} "
+             f"{r.filename}{note}")
+    for p in scan.unrecorded:
+        echo(f"{'(not installed by teadist)':<28} {format_size(p.stat().st_size):>10}  {'-':<25} {'-':<25} {p.name}")
+    for d in scan.damaged:
+        echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {d.path.name}: {d.problem}")
 
 
 def _filename_for(name: str, cache: Any) -> str:
-    record = cache.find(name)
-    if record is not None:
-        return str(record.filename)
+    model = cache.find(name)
+    if model is not None:
+        return str(model.head.filename)
     from teadist.sources.registry import lookup_filename
 
     filename = lookup_filename(name)
@@ -75,31 +89,34 @@ def path(name: Annotated[str, typer.Argument(help="Model name, registry name or 
     if as_json:
         _emit_json({"path": str(found), "from": origin})
     else:
-        print(found)
+        echo(found)
 
 
 @app.command()
 def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the cache.")],
        cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Remove a model (and teadist's record of it) from the cache.
+    """Remove a model (all its files, and teadist's record of it) from the cache.
 
+    \b
+    Also finishes an interrupted removal, and removes a damaged record (by file name).
     \b
     Example:
       teadist rm phi-4-mini
     """
-    from teadist.cache.store import target_lock
-
     cache = _cache(_settings(cache_dir))
-    record = cache.find(name)
-    if record is None:
-        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
-    with target_lock(cache.path_for(record.filename)):
-        removed = cache.remove(record)
+    model = cache.find(name)
+    if model is not None:
+        removed = cache.remove(model) or []
+    else:
+        damaged = cache.find_damaged(name)
+        if damaged is None:
+            raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+        removed = cache.remove_damaged(damaged)
     if as_json:
         _emit_json({"removed": [str(p) for p in removed]})
     else:
         for p in removed:
-            print(p)
+            echo(p)
 
 
 # -- fetch and the registry ----------------------------------------------------------------------
@@ -119,9 +136,11 @@ def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
     endpoint = settings.hf_endpoint or DEFAULT_ENDPOINT
     token = settings.hf_token
     if token is None and is_official_endpoint(endpoint) and not settings.offline:
+        from teadist.settings import register_secret
         from teadist.sources.hub import saved_token
 
         token = saved_token()
+        register_secret(token)
     return FetchOptions(endpoint=endpoint, token=token, offline=settings.offline, jobs=jobs, source=source)
 
 
@@ -168,7 +187,7 @@ def fetch(
         reporter.info(f"{result.name} is already in the cache (verified {result.sha256[:16]}…)")
     else:
         reporter.info(f"installed {result.name} ({format_size(result.size)}), sha256 verified")
-    print(result.path)
+    echo(result.path)
 
 
 @app.command()
@@ -185,32 +204,33 @@ def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
     rows: list[dict[str, Any]] = []
     for m in registry.entries():
         record = cache.read_record(m.file.name)
+        cached = record is not None and cache.is_current(record) and m.file.sha256 in (None, record.sha256)
         rows.append({"model": m.reference + (" (default)" if m.tag and m.default_tag else ""),
                      "reference": m.reference, "file": m.file.name, "size": m.file.size,
-                     "sha256": m.file.sha256, "pinned": m.is_pinned,
-                     "cached": record is not None and cache.path_for(m.file.name).is_file()})
+                     "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached})
     if as_json:
         _emit_json(rows)
         return
-    print(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} FILE")
+    echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} FILE")
     for row in rows:
         size = format_size(row["size"]) if row["size"] is not None else "unpinned"
-        print(f"{row['model']:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['file']}")
+        echo(f"{row['model']:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['file']}")
 
 
 @app.command()
 def du(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the space each cached model uses, partial downloads, and free disk space.
+    """Show the space each cached model uses (kept shards included), downloads in flight, and free space.
 
     \b
     Example:
       teadist du
     """
     from teadist.base.fsutil import free_bytes
+    from teadist.pipelines.prune import in_flight, model_bytes
 
     cache = _cache(_settings(cache_dir))
-    models_ = [(r.name, r.filename, cache.path_for(r.filename).stat().st_size) for r in cache.records()]
-    partial = sum(p.stat().st_size for p in cache.partials())
+    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in cache.scan().models]
+    partial = sum(size for _, size in in_flight(cache))
     free = free_bytes(cache.root)
     total = sum(size for _, _, size in models_)
     if as_json:
@@ -218,10 +238,10 @@ def du(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
                     "partials": partial, "total": total, "free": free})
         return
     for name, filename, size in models_:
-        print(f"{format_size(size):>10}  {name}  ({filename})")
-    print(f"{format_size(partial):>10}  partial downloads")
-    print(f"{format_size(total + partial):>10}  total in {cache.root}")
-    print(f"{format_size(free):>10}  free on disk")
+        echo(f"{format_size(size):>10}  {name}  ({filename})")
+    echo(f"{format_size(partial):>10}  partial downloads")
+    echo(f"{format_size(total + partial):>10}  total in {cache.root}")
+    echo(f"{format_size(free):>10}  free on disk")
 
 
 @app.command()
@@ -232,7 +252,7 @@ def prune(
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Free space in the model cache.
+    """Free space in the model cache; whatever another teadist is working on is left alone.
 
     \b
     Examples:
@@ -254,6 +274,5 @@ def prune(
         _emit_json({"removed": removed})
     else:
         for path_ in removed:
-            print(path_)
-        print(f"removed {len(removed)} files", file=sys.stderr)
-
+            echo(path_)
+        echo(f"removed {len(removed)} files", err=True)

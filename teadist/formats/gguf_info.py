@@ -1,20 +1,26 @@
-"""What a GGUF file is, read with llama.cpp's own ``gguf`` package, plus a structural check.
-
-The structural check (magic, supported version, every tensor's data inside the file) catches a
-truncated download even without a hash.
+"""What a GGUF file is, and whether llama.cpp would load it: read with teadist's bounded header
+reader (``gguf_header``), which applies llama.cpp's loader rules and catches a truncated download
+even without a hash.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from teadist.errors import IntegrityError, NotFoundError
+from teadist.formats.gguf_header import (
+    FILE_TYPES,
+    GGML_TYPES,
+    GGUF_MAGIC,
+    SUPPORTED_VERSIONS,
+    GGUFHeader,
+    InvalidGGUFError,
+    read_header,
+)
 
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
+__all__ = ["GGUF_MAGIC", "SUPPORTED_VERSIONS", "GGUFInfo", "InvalidGGUFError", "looks_like_gguf", "read_info",
+           "template_family"]
 
 # Markers that identify a chat template's family. Order matters: the first match wins.
 _TEMPLATE_FAMILIES = (
@@ -26,10 +32,6 @@ _TEMPLATE_FAMILIES = (
     ("<|User|>", "deepseek"),
     ("<|START_OF_TURN_TOKEN|>", "command-r"),
 )
-
-
-class InvalidGGUFError(IntegrityError):
-    """The file is not a structurally valid GGUF (bad magic, version, truncated data)."""
 
 
 @dataclass
@@ -81,123 +83,58 @@ def template_family(template: str | None) -> str | None:
     return "other"
 
 
-def _precheck(path: Path) -> int:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except FileNotFoundError:
-        raise NotFoundError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise NotFoundError(f"{path} is a folder, not a GGUF file") from None
-    if head[:4] != GGUF_MAGIC:
-        raise InvalidGGUFError(f"{path}: not a GGUF file (bad magic {head[:4]!r})")
-    if len(head) < 8:
-        raise InvalidGGUFError(f"{path}: truncated GGUF header ({size} bytes)")
-    version = int.from_bytes(head[4:8], "little")
-    if version not in SUPPORTED_VERSIONS:
-        raise InvalidGGUFError(
-            f"{path}: unsupported GGUF version {version} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})")
-    return size
-
-
-def open_reader(path: Path) -> Any:
-    """A ``gguf.GGUFReader`` for ``path``, with every failure turned into InvalidGGUFError."""
-    _precheck(path)
-    from gguf import GGUFReader  # lazy: pulls in numpy
-
-    try:
-        return GGUFReader(path, "r")
-    except Exception as exc:  # the reader raises ValueError, IndexError, KeyError... on bad bytes
-        raise InvalidGGUFError(f"{path}: malformed or truncated GGUF ({type(exc).__name__}: {exc})"[:300]) from exc
-
-
-def field_value(reader: Any, key: str) -> Any:
-    fld = reader.fields.get(key)
-    if fld is None:
-        return None
-    try:
-        return fld.contents()
-    except Exception:
-        return None
-
-
-def _quantization(reader: Any) -> str | None:
-    from gguf import GGMLQuantizationType, LlamaFileType
-
-    ftype = field_value(reader, "general.file_type")
-    if isinstance(ftype, int):
-        try:
-            return LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        except ValueError:
-            return f"file_type {ftype}"
-    counts: dict[str, int] = {}
-    for tensor in reader.tensors:
-        name = GGMLQuantizationType(tensor.tensor_type).name
-        counts[name] = counts.get(name, 0) + int(tensor.n_elements)
-    return max(counts, key=lambda k: counts[k]) if counts else None
+def _quantization(header: GGUFHeader) -> str | None:
+    ftype = header.value("general.file_type")
+    if type(ftype) is int:
+        return FILE_TYPES.get(ftype, f"file_type {ftype}")
+    counts = header.elements_by_type
+    return GGML_TYPES[max(counts, key=lambda t: counts[t])][0] if counts else None
 
 
 def read_info(path: Path) -> GGUFInfo:
-    """Read metadata and check structure; raise InvalidGGUFError on any malformation."""
-    size = _precheck(path)
-    reader = open_reader(path)
-    try:
-        for tensor in reader.tensors:
-            end = int(tensor.data_offset) + int(tensor.n_bytes)
-            if end > size:
-                raise InvalidGGUFError(
-                    f"{path}: tensor {tensor.name!r} ends at byte {end}, past the end of the file "
-                    f"({size} bytes): truncated download?")
-        arch = field_value(reader, "general.architecture")
-        arch = arch if isinstance(arch, str) else None
+    """Read metadata and check structure; raise InvalidGGUFError on anything llama.cpp would refuse."""
+    header = read_header(path)
+    value = header.value
+    arch = value("general.architecture")
+    arch = arch if isinstance(arch, str) else None
 
-        def arch_key(suffix: str) -> Any:
-            return field_value(reader, f"{arch}.{suffix}") if arch else None
+    def arch_key(suffix: str) -> Any:
+        return value(f"{arch}.{suffix}") if arch else None
 
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = len(tokens.data) if tokens is not None else arch_key("vocab_size")
-        template = field_value(reader, "tokenizer.chat_template")
-        template = template if isinstance(template, str) else None
-        name = field_value(reader, "general.name")
-        rope = arch_key("rope.freq_base")
-        return GGUFInfo(
-            path=str(path),
-            size=size,
-            gguf_version=int(field_value(reader, "GGUF.version")),
-            architecture=arch,
-            name=name if isinstance(name, str) else None,
-            parameters=sum(int(t.n_elements) for t in reader.tensors),
-            quantization=_quantization(reader),
-            context_length=_int_or_none(arch_key("context_length")),
-            embedding_length=_int_or_none(arch_key("embedding_length")),
-            layers=_int_or_none(arch_key("block_count")),
-            heads=_int_or_none(arch_key("attention.head_count")),
-            kv_heads=_int_or_none(arch_key("attention.head_count_kv")),
-            rope_freq_base=float(rope) if isinstance(rope, (int, float)) else None,
-            vocab_size=_int_or_none(vocab),
-            chat_template=template is not None,
-            chat_template_family=template_family(template),
-            tensor_count=len(reader.tensors),
-            alignment=int(reader.alignment),
-            data_offset=int(reader.data_offset),
-            split_no=_int_or_none(field_value(reader, "split.no")),
-            split_count=_int_or_none(field_value(reader, "split.count")),
-        )
-    except InvalidGGUFError:
-        raise
-    except Exception as exc:
-        raise InvalidGGUFError(f"{path}: malformed GGUF metadata ({type(exc).__name__}: {exc})"[:300]) from exc
+    tokens = header.kv.get("tokenizer.ggml.tokens")
+    vocab = tokens.count if tokens is not None and tokens.count is not None else arch_key("vocab_size")
+    template = value("tokenizer.chat_template")
+    template = template if isinstance(template, str) else None
+    name = value("general.name")
+    rope = arch_key("rope.freq_base")
+    return GGUFInfo(
+        path=str(path),
+        size=header.size,
+        gguf_version=header.version,
+        architecture=arch,
+        name=name if isinstance(name, str) else None,
+        parameters=header.parameters,
+        quantization=_quantization(header),
+        context_length=_int_or_none(arch_key("context_length")),
+        embedding_length=_int_or_none(arch_key("embedding_length")),
+        layers=_int_or_none(arch_key("block_count")),
+        heads=_int_or_none(arch_key("attention.head_count")),
+        kv_heads=_int_or_none(arch_key("attention.head_count_kv")),
+        rope_freq_base=float(rope) if isinstance(rope, (int, float)) and not isinstance(rope, bool) else None,
+        vocab_size=_int_or_none(vocab),
+        chat_template=template is not None,
+        chat_template_family=template_family(template),
+        tensor_count=header.n_tensors,
+        alignment=header.alignment,
+        data_offset=header.data_offset,
+        split_no=_int_or_none(value("split.no")),
+        split_count=_int_or_none(value("split.count")),
+    )
 
 
 def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list) and value and isinstance(value[0], int):
-        return value[0]  # per-layer arrays (e.g. head_count_kv): report the first layer
-    return None
+    """Whole numbers only (a per-layer array, e.g. head_count_kv, reports its first layer)."""
+    return value if type(value) is int else None
 
 
 def looks_like_gguf(path: Path) -> bool:

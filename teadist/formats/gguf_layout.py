@@ -35,6 +35,7 @@ class GGUFLayout:
     data_offset: int
     size: int
     tensors: list[TensorInfo]
+    split_keys: list[str] = field(default_factory=list)  # split.* keys: the file is already a shard
 
 
 @dataclass
@@ -54,32 +55,21 @@ def pad_to(n: int, alignment: int) -> int:
 
 
 def read_layout(path: Path) -> GGUFLayout:
-    """Byte positions of every region of a GGUF, read with the gguf package."""
-    from teadist.formats.gguf_info import InvalidGGUFError, open_reader
+    """Byte positions of every region of a GGUF, read with the bounded header reader (which refuses
+    what llama.cpp refuses)."""
+    from teadist.formats.gguf_header import read_header
 
-    reader = open_reader(path)
-    if reader.byte_order != "I":
-        raise UsageError(f"{path.name}: big-endian GGUF files are not supported for sharding")
-    size = path.stat().st_size
-    real = [f for f in reader.fields.values() if not f.name.startswith("GGUF.")]
-    kv_start = 24
-    kv_end = kv_start
-    if real:
-        last = real[-1]
-        kv_end = last.offset + sum(int(p.nbytes) for p in last.parts)
-    tensors = []
-    for t in reader.tensors:
-        info_len = sum(int(p.nbytes) for p in t.field.parts)
-        info = bytes(reader.data[t.field.offset:t.field.offset + info_len - 8])
-        tensors.append(TensorInfo(t.name, info, int(t.data_offset), int(t.n_bytes)))
-        if int(t.data_offset) + int(t.n_bytes) > size:
-            raise InvalidGGUFError(f"{path.name}: tensor {t.name!r} lies past the end of the file")
-    info_end = kv_end + sum(len(t.info) + 8 for t in tensors)
-    version = int(reader.fields["GGUF.version"].parts[0][0])
-    return GGUFLayout(version=version, alignment=int(reader.alignment),
-                   custom_alignment="general.alignment" in reader.fields, kv_start=kv_start, kv_end=kv_end,
-                   kv_count=len(real), info_end=info_end, data_offset=int(reader.data_offset), size=size,
-                   tensors=sorted(tensors, key=lambda t: t.data_offset))
+    header = read_header(path, tensors=True)
+    with open(path, "rb") as fh:
+        fh.seek(header.kv_end)
+        infos = fh.read(header.info_end - header.kv_end)  # the tensor-info table, once
+    tensors = [TensorInfo(t.name, infos[t.info_start - header.kv_end:t.offset_at - header.kv_end],
+                          header.data_offset + t.offset, t.n_bytes) for t in header.tensors]
+    return GGUFLayout(version=header.version, alignment=header.alignment,
+                      custom_alignment="general.alignment" in header.kv, kv_start=24, kv_end=header.kv_end,
+                      kv_count=len(header.kv), info_end=header.info_end, data_offset=header.data_offset,
+                      size=header.size, tensors=sorted(tensors, key=lambda t: t.data_offset),
+                      split_keys=[k for k in header.kv if k.startswith("split.")])
 
 
 def _kv(key: str, vtype: int, fmt: str, value: int) -> bytes:
@@ -88,28 +78,25 @@ def _kv(key: str, vtype: int, fmt: str, value: int) -> bytes:
 
 
 def plan_shards(layout: GGUFLayout, kv_bytes: int, shard_size: int) -> list[ShardPlan]:
-    def header_size(shard_index: int, tensors: list[TensorInfo]) -> int:
-        kvs = (kv_bytes if shard_index == 0 else 0) + len(split_kvs(layout, 0, 1, shard_index))
-        raw = 24 + kvs + sum(len(t.info) + 8 for t in tensors)
-        return raw + pad_to(raw, layout.alignment)
+    """Tensors in order into shards of at most ``shard_size`` bytes (one pass: sizes kept running)."""
+    split_bytes = [len(split_kvs(layout, 0, 1, 0)), len(split_kvs(layout, 0, 1, 1))]
 
-    def data_size(tensors: list[TensorInfo]) -> int:
-        total = 0
-        for t in tensors:
-            total += pad_to(total, layout.alignment) + t.n_bytes
-        return total
+    def shard_bytes(index: int, infos: int, data: int) -> int:
+        raw = 24 + (kv_bytes if index == 0 else 0) + split_bytes[min(index, 1)] + infos
+        return raw + pad_to(raw, layout.alignment) + data
 
     shards = [ShardPlan()]
+    infos = data = 0  # the current shard's tensor-info bytes and data bytes so far
     for tensor in layout.tensors:
-        current = shards[-1]
-        candidate = [*current.tensors, tensor]
-        size = header_size(len(shards) - 1, candidate) + data_size(candidate)
-        if current.tensors and size > shard_size:
-            shards.append(ShardPlan(tensors=[tensor]))
-            candidate = [tensor]
-            size = header_size(len(shards) - 1, candidate) + data_size(candidate)
-        else:
-            current.tensors = candidate
+        info = len(tensor.info) + 8
+        grown = data + pad_to(data, layout.alignment) + tensor.n_bytes
+        size = shard_bytes(len(shards) - 1, infos + info, grown)
+        if shards[-1].tensors and size > shard_size:
+            shards.append(ShardPlan())
+            infos, grown = 0, tensor.n_bytes
+            size = shard_bytes(len(shards) - 1, info, grown)
+        shards[-1].tensors.append(tensor)
+        infos, data = infos + info, grown
         if size >= SHARD_LIMIT:
             raise UsageError(f"tensor {tensor.name!r} ({tensor.n_bytes} bytes) does not fit in a shard under 2 GiB",
                              hint="this model cannot be served as browser shards")
@@ -129,7 +116,7 @@ def build_headers(layout: GGUFLayout, kv_block: bytes, shards: list[ShardPlan]) 
     for index, shard in enumerate(shards):
         kvs = (kv_block if index == 0 else b"") + split_kvs(layout, index, count, index)
         n_kv = (layout.kv_count if index == 0 else 0) + (4 if index > 0 and layout.custom_alignment else 3)
-        infos = b""
+        parts: list[bytes] = []
         rel = 0
         relative_offsets = []
         for t in shard.tensors:
@@ -137,8 +124,8 @@ def build_headers(layout: GGUFLayout, kv_block: bytes, shards: list[ShardPlan]) 
             relative_offsets.append(rel)
             rel += t.n_bytes
         for t, off in zip(shard.tensors, relative_offsets, strict=True):
-            infos += t.info + struct.pack("<Q", off)
-        raw = b"GGUF" + struct.pack("<IQQ", layout.version, len(shard.tensors), n_kv) + kvs + infos
+            parts += (t.info, struct.pack("<Q", off))
+        raw = b"GGUF" + struct.pack("<IQQ", layout.version, len(shard.tensors), n_kv) + kvs + b"".join(parts)
         shard.header = raw + b"\0" * pad_to(len(raw), layout.alignment)
         shard.data_positions = [len(shard.header) + off for off in relative_offsets]
         shard.size = len(shard.header) + rel

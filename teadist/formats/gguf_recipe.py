@@ -12,6 +12,7 @@ from teadist.formats.gguf_layout import GGUFLayout, ShardPlan
 from teadist.formats.manifest import Manifest
 
 MAX_LITERAL_BYTES = 8 * 1024 * 1024
+MAX_PIECE = 2**50
 COPY_BLOCK = 8 * 1024 * 1024
 # -- the rebuild recipe -------------------------------------------------------------------------
 Piece = dict[str, Any]
@@ -70,13 +71,15 @@ def check_recipe(manifest: Manifest) -> list[Piece]:
             raise ManifestError(f"manifest field rebuild.pieces[{i}]: not an object")
         keys = set(piece)
         try:
-            if keys == {"zeros"} and isinstance(piece["zeros"], int) and piece["zeros"] > 0:
+            if keys == {"zeros"} and type(piece["zeros"]) is int and 0 < piece["zeros"] <= MAX_PIECE:
                 total += piece["zeros"]
             elif keys == {"literal"} and isinstance(piece["literal"], str):
+                if len(piece["literal"]) > 2 * MAX_LITERAL_BYTES:
+                    raise ValueError("literal longer than the manifest may carry")
                 n = len(base64.b64decode(piece["literal"], validate=True))
                 literal_bytes += n
                 total += n
-            elif keys == {"shard", "offset", "length"} and all(isinstance(piece[k], int) for k in keys):
+            elif keys == {"shard", "offset", "length"} and all(type(piece[k]) is int for k in keys):
                 shard, offset, length = piece["shard"], piece["offset"], piece["length"]
                 if not 0 <= shard < len(manifest.chunks) or offset < last_end[shard] or length <= 0 \
                         or offset + length > manifest.chunks[shard].size:
@@ -84,7 +87,7 @@ def check_recipe(manifest: Manifest) -> list[Piece]:
                 last_end[shard] = offset + length
                 total += length
             else:
-                raise ValueError("not a zeros, literal or shard piece")
+                raise ValueError("not a zeros, literal or shard piece (whole numbers only)")
         except (ValueError, TypeError) as exc:
             raise ManifestError(f"manifest field rebuild.pieces[{i}]: {exc}") from None
     if literal_bytes > MAX_LITERAL_BYTES:

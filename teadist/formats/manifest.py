@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teadist import __version__
-from teadist.base.fsutil import require_plain_filename, write_bytes_atomic
+from teadist.base import jsonin
+from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, require_plain_filename, write_bytes_atomic
+from teadist.base.urls import url_problem
 from teadist.errors import ManifestError, NotFoundError
 
 SCHEMA_VERSION = "1.0"
 SUPPORTED_MAJOR = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MANIFEST_SUFFIX = ".manifest.json"
+MAX_FILE_SIZE = 2**50  # 1 PiB: anything larger in a manifest is a lie, not a model
 Format = Literal["single", "bytes", "gguf"]
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
 
@@ -181,10 +184,44 @@ def _check_version(data: Any) -> None:
         )
 
 
+def _plain_name(name: object, field: str) -> str:
+    checked = require_plain_filename(name, field)
+    if checked.startswith("."):
+        raise ManifestError(f"{field}: {checked[:80]!r} starts with '.'; hidden names are refused")
+    if len(checked.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+        raise ManifestError(f"{field}: {checked[:60]!r}… is longer than {MAX_MODEL_NAME_BYTES} bytes")
+    return checked
+
+
+def _check_numbers(value: Any, path: str = "manifest") -> None:
+    """Every number a whole number in range (JSON Schema takes 30.0 for an integer; bools are not numbers)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{key}" if path != "manifest" else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{path}[{i}]")
+    elif isinstance(value, float) or (type(value) is int and not -MAX_FILE_SIZE <= value <= MAX_FILE_SIZE):
+        raise ManifestError(f"manifest field {path}: {str(value)[:40]} is not a whole number up to {MAX_FILE_SIZE}")
+
+
+def _check_urls(data: dict[str, Any]) -> None:
+    where = [(f"sources[{i}].url", s.get("url")) for i, s in enumerate(data.get("sources", [])) if "url" in s]
+    where += [(f"sources[{i}].endpoint", s.get("endpoint")) for i, s in enumerate(data.get("sources", []))
+              if "endpoint" in s]
+    where += [(f"chunks[{i}].urls[{j}]", u) for i, c in enumerate(data.get("chunks", []))
+              for j, u in enumerate(c.get("urls", []))]
+    for where_, url in where:
+        problem = url_problem(url)
+        if problem is not None:
+            raise ManifestError(f"manifest field {where_}: the URL {problem}")
+
+
 def _check_semantics(data: dict[str, Any]) -> None:
     fmt = data["format"]
     file = data["file"]
-    require_plain_filename(file["name"], "manifest field file.name")
+    _plain_name(file["name"], "manifest field file.name")
+    _check_urls(data)
     chunks: list[dict[str, Any]] = data.get("chunks", [])
     if fmt == "single":
         if chunks:
@@ -198,7 +235,7 @@ def _check_semantics(data: dict[str, Any]) -> None:
         raise ManifestError(f"manifest field chunks: format {fmt!r} needs at least one chunk")
     seen: set[str] = set()
     for i, chunk in enumerate(chunks):
-        name = require_plain_filename(chunk["name"], f"manifest field chunks[{i}].name")
+        name = _plain_name(chunk["name"], f"manifest field chunks[{i}].name")
         if name in seen:
             raise ManifestError(f"manifest field chunks[{i}].name: duplicate name {name!r}")
         if name == file["name"]:
@@ -232,6 +269,7 @@ def _check_semantics(data: dict[str, Any]) -> None:
 def validate_manifest_dict(data: Any) -> None:
     """Raise ManifestError for anything unsafe or inconsistent; return None when ``data`` is sound."""
     _check_version(data)
+    _check_numbers(data)
     _validate_schema(data)
     _check_semantics(data)
 
@@ -271,9 +309,9 @@ def parse_manifest(raw: bytes, origin: str) -> Manifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{origin}: manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{origin}: not valid JSON ({exc})") from exc
+        data = jsonin.loads(raw)
+    except jsonin.JsonInputError as exc:
+        raise ManifestError(f"{origin}: {exc}") from None
     try:
         return manifest_from_dict(data)
     except ManifestError as exc:

@@ -2,23 +2,32 @@
 
 What can be fetched: a registry name (``phi-4-mini``, ``phi-4-mini:q4_k_m``), a Hub path
 (``hf://org/repo/file.gguf[@revision]``), or a manifest by URL or path (single-file or chunked).
-Sources listed in a manifest are tried in order, falling back on a network error, a 404 or a
-hash mismatch. Everything is done under a per-target lock, so concurrent fetches of one model
-download it once.
+Sources listed in a manifest are tried in order, falling back on a network error, a 404, a refused
+URL or a hash mismatch.
+
+Every file is installed under its target's lock (``cache.layout``): the model file, or — with
+``--keep-shards`` — each shard on its own. A cached file is handed out only when its identity
+matches the request: its sha256 when the source gives one (pinned, or the Hub's LFS hash), else,
+offline, the Hub file it came from (endpoint, repository, path, revision). A different file at the
+same name is replaced (with a warning) if teadist installed it, and never touched if it did not.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
+from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
-from teadist.cache.store import ModelCache, target_lock
+from teadist.base.urls import origin_of, url_problem
+from teadist.base.workfiles import WorkFiles
+from teadist.cache.layout import CacheTarget
+from teadist.cache.store import CacheRecord, ModelCache
 from teadist.errors import (
     IntegrityError,
     ManifestError,
@@ -28,11 +37,12 @@ from teadist.errors import (
     TeadistError,
     UsageError,
 )
-from teadist.formats.manifest import FileRecord, HfSource, Manifest, Source, UrlSource, parse_manifest
+from teadist.formats.manifest import ChunkRecord, FileRecord, HfSource, Manifest, Source, UrlSource, parse_manifest
 from teadist.sources.download import Downloader
-from teadist.sources.http import Auth, origin
+from teadist.sources.http import Auth
 
 MANIFEST_FETCH_LIMIT = 16 * 1024 * 1024
+Origin = dict[str, str | None]
 
 
 @dataclass
@@ -71,7 +81,7 @@ def parse_hf_spec(spec: str) -> HfSource:
     rest = spec.removeprefix("hf://")
     rest, _, revision = rest.partition("@")
     parts = rest.split("/")
-    if len(parts) < 3 or not all(parts):
+    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts):
         raise UsageError(f"invalid Hub path {spec!r}", hint="use hf://ORG/REPO/FILE.gguf[@REVISION]")
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 
@@ -90,7 +100,11 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
         if offline:
             raise OfflineError(f"offline: cannot download the manifest {spec}")
         url, _, wanted = spec.partition("#")
-        raw = _get_small(downloader, url)
+        raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
+        if raw is None:
+            raise NotFoundError(f"manifest not found: {url}")
+        if len(raw) > MANIFEST_FETCH_LIMIT:
+            raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
     path_text, _, wanted = spec.partition("#")
     path = Path(path_text)
@@ -106,38 +120,23 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
 
 def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
     """A v1 manifest, or one model of a release index (``model-manifest.json``)."""
-    import json
-
+    from teadist.base import jsonin
     from teadist.release.index import INDEX_KIND, manifest_from_index
 
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        data = None
+        data = jsonin.loads(raw)
+    except jsonin.JsonInputError as exc:
+        raise ManifestError(f"{origin}: {exc}") from None
     if isinstance(data, dict) and data.get("kind") == INDEX_KIND:
+        # fetch reads only "models"; a wrongly shaped index is refused here, not half-read
+        files = data.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise ManifestError(f"{origin}: release index field files: not a list of objects")
         try:
             return manifest_from_index(data, wanted)
         except ManifestError as exc:
             raise ManifestError(f"{origin}: {exc.message}") from None
     return parse_manifest(raw, origin)
-
-
-def _get_small(downloader: Downloader, url: str) -> bytes:
-    import requests
-
-    try:
-        resp = downloader.session.get(url, timeout=(10, 30), stream=True)
-    except requests.exceptions.RequestException as exc:
-        raise SourceError(f"cannot download the manifest from {urlsplit(url).netloc} ({type(exc).__name__})") from None
-    with resp:
-        if resp.status_code == 404:
-            raise NotFoundError(f"manifest not found: {url}")
-        if resp.status_code != 200:
-            raise SourceError(f"{urlsplit(url).netloc} answered HTTP {resp.status_code} for the manifest")
-        data = resp.raw.read(MANIFEST_FETCH_LIMIT + 1)
-    if len(data) > MANIFEST_FETCH_LIMIT:
-        raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
-    return bytes(data)
 
 
 def _select_sources(sources: list[Source], forced: str | None) -> list[Source]:
@@ -164,8 +163,8 @@ R = TypeVar("R")
 
 def first_success(candidates: Sequence[T], attempt: Callable[[T], R], on_failure: Callable[[T, TeadistError], None],
                   ) -> R:
-    """``attempt`` each candidate in order until one succeeds; a network error, a 404 or a hash
-    mismatch moves on to the next (after ``on_failure``), the last failure is raised."""
+    """``attempt`` each candidate in order until one succeeds; a network error, a 404, a refused URL
+    or a hash mismatch moves on to the next (after ``on_failure``), the last failure is raised."""
     for index, candidate in enumerate(candidates):
         try:
             return attempt(candidate)
@@ -182,46 +181,116 @@ def describe(source: Source) -> str:
     return source.url
 
 
+# -- identity ------------------------------------------------------------------------------------
+def _endpoint_key(endpoint: str) -> str:
+    return str(origin_of(endpoint)) if url_problem(endpoint) is None else endpoint
+
+
+def _hub_origin(source: HfSource, endpoint: str, commit: str | None) -> Origin:
+    return {"kind": "hf", "endpoint": _endpoint_key(source.endpoint or endpoint), "repo": source.repo,
+            "path": source.path, "revision": source.revision or "main", "commit": commit}
+
+
+def _same_hub_file(record: CacheRecord, source: HfSource, endpoint: str) -> bool:
+    """Offline: the record came from this Hub file at this revision (by name or resolved commit)."""
+    seen = record.origin or {}
+    wanted = _hub_origin(source, endpoint, None)
+    return (seen.get("kind") == "hf" and all(seen.get(k) == wanted[k] for k in ("endpoint", "repo", "path"))
+            and wanted["revision"] in (seen.get("revision"), seen.get("commit")))
+
+
+def _hit(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None) -> CacheRecord | None:
+    """The record of ``target`` if the file there is the one with ``sha256`` (and ``size``)."""
+    record = cache.read_record(target.name)
+    if record is not None and record.sha256 == sha256 and size in (None, record.size) and cache.is_current(record):
+        return record
+    return None
+
+
+def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None, what: str, name: str,
+           origin: Origin, reporter: Reporter) -> CacheRecord | None:
+    """Make way for the requested file at ``target`` (lock held). A file teadist installed for the same
+    model (or the same Hub file) that is another version is replaced (the user is told); another
+    model's file is left alone with an error; a file nobody recorded is adopted if it is the
+    requested one, and otherwise left alone with an error."""
+    record = cache.read_record(target.name)
+    present = os.path.lexists(target.final)
+    if record is not None:
+        if record.sha256 == sha256 and _holds(target, sha256, size):
+            # ours, and still the right bytes (copied back, touched): record it again, no download
+            return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
+        if record.name != name and not _same_lineage(record.origin, origin):
+            # another model's file: a manifest must not take over a name it does not own
+            raise TeadistError(f"{target.name} in the cache holds {record.name} (from {record.source}); refusing "
+                               f"to replace it with {name} from {what}",
+                               hint=f"if you no longer need it: teadist rm {target.name}")
+        if present:
+            reporter.warn(f"replacing {target.name} in the cache ({record.name}, from {record.source}) "
+                          f"with the one from {what}")
+        return None
+    if os.path.lexists(target.record):
+        if present:
+            reporter.warn(f"replacing {target.name} in the cache (its record is damaged) with the one from {what}")
+        return None
+    if not present:
+        return None
+    if _holds(target, sha256, size):
+        return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
+    raise TeadistError(f"{target.final} is in the cache but was not installed by teadist, and it is not the "
+                       f"requested file from {what}; leaving it alone",
+                       hint="move it out of the cache (or delete it), then fetch again")
+
+
+def _same_lineage(old: Origin | None, new: Origin) -> bool:
+    """Two versions of one Hub file (same endpoint, repository and path): an update, not a takeover."""
+    keys = ("kind", "endpoint", "repo", "path")
+    return old is not None and new.get("kind") == "hf" and all(old.get(k) == new.get(k) for k in keys)
+
+
+def _holds(target: CacheTarget, sha256: str, size: int | None) -> bool:
+    """The file at ``target`` is a plain file with exactly these bytes (hashed now)."""
+    from teadist.base.hashing import hash_range
+
+    return (is_plain_file(target.final) and size in (None, target.final.stat().st_size)
+            and hash_range(target.final)[0] == sha256)
+
+
+def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
+    cache.touch(record)
+    return FetchResult(cache.path_for(record.filename), record.name, record.sha256, record.size, True, record.source)
+
+
+# -- fetch ----------------------------------------------------------------------------------------
 def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
           downloader: Downloader | None = None) -> FetchResult:
     downloader = downloader or Downloader(reporter)
     target = resolve_target(spec, downloader, options.offline)
     manifest = target.manifest
-    if options.keep_shards and manifest.format != "gguf":
-        raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
-    keep = options.keep_shards
-    dest = cache.path_for(manifest.chunks[0].name if keep else manifest.file.name)
-    cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
-    if cached is not None:
-        return cached
-    if options.offline:
-        raise OfflineError(f"offline: {manifest.reference} ({manifest.file.name}) is not in the cache {cache.root}",
-                           hint="fetch it once with the network, or copy it into the cache")
-    with target_lock(dest):
-        # another process may have finished it meanwhile
-        cached = _cached_shards(cache, manifest, dest) if keep else _cached(cache, manifest, dest)
-        if cached is not None:
-            return cached
+    if options.keep_shards:
+        if manifest.format != "gguf":
+            raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
+        return _fetch_kept_shards(target, cache, options, reporter, downloader)
+    dest = cache.target(manifest.file.name)
+    with dest.lock(on_wait=reporter.info):
+        if manifest.is_pinned:
+            assert manifest.file.sha256 is not None
+            hit = _hit(cache, dest, manifest.file.sha256, manifest.file.size)
+            if hit is not None:
+                return _present(cache, hit)
+        if options.offline:
+            record = cache.read_record(dest.name)
+            hub = [s for s in manifest.sources if isinstance(s, HfSource)]
+            if not manifest.is_pinned and record is not None and cache.is_current(record) \
+                    and any(_same_hub_file(record, s, options.endpoint) for s in hub):
+                return _present(cache, record)
+            raise OfflineError(f"offline: {manifest.reference} ({manifest.file.name}) is not in the cache "
+                               f"{cache.root}", hint="fetch it once with the network, or copy it into the cache")
         if manifest.format == "single":
             return _fetch_single(target, dest, cache, options, reporter, downloader)
         return _fetch_chunks(target, dest, cache, options, reporter, downloader)
 
 
-def _cached(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | None:
-    record = cache.read_record(dest.name)
-    if record is None or not dest.is_file():
-        return None
-    sha, size = manifest.file.sha256, manifest.file.size
-    if sha is not None and size is not None:
-        if not cache.is_current(record, sha, size):
-            return None
-    elif record.mtime_ns != dest.stat().st_mtime_ns or record.size != dest.stat().st_size:
-        return None  # unpinned: trust only a record that still describes the file on disk
-    cache.touch(record)
-    return FetchResult(dest, record.name, record.sha256, record.size, True, record.source)
-
-
-def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options: FetchOptions, reporter: Reporter,
                   downloader: Downloader) -> FetchResult:
     from teadist.sources import hub
 
@@ -243,19 +312,29 @@ def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchO
                 raise IntegrityError(f"the Hub's size for {source.path} ({remote.size}) differs from the "
                                      f"pinned {size}")
             sha, size, url = sha or remote.sha256, size or remote.size, remote.url
-            if remote.token_origin and options.token:
-                auth = Auth(origin(remote.token_origin), f"Bearer {options.token}")
+            if remote.token_origin is not None and options.token:
+                auth = Auth(remote.token_origin, f"Bearer {options.token}")
             if remote.commit:
                 label += f" (commit {remote.commit[:12]})"
+            origin = _hub_origin(source, options.endpoint, remote.commit)
         else:
             url = source.url
+            origin = {"kind": "url", "url": url}
         if sha is None:
             raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
                                  "refusing an unverifiable download")
+        hit = _hit(cache, dest, sha, size)
+        if hit is not None:
+            return _present(cache, hit)
+        adopted = _claim(cache, dest, sha, size, describe(source), manifest.reference, origin, reporter)
+        if adopted is not None:
+            return _present(cache, adopted)
         reporter.info(f"fetching {manifest.file.name} from {label}")
-        digest, got = downloader.fetch(url, dest, size, sha, auth=auth, label=manifest.file.name)
-        record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source))
-        return FetchResult(dest, record.name, digest, got, False, record.source)
+        dest.discard_stale(dest.files.partial(sha))
+        digest, got = downloader.fetch(url, dest.files, size, sha, auth=auth, label=manifest.file.name)
+        record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source), origin)
+        dest.clear_work()
+        return FetchResult(dest.final, record.name, digest, got, False, record.source)
 
     def failed(source: Source, exc: TeadistError) -> None:
         reporter.warn(f"source {describe(source)} failed: {exc.message}; trying the next source")
@@ -263,91 +342,110 @@ def _fetch_single(target: Target, dest: Path, cache: ModelCache, options: FetchO
     return first_success(sources, attempt, failed)
 
 
-def _chunk_urls(target: Target, name: str, listed: tuple[str, ...]) -> list[str]:
-    urls = list(listed)
+def _chunk_urls(target: Target, chunk: ChunkRecord, forced: str | None) -> list[str]:
+    urls = list(chunk.urls)
     if target.base_url:
-        urls.append(target.base_url + quote(name))
+        urls.append(target.base_url + quote(chunk.name))
+    if forced is not None and not forced.isdigit() and forced not in ("url", "mirror"):
+        urls = [u for u in urls if u.startswith(forced)] or urls
+    if not urls:
+        raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
     return urls
 
 
-def _fetch_chunks(target: Target, dest: Path, cache: ModelCache, options: FetchOptions, reporter: Reporter,
-                  downloader: Downloader) -> FetchResult:
-
-    manifest = target.manifest
-    assert manifest.file.sha256 is not None and manifest.file.size is not None
-    local = target.base_dir
-    shards = manifest.format == "gguf"
-    if not options.keep_shards and local is not None and all((local / c.name).is_file() for c in manifest.chunks):
-        return _install_from(manifest, local, dest, cache, reporter, target.origin)
-    staging = cache.meta / "staging" / manifest.file.sha256[:16]
-    staging.mkdir(parents=True, exist_ok=True)
-    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
+def _get_chunk(target: Target, chunk: ChunkRecord, dest_files: WorkFiles, options: FetchOptions,
+               reporter: Reporter, downloader: Downloader) -> bool:
+    """Put the verified ``chunk`` at ``dest_files.final`` (False: it was there already)."""
     from teadist.base.hashing import copy_verified, hash_range
 
-    def get(chunk_index: int) -> None:
-        chunk = manifest.chunks[chunk_index]
-        path = staging / chunk.name
-        if path.is_file() and path.stat().st_size == chunk.size and hash_range(path)[0] == chunk.sha256:
-            return  # verified by an earlier, interrupted run
-        if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
-            copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}")
-            return
-        urls = _chunk_urls(target, chunk.name, chunk.urls)
-        if options.source is not None and not options.source.isdigit() and options.source not in ("url", "mirror"):
-            urls = [u for u in urls if u.startswith(options.source)] or urls
-        if not urls:
-            raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
-        first_success(urls, lambda url: downloader.fetch(url, path, chunk.size, chunk.sha256, label=chunk.name),
-                      lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
+    path = dest_files.final
+    if is_plain_file(path) and path.stat().st_size == chunk.size and hash_range(path)[0] == chunk.sha256:
+        return False  # verified by an earlier, interrupted run
+    local = target.base_dir
+    if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
+        copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}",
+                      folder=dest_files.ensure_folder(), stem=dest_files.stem)
+        return True
+    first_success(_chunk_urls(target, chunk, options.source),
+                  lambda url: downloader.fetch(url, dest_files, chunk.size, chunk.sha256, label=chunk.name),
+                  lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
+    return True
 
+
+def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+                  downloader: Downloader) -> FetchResult:
+    """Chunks (or shards) into this target's own work folder, then the verified original (lock held)."""
+    manifest = target.manifest
+    sha, size = manifest.file.sha256, manifest.file.size
+    assert sha is not None and size is not None
+    origin: Origin = {"kind": "manifest", "reference": manifest.reference, "origin": target.origin}
+    adopted = _claim(cache, dest, sha, size, target.origin, manifest.reference, origin, reporter)
+    if adopted is not None:
+        return _present(cache, adopted)
+    dest.discard_stale(dest.files.partial(sha, kind="assemble"))
+    local = target.base_dir
+    if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
+        return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
+    dest.ensure_chunks(sha)
+    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        for future in [pool.submit(get, i) for i in range(len(manifest.chunks))]:
+        futures = [pool.submit(_get_chunk, target, chunk, dest.chunk_files(sha, chunk.name), options, reporter,
+                               downloader) for chunk in manifest.chunks]
+        for future in futures:
             future.result()
-    if shards and options.keep_shards:
-        result = _install_shards(manifest, staging, cache, reporter, target.origin)
-    else:
-        result = _install_from(manifest, staging, dest, cache, reporter, target.origin)
-    shutil.rmtree(staging, ignore_errors=True)
+    result = _install_from(manifest, dest.chunks(sha), dest, cache, reporter, target.origin, origin)
+    dest.clear_work()
     return result
 
 
-def _install_from(manifest: Manifest, folder: Path, dest: Path, cache: ModelCache, reporter: Reporter,
-                  origin: str) -> FetchResult:
+def _install_from(manifest: Manifest, folder: Path, dest: CacheTarget, cache: ModelCache, reporter: Reporter,
+                  source: str, origin: Origin) -> FetchResult:
     """Rebuild the original from verified pieces: byte chunks are concatenated, shards replayed."""
     if manifest.format == "gguf":
         from teadist.pipelines.gguf_rebuild import rebuild_original_locked
 
-        sha, size, _ = rebuild_original_locked(manifest, folder, dest, reporter, cache, origin)
-        return FetchResult(dest, manifest.reference, sha, size, False, origin)
+        sha, size, _ = rebuild_original_locked(manifest, folder, dest, reporter, cache, source, origin)
+        return FetchResult(dest.final, manifest.reference, sha, size, False, source)
     from teadist.pipelines.assemble import assemble_chunks_locked
 
-    result = assemble_chunks_locked(manifest, folder, dest, reporter, cache=cache, source=origin)
-    return FetchResult(dest, manifest.reference, result.sha256, result.size, False, origin)
+    result = assemble_chunks_locked(manifest, folder, dest, reporter, cache=cache, source=source, origin=origin)
+    return FetchResult(dest.final, manifest.reference, result.sha256, result.size, False, source)
 
 
-def _install_shards(manifest: Manifest, staging: Path, cache: ModelCache, reporter: Reporter,
-                    origin: str) -> FetchResult:
-    """Install the verified shards as they are (llama.cpp and wllama load them from shard 1)."""
-    from teadist.base.fsutil import commit_file
-
-    for chunk in manifest.chunks:
-        commit_file(staging / chunk.name, cache.path_for(chunk.name))
+def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions, reporter: Reporter,
+                       downloader: Downloader) -> FetchResult:
+    """Each shard is its own target: its own lock, partial and record; the first one lists the rest."""
+    manifest = target.manifest
     first = manifest.chunks[0]
-    record = cache.record_install(first.name, manifest.reference, first.sha256, first.size, origin,
-                                  shards=[c.name for c in manifest.chunks[1:]],
-                                  shard_sha256={c.name: c.sha256 for c in manifest.chunks[1:]})
-    reporter.info(f"installed {len(manifest.chunks)} shards of {manifest.file.name}; "
-                  f"llama.cpp and wllama load them from {first.name}")
-    return FetchResult(cache.path_for(first.name), record.name, first.sha256, first.size, False, origin)
+    others = [c.name for c in manifest.chunks[1:]]
+    origin: Origin = {"kind": "manifest", "reference": manifest.reference, "origin": target.origin}
 
+    def get(chunk: ChunkRecord) -> bool:
+        shard = cache.target(chunk.name)
+        with shard.lock(on_wait=reporter.info):
+            if _hit(cache, shard, chunk.sha256, chunk.size) is not None:
+                return False
+            if _claim(cache, shard, chunk.sha256, chunk.size, target.origin, manifest.reference, origin,
+                      reporter) is None:
+                shard.discard_stale(shard.files.partial(chunk.sha256))
+                _get_chunk(target, chunk, shard.files, options, reporter, downloader)
+            cache.record_install(chunk.name, manifest.reference, chunk.sha256, chunk.size, target.origin, origin,
+                                 group=first.name, shards=others if chunk is first else None)
+            shard.clear_work()
+            return True
 
-def _cached_shards(cache: ModelCache, manifest: Manifest, dest: Path) -> FetchResult | None:
-    record = cache.read_record(dest.name)
-    first = manifest.chunks[0]
-    if record is None or not cache.is_current(record, first.sha256, first.size):
-        return None
-    expected = {c.name: c.sha256 for c in manifest.chunks[1:]}
-    if record.shard_sha256 != expected or not all(cache.path_for(n).is_file() for n in expected):
-        return None
-    cache.touch(record)
-    return FetchResult(dest, record.name, record.sha256, record.size, True, record.source)
+    reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({options.jobs} at a time)")
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        fetched = list(pool.map(get, manifest.chunks))
+    head_target = cache.target(first.name)
+    with head_target.lock(on_wait=reporter.info):
+        head = _hit(cache, head_target, first.sha256, first.size)
+        if head is None:
+            raise TeadistError(f"{first.name} changed while its shards were being installed; run the fetch again")
+        head.group, head.shards = first.name, others
+        cache.touch(head)
+    if any(fetched):
+        reporter.info(f"installed {len(manifest.chunks)} shards of {manifest.file.name}; "
+                      f"llama.cpp and wllama load them from {first.name}")
+    return FetchResult(head_target.final, head.name, first.sha256, first.size, not any(fetched), head.source)
+

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from teadist.base.fsutil import ensure_free_space
 from teadist.base.progress import Reporter
+from teadist.cache.layout import Target
 from teadist.errors import IntegrityError, UsageError
 from teadist.formats.gguf_layout import pad_to
 
@@ -20,14 +22,20 @@ def is_shard_name(name: str) -> bool:
     return _SHARD_NAME.match(name) is not None
 
 
-def merge_foreign_shards(first: Path, dest: Path, reporter: Reporter) -> tuple[str, int]:
+def merge_foreign_shards(first: Path, target: Target, reporter: Reporter) -> tuple[str, int]:
     """Merge shards that came without a teadist manifest (``llama-gguf-split``, gguf-py) into one GGUF.
 
     Without a rebuild recipe the original's exact bytes are unknown: the result is a *merge* —
     the same metadata (minus ``split.*``) and the same tensors, in shard order — whose sha256
-    need not match any published one. Returns (sha256, size)."""
-    from teadist.base.fsutil import commit_file, remove_quietly, temp_path_for
-    from teadist.formats.gguf_info import field_value, open_reader
+    need not match any published one. Written under ``target``'s lock. Returns (sha256, size)."""
+    with target.lock(on_wait=reporter.info):
+        return _merge_locked(first, target, reporter)
+
+
+def _merge_locked(first: Path, target: Target, reporter: Reporter) -> tuple[str, int]:
+    from teadist.base.fsutil import commit_fd, remove_quietly
+    from teadist.formats.gguf_header import GGUFHeader, read_header
+    from teadist.formats.gguf_recipe import COPY_BLOCK
 
     match = _SHARD_NAME.match(first.name)
     if match is None or int(match.group("no")) != 1:
@@ -37,56 +45,71 @@ def merge_foreign_shards(first: Path, dest: Path, reporter: Reporter) -> tuple[s
     for path in paths:
         if not path.is_file():
             raise IntegrityError(f"shard {path.name} is missing")
-    readers = [open_reader(p) for p in paths]
-    for index, reader in enumerate(readers):
-        if field_value(reader, "split.no") != index or field_value(reader, "split.count") != count:
+    headers: list[GGUFHeader] = [read_header(p, tensors=True) for p in paths]  # llama.cpp's checks on each
+    for index, header in enumerate(headers):
+        if header.value("split.no") != index or header.value("split.count") != count:
             raise IntegrityError(f"{paths[index].name}: split.no/split.count do not say shard {index + 1} of {count}")
-    head = readers[0]
-    alignment = int(head.alignment)
-    kv = b""
-    n_kv = 0
-    for fld in head.fields.values():
-        if fld.name.startswith("GGUF.") or fld.name.startswith("split."):
-            continue
-        kv += bytes(head.data[fld.offset:fld.offset + sum(int(p.nbytes) for p in fld.parts)])
-        n_kv += 1
-    tensors: list[tuple[Any, Any]] = [(reader, t) for reader in readers for t in reader.tensors]
-    expected = field_value(head, "split.tensors.count")
-    if isinstance(expected, int) and expected != len(tensors):
+    head = headers[0]
+    alignment = head.alignment
+    kept = [kv for kv in head.kv.values() if not kv.key.startswith("split.")]
+    tensors = [(path, header, t) for path, header in zip(paths, headers, strict=True) for t in header.tensors]
+    expected = head.value("split.tensors.count")
+    if type(expected) is int and expected != len(tensors):
         raise IntegrityError(f"the shards hold {len(tensors)} tensors, split.tensors.count says {expected}")
-    infos = b""
+    if len({t.name for _, _, t in tensors}) != len(tensors):
+        raise IntegrityError("the shards hold a tensor name twice")
+    with open(first, "rb") as fh:
+        kv = b"".join(_span(fh, k.start, k.end) for k in kept)
+    infos: list[bytes] = []
     rel = 0
     offsets = []
-    for reader, t in tensors:
+    for path, _, t in tensors:
         rel += pad_to(rel, alignment)
         offsets.append(rel)
-        info_len = sum(int(p.nbytes) for p in t.field.parts) - 8
-        infos += bytes(reader.data[t.field.offset:t.field.offset + info_len]) + struct.pack("<Q", rel)
-        rel += int(t.n_bytes)
-    version = int(head.fields["GGUF.version"].parts[0][0])
-    header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), n_kv) + kv + infos
-    header += b"\0" * pad_to(len(header), alignment)
+        with open(path, "rb") as fh:
+            infos.append(_span(fh, t.info_start, t.offset_at) + struct.pack("<Q", rel))
+        rel += t.n_bytes
+    version = head.version
+    header_bytes = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kept)) + kv + b"".join(infos)
+    header_bytes += b"\0" * pad_to(len(header_bytes), alignment)
+    dest = target.final
     dest.parent.mkdir(parents=True, exist_ok=True)
-    ensure_free_space(dest.parent, len(header) + rel, dest.name)
-    tmp = temp_path_for(dest)
+    ensure_free_space(dest.parent, len(header_bytes) + rel, dest.name)
+    fd, tmp = target.files.new_temp()
     digest = hashlib.sha256()
     try:
-        with open(tmp, "wb") as out:
-            out.write(header)
-            digest.update(header)
-            pos = 0
-            for (reader, t), off in zip(tensors, offsets, strict=True):
-                gap = bytes(off - pos)
-                out.write(gap)
-                digest.update(gap)
-                data = bytes(reader.data[int(t.data_offset):int(t.data_offset) + int(t.n_bytes)])
+        with os.fdopen(fd, "wb") as out:
+            def emit(data: bytes) -> None:
                 out.write(data)
                 digest.update(data)
-                pos = off + int(t.n_bytes)
-        commit_file(tmp, dest)
+
+            emit(header_bytes)
+            pos = 0
+            for (path, header, t), off in zip(tensors, offsets, strict=True):
+                emit(bytes(off - pos))
+                with open(path, "rb") as fh:  # streamed in fixed blocks, never a whole tensor in memory
+                    fh.seek(header.data_offset + t.offset)
+                    left = t.n_bytes
+                    while left:
+                        block = fh.read(min(COPY_BLOCK, left))
+                        if not block:
+                            raise IntegrityError(f"{path.name} ended inside tensor {t.name!r}")
+                        emit(block)
+                        left -= len(block)
+                pos = off + t.n_bytes
+            out.flush()
+            commit_fd(out.fileno(), tmp, dest)
     except BaseException:
         remove_quietly(tmp)
         raise
     reporter.warn(f"merged {count} shards without a teadist manifest into {dest.name}: this is a merge "
                   "(same metadata and tensors), not a verified copy of any original file")
-    return digest.hexdigest(), len(header) + rel
+    return digest.hexdigest(), len(header_bytes) + rel
+
+
+def _span(fh: BinaryIO, start: int, end: int) -> bytes:
+    fh.seek(start)
+    data = fh.read(end - start)
+    if len(data) != end - start:
+        raise IntegrityError(f"{getattr(fh, 'name', 'a shard')} changed while it was being merged")
+    return data

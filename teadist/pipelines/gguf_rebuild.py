@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from teadist.base.fsutil import ensure_free_space
 from teadist.base.progress import Reporter
+from teadist.cache.layout import Target
+from teadist.cache.store import ModelCache
 from teadist.errors import IntegrityError
 from teadist.formats.gguf_recipe import COPY_BLOCK, check_recipe, replay
 from teadist.formats.manifest import ChunkRecord, Manifest
@@ -58,28 +61,31 @@ class _VerifiedShard:
 
 
 def rebuild_original(manifest: Manifest, shards_dir: Path, dest: Path, reporter: Reporter,
-                     cache: Any = None, source: str = "local") -> tuple[str, int, bool]:
+                     cache: ModelCache | None = None, source: str = "local") -> tuple[str, int, bool]:
     """Rebuild the byte-identical original from shards; verify every shard and the whole file.
 
     Returns (sha256, size, already_present)."""
-    from teadist.cache.store import target_lock
+    from teadist.pipelines.assemble import target_for
 
-    with target_lock(dest):
-        return rebuild_original_locked(manifest, shards_dir, dest, reporter, cache, source)
+    target = target_for(dest, cache)
+    with target.lock(on_wait=reporter.info):
+        return rebuild_original_locked(manifest, shards_dir, target, reporter, cache, source)
 
 
-def rebuild_original_locked(manifest: Manifest, shards_dir: Path, dest: Path, reporter: Reporter,
-                            cache: Any = None, source: str = "local") -> tuple[str, int, bool]:
-    """``rebuild_original`` for a caller that already holds ``target_lock(dest)``."""
-    from teadist.base.fsutil import commit_file, remove_quietly, temp_path_for
-    from teadist.pipelines.assemble import existing_is_verified
+def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target, reporter: Reporter,
+                            cache: ModelCache | None = None, source: str = "local",
+                            origin: dict[str, str | None] | None = None) -> tuple[str, int, bool]:
+    """``rebuild_original`` for a caller that already holds ``target``'s lock."""
+    from teadist.base.fsutil import commit_fd, remove_quietly
+    from teadist.pipelines.assemble import existing_is_verified, record_in_cache
 
     pieces = check_recipe(manifest)
     sha256, size = manifest.file.sha256, manifest.file.size
     assert sha256 is not None and size is not None
+    dest = target.final
     if existing_is_verified(dest, sha256, size, cache, reporter):
         if cache is not None and cache.contains(dest):
-            cache.record_install(dest.name, manifest.reference, sha256, size, source)
+            record_in_cache(cache, dest, manifest, source, origin)
         return sha256, size, True
     for chunk in manifest.chunks:
         path = shards_dir / chunk.name
@@ -91,10 +97,10 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, dest: Path, re
     ensure_free_space(dest.parent, size, dest.name)
     readers = [_VerifiedShard(shards_dir / c.name, c) for c in manifest.chunks]
     whole = hashlib.sha256()
-    tmp = temp_path_for(dest)
+    fd, tmp = target.files.new_temp()
     task = reporter.task(f"rebuild {dest.name}", size)
     try:
-        with open(tmp, "wb") as out:
+        with os.fdopen(fd, "wb") as out:
             def write(data: bytes) -> None:
                 out.write(data)
                 whole.update(data)
@@ -107,9 +113,10 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, dest: Path, re
                     replay([piece], lambda i: readers[i].fh, [write])
             for reader in readers:
                 reader.finish()
-        if whole.hexdigest() != sha256:
-            raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
-        commit_file(tmp, dest)
+            out.flush()
+            if whole.hexdigest() != sha256:
+                raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
+            commit_fd(out.fileno(), tmp, dest)
     except BaseException:
         remove_quietly(tmp)
         raise
@@ -118,6 +125,6 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, dest: Path, re
         for reader in readers:
             reader.close()
     if cache is not None and cache.contains(dest):
-        cache.record_install(dest.name, manifest.reference, sha256, size, source)
+        record_in_cache(cache, dest, manifest, source, origin)
     return sha256, size, False
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from teadist.base.fsutil import atomic_write, ensure_free_space, require_plain_filename
+from teadist.base.fsutil import atomic_write, ensure_free_space
 from teadist.base.progress import Reporter
 from teadist.errors import TeadistError, UsageError
 from teadist.formats.gguf_layout import (
@@ -48,10 +48,21 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
 
     if shard_size <= 0 or shard_size >= SHARD_LIMIT:
         raise UsageError(f"shard size {shard_size} must be positive and below 2 GiB")
-    file_name = require_plain_filename(src.name, "input file name")
+    from teadist.pipelines.split import usable_input_name
+
+    file_name = usable_input_name(src)
     if not file_name.endswith(".gguf"):
         raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
+    from teadist.formats.gguf_header import read_header
+
+    header = read_header(src)  # bounded: no per-tensor objects yet
+    if header.info_end - header.kv_end > MAX_LITERAL_BYTES:  # the tensor-info table goes into the recipe
+        raise UsageError(f"{file_name}: its tensor-info table ({header.info_end - header.kv_end} bytes) would have "
+                         f"to be stored in the manifest (at most {MAX_LITERAL_BYTES})")
     layout = read_layout(src)
+    if layout.split_keys:
+        raise UsageError(f"{file_name} is already a shard ({', '.join(layout.split_keys)}); splitting it again would "
+                         "write those keys twice", hint="assemble the shards first, then split the whole model")
     from concurrent.futures import ThreadPoolExecutor
 
     hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
@@ -62,6 +73,7 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     shards = plan_shards(layout, len(kv_block), shard_size)
     build_headers(layout, kv_block, shards)
     names = shard_names(file_name.removesuffix(".gguf"), len(shards))
+    usable_input_name(src, longest=names[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / manifest_filename(file_name)
     manifest_path.unlink(missing_ok=True)

@@ -17,12 +17,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from teadist.base.fsutil import (
+    MAX_MODEL_NAME_BYTES,
     WriteSink,
     atomic_write,
     ensure_free_space,
     is_disk_full,
+    plain_filename_problem,
     remove_quietly,
-    require_plain_filename,
 )
 from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range
 from teadist.base.progress import Reporter
@@ -65,16 +66,28 @@ def default_model_name(file_name: str) -> str:
 
 
 def describe_model(path: Path, reporter: Reporter) -> dict[str, object] | None:
-    """The manifest's ``model`` object when ``path`` is a GGUF; None (with a warning) otherwise."""
-    from teadist.formats.gguf_info import InvalidGGUFError, looks_like_gguf, read_info
+    """The manifest's ``model`` object when ``path`` is a GGUF, None for other files. A file that
+    says it is a GGUF but that llama.cpp would refuse is refused here (InvalidGGUFError, exit 3):
+    it must not be published or sharded as if it were a model."""
+    from teadist.formats.gguf_info import looks_like_gguf, read_info
 
     if not looks_like_gguf(path):
         return None
-    try:
-        return read_info(path).manifest_model()
-    except InvalidGGUFError as exc:
-        reporter.warn(f"{exc.message}; splitting it as plain bytes")
-        return None
+    return read_info(path).manifest_model()
+
+
+def usable_input_name(src: Path, longest: str | None = None) -> str:
+    """The input's file name, if a manifest can carry it (and ``longest``, the longest name derived
+    from it): a usage error otherwise, before anything is written."""
+    for name in (src.name, longest or src.name):
+        problem = plain_filename_problem(name)
+        if problem is None and name.startswith("."):
+            problem = "starts with '.'"
+        if problem is None and len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+            problem = f"is longer than {MAX_MODEL_NAME_BYTES} bytes"
+        if problem is not None:
+            raise UsageError(f"input file name {name[:80]!r} {problem}", hint="rename the file first")
+    return src.name
 
 
 def _remove_stale_temps(out_dir: Path, names: list[str]) -> None:
@@ -98,13 +111,15 @@ def split_file(
     check_chunk_size(chunk_size)
     if not src.is_file():
         raise NotFoundError(f"input file not found: {src}")
-    file_name = require_plain_filename(src.name, "input file name")
+    file_name = usable_input_name(src)
     size = src.stat().st_size
     count = max(1, -(-size // chunk_size))
     if count > MAX_CHUNKS:
         raise UsageError(f"a chunk size of {chunk_size} bytes would make {count} chunks (at most {MAX_CHUNKS})",
                          hint="choose a larger --chunk-size")
     names = chunk_names(file_name, count)
+    usable_input_name(src, longest=names[-1])
+    model = describe_model(src, reporter)  # before anything is written: a broken GGUF is refused
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / manifest_filename(file_name)
     if manifest_path.resolve() == src.resolve() or any((out_dir / n).resolve() == src.resolve() for n in names):
@@ -113,7 +128,6 @@ def split_file(
     remove_quietly(manifest_path)
     _remove_stale_temps(out_dir, names)
 
-    model = describe_model(src, reporter)
     whole = hashlib.sha256()
     chunks: list[ChunkRecord] = []
     written = reused = 0

@@ -7,20 +7,22 @@ over it is needed.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from teadist.base.fsutil import is_plain_file
 from teadist.base.hashing import hash_range
 from teadist.base.progress import Reporter
-from teadist.cache.store import CacheRecord, ModelCache
+from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
 from teadist.errors import NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
 VERIFY_WORKERS = 2
-OK, MISSING, MISMATCH = "OK", "MISSING", "MISMATCH"
+OK, MISSING, MISMATCH, DAMAGED = "OK", "MISSING", "MISMATCH", "DAMAGED"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class _Job:
     offset: int
     length: int | None
     sha256: str
+    whole: bool = True  # the job covers the whole file: its size must still be ``length`` afterwards
 
 
 def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow]:
@@ -67,6 +70,8 @@ def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow
             return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
         if digest != job.sha256:
             return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
+        if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
+            return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
         return CheckRow(job.name, OK)
 
     try:
@@ -104,48 +109,66 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
         rows.append(CheckRow(path.name, MISMATCH, f"size {actual}, expected {size}"))
     if manifest.format == "bytes":
         # Each chunk is a byte range of the original: equal ranges prove an equal file.
-        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256) for c in manifest.chunks]
+        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False) for c in manifest.chunks]
         rows += _run_jobs(jobs, reporter, f"verify {path.name}")
     elif actual == size:
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256)], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)
 
 
-def _record_checks(cache: ModelCache, record: CacheRecord) -> tuple[list[_Job], list[CheckRow]]:
-    """Everything a cache record vouches for — the model file and any kept shards — as hash jobs,
-    plus MISSING rows for what is gone."""
-    jobs, missing = [], []
-    for name, sha, size in [(record.filename, record.sha256, record.size),
-                            *((n, s, None) for n, s in record.shard_sha256.items())]:
-        if cache.path_for(name).is_file():
-            jobs.append(_Job(name, cache.path_for(name), 0, size, sha))
+def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], list[CheckRow]]:
+    """Everything a cached model's records vouch for — its file, or each kept shard — as hash jobs of
+    exactly the recorded size, plus rows for what is already known bad (missing, other size)."""
+    jobs, rows = [], []
+    for member in model.members:
+        path = cache.path_for(member.filename)
+        if member.sha256 is None:
+            rows.append(CheckRow(member.filename, MISSING, "its record is gone"))
+        elif not is_plain_file(path):
+            rows.append(CheckRow(member.filename, MISSING, "" if not os.path.lexists(path) else "not a regular file"))
+        elif member.size is not None and (actual := path.stat().st_size) != member.size:
+            rows.append(CheckRow(member.filename, MISMATCH, f"size {actual}, expected {member.size}"))
         else:
-            missing.append(CheckRow(name, MISSING))
-    return jobs, missing
+            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256))
+    return jobs, rows
+
+
+def _damaged_row(damaged: DamagedRecord) -> CheckRow:
+    return CheckRow(damaged.path.name, DAMAGED, f"record: {damaged.problem}")
 
 
 def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyReport:
-    record = cache.find(name)
-    if record is None:
+    model = cache.find(name)
+    if model is None:
+        damaged = cache.find_damaged(name)
+        if damaged is not None:
+            return VerifyReport(str(damaged.path), [_damaged_row(damaged)])
         raise NotFoundError(f"no cached model or cache record named {name!r}",
                             hint="pass a manifest with --manifest, or see `teadist list`")
-    jobs, rows = _record_checks(cache, record)
-    rows += _run_jobs(jobs, reporter, f"verify {record.filename}")
-    report = VerifyReport(str(cache.path_for(record.filename)), rows)
+    jobs, rows = _model_checks(cache, model)
+    rows += _run_jobs(jobs, reporter, f"verify {model.head.filename}")
+    report = VerifyReport(str(cache.path_for(model.head.filename)), rows)
     if report.ok:
-        cache.mark_verified(record)
+        _mark(cache, model)
     return report
 
 
 def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
-    """Every record, shards included, hashed in one parallel batch."""
-    records = cache.records()
-    checks = [_record_checks(cache, r) for r in records]
+    """Every record, shards included, hashed in one parallel batch; damaged records reported."""
+    scan = cache.scan()
+    checks = [_model_checks(cache, m) for m in scan.models]
     results = iter(_run_jobs([job for jobs, _ in checks for job in jobs], reporter, "verify cache"))
     rows: list[CheckRow] = []
-    for record, (jobs, missing) in zip(records, checks, strict=True):
-        own = missing + [next(results) for _ in jobs]
+    for model, (jobs, known) in zip(scan.models, checks, strict=True):
+        own = known + [next(results) for _ in jobs]
         if all(row.status == OK for row in own):
-            cache.mark_verified(record)
+            _mark(cache, model)
         rows += own
+    rows += [_damaged_row(d) for d in scan.damaged]
     return VerifyReport(str(cache.root), rows)
+
+
+def _mark(cache: ModelCache, model: CachedModel) -> None:
+    for member in model.members:
+        if member.record is not None:
+            cache.mark_verified(member.record)

@@ -1,11 +1,11 @@
-"""teadist's downloader: resumable, verified, bounded retries, auth only where it belongs.
+"""teadist's downloader: resumable, verified, bounded retries, credentials only where they belong.
 
-A download grows in a stable partial file beside its destination (``.<name>.<key>.part``) with a
-small sidecar recording the validator (ETag) it started from. A re-run resumes with ``Range``
-after re-hashing the partial prefix locally; ``Content-Range`` is checked; a server that answers
-200 to a range, a 416, or a changed ETag restarts cleanly. SHA-256 is computed while writing
-(the network read, the hash and the write overlap in a pipeline). Only a file whose size and
-hash match is renamed into place.
+A download grows in a partial file with a sidecar (``partial``) named by the destination's work
+files (``base.workfiles``; in the cache, its target's work folder). A re-run resumes only what the
+sidecar proves: a stream partial with ``Range`` after re-hashing its prefix locally, a segmented one
+range by range. ``Content-Range`` is checked; a server that answers 200 to a range keeps the proven
+prefix and goes on in one stream; a changed ETag or a 416 restarts from zero. SHA-256 is computed
+while writing. Only a file whose size and hash match is renamed into place.
 """
 
 from __future__ import annotations
@@ -20,30 +20,34 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from teadist.base.fsutil import WriteSink, commit_file, ensure_free_space, is_disk_full, remove_quietly
+from teadist.base.fsutil import PwriteSink, ensure_free_space, is_disk_full
 from teadist.base.hashing import PipelinedCopier, TruncatedInput
 from teadist.base.progress import Reporter
+from teadist.base.workfiles import WorkFiles
 from teadist.errors import IntegrityError, SourceError
 from teadist.sources.http import (
     MAX_REDIRECTS,
     NET_BUFFER,
     Auth,
     ReadFailed,
+    RefusedURL,
     Restart,
     Retry,
     RetryPolicy,
     StreamReader,
     check_status,
+    checked_url,
     host_of,
     new_session,
+    origin,
     parse_content_range,
     short_reason,
 )
-from teadist.sources.partial import bytes_done, partial_path_for, raise_if_disk_full, read_sidecar, write_sidecar
-from teadist.sources.segmented import SegmentedFetch
+from teadist.sources.partial import SEGMENTS, STREAM, Partial, bytes_done, raise_if_disk_full
+from teadist.sources.segmented import SegmentedFetch, StreamFallback
 
 SEGMENTED_MIN_SIZE = 256 * 1024 * 1024  # single files this large are fetched as parallel ranges
-
+MAX_RESTARTS = 2
 
 
 class Downloader:
@@ -69,25 +73,31 @@ class Downloader:
         base = self.policy.backoff * float(2**attempt)
         return min(self.policy.max_delay, base * (0.5 + random.random()))
 
-    def fetch(self, url: str, dest: Path, size: int | None, sha256: str | None, *,
+    def fetch(self, url: str, dest: Path | WorkFiles, size: int | None, sha256: str | None, *,
               auth: Auth | None = None, label: str | None = None) -> tuple[str, int]:
-        """Download ``url`` to ``dest``; verify ``size``/``sha256`` when given. Returns (sha256, size)."""
-        label = label or dest.name
+        """Download ``url`` to ``dest`` (a path, or a target's work files); verify ``size``/``sha256``
+        when given. Returns (sha256, size)."""
+        files = dest if isinstance(dest, WorkFiles) else WorkFiles.beside(dest)
+        label = label or files.final.name
+        checked_url(url)
         key = sha256 or hashlib.sha256(url.encode()).hexdigest()
-        partial = partial_path_for(dest, key)
-        sidecar = partial.with_name(partial.name + ".json")
+        path = files.partial(key)
+        sidecar = files.sidecar(path)
+        files.ensure_folder()
         if size is not None:
-            ensure_free_space(dest.parent, max(0, size - bytes_done(partial, sidecar)), label)
+            ensure_free_space(files.folder, max(0, size - bytes_done(path, sidecar)), label)
         for attempt in (1, 2):  # a hash mismatch gets one fresh download before it counts
+            partial = Partial.open(path, sidecar, key, size)
             task = self.reporter.task(label, size)
             try:
-                result = None
-                if self._use_segments(partial, sidecar, size):
-                    assert size is not None
-                    result = SegmentedFetch(self, url, partial, sidecar, size, auth, label, task.advance).run()
-                if result is None:
-                    result = self._fetch_with_retries(url, partial, sidecar, size, auth, label, task.advance)
-                digest, total = result
+                digest, total = self._download(url, partial, auth, label, task.advance)
+            except OSError as exc:
+                raise_if_disk_full(exc, partial, label)
+                partial.close()
+                raise
+            except BaseException:
+                partial.close()
+                raise
             finally:
                 task.close()
             problem = None
@@ -98,23 +108,43 @@ class Downloader:
                                          f"(got {digest[:16]}…, expected {sha256[:16]}…)",
                                          hint="the source is corrupt or was changed; try another --source")
             if problem is None:
-                break
-            remove_quietly(partial)
-            remove_quietly(sidecar)
+                partial.commit(files.final)
+                return digest, total
+            partial.discard()
             if attempt == 2:
                 raise problem
             self.reporter.warn(f"{problem.message}; downloading it again")
-        commit_file(partial, dest)
-        remove_quietly(sidecar)
-        return digest, total
+        raise AssertionError("unreachable")
 
-    # -- internals -------------------------------------------------------------------------
-    def _use_segments(self, partial: Path, sidecar: Path, size: int | None) -> bool:
-        if size is None or size < self.segment_min or self.jobs < 2:
-            return False
-        if partial.exists():  # resume in the mode the partial was started in
-            return "segments" in read_sidecar(sidecar)
-        return True
+    # -- modes ------------------------------------------------------------------------------
+    def _download(self, url: str, partial: Partial, auth: Auth | None, label: str,
+                  advance: Callable[[int], None]) -> tuple[str, int]:
+        """Fill ``partial`` in the mode its sidecar proves (whatever ``jobs`` is now), or a fresh one."""
+        restarts = 0
+        while True:
+            segmented = partial.mode == SEGMENTS or (
+                partial.mode is None and partial.size is not None and partial.size >= self.segment_min
+                and self.jobs >= 2)
+            try:
+                if segmented:
+                    result = SegmentedFetch(self, url, partial, auth, label, advance).run()
+                    if result is not None:
+                        return result
+                    self.reporter.info(f"{host_of(url)} does not serve byte ranges; downloading in one stream")
+                    partial.reset()
+                    partial.start(STREAM, None)
+                return self._stream(url, partial, auth, label, advance)
+            except StreamFallback as fallback:
+                self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} proven bytes "
+                                   "and going on in one stream")
+                partial.keep_prefix(fallback.prefix, partial.etag)
+            except Restart as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceError(f"{label}: {exc}; giving up after restarting {MAX_RESTARTS} times",
+                                      hint="run the command again later, or try another --source") from None
+                self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
+                partial.reset()
 
     def retrying(self, label: str, attempt: Callable[[], Any]) -> Any:
         """Call ``attempt`` until it returns, sleeping with backoff after each Retry (bounded)."""
@@ -132,72 +162,85 @@ class Downloader:
                                    f"(attempt {failures + 1} of {self.policy.attempts})")
                 self._sleep(delay)
 
-    def _fetch_with_retries(self, url: str, partial: Path, sidecar: Path, size: int | None,
-                            auth: Auth | None, label: str, advance: Callable[[int], None]) -> tuple[str, int]:
+    def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
+                advance: Callable[[int], None]) -> tuple[str, int]:
+        """One stream from where the proven prefix ends; a 200 to the resume starts from zero."""
         hasher = hashlib.sha256()
-        have = self._resume_state(partial, sidecar, hasher)
+        have = partial.length if partial.mode == STREAM else 0
+        if partial.mode != STREAM:
+            partial.reset()
         if have:
             self.reporter.info(f"{label}: resuming after {have} bytes")
+            with PipelinedCopier(n_sinks=1, depth=2) as copier:
+                copier.copy_file_range(partial.fd, 0, have, [hasher.update])
             advance(have)
-        restarts = 0
         while True:
             try:
                 result: tuple[str, int] = self.retrying(
-                    label, functools.partial(self._attempt, url, partial, sidecar, size, auth, hasher, advance))
+                    label, functools.partial(self._attempt, url, partial, auth, hasher, advance))
                 return result
             except Restart as exc:
-                restarts += 1
-                if restarts > 2:
-                    raise SourceError(f"{label}: {exc}; giving up after restarting twice") from None
                 self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
-                remove_quietly(partial)
-                remove_quietly(sidecar)
+                partial.reset()
                 hasher = hashlib.sha256()
-            except OSError as exc:
-                raise_if_disk_full(exc, partial, sidecar, label, size)
-                raise
 
-    def _resume_state(self, partial: Path, sidecar: Path, hasher: Any) -> int:
-        if not partial.exists():
-            remove_quietly(sidecar)
-            return 0
-        have = partial.stat().st_size
-        with open(partial, "rb", buffering=0) as fh, PipelinedCopier(n_sinks=1, depth=2) as copier:
-            copier.copy_file_range(fh.fileno(), 0, have, [hasher.update])
-        return have
-
-    def _open(self, url: str, headers: dict[str, str], auth: Auth | None) -> Any:
-        """GET with manual redirects, so credentials are recomputed for every host."""
+    def open_url(self, url: str, headers: dict[str, str], auth: Auth | None) -> Any:
+        """GET with manual redirects: each hop is checked (http(s) only, no userinfo or backslash in
+        the host) and the credential is decided on the URL as requests sends it, per hop — never
+        again once the chain has left the credential's origin."""
         import requests
 
+        left_origin = False
         for _ in range(MAX_REDIRECTS):
-            request_headers = {**headers, **(auth.headers_for(url) if auth else {})}
+            request = self.session.prepare_request(requests.Request("GET", checked_url(url), headers=headers))
+            if auth is not None and auth.allows(str(request.url), left_origin):
+                request.headers["Authorization"] = auth.authorization
             try:
-                resp = self.session.get(url, headers=request_headers, stream=True, allow_redirects=False,
-                                        timeout=(self.policy.connect_timeout, self.policy.stall_timeout))
+                resp = self.session.send(request, stream=True, allow_redirects=False,
+                                         timeout=(self.policy.connect_timeout, self.policy.stall_timeout))
             except requests.exceptions.Timeout:
                 raise Retry(f"no answer from {host_of(url)} within {self.policy.stall_timeout:g}s") from None
             except requests.exceptions.ConnectionError as exc:
                 raise Retry(f"cannot connect to {host_of(url)} ({short_reason(exc)})") from None
+            except requests.exceptions.RequestException as exc:
+                raise SourceError(f"request to {host_of(url)} failed ({short_reason(exc)})") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.close()
                 url = urljoin(url, resp.headers["Location"])
+                try:
+                    if auth is not None and origin(url) != auth.origin:
+                        left_origin = True
+                except RefusedURL as exc:
+                    raise RefusedURL(f"{host_of(request.url)} redirected elsewhere: {exc.message}") from None
                 continue
             return resp
         raise SourceError(f"too many redirects from {host_of(url)}")
 
-    def _attempt(self, url: str, partial: Path, sidecar: Path, size: int | None, auth: Auth | None,
-                 hasher: Any, advance: Callable[[int], None]) -> tuple[str, int]:
+    def get_small(self, url: str, limit: int) -> bytes | None:
+        """A small document (a manifest) without credentials; None on 404. At most ``limit`` + 1 bytes."""
+        resp = self.retrying(url, functools.partial(self.open_url, url, {}, None))
+        with resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise SourceError(f"{host_of(url)} answered HTTP {resp.status_code} for the manifest")
+            try:
+                return bytes(resp.raw.read(limit + 1))
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"reading the manifest from {host_of(url)} failed ({short_reason(exc)})") from None
+
+    def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any,
+                 advance: Callable[[int], None]) -> tuple[str, int]:
         import requests
 
-        have = partial.stat().st_size if partial.exists() else 0
+        size = partial.size
+        have = partial.length
         if size is not None and have > size:
             raise Restart(f"partial file is larger than the expected {size} bytes")
-        saved = read_sidecar(sidecar)
-        headers = {"Range": f"bytes={have}-"} if have else {}
         if have and size is not None and have == size:
             return hasher.hexdigest(), have
-        resp = self._open(url, headers, auth)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        resp = self.open_url(url, headers, auth)
         with resp:
             status = resp.status_code
             if status == 416:
@@ -210,7 +253,7 @@ class Downloader:
                 start, total = parse_content_range(resp.headers.get("Content-Range"))
                 if start != have or (size is not None and total not in (None, size)):
                     raise Restart(f"the server sent range {start}- of {total}, not {have}- of {size}")
-                if saved.get("etag") and etag and saved["etag"] != etag:
+                if partial.etag and etag and partial.etag != etag:
                     raise Restart("the file changed on the server since the partial download (ETag)")
             elif have:
                 # 200 to a range: the body starts at byte 0. The caller owns the hasher and the
@@ -218,14 +261,16 @@ class Downloader:
                 raise Restart(f"{host_of(url)} ignored the resume range")
             elif size is not None and declared is not None and declared != size:
                 raise Retry(f"{host_of(url)} announced {declared} bytes, expected {size}")
-            write_sidecar(sidecar, {"url_host": host_of(url), "etag": etag or saved.get("etag")})
+            if partial.mode != STREAM or (etag and partial.etag != etag):
+                partial.start(STREAM, etag or partial.etag)
             remaining = size - have if size is not None else declared
             raw = resp.raw
             raw.decode_content = False
-            with open(partial, "ab") as out, PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
+            sink = PwriteSink(partial.fd, have)
+            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
-                                [hasher.update, WriteSink(out)], advance)
+                                [hasher.update, sink], advance)
                 except TruncatedInput as exc:
                     if remaining is not None:
                         raise Retry(f"connection to {host_of(url)} ended after {exc.copied} of "
@@ -234,5 +279,4 @@ class Downloader:
                     if isinstance(exc, OSError) and is_disk_full(exc):
                         raise
                     raise Retry(f"transfer from {host_of(url)} failed ({short_reason(exc)})") from None
-            total = partial.stat().st_size
-            return hasher.hexdigest(), total
+            return hasher.hexdigest(), partial.length

@@ -1,5 +1,6 @@
-"""HTTP transport for downloads: one session per thread, the origin a credential belongs to,
-status codes turned into retry / restart / typed errors, and a reader that keeps what arrived."""
+"""HTTP transport for downloads: one session per thread, credentials bound to one origin and
+decided on the request as it is sent, status codes turned into retry / restart / typed errors,
+and a reader that keeps what arrived."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from teadist.base.urls import Origin, host_label, is_loopback_host, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
 
 NET_BUFFER = 1024 * 1024
@@ -25,22 +27,67 @@ class RetryPolicy:
     connect_timeout: float = 10.0
 
 
-def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port): credentials belong to exactly one origin."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+class RefusedURL(SourceError):
+    """A URL teadist will not send a request to (another scheme, userinfo, a backslash in the host)."""
+
+
+def checked_url(url: str, what: str = "URL") -> str:
+    """``url`` if teadist may send a request to it; RefusedURL (a source failure) otherwise."""
+    problem = url_problem(url)
+    if problem is not None:
+        shown = url if len(url) <= 80 else url[:77] + "..."
+        raise RefusedURL(f"refusing {what} {shown!r}: it {problem}")
+    return url
+
+
+def sent_url(url: str) -> str:
+    """The URL exactly as requests will send it (its own parsing and re-encoding)."""
+    import requests
+
+    return str(requests.Request("GET", url).prepare().url)
+
+
+def origin(url: str) -> Origin:
+    """The origin a request to ``url`` goes to, read from the URL as requests sends it.
+
+    Raises RefusedURL for a URL teadist does not send at all."""
+    prepared = sent_url(checked_url(url))
+    found = origin_of(prepared)
+    if found != origin_of(url):  # both readings must agree, or nobody gets a credential
+        raise RefusedURL(f"refusing URL {url[:80]!r}: it is read as two different hosts")
+    return found
 
 
 @dataclass(frozen=True)
 class Auth:
-    """A header value that may be sent to exactly one origin (never to a mirror or a redirect elsewhere)."""
+    """A credential (an ``Authorization`` value) bound to one origin.
 
-    origin: tuple[str, str, int]
+    It is attached only to a request whose URL, as sent, has exactly that origin; only over https
+    (or to a loopback host); never once a redirect chain has left the origin. Use ``headers_for``
+    on every request and every redirect hop: GITHUB_TOKEN and HF_TOKEN go through the same rule.
+    """
+
+    origin: Origin
     authorization: str
 
-    def headers_for(self, url: str) -> dict[str, str]:
-        return {"Authorization": self.authorization} if origin(url) == self.origin else {}
+    def __post_init__(self) -> None:
+        if not isinstance(self.origin, Origin):  # a (scheme, host, port) tuple
+            object.__setattr__(self, "origin", Origin(*self.origin))
+
+    def allows(self, url: str, left_origin: bool = False) -> bool:
+        bound = self.origin
+        if left_origin or (bound.scheme != "https" and not is_loopback_host(bound.host)):
+            return False
+        try:
+            return origin(url) == bound
+        except RefusedURL:
+            return False
+
+    def headers_for(self, url: str, left_origin: bool = False) -> dict[str, str]:
+        return {"Authorization": self.authorization} if self.allows(url, left_origin) else {}
+
+    def __repr__(self) -> str:  # never show the secret, even in a debugger or a traceback's locals
+        return f"Auth(origin={self.origin!r}, authorization='***')"
 
 
 class Retry(Exception):
@@ -135,8 +182,7 @@ def retry_after(value: str | None) -> float | None:
 
 
 def host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    return host_label(url)
 
 
 def short_reason(exc: BaseException) -> str:

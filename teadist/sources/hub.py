@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from teadist.base.urls import Origin, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
 from teadist.formats.manifest import HfSource
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+OFFICIAL_ORIGIN = Origin("https", "huggingface.co", 443)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -26,17 +27,23 @@ class RemoteFile:
     size: int | None
     sha256: str | None
     commit: str | None
-    token_origin: str | None  # the endpoint URL whose origin may receive the token
+    token_origin: Origin | None  # the origin that may receive the token (the configured endpoint's)
+    endpoint: str = DEFAULT_ENDPOINT
 
 
 def is_official_endpoint(endpoint: str) -> bool:
-    host = urlsplit(endpoint).hostname or ""
-    return host == "huggingface.co" or host.endswith(".huggingface.co")
+    """Exactly https://huggingface.co (any path), read the way every HTTP client reads it."""
+    return url_problem(endpoint) is None and origin_of(endpoint) == OFFICIAL_ORIGIN
 
 
 def token_for(endpoint: str, token: str | None) -> str | None:
-    """Tokens go to huggingface.co only: never to a mirror endpoint (FACTS.md)."""
+    """Tokens go to the official Hub only, over https: never to a mirror endpoint (FACTS.md), never
+    to a URL two parsers read differently."""
     return token if token and is_official_endpoint(endpoint) else None
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    return url_problem(a) is None and url_problem(b) is None and origin_of(a) == origin_of(b)
 
 
 def saved_token() -> str | None:
@@ -61,8 +68,13 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
 
     # Its retry warnings print URLs on stderr; our own errors say what failed.
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    endpoint = (source.endpoint or endpoint).rstrip("/")
-    send_token = token_for(endpoint, token)
+    configured = endpoint.rstrip("/")
+    endpoint = (source.endpoint or configured).rstrip("/")
+    problem = url_problem(endpoint)
+    if problem is not None:
+        raise SourceError(f"refusing Hub endpoint {endpoint[:80]!r}: it {problem}")
+    # The token belongs to the configured endpoint: a manifest naming another one never gets it.
+    send_token = token_for(endpoint, token) if same_endpoint(endpoint, configured) else None
     revision = source.revision or "main"
     where = f"{source.repo}/{source.path}@{revision}"
     try:
@@ -94,7 +106,20 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
-    except Exception as exc:  # httpx2 connection errors and timeouts
+    except _transport_errors() as exc:  # connection errors and timeouts of its HTTP client
         raise SourceError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__})",
                           hint="check the network, or use --offline for cached models") from None
-    return RemoteFile(pinned, size, sha256, commit, endpoint if send_token else None)
+    return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client errors huggingface_hub lets through: httpx (1.x) or httpx2 (2.x), and OSError."""
+    import importlib
+
+    found: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)

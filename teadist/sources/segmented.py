@@ -6,10 +6,8 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from teadist.base.fsutil import remove_quietly
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -22,7 +20,7 @@ from teadist.sources.http import (
     host_of,
     parse_content_range,
 )
-from teadist.sources.partial import raise_if_disk_full, read_sidecar, write_sidecar
+from teadist.sources.partial import SEGMENTS, Partial
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -31,53 +29,54 @@ HASH_STEP = 8 * 1024 * 1024
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 
 
+class StreamFallback(Exception):
+    """A range was answered with the whole file (200) or the wrong range: ranges can't be trusted
+    from this server any more. Bytes up to ``prefix`` are proven; the rest goes in one stream."""
+
+    def __init__(self, reason: str, prefix: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.prefix = prefix
+
+
 class SegmentedFetch:
     """One large file as parallel byte ranges written in place, hashed in order as they land.
 
-    The partial is created at full size; each range's progress is saved in the sidecar every
-    few MiB (after its bytes are written), so a killed run resumes each range where it was.
-    A hasher thread follows the contiguous downloaded prefix, reading it back from the page
-    cache: the SHA-256 is done when the last byte lands, with no pass after the download.
-    Returns None when the server does not do ranges (the caller then streams it whole).
+    The partial is created at full size; each range's progress is saved in the sidecar every few
+    MiB (after its bytes are written), so a killed run resumes each range where it was — with
+    any number of workers. A hasher follows the contiguous downloaded prefix, reading it back
+    through the same descriptor: the SHA-256 is done when the last byte lands. ``run`` returns
+    None when the server does not do ranges (the caller then streams it whole).
     """
 
-    def __init__(self, owner: Downloader, url: str, partial: Path, sidecar: Path, size: int,
-                 auth: Auth | None, label: str, advance: Callable[[int], None]) -> None:
-        self.owner, self.url, self.partial, self.sidecar = owner, url, partial, sidecar
-        self.size, self.auth, self.label, self.advance = size, auth, label, advance
+    def __init__(self, owner: Downloader, url: str, partial: Partial, auth: Auth | None, label: str,
+                 advance: Callable[[int], None]) -> None:
+        assert partial.size is not None
+        self.owner, self.url, self.partial = owner, url, partial
+        self.size: int = partial.size
+        self.auth, self.label, self.advance = auth, label, advance
         self.cond = threading.Condition()
-        self.segments: list[list[int]] = []
-        self.etag: str | None = None
         self.failed: BaseException | None = None
 
     # -- state ------------------------------------------------------------------------------
     def _load_or_plan(self) -> bool:
-        state = read_sidecar(self.sidecar)
-        segments = state.get("segments")
-        if self.partial.exists() and state.get("size") == self.size and isinstance(segments, list):
-            self.segments = [[int(a), int(b), int(c)] for a, b, c in segments]
-            self.etag = state.get("etag")
-            done = sum(c - a for a, _, c in self.segments)
-            self.owner.reporter.info(f"{self.label}: resuming {len(self.segments)} ranges after {done} bytes")
+        if self.partial.mode == SEGMENTS:
+            done = self.partial.done_bytes()
+            self.owner.reporter.info(f"{self.label}: resuming {len(self.partial.segments)} ranges after "
+                                     f"{done} bytes")
             self.advance(done)
             return True
         probe = self._probe()
         if probe is None:
             return False
-        self.etag = probe
-        step = -(-self.size // self.owner.jobs)
+        step = -(-self.size // max(2, self.owner.jobs))
         step = -(-step // 65536) * 65536
-        self.segments = [[a, min(a + step, self.size), a] for a in range(0, self.size, step)]
-        with open(self.partial, "wb") as fh:
-            fh.truncate(self.size)
-        self._save()
+        self.partial.start(SEGMENTS, probe or None,
+                           [[a, min(a + step, self.size), a] for a in range(0, self.size, step)])
         return True
 
-    def _save(self) -> None:
-        write_sidecar(self.sidecar, {"size": self.size, "etag": self.etag, "segments": self.segments})
-
     def _prefix(self) -> int:
-        for _, end, done in self.segments:
+        for _, end, done in self.partial.segments:
             if done < end:
                 return done
         return self.size
@@ -85,7 +84,7 @@ class SegmentedFetch:
     def _probe(self) -> str | None:
         """One-byte range request: does the server do ranges? Its ETag pins the file for resumes."""
         def attempt() -> str | None:
-            resp = self.owner._open(self.url, {"Range": "bytes=0-0"}, self.auth)
+            resp = self.owner.open_url(self.url, {"Range": "bytes=0-0"}, self.auth)
             with resp:
                 check_status(resp, self.url)
                 if resp.status_code != 206:
@@ -98,28 +97,33 @@ class SegmentedFetch:
         return result
 
     # -- workers ----------------------------------------------------------------------------
-    def _download_segment(self, index: int, fd: int) -> None:
+    def _download_segment(self, index: int) -> None:
         buf = bytearray(NET_BUFFER)
         view = memoryview(buf)
+        fd = self.partial.fd
 
         def attempt() -> None:
-            _, end, done = self.segments[index]
-            if done >= end:
+            start, end, done = self.partial.segments[index]
+            if done >= end or self.failed is not None:
                 return
-            resp = self.owner._open(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
+            resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
             with resp:
                 check_status(resp, self.url)
                 first, total = parse_content_range(resp.headers.get("Content-Range"))
                 if resp.status_code != 206 or first != done or total not in (None, self.size):
-                    raise Restart("the server stopped honouring byte ranges")
+                    with self.cond:
+                        prefix = self._prefix()
+                    what = "answered a range request with the whole file" if resp.status_code == 200 \
+                        else "sent another range than the one asked for"
+                    raise StreamFallback(f"{host_of(self.url)} {what}", prefix)
                 etag = resp.headers.get("ETag")
-                if self.etag and etag and etag != self.etag:
+                if self.partial.etag and etag and etag != self.partial.etag:
                     raise Restart("the file changed on the server since the download started (ETag)")
                 raw = resp.raw
                 raw.decode_content = False
                 reader = StreamReader(raw, min_fill=64 * 1024)  # small steps: a stalled range loses little
                 pos, saved = done, done
-                save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, (end - self.segments[index][0]) // 16))
+                save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, (end - start) // 16))
                 try:
                     while pos < end:
                         if self.failed is not None:
@@ -127,7 +131,9 @@ class SegmentedFetch:
                         n = reader.readinto(view[:min(len(buf), end - pos)])
                         if not n:
                             raise Retry(f"connection to {host_of(self.url)} ended inside a range")
-                        os.pwrite(fd, view[:n], pos)
+                        written = 0
+                        while written < n:
+                            written += os.pwrite(fd, view[written:n], pos + written)
                         pos += n
                         self.advance(n)
                         if pos - saved >= save_step or pos == end:
@@ -141,42 +147,42 @@ class SegmentedFetch:
         self.owner.retrying(f"{self.label} (range {index + 1})", attempt)
 
     def _mark(self, index: int, pos: int) -> None:
+        """Record progress after the bytes are written (so the sidecar never claims unwritten bytes)."""
         with self.cond:
-            if pos > self.segments[index][2]:
-                self.segments[index][2] = pos
-                self._save()
+            if pos > self.partial.segments[index][2]:
+                self.partial.segments[index][2] = pos
+                self.partial.save()
             self.cond.notify_all()
 
     def _hash(self, hasher: Any) -> None:
         hashed = 0
-        with open(self.partial, "rb", buffering=0) as fh:
-            buf = bytearray(HASH_STEP)
-            view = memoryview(buf)
-            while hashed < self.size:
-                with self.cond:
-                    while self._prefix() <= hashed and self.failed is None:
-                        self.cond.wait(0.5)
-                    if self.failed is not None:
-                        return
-                    limit = self._prefix()
-                while hashed < limit:
-                    fh.seek(hashed)
-                    got = fh.readinto(view[:min(len(buf), limit - hashed)])
-                    if not got:
-                        raise SourceError(f"{self.label}: partial file shrank during the download")
-                    hasher.update(view[:got])
-                    hashed += got
+        buf = bytearray(HASH_STEP)
+        view = memoryview(buf)
+        while hashed < self.size:
+            with self.cond:
+                while self._prefix() <= hashed and self.failed is None:
+                    self.cond.wait(0.5)
+                if self.failed is not None:
+                    return
+                limit = self._prefix()
+            while hashed < limit:
+                got = os.preadv(self.partial.fd, [view[:min(len(buf), limit - hashed)]], hashed)
+                if not got:
+                    raise SourceError(f"{self.label}: partial file shrank during the download")
+                hasher.update(view[:got])
+                hashed += got
 
     def run(self) -> tuple[str, int] | None:
         from concurrent.futures import ThreadPoolExecutor
 
         if not self._load_or_plan():
-            self.owner.reporter.info(f"{host_of(self.url)} does not serve byte ranges; downloading in one stream")
             return None
         hasher = hashlib.sha256()
-        with open(self.partial, "r+b") as out, ThreadPoolExecutor(len(self.segments) + 1) as pool:
+        segments = len(self.partial.segments)
+        workers_n = max(1, min(self.owner.jobs, segments))
+        with ThreadPoolExecutor(workers_n + 1) as pool:
             hashing = pool.submit(self._hash, hasher)
-            workers = [pool.submit(self._download_segment, i, out.fileno()) for i in range(len(self.segments))]
+            workers = [pool.submit(self._download_segment, i) for i in range(segments)]
             try:
                 for worker in workers:
                     worker.result()
@@ -184,13 +190,11 @@ class SegmentedFetch:
                 with self.cond:
                     self.failed = exc
                     self.cond.notify_all()
-                if isinstance(exc, Restart):
-                    remove_quietly(self.sidecar)
-                    raise SourceError(f"{self.label}: {exc}", hint="run the command again") from None
-                if isinstance(exc, OSError):
-                    raise_if_disk_full(exc, self.partial, self.sidecar, self.label, self.size)
+                for worker in workers:  # let the others stop before the caller touches the partial
+                    worker.exception()
+                if isinstance(exc, StreamFallback):
+                    with self.cond:
+                        exc.prefix = self._prefix()
                 raise
             hashing.result()
-            out.flush()
         return hasher.hexdigest(), self.size
-

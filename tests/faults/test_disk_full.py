@@ -49,6 +49,9 @@ def test_full_cache_keeps_the_previous_model(small_disk: Path, tmp_path: Path, c
     split_file(old, tmp_path / "old-dist", NullReporter(), chunk_size=200_000)
     assert cli("assemble", tmp_path / "old-dist" / "old.gguf.manifest.json", "--cache-dir", cache).code == 0
     big = make_tiny_model(tmp_path / "big" / "big.gguf", seed=2, n_embd=256, n_layer=4)  # ~4 MB > free
+    from teadist.base.fsutil import free_bytes
+
+    assert free_bytes(small_disk) < big.stat().st_size  # the fault is real: it cannot fit
     served = tmp_path / "served"
     served.mkdir()
     (served / "big.gguf").write_bytes(big.read_bytes())
@@ -74,33 +77,53 @@ def test_full_cache_keeps_the_previous_model(small_disk: Path, tmp_path: Path, c
     assert cli("verify", "--cache-dir", cache).code == 0
 
 
-def test_disk_filling_up_mid_write_is_a_clear_error(small_disk: Path, tmp_path: Path, cli: Callable[..., Result],
+def test_disk_filling_up_mid_write_is_a_clear_error(small_disk: Path, tmp_path: Path,
                                                     campaign: Callable[..., None]) -> None:
-    """The free-space check passes, then something else fills the disk: ENOSPC mid-write."""
-    src = tmp_path / "m.bin"
-    src.write_bytes(bytes(2_000_000))
-    filler = small_disk / "filler"
-    # leave room for the check (2 MB) but not for the temp file plus the filler growing meanwhile
-    result_holder: list[Result] = []
-    import threading
+    """The free-space check passes; while the server holds the download, something else fills the
+    disk; the next write meets ENOSPC. The filler proves the disk really filled before the outcome
+    is checked: a clear error, no partial left, nothing lost — and a re-run after freeing space works."""
+    import errno
+    import os
+    import time
 
-    def fill() -> None:
-        with open(filler, "wb") as fh:
+    from teadist.formats.manifest import FileRecord, Manifest, UrlSource, dump_manifest
+    from tests.conftest import TEADIST_BIN
+    from tests.helpers import write_random
+    from tests.servers import Fault
+
+    served = tmp_path / "served"
+    served.mkdir()
+    write_random(served / "m.bin", 1_500_000, seed=5)
+    cache = small_disk / "models"
+    with MirrorServer(served) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        manifest = tmp_path / "m.manifest.json"
+        manifest.write_bytes(dump_manifest(Manifest("m", FileRecord("m.bin", 1_500_000, sha(served / "m.bin")),
+                                                    "single", sources=[UrlSource(mirror.url_for("m.bin"))])))
+        mirror.add_fault(Fault("pause", after=300_000, seconds=3))
+        env = {**os.environ, "TEA_MODELS_DIR": str(cache), "TEADIST_RETRY_BACKOFF": "0.01"}
+        proc = subprocess.Popen([str(TEADIST_BIN), "fetch", str(manifest)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while "pause" not in mirror.applied_kinds() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        filled = False
+        with open(small_disk / "filler", "wb") as filler:  # take every byte that is left
             try:
-                for _ in range(40):
-                    fh.write(bytes(100_000))
-                    fh.flush()
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=fill)
-    thread.start()
-    result_holder.append(cli("split", src, "--out", small_disk / "out", "-s", "500000"))
-    thread.join()
-    result = result_holder[0]
-    clean = (not _partials(small_disk) and not (small_disk / "out" / "m.bin.manifest.json").exists()) \
-        or result.code == 0
-    ok = result.code == 0 or (result.code == 1 and ("disk full" in result.err or "free" in result.err))
-    campaign("disk full (3 MB tmpfs)", "disk fills during split", ok and clean, 0)
-    assert ok, result.err
-    assert clean
+                while True:
+                    filler.write(bytes(64 * 1024))
+                    filler.flush()
+            except OSError as exc:
+                filled = exc.errno == errno.ENOSPC
+        _, err = proc.communicate(timeout=60)
+        assert filled, "the disk never filled"
+        clean = not (cache / "m.bin").exists() and not _partials(small_disk)
+        ok = proc.returncode == 1 and "disk full" in err and "Traceback" not in err
+        (small_disk / "filler").unlink()
+        again = subprocess.run([str(TEADIST_BIN), "fetch", str(manifest)], env=env, capture_output=True, text=True,
+                               timeout=60)
+    recovered = again.returncode == 0 and sha(cache / "m.bin") == sha(served / "m.bin")
+    campaign("disk full (3 MB tmpfs)", "disk fills during a download", ok and clean and recovered, 0)
+    assert ok, err
+    assert clean and recovered, again.stderr

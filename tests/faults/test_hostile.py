@@ -33,7 +33,7 @@ def test_hostile_names_in_manifests(name: str, field: str, tmp_path: Path, cli: 
     manifest.parent.mkdir()
     manifest.write_text(json.dumps(data))
     result = cli("assemble", manifest, "--cache-dir", tmp_path / "cache")
-    ok = result.code == 1 and "name" in result.err and not (tmp_path / "cache").exists() \
+    ok = result.code == 3 and "name" in result.err and not (tmp_path / "cache").exists() \
         and files_in(tmp_path) == {"in"}
     campaign("hostile names", f"{field} name {name[:12]!r}", ok, 0)
     assert ok, result.err

@@ -29,20 +29,24 @@ def sha(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def kill_when(argv: list[str], env: dict[str, str], ready: Callable[[], bool], limit: float = 20) -> bool:
-    """Start ``argv``, SIGKILL it as soon as ``ready()``; False if it finished first."""
+def kill_when(argv: list[str], env: dict[str, str], ready: Callable[[], bool], limit: float = 60) -> bool:
+    """Start ``argv``, SIGKILL it as soon as ``ready()``; True only if it died of that signal
+    (False if it finished first: then the test did not test what it says)."""
     proc = subprocess.Popen([str(TEADIST_BIN), *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + limit
     while proc.poll() is None and time.monotonic() < deadline:
         if ready():
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
+            return proc.wait() == -signal.SIGKILL
         time.sleep(0.001)
     proc.kill()
     proc.wait()
     return False
+
+
+def _partial_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.part")) if folder.exists() else 0
 
 
 def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -98,30 +102,33 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.mark.parametrize("point", range(POINTS))
 def test_kill_split_and_assemble(point: int, big: tuple[Path, str], tmp_path: Path,
                                  campaign: Callable[..., None]) -> None:
+    """Killed at a random point of its progress (chunks written, bytes assembled), never by a timer
+    that a fast run could beat: each kill is checked to have happened."""
     src, digest = big
     env = dict(os.environ)
     out = tmp_path / "chunks"
-    delay = RNG.uniform(0.05, 0.6)
-    start = time.monotonic()
+    after = RNG.randrange(1, 20)  # of 24 chunks
     killed = kill_when(["split", str(src), "-s", "4MiB", "-o", str(out), "-q"], env,
-                       lambda: time.monotonic() - start >= delay)
+                       lambda: len(list(out.glob("big.gguf.part-*"))) >= after)
     manifest = out / "big.gguf.manifest.json"
     clean = not manifest.exists() or run(["verify", str(manifest)], env).returncode == 0
     again = run(["split", str(src), "-s", "4MiB", "-o", str(out), "--json"], env)
     ok_split = again.returncode == 0 and json.loads(again.stdout)["file"]["sha256"] == digest \
         and run(["verify", str(manifest)], env).returncode == 0
-    campaign("SIGKILL during split", f"after {delay * 1000:.0f} ms", ok_split and clean, 0 if clean else 1)
+    campaign("SIGKILL during split", f"after {after} chunks", killed and ok_split and clean, 0 if clean else 1)
+    assert killed, "split finished before the kill"
     assert ok_split and clean, again.stderr
 
-    final = tmp_path / "models" / "big.gguf"
-    delay = RNG.uniform(0.05, 0.5)
-    start = time.monotonic()
-    killed = kill_when(["assemble", str(manifest), "--cache-dir", str(tmp_path / "models"), "-q"], env,
-                       lambda: time.monotonic() - start >= delay) or killed
+    models = tmp_path / "models"
+    final = models / "big.gguf"
+    cut = RNG.randrange(4, 80) * 2**20  # of 96 MiB
+    killed = kill_when(["assemble", str(manifest), "--cache-dir", str(models), "-q"], env,
+                       lambda: _partial_bytes(models) >= cut)
     clean = _final_is_clean(final, digest)
-    again = run(["assemble", str(manifest), "--cache-dir", str(tmp_path / "models")], env)
+    again = run(["assemble", str(manifest), "--cache-dir", str(models)], env)
     ok_asm = again.returncode == 0 and sha(final) == digest
-    campaign("SIGKILL during assemble", f"after {delay * 1000:.0f} ms", ok_asm and clean, 0 if clean else 1)
+    campaign("SIGKILL during assemble", f"after {cut >> 20} MiB", killed and ok_asm and clean, 0 if clean else 1)
+    assert killed, "assemble finished before the kill"
     assert ok_asm and clean, again.stderr
 
 
@@ -136,15 +143,17 @@ def test_kill_release_publish(point: int, model: Path, tmp_path: Path, campaign:
     with GitHubServer(repo="tea/tea", token="test-token-value") as github:
         assert isinstance(github, GitHubServer)
         env["GITHUB_API_URL"] = github.api_url
-        uploads_before_kill = RNG.randrange(0, 6)
+        # kill before the last upload, so the kill always lands while publish still has work to do
+        uploads_before_kill = RNG.randrange(0, len(list(dist.iterdir())))
         argv = ["release", "publish", "--tag", "v1.0.0", "--repo", "tea/tea", "--dist", str(dist), "-q"]
-        kill_when(argv, env, lambda: github.uploads >= uploads_before_kill)
+        killed = kill_when(argv, env, lambda: github.uploads >= uploads_before_kill)
         never_incomplete = all(r.draft or len(r.assets) == len(list(dist.iterdir())) for r in github.releases)
         again = run(argv, env)
         [release] = github.releases
         local = {p.name: "sha256:" + sha(p) for p in dist.iterdir()}
         remote = {a.name: a.digest for a in release.assets if a.state == "uploaded"}
-        survived = again.returncode == 0 and not release.draft and remote == local and never_incomplete
+        survived = killed and again.returncode == 0 and not release.draft and remote == local and never_incomplete
         campaign("SIGKILL during release publish", f"after {uploads_before_kill} uploads", survived,
                  len(set(local) - set(remote)))
+        assert killed, "publish finished before the kill"
         assert survived, again.stderr

@@ -1,0 +1,223 @@
+"""The one owner of the model cache's names.
+
+    <root>/<file>                          a model, under its upstream file name (what runtimes load)
+    <root>/.teadist/records/<file>.json    teadist's record of it (sha256, size, where it came from)
+    <root>/.teadist/locks/<file>.lock      the target's lock (removed when released)
+    <root>/.teadist/work/<file>/           everything in flight for it: the download partial with its
+                                           sidecar (and, later, block map), temp files, and chunks/
+                                           (verified chunks or shards waiting to be assembled)
+
+A *target* is one file name in the cache. Its final file, record, lock and work folder are named
+here and nowhere else, and all of them are touched only while the target's lock is held. Kept
+llama.cpp shards are one target per shard (each its own lock, partial and record), so two fetches
+of one model in different modes never share a byte across locks. ``prune``, ``du``, ``list``,
+``verify`` and ``rm`` enumerate through this module, so they count and protect exactly what fetch
+writes. A destination outside the cache (``assemble --out``) gets the same roles as hidden names
+beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, ensure_private_dir, remove_foreign, require_plain_filename
+from teadist.base.workfiles import WorkFiles
+from teadist.cache.lock import LOCK_TIMEOUT, held, held_if_free
+from teadist.errors import ManifestError
+
+META_DIR = ".teadist"
+RECORD_SUFFIX = ".json"
+LOCK_SUFFIX = ".lock"
+# Left by teadist before this layout: partials beside the models, locks beside them, a shared staging folder.
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json(\.tmp)?)?$")
+_LEGACY_LOCK = re.compile(r"^\.(?P<name>.+)\.lock$")
+
+
+class Target(Protocol):
+    """What a writer needs of its destination: the final path, its work files and its lock."""
+
+    @property
+    def final(self) -> Path: ...
+
+    @property
+    def files(self) -> WorkFiles: ...
+
+    def lock(self, timeout: float = LOCK_TIMEOUT,
+             on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]: ...
+
+
+def target_name(name: object) -> str:
+    """A file name that may be a cache target: plain, and not hidden (hidden names are teadist's own)."""
+    checked = require_plain_filename(name, "model file name")
+    if checked.startswith("."):
+        raise ManifestError(f"model file name: {checked[:80]!r} starts with '.'; hidden names are not models")
+    if len(checked.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+        raise ManifestError(f"model file name: {checked[:60]!r}… is longer than {MAX_MODEL_NAME_BYTES} bytes")
+    return checked
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META_DIR
+
+    @property
+    def records_dir(self) -> Path:
+        return self.meta / "records"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.meta / "locks"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.meta / "work"
+
+    def target(self, name: str) -> CacheTarget:
+        return CacheTarget(self, target_name(name))
+
+    def contains(self, path: Path) -> bool:
+        return path.parent.resolve() == self.root.resolve()
+
+    def target_for(self, dest: Path) -> Target:
+        """The cache target when ``dest`` is in the cache, else a destination of its own."""
+        return self.target(dest.name) if self.contains(dest) else OutsideTarget(dest)
+
+    def ensure_records_dir(self) -> Path:
+        return ensure_private_dir(self.root, META_DIR, "records")
+
+    # -- enumeration (no symlink inside the layout is ever followed) ----------------------------
+    def record_files(self) -> list[Path]:
+        return _entries(self.records_dir, RECORD_SUFFIX)
+
+    def work_names(self) -> list[str]:
+        return [p.name for p in _entries(self.work_dir, "")]
+
+    def lock_names(self) -> list[str]:
+        return [p.name.removesuffix(LOCK_SUFFIX) for p in _entries(self.locks_dir, LOCK_SUFFIX)]
+
+    def legacy_partials(self) -> list[tuple[str, Path]]:
+        """(target name, path) of partial files left beside the models by an older teadist."""
+        return [(m.group("name"), p) for p in _entries(self.root, "", follow=True)
+                if (m := _LEGACY_PARTIAL.match(p.name))]
+
+    def legacy_locks(self) -> list[tuple[str, Path]]:
+        return [(m.group("name"), p) for p in _entries(self.root, LOCK_SUFFIX, follow=True)
+                if (m := _LEGACY_LOCK.match(p.name))]
+
+    def legacy_staging(self) -> list[Path]:
+        return _entries(self.meta / "staging", "")
+
+
+@dataclass(frozen=True)
+class CacheTarget:
+    """One file name in the cache and every name that belongs to it."""
+
+    layout: CacheLayout
+    name: str
+
+    @property
+    def final(self) -> Path:
+        return self.layout.root / self.name
+
+    @property
+    def record(self) -> Path:
+        return self.layout.records_dir / (self.name + RECORD_SUFFIX)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.layout.locks_dir / (self.name + LOCK_SUFFIX)
+
+    @property
+    def work(self) -> Path:
+        return self.layout.work_dir / self.name
+
+    @property
+    def files(self) -> WorkFiles:
+        return WorkFiles(self.final, self.work, "", self.layout.root)
+
+    def chunks(self, version: str) -> Path:
+        """Where verified chunks (or shards) of one published version (the original's sha256) wait
+        until they are assembled into this target."""
+        return self.work / f"chunks-{version[:16]}"
+
+    def chunk_files(self, version: str, chunk_name: str) -> WorkFiles:
+        folder = self.chunks(version)
+        return WorkFiles(folder / chunk_name, folder, f".{chunk_name}.", self.layout.root)
+
+    def ensure_chunks(self, version: str) -> Path:
+        """The chunk folder of ``version``; chunks of other versions are stale and removed (lock held)."""
+        for entry in _entries(self.work, ""):
+            if entry.name.startswith("chunks-") and entry.name != self.chunks(version).name:
+                remove_foreign(entry)
+        return ensure_private_dir(self.layout.root, META_DIR, "work", self.name, self.chunks(version).name)
+
+    def discard_stale(self, keep: Path) -> None:
+        """Remove what a killed run left that nobody can resume: temp files, and download partials of
+        another expected file than ``keep`` (with the lock held, nobody else is using them)."""
+        for entry in _entries(self.work, ""):
+            stale_download = entry.name.startswith("download.") and not entry.name.startswith(keep.name)
+            if stale_download or entry.name.startswith(("tmp.", ".")):
+                remove_foreign(entry)
+
+    def lock(self, timeout: float = LOCK_TIMEOUT,
+             on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+        ensure_private_dir(self.layout.root, META_DIR, "locks")
+        return held(self.lock_path, self.name, timeout, on_wait)
+
+    @contextlib.contextmanager
+    def lock_if_free(self) -> Iterator[bool]:
+        if not self.layout.locks_dir.is_dir():
+            ensure_private_dir(self.layout.root, META_DIR, "locks")
+        with held_if_free(self.lock_path) as got:
+            yield got
+
+    def clear_work(self) -> list[Path]:
+        """Remove everything in flight for this target (call with its lock held)."""
+        if not os.path.lexists(self.work):
+            return []
+        entries = [self.work]
+        remove_foreign(self.work)
+        return entries
+
+
+@dataclass(frozen=True)
+class OutsideTarget:
+    """A destination outside the cache: hidden work files and lock beside it."""
+
+    final: Path
+
+    @property
+    def files(self) -> WorkFiles:
+        return WorkFiles.beside(self.final)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.final.parent / f".{self.final.name}{LOCK_SUFFIX}"
+
+    def lock(self, timeout: float = LOCK_TIMEOUT,
+             on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        return held(self.lock_path, self.final.name, timeout, on_wait)
+
+
+def _entries(folder: Path, suffix: str, follow: bool = False) -> list[Path]:
+    """Entries of ``folder`` ending with ``suffix``; nothing when it is missing, or is a symlink
+    and ``follow`` is False (the cache root may be a link to another disk; nothing inside it may)."""
+    try:
+        if not follow and not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return []
+        return sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
