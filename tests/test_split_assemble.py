@@ -186,12 +186,12 @@ def test_assemble_replaces_a_wrong_file_at_the_destination(split_dir: tuple[Path
     assert out.read_bytes() == data
 
 
-def test_assemble_refuses_a_non_bytes_manifest() -> None:
+def test_assemble_refuses_a_non_bytes_manifest(tmp_path: Path) -> None:
     from teadist.formats.manifest import FileRecord, Manifest
 
     manifest = Manifest("x", FileRecord("x.gguf", None, None), "single")
-    with pytest.raises(UsageError):
-        assemble_chunks(manifest, Path("."), Path("x.gguf"), NullReporter())
+    with pytest.raises(UsageError):  # never the working folder: its lock file once got committed
+        assemble_chunks(manifest, tmp_path, tmp_path / "x.gguf", NullReporter())
 
 
 # -- resume ------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ class GitHubAssetServer(GitHubServer):
             return
         prefix = f"/api/v3/repos/{self.repo}/releases/assets/"
         if path.startswith(prefix) and method in ("GET", "HEAD") and path[len(prefix):].isdigit():
-            self._asset(handler, int(path[len(prefix):]))
+            self._answer_asset(handler, int(path[len(prefix):]))
             return
         if path.startswith("/storage/") and method in ("GET", "HEAD"):
             self._storage(handler, path.removeprefix("/storage/"))
@@ -208,7 +208,7 @@ class GitHubAssetServer(GitHubServer):
     def _find(self, asset_id: int) -> GhAsset | None:
         return next((a for r in self.releases for a in r.assets if a.id == asset_id), None)
 
-    def _asset(self, handler: _Handler, asset_id: int) -> None:
+    def _answer_asset(self, handler: _Handler, asset_id: int) -> None:
         asset = self._find(asset_id)
         if asset is None or asset_id not in self.files:
             handler.send_json(404, {"message": "Not Found"})
