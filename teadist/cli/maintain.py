@@ -167,10 +167,10 @@ def release_prepare(
     settings = _settings(cache_dir)
     reporter = _reporter(quiet, as_json)
 
-    def get_model(name: str) -> Path:
+    def get_model(name: str) -> tuple[Path, str | None]:
         result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
                            _downloader(settings, reporter))
-        return Path(result.path)
+        return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
 
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)
     if as_json:

@@ -33,7 +33,6 @@ import hashlib
 import io
 import math
 import os
-import re
 import stat
 import threading
 from collections.abc import Callable
@@ -47,13 +46,19 @@ from teadist.base.fsutil import plain_filename_problem
 from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
 from teadist.errors import IntegrityError, NotFoundError, ReleaseError, UsageError
-from teadist.release.index import RELEASE_MANIFEST, check_repo_and_tag, is_prerelease, listed_assets, read_index
+from teadist.release.index import (
+    ASSET_NAME_RE,
+    RELEASE_MANIFEST,
+    check_repo_and_tag,
+    is_prerelease,
+    listed_assets,
+    read_index,
+)
 
 MAX_ASSETS = 1000
 ASSET_LIMIT = 2**31  # GitHub refuses assets of 2 GiB or more
 MAX_UPLOAD_TIMEOUT = 7 * 24 * 3600.0
 MAX_WRITE_INTERVAL = 3600.0
-_GITHUB_SAFE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _READ_BLOCK = 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
@@ -108,7 +113,7 @@ def preflight(dist: Path, repo: str, tag: str) -> list[LocalAsset]:
         raise ReleaseError(f"{dist} holds files the release index does not list: {shown}",
                            hint="remove them, or run `teadist release prepare` again into an empty folder")
     for asset in listed:
-        if plain_filename_problem(asset.name) or not _GITHUB_SAFE.match(asset.name):
+        if plain_filename_problem(asset.name) or not ASSET_NAME_RE.match(asset.name):
             raise ReleaseError(f"asset name {asset.name!r} is not safe: use letters, digits, '.', '_', '+', '-'")
         if asset.size >= ASSET_LIMIT:
             raise ReleaseError(f"asset {asset.name} is {format_size(asset.size)}: GitHub refuses 2 GiB or more",
@@ -120,8 +125,9 @@ def preflight(dist: Path, repo: str, tag: str) -> list[LocalAsset]:
 
 
 def _open_listed(path: Path) -> int:
+    # O_NONBLOCK: a FIFO under a listed name is refused by the type check, never waited on
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise IntegrityError(f"{path.name} is listed in {RELEASE_MANIFEST} but missing from {path.parent}",
                              hint="run `teadist release prepare` again") from None

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from teadist.base.fsutil import atomic_write, plain_filename_problem
 from teadist.errors import NotFoundError, UsageError
+from teadist.release.index import VERSION_RE
 
 TARBALL_PREFIX = "tea-wasm-llm"
 MAX_EPOCH = 8**11 - 1  # the largest mtime a ustar header holds in octal (year 2242)
 MAX_LINK_HOPS = 40  # as Linux's ELOOP limit
-_VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _check_links(members: Mapping[str, str | None]) -> None:
 def package_wasm(pkg_dir: Path, version: str, out_dir: Path, js_dir: Path | None = None,
                  source_date_epoch: int = 0) -> PackageReport:
     """Write ``tea-wasm-llm-{version}.tar.gz`` from a wasm-pack ``pkg`` folder (and optional JS)."""
-    if not _VERSION_RE.match(version):
+    if not VERSION_RE.match(version):
         raise UsageError(f"--version {version[:40]!r}: use letters, digits and . + _ - (e.g. 1.2.0)")
     if not 0 <= source_date_epoch <= MAX_EPOCH:
         raise UsageError(f"SOURCE_DATE_EPOCH {source_date_epoch} is out of range")
