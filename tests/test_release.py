@@ -598,7 +598,7 @@ def test_prepare_refuses_a_bad_tag_before_writing(tag: str, tmp_path: Path, tiny
     assert "--tag" in result.err and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("repo", ["../..", "a/..", "./x", "tea/tea/x", "-a/b"])
+@pytest.mark.parametrize("repo", ["../..", "a/..", "./x", "tea/tea/x", "-a/b", "a/b.git"])
 def test_prepare_and_publish_refuse_a_bad_repo_before_writing(repo: str, tmp_path: Path, tiny_model: Path,
                                                              github: GitHubServer, dist: Path,
                                                              cli: Callable[..., Result]) -> None:

@@ -62,8 +62,9 @@ def tag_problem(tag: str) -> str | None:
 def repo_problem(repo: str) -> str | None:
     """Why ``repo`` is no GitHub OWNER/NAME, or None."""
     owner, slash, name = repo.partition("/") if isinstance(repo, str) else ("", "", "")
-    if not slash or not _OWNER_RE.match(owner) or not _REPO_NAME_RE.match(name) or name in (".", ".."):
-        return "is not OWNER/NAME (letters, digits, '-', '_', '.'; not '.' or '..')"
+    if not slash or not _OWNER_RE.match(owner) or not _REPO_NAME_RE.match(name) or name in (".", "..") or \
+            name.lower().endswith(".git"):
+        return "is not OWNER/NAME (letters, digits, '-', '_', '.'; not '.', '..' or a name ending in .git)"
     return None
 
 
