@@ -208,7 +208,7 @@ def release_publish(
     """
     import os
 
-    from teadist.release.publish import Publisher, check_upload_timeout, check_write_interval
+    from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
 
     check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
     interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
@@ -221,6 +221,7 @@ def release_publish(
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    check_api_url(api_url)  # never echoed with a user name or password in it
     reporter = _reporter(quiet, as_json)
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
                           write_interval=interval)
