@@ -58,7 +58,7 @@ def serve(
     verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
-                                                             "(0 < s <= 3600).")] = 30.0,
+                                                             "(0.1 <= s <= 3600).")] = 30.0,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -73,14 +73,22 @@ def serve(
       teadist serve web/ --verify web/phi.gguf.manifest.json
     """
     import math
+    import stat
 
     from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.serve import MAX_TIMEOUT, StaticServer
+    from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
 
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-        raise UsageError(f"--timeout must be seconds between 0 and {MAX_TIMEOUT:g}, not {timeout!r}")
+    if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
+        raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
     if not folder.is_dir():
         raise NotFoundError(f"folder not found: {folder}")
+    if verify_manifest is not None:  # a FIFO would block the read forever
+        try:
+            regular = stat.S_ISREG(verify_manifest.stat().st_mode)
+        except OSError:
+            raise NotFoundError(f"manifest not found: {verify_manifest}") from None
+        if not regular:
+            raise UsageError(f"--verify {verify_manifest} is not a regular file")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
     reporter = _reporter(False)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,

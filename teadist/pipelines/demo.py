@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teadist.base.progress import Reporter
-from teadist.pipelines.serve import Listed, Opened, StaticHandler, StaticServer
+from teadist.pipelines.serve import Opened, StaticHandler, StaticServer
 
 
 class _InterruptingServer(StaticServer):
@@ -29,7 +29,7 @@ class _InterruptingServer(StaticServer):
         self._lock = threading.Lock()
 
     def send_body(self, handler: StaticHandler, opened: Opened, start: int, length: int,
-                  checks: list[Listed]) -> None:
+                  pieces: bytes | None) -> None:
         with self._lock:
             ours = opened.names[-1] == self.victim
             cut_now = ours and not self._cut_done
@@ -38,10 +38,10 @@ class _InterruptingServer(StaticServer):
                 self.resumed_with.append(str(handler.headers["Range"]))
             self.bytes_sent += min(length, self.cut) if cut_now else length
         if cut_now:
-            super().send_body(handler, opened, start, min(length, self.cut), checks)
+            super().send_body(handler, opened, start, min(length, self.cut), pieces)
             handler.abort()
             return
-        super().send_body(handler, opened, start, length, checks)
+        super().send_body(handler, opened, start, length, pieces)
 
 
 @dataclass
