@@ -53,8 +53,18 @@ class DemoResult:
 
 
 def run_demo(reporter: Reporter, keep: Path | None = None) -> DemoResult:
+    """The demo in a temporary folder, or in ``keep``: a new or empty folder (not a link), so every
+    name it writes is its own — never a file someone put there, never a link planted in it, never
+    a real model cache (``--keep ~``)."""
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
+        from teadist.errors import UsageError
+
+        try:
+            keep.mkdir(parents=True)
+        except FileExistsError:
+            if keep.is_symlink() or not keep.is_dir() or any(keep.iterdir()):
+                raise UsageError(f"--keep {keep} is not an empty folder: the demo writes only into a new or "
+                                 "empty one", hint="name a new folder, e.g. --keep ./teadist-demo") from None
         return _demo_in(keep, reporter)
     with tempfile.TemporaryDirectory(prefix="teadist-demo-") as tmp:
         return _demo_in(Path(tmp), reporter)
@@ -76,6 +86,7 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
         result.steps.append(text)
         reporter.info(f"[{len(result.steps)}] {text}")
 
+    (home / "work").mkdir()  # a folder this run made: nothing planted in it
     model = make_tiny_model(home / "work" / "tiny-llama.gguf", n_embd=128, n_layer=4)
     step(f"made a tiny llama GGUF: {model} ({model.stat().st_size} bytes)")
     dist = home / "dist"
