@@ -696,3 +696,23 @@ def test_prepare_refuses_a_cached_model_whose_bytes_differ_from_what_was_fetched
     assert "sha256" in result.err and "Traceback" not in result.err
     assert not (out / RELEASE_MANIFEST).exists()
     assert not out.exists() or list(out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+
+
+def test_a_crafted_index_in_out_never_makes_prepare_delete_a_users_file(tmp_path: Path, tiny_model: Path,
+                                                                       cli: Callable[..., Result]) -> None:
+    """Review 11a caveat: a model-manifest.json found in --out is read as "prepare wrote these";
+    a crafted one listing a user's file (with its right size and sha256) must not get it deleted."""
+    import hashlib
+
+    out = _prepare(cli, tmp_path, tiny_model)
+    index = json.loads((out / RELEASE_MANIFEST).read_text())
+    notes = out / "notes.txt"
+    notes.write_text("the user's own notes\n")
+    raw = notes.read_bytes()
+    index["files"].append({"name": "notes.txt", "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                           "url": f"https://github.com/tea/tea/releases/download/{TAG}/notes.txt"})
+    (out / RELEASE_MANIFEST).write_text(json.dumps(index))
+    config = tmp_path / "release.json"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert notes.exists() and notes.read_bytes() == raw, "prepare deleted a file it never wrote"
+    assert "Traceback" not in result.err

@@ -46,6 +46,8 @@ from teadist.release.index import (
 from teadist.release.wasmpkg import TARBALL_PREFIX
 
 MAX_CONFIG_BYTES = 1024 * 1024
+# the names prepare writes: chunks, a model's manifest, the wasm tarball
+_PREPARED_NAME = re.compile(rf"(\.part-\d{{5}}-of-\d{{5}}|\.manifest\.json|^{TARBALL_PREFIX}-.+\.tar\.gz)$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # the manifest schema's "name"
 # a model as get_model hands it back: its path and the sha256 its fetch verified (None: not known)
 FetchedModel = tuple[Path, str | None]
@@ -182,7 +184,11 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
                 remove_quietly(dist / name)
         raise
     keep = {a.name for a in listed_assets(index)} | {RELEASE_MANIFEST}
-    removed = sorted(n for n in previous - keep if _is_regular(dist / n))
+    # a previous index is trusted as "prepare wrote these" only for names prepare writes, at the
+    # size it listed: a crafted index can never get a user's notes.txt deleted
+    sizes = _previous_sizes(dist) if previous else {}
+    removed = sorted(n for n in previous - keep if _is_regular(dist / n) and _PREPARED_NAME.search(n)
+                     and (dist / n).lstat().st_size == sizes.get(n))
     for stale in removed:  # the previous index listed them: prepare wrote them
         remove_quietly(dist / stale)
     write_bytes_atomic(dist / RELEASE_MANIFEST, (json.dumps(index, indent=2) + "\n").encode())
@@ -224,6 +230,11 @@ def _previous_files(dist: Path) -> set[str]:
         raise UsageError(f"--out {dist} holds a {RELEASE_MANIFEST} that is not a release index ({exc.message})",
                          hint="use an empty folder for --out") from None
     return {a.name for a in listed_assets(data)} | model_manifest_names(data) | {RELEASE_MANIFEST}
+
+
+def _previous_sizes(dist: Path) -> dict[str, int]:
+    _, data = read_index(dist / RELEASE_MANIFEST)
+    return {a.name: a.size for a in listed_assets(data)}
 
 
 def _possible_names(config: dict[str, Any], config_path: Path, files: dict[str, Path] | None) -> tuple[str, ...]:
