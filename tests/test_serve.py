@@ -500,3 +500,36 @@ def test_a_range_end_beyond_the_file_is_clamped_whatever_its_length(tmp_path: Pa
     (root / "ok.txt").write_text("fine")
     with serving(root) as (url, _):
         assert request(url, "/ok.txt", {"Range": "bytes=1-" + "9" * 25}) == (206, b"ine")
+
+
+def test_clients_that_never_read_cannot_hold_every_worker(tmp_path: Path) -> None:
+    """11b #6, slow readers: 16 clients ask for a big file and read nothing, so every worker is stuck
+    in a send; a new client must still be answered within seconds, not after --timeout."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with open(root / "big.bin", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    with serving(root, "--timeout", "30") as (url, _):
+        parts = urlsplit(url)
+        hogs = []
+        for _ in range(16):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((parts.hostname or "", parts.port or 0))
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            hogs.append(s)
+        time.sleep(1.5)
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=40)
+        try:
+            conn.request("GET", "/ok.txt")
+            response = conn.getresponse()
+            answer = (response.status, response.read())
+        finally:
+            conn.close()
+            for s in hogs:
+                s.close()
+        waited = time.monotonic() - start
+    assert answer == (200, b"fine")
+    assert waited < 12, f"a new client waited {waited:.1f} s while 16 clients read nothing"

@@ -163,6 +163,8 @@ class StaticServer:
         # client trickling a request byte by byte (each read within the socket timeout) is cut
         # off as surely as a silent one; idle keep-alive ones are closed when a worker is needed
         self._deadlines: dict[socket.socket, tuple[float, bool]] = {}
+        # connection -> [when its answer began, bytes sent so far]: slow readers are let go of too
+        self._sending: dict[socket.socket, list[float]] = {}
         self._deadline_lock = threading.Lock()
 
         family, address = _bind_address(host, port)
@@ -225,15 +227,20 @@ class StaticServer:
         with self._deadline_lock:
             for connection in connections:
                 self._deadlines.pop(connection, None)
+                self._sending.pop(connection, None)
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
     def shed_idle(self) -> None:
-        """Close keep-alive connections waiting for their next request: a worker is needed."""
+        """A worker is needed: close keep-alive connections waiting for their next request, and
+        connections whose client reads an answer slower than _MIN_RATE (also one blocked in a send)."""
+        now = time.monotonic()
         with self._deadline_lock:
             idle = [c for c, (_, is_idle) in self._deadlines.items() if is_idle]
-        self._hang_up(idle)
+            slow = [c for c, (began, sent) in self._sending.items()
+                    if now - began > _SLOW_GRACE and sent < _MIN_RATE * (now - began)]
+        self._hang_up(idle + slow)
 
     def _reap(self) -> None:
         while not self._closing.wait(max(0.05, min(1.0, self.timeout / 4))):
@@ -241,6 +248,8 @@ class StaticServer:
             with self._deadline_lock:
                 late = [c for c, (deadline, _) in self._deadlines.items() if deadline < now]
             self._hang_up(late)
+            if self.starved.is_set():
+                self.shed_idle()
 
     # -- files -------------------------------------------------------------------------------
     def parts_of(self, raw_path: str) -> list[str]:
@@ -348,20 +357,23 @@ class StaticServer:
                   pieces: bytes | None) -> None:
         """Send ``length`` bytes from ``start``. A listed file (``pieces``: its verified pieces'
         SHA-256s) goes piece by piece, each read, hashed and compared before any of it is sent; a
-        piece that differs cuts the answer off. A client too slow while others wait is cut off."""
-        began, sent, end = time.monotonic(), 0, start + length
-        position = start
-        with os.fdopen(os.dup(opened.fd), "rb") as fh:
-            while position < end:
-                done = self._send_piece(handler, opened, fh, position, end, pieces)
-                if done <= 0:
-                    return
-                position += done
-                sent += done
-                elapsed = time.monotonic() - began
-                if self.starved.is_set() and elapsed > _SLOW_GRACE and sent < _MIN_RATE * elapsed:
-                    handler.abort()  # a worker is needed, and this client reads too slowly to keep one
-                    return
+        piece that differs cuts the answer off. A client too slow while others wait is let go of
+        (``shed_idle``)."""
+        end, position = start + length, start
+        progress = [time.monotonic(), 0.0]  # seen by shed_idle while a worker is needed
+        with self._deadline_lock:
+            self._sending[handler.connection] = progress
+        try:
+            with os.fdopen(os.dup(opened.fd), "rb") as fh:
+                while position < end:
+                    done = self._send_piece(handler, opened, fh, position, end, pieces)
+                    if done <= 0:
+                        return
+                    position += done
+                    progress[1] += done
+        finally:
+            with self._deadline_lock:
+                self._sending.pop(handler.connection, None)
 
     def _send_piece(self, handler: StaticHandler, opened: Opened, fh: Any, position: int, end: int,
                     pieces: bytes | None) -> int:
