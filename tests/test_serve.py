@@ -293,7 +293,7 @@ def _raw(url: str, data: bytes, wait: float = 5.0) -> bytes:
     return got
 
 
-@pytest.mark.parametrize("how", ["folder", "link-to-folder"])
+@pytest.mark.parametrize("how", ["folder", "link-to-folder", "fifo"])
 def test_a_listed_name_that_is_a_folder_is_refused_never_its_index(how: str,
                                                                   site: tuple[Path, Path, list[str]]) -> None:
     """11b #1: a listed chunk (and the assembled name) replaced by a folder holding an index.html of
@@ -305,11 +305,13 @@ def test_a_listed_name_that_is_a_folder_is_refused_never_its_index(how: str,
     victim = model / chunks[1]
     size = victim.stat().st_size
     victim.unlink()
-    pages = model / ("evil" if how == "link-to-folder" else chunks[1])
+    pages = model / ("evil" if how != "folder" else chunks[1])
     pages.mkdir()
     (pages / "index.html").write_bytes(b"EVIL" * (size // 4))
     if how == "link-to-folder":
         victim.symlink_to("evil")
+    elif how == "fifo":
+        os.mkfifo(victim)
     (model / "m.bin").mkdir()  # the assembled name is listed too (file.sha256)
     (model / "m.bin" / "index.html").write_bytes(b"<h1>not the model</h1>")
     with serving(root, "--verify", manifest) as (url, proc):

@@ -283,12 +283,15 @@ class StaticServer:
         real_parts = [] if real == self.root else real[len(self.root) + 1:].split(os.sep)
         if any(p.startswith(".") for p in real_parts):
             raise Refused(404, "not found")
+        names = tuple(dict.fromkeys(["/".join(parts), "/".join(real_parts)]))
+        listed = any(n in self.expected for n in names)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for part in real_parts:
                 kind = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
                 if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):  # never open a device, FIFO or link
-                    raise Refused(404, "not found")
+                    raise Refused(409, f"refused: {names[0]} is listed in the manifest but is not a regular "
+                                       "file") if listed else Refused(404, "not found")
                 next_fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
@@ -299,8 +302,7 @@ class StaticServer:
         except Refused:
             os.close(fd)
             raise
-        names = tuple(dict.fromkeys(["/".join(parts), "/".join(real_parts)]))
-        if not stat.S_ISREG(st.st_mode) and any(n in self.expected for n in names):
+        if not stat.S_ISREG(st.st_mode) and listed:
             os.close(fd)  # a listed name is a file: never a folder's index.html in its place
             raise Refused(409, f"refused: {names[0]} is listed in the manifest but is not a regular file")
         if stat.S_ISDIR(st.st_mode) and _index:

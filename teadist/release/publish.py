@@ -663,8 +663,8 @@ class Publisher:
         """Read ``existing`` again by its id before deleting it: a listing is a moment ago, and another
         run may have finished that very upload since. True when it is proven now (keep it)."""
         fresh = self.read_asset(existing.id)
-        if fresh is None:
-            return False  # gone already
+        if fresh is None or fresh.name != existing.name:
+            return False  # gone already (an id is never another asset's: nothing else is deleted)
         if fresh.name == asset.name and self._verdict(fresh, asset, report) is Verdict.PROVEN:
             self.reporter.info(f"{asset.name} was finished meanwhile (another run?); keeping it")
             return True
