@@ -251,8 +251,13 @@ def check_api_url(api_url: str) -> Origin:
     try:
         return url_origin(api_url)
     except ReleaseError:
-        raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} is not an http(s) URL with a host and no "
-                         "user name or password", hint="e.g. https://api.github.com or https://HOST/api/v3") from None
+        match = _URL_PARTS.match(api_url) if isinstance(api_url, str) else None
+        if match is not None and "@" in match.group(2):
+            raise UsageError(f"GITHUB_API_URL carries a user name or password ({shown_url(api_url)!r} without "
+                             "them): the token goes in a header, from GITHUB_TOKEN",
+                             hint="remove 'user:password@' from GITHUB_API_URL") from None
+        raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} is not an http(s) URL with a host",
+                         hint="e.g. https://api.github.com or https://HOST/api/v3") from None
 
 
 def upload_origins(api_url: str) -> set[Origin]:
