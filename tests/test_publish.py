@@ -450,3 +450,27 @@ def test_two_publish_runs_at_once_never_publish_an_incomplete_release_with_exit_
                 assert published_matches_index(github, expected), \
                     f"run {name} exited 0 but the release holds {[a.name for a in github.releases[0].assets]}"
         assert 0 in (b.returncode, github.a.returncode) or not [r for r in github.releases if not r.draft]
+
+
+class CountingConnections(GitHubServer):
+    def __init__(self) -> None:
+        super().__init__(repo="tea/tea", token=GH_SECRET)
+        self.clients: list[int] = []
+
+    def route(self, handler: _Handler, method: str) -> None:
+        self.clients.append(handler.client_address[1])
+        super().route(handler, method)
+
+
+def test_the_guard_keeps_connections_alive(dist: Path, cli: Callable[..., Result],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guarded connection classes share one keep-alive session per origin: a release is not
+    one TCP (TLS, on github.com) handshake per API call."""
+    with CountingConnections() as github:
+        assert isinstance(github, CountingConnections)
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_SECRET)
+        assert _publish(cli, dist).code == 0
+        assert len(github.clients) > 10
+        connections = len(set(github.clients))
+        assert connections <= 3, f"{connections} connections for {len(github.clients)} requests"

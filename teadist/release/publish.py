@@ -317,22 +317,39 @@ def _install_guard(token: str, origins: frozenset[Origin]) -> None:
                 _check_outgoing(str(request.url), request.headers.get("Authorization"))
                 return super().send(request, *args, **kwargs)
 
+        # Injected connection classes make PyGithub build a connection per request; the session
+        # (and so its keep-alive pool) is shared per origin and retry policy instead, so a release
+        # is not one TLS handshake per API call.
+        # key: origin and the retry policy's id (the policy is kept in the value, so its id stays unique)
+        sessions: dict[tuple[str, str, int, int], tuple[requests.Session, GuardedAdapter, object]] = {}
+
         def guard(connection: HTTPRequestsConnectionClass | HTTPSRequestsConnectionClass) -> None:
-            adapter = GuardedAdapter(max_retries=connection.retry, pool_connections=connection.pool_size,
-                                     pool_maxsize=connection.pool_size)
-            connection.adapter = adapter
-            connection.session.mount("http://", adapter)
-            connection.session.mount("https://", adapter)
+            key = (connection.protocol, connection.host, int(connection.port), id(connection.retry))
+            with _GUARD_LOCK:
+                if key not in sessions:
+                    adapter = GuardedAdapter(max_retries=connection.retry, pool_connections=connection.pool_size,
+                                             pool_maxsize=connection.pool_size)
+                    session = connection.session  # its auth hook keeps requests from reading .netrc
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    sessions[key] = (session, adapter, connection.retry)
+                connection.session, connection.adapter, _ = sessions[key]
 
         class GuardedHTTP(HTTPRequestsConnectionClass):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 guard(self)
 
+            def close(self) -> None:
+                pass  # the session is shared (see above)
+
         class GuardedHTTPS(HTTPSRequestsConnectionClass):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 guard(self)
+
+            def close(self) -> None:
+                pass
 
         Requester.injectConnectionClasses(GuardedHTTP, GuardedHTTPS)
         _guard_installed = True
