@@ -333,6 +333,9 @@ def _install_guard(token: str, origins: frozenset[Origin]) -> None:
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
                     sessions[key] = (session, adapter, connection.retry)
+                    while len(sessions) > 16:  # one process, many publishers (tests): close the oldest
+                        old = sessions.pop(next(iter(sessions)))
+                        old[0].close()  # its pools only: a later request on it opens a new connection
                 connection.session, connection.adapter, _ = sessions[key]
 
         class GuardedHTTP(HTTPRequestsConnectionClass):
