@@ -591,7 +591,7 @@ class GitHubServer(LoopbackServer):
             return
         if path == base + "/releases":
             if method == "GET":
-                handler.send_json(200, [self.release_json(r) for r in self.releases])
+                self._send_page(handler, parts.query, [self.release_json(r) for r in self.releases])
                 return
             if method == "POST":
                 data = json.loads(handler.read_body() or b"{}")
@@ -614,7 +614,7 @@ class GitHubServer(LoopbackServer):
             if found_rel is None:
                 handler.send_json(404, {"message": "Not Found"})
             elif one.group(2) and method == "GET":
-                handler.send_json(200, [self.asset_json(a) for a in found_rel.assets])
+                self._send_page(handler, parts.query, [self.asset_json(a) for a in found_rel.assets])
             elif method == "GET":
                 handler.send_json(200, self.release_json(found_rel))
             elif method == "PATCH":
@@ -656,6 +656,20 @@ class GitHubServer(LoopbackServer):
             handler.send_json(404, {"message": "Not Found"})
             return
         handler.send_json(404, {"message": "Not Found"})
+
+    def _send_page(self, handler: _Handler, query: str, items: list[dict[str, Any]]) -> None:
+        """A list endpoint as GitHub pages it: ``per_page`` (default 30, at most 100) and ``page``,
+        with a ``Link: rel="next"`` header while more pages follow."""
+        from urllib.parse import parse_qs
+
+        params = parse_qs(query)
+        per_page = max(1, min(100, int((params.get("per_page") or ["30"])[0])))
+        page = max(1, int((params.get("page") or ["1"])[0]))
+        headers = {}
+        if page * per_page < len(items):
+            path = urlsplit(handler.path).path
+            headers["Link"] = f'<{self.url}{path}?per_page={per_page}&page={page + 1}>; rel="next"'
+        handler.send_json(200, items[(page - 1) * per_page:page * per_page], headers)
 
     def _asset(self, asset_id: int) -> GhAsset | None:
         return next((a for r in self.releases for a in r.assets if a.id == asset_id), None)

@@ -259,3 +259,24 @@ def test_bad_numbers_in_the_environment_are_usage_errors(variable: str, value: s
         result = console("fetch", server.url_for("m.gguf.manifest.json"), env={variable: value})
     assert result.code == 2, result.err
     assert variable in result.err and "Traceback" not in result.err
+
+
+def test_demo_keep_writes_only_into_a_new_or_empty_folder(tmp_path: Path, console: Callable[..., Result]) -> None:
+    """Review 11b #7: --keep DIR wrote DIR/work/tiny-llama.gguf through a link planted there (a file
+    outside DIR replaced), and --keep ~ would install into the real model cache."""
+    keep = tmp_path / "keep"
+    (keep / "work").mkdir(parents=True)
+    outside = tmp_path / "elsewhere" / "model.gguf"
+    outside.parent.mkdir()
+    outside.write_text("my real model, not the demo's")
+    (keep / "work" / "tiny-llama.gguf").symlink_to(outside)
+    result = console("demo", "--keep", keep)
+    assert outside.read_bytes() == b"my real model, not the demo's", "the demo wrote through the link"
+    assert result.code == 2 and "--keep" in result.err, result.err
+    assert sorted(p.name for p in keep.rglob("*")) == ["tiny-llama.gguf", "work"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "new" / "demo"):
+        result = console("demo", "--keep", folder, "--json")
+        assert result.code == 0, result.err
+        assert (folder / ".cache" / "tea" / "models" / "tiny-llama.gguf").is_file()

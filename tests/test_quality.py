@@ -23,3 +23,12 @@ def test_cli_start_up_does_not_import_heavy_libraries() -> None:
             "'tqdm') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_no_lock_or_scratch_file_is_tracked() -> None:
+    """A test once ran a lock next to the working folder and the lock got committed (review 11a #15)."""
+    proc = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = [n for n in proc.stdout.splitlines() if n.endswith(".lock") and not n.endswith("package-lock.json")]
+    assert tracked == []

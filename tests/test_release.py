@@ -295,7 +295,11 @@ def test_asset_without_digest_is_kept_only_once_its_bytes_are_proven(redirect: b
 
 @pytest.mark.parametrize(("tag", "prerelease"), [("v1.2.0-rc1", True), ("v1.2.0-beta.2", True),
                                                  ("v2.0.0-alpha", True), ("v1.2.0rc1", True), ("v1.2.0", False),
-                                                 ("v1.2.0+build.5", False)])
+                                                 ("v1.2.0+build.5", False),
+                                                 # review 11a #12: a prefix before the version, a post-release
+                                                 # of a pre-release, a suffix after a "tea-v" prefix
+                                                 ("release-1.2.0-rc1", True), ("v1.2.0rc1.post1", True),
+                                                 ("tea-v1.2.3-beta", True), ("v1.2.0.post1", False)])
 def test_prerelease_tags_are_published_as_prereleases(tag: str, prerelease: bool, github: GitHubServer,
                                                       tmp_path: Path, tiny_model: Path,
                                                       cli: Callable[..., Result]) -> None:
@@ -580,3 +584,162 @@ def test_tarball_symlink_loop_is_a_clear_error(shape: str, tmp_path: Path, conso
     result = console("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
     assert result.code == 2, result.err
     assert "Traceback" not in result.err and result.err.startswith("error: ")
+
+
+# -- review 11a #13: names, tags and repos are checked before anything is written ----------------
+@pytest.mark.parametrize("tag", ["v1.lock", ".v1", "v1.", "v1//x", "-v1", "v1.." + "2", "v" + "1" * 300])
+def test_prepare_refuses_a_bad_tag_before_writing(tag: str, tmp_path: Path, tiny_model: Path,
+                                                  cli: Callable[..., Result]) -> None:
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"file": str(tiny_model), "name": "tiny"}], "chunk_size": "200k"}))
+    result = cli("release", "prepare", f"--tag={tag}", "--repo", "tea/tea", "--config", config, "--out",
+                 tmp_path / "out")
+    assert result.code == 2, result.err
+    assert "--tag" in result.err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("repo", ["../..", "a/..", "./x", "tea/tea/x", "-a/b", "a/b.git"])
+def test_prepare_and_publish_refuse_a_bad_repo_before_writing(repo: str, tmp_path: Path, tiny_model: Path,
+                                                             github: GitHubServer, dist: Path,
+                                                             cli: Callable[..., Result]) -> None:
+    config = tmp_path / "release.json"
+    result = cli("release", "prepare", "--tag", TAG, f"--repo={repo}", "--config", config, "--out", tmp_path / "o")
+    assert result.code == 2 and "--repo" in result.err and not (tmp_path / "o").exists()
+    result = cli("release", "publish", "--tag", TAG, f"--repo={repo}", "--dist", dist)
+    assert result.code == 2 and "--repo" in result.err
+    assert github.writes == []
+
+
+@pytest.mark.parametrize("case", ["name-with-space", "file-with-space"])
+def test_prepare_refuses_unpublishable_names_before_writing(case: str, tmp_path: Path, tiny_model: Path,
+                                                            cli: Callable[..., Result]) -> None:
+    """A config name or a model file name that cannot be a manifest name / GitHub asset name is
+    refused before the first chunk is written, so a second run is not refused for prepare's own
+    leftovers."""
+    import shutil
+
+    model = tiny_model
+    entry: dict[str, str] = {"file": str(model), "name": "my model"}
+    if case == "file-with-space":
+        model = tmp_path / "my model.gguf"
+        shutil.copyfile(tiny_model, model)
+        entry = {"file": str(model), "name": "tiny"}
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [entry], "chunk_size": "200k"}))
+    out = tmp_path / "out"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err
+    assert not out.exists() or list(out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+    config.write_text(json.dumps({"models": [{"file": str(tiny_model), "name": "tiny"}], "chunk_size": "100k"}))
+    again = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert again.code == 0, again.err
+
+
+# -- review 11a #11: a FIFO never hangs prepare, publish or pin ------------------------------------
+def test_a_fifo_in_dist_or_as_the_index_never_hangs(tmp_path: Path, tiny_model: Path, github: GitHubServer,
+                                                    cli: Callable[..., Result],
+                                                    console: Callable[..., Result]) -> None:
+    dist = _prepare(cli, tmp_path, tiny_model)
+    chunk = sorted(n for n in index_assets(dist) if ".part-" in n)[1]
+    (dist / chunk).unlink()
+    os.mkfifo(dist / chunk)
+    env = {"GITHUB_API_URL": github.api_url, "GITHUB_TOKEN": GH_SECRET}
+    result = console("release", "publish", "--tag", TAG, "--repo", "tea/tea", "--dist", dist, env=env, timeout=30)
+    assert result.code != 0 and chunk in result.err and "Traceback" not in result.err
+    assert github.writes == []
+    out = tmp_path / "out2"
+    out.mkdir()
+    os.mkfifo(out / RELEASE_MANIFEST)
+    result = console("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", tmp_path / "release.json",
+                     "--out", out, timeout=30)
+    assert result.code != 0 and RELEASE_MANIFEST in result.err and "Traceback" not in result.err
+    config = tmp_path / "fifo-config.json"
+    os.mkfifo(config)
+    result = console("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config,
+                     "--out", tmp_path / "out3", timeout=30)
+    assert result.code != 0 and "Traceback" not in result.err
+
+
+def test_a_fifo_in_the_registry_never_hangs_pin(tmp_path: Path, console: Callable[..., Result]) -> None:
+    registry = tmp_path / "reg"
+    registry.mkdir()
+    os.mkfifo(registry / "f.json")
+    result = console("registry", "pin", "x", "--registry-dir", registry, timeout=30)
+    assert result.code != 0 and "f.json" in result.err and "Traceback" not in result.err
+
+
+# -- review 11a #1: prepare ships only the bytes the fetch verified -------------------------------
+def test_prepare_never_lists_a_cached_model_changed_in_place(
+        hub: object, models_dir: Path, tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> None:
+    """A cached model changed in place with its mtime restored (as actions/cache keeps it): the cache
+    sees the change (ctime, inode) and fetches again, or prepare refuses; the index never lists the
+    changed bytes."""
+    import hashlib
+
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    st = cached.stat()
+    with open(cached, "r+b") as fh:
+        fh.seek(300_000)
+        byte = fh.read(1)
+        fh.seek(300_000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))
+    published = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() != published
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"model": "hf://org/repo/tiny.gguf", "name": "tiny"}],
+                                  "chunk_size": "200k"}))
+    out = tmp_path / "dist"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert "Traceback" not in result.err
+    if result.code == 0:
+        index = json.loads((out / RELEASE_MANIFEST).read_text())
+        assert [m["file"]["sha256"] for m in index["models"]] == [published]
+    else:
+        assert result.code == 3 and not (out / RELEASE_MANIFEST).exists(), result.err
+
+
+def test_prepare_refuses_bytes_that_differ_from_what_the_fetch_verified(tmp_path: Path, tiny_model: Path) -> None:
+    """Review 11a #1: the sha256 prepare computes while splitting must be the one the fetch verified
+    (the file may change between the fetch and the split); otherwise nothing is listed or left."""
+    import hashlib
+
+    from teadist.base.progress import NullReporter
+    from teadist.errors import IntegrityError
+    from teadist.release.prepare import prepare_release
+
+    changed = tmp_path / "models" / "tiny.gguf"
+    changed.parent.mkdir()
+    raw = bytearray(tiny_model.read_bytes())
+    raw[300_000] ^= 0xFF
+    changed.write_bytes(raw)
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"model": "tiny", "name": "tiny"}], "chunk_size": "200k"}))
+    out = tmp_path / "dist"
+    verified = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    with pytest.raises(IntegrityError, match="sha256"):
+        prepare_release(TAG, "tea/tea", config, out, NullReporter(), lambda name: (changed, verified))
+    assert not (out / RELEASE_MANIFEST).exists()
+    assert not out.exists() or list(out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+
+
+def test_a_crafted_index_in_out_never_makes_prepare_delete_a_users_file(tmp_path: Path, tiny_model: Path,
+                                                                       cli: Callable[..., Result]) -> None:
+    """Review 11a caveat: a model-manifest.json found in --out is read as "prepare wrote these";
+    a crafted one listing a user's file (with its right size and sha256) must not get it deleted."""
+    import hashlib
+
+    out = _prepare(cli, tmp_path, tiny_model)
+    index = json.loads((out / RELEASE_MANIFEST).read_text())
+    notes = out / "notes.txt"
+    notes.write_text("the user's own notes\n")
+    raw = notes.read_bytes()
+    index["files"].append({"name": "notes.txt", "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                           "url": f"https://github.com/tea/tea/releases/download/{TAG}/notes.txt"})
+    (out / RELEASE_MANIFEST).write_text(json.dumps(index))
+    config = tmp_path / "release.json"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert notes.exists() and notes.read_bytes() == raw, "prepare deleted a file it never wrote"
+    assert "Traceback" not in result.err

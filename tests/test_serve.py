@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +20,7 @@ import pytest
 from teadist.base.progress import NullReporter
 from teadist.pipelines.split import split_file
 from tests.conftest import TEADIST_BIN
-from tests.helpers import write_random
+from tests.helpers import Result, write_random
 
 
 @contextmanager
@@ -276,3 +276,262 @@ def test_a_request_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
         assert cut, "a trickling client held a worker for 8 s"
         assert time.monotonic() - start < 4
         assert request(url, "/ok.txt") == (200, b"fine")
+
+
+# -- review 11b ------------------------------------------------------------------------------------
+def _raw(url: str, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or ``wait`` passes)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=wait) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except (TimeoutError, ConnectionError):
+            pass
+    return got
+
+
+@pytest.mark.parametrize("how", ["folder", "link-to-folder", "fifo"])
+def test_a_listed_name_that_is_a_folder_is_refused_never_its_index(how: str,
+                                                                  site: tuple[Path, Path, list[str]]) -> None:
+    """11b #1: a listed chunk (and the assembled name) replaced by a folder holding an index.html of
+    the listed size: startup says REFUSED, a GET never answers 200 with the folder's page."""
+    import re
+
+    root, manifest, chunks = site
+    model = root / "model"
+    victim = model / chunks[1]
+    size = victim.stat().st_size
+    victim.unlink()
+    pages = model / ("evil" if how != "folder" else chunks[1])
+    pages.mkdir()
+    (pages / "index.html").write_bytes(b"EVIL" * (size // 4))
+    if how == "link-to-folder":
+        victim.symlink_to("evil")
+    elif how == "fifo":
+        os.mkfifo(victim)
+    (model / "m.bin").mkdir()  # the assembled name is listed too (file.sha256)
+    (model / "m.bin" / "index.html").write_bytes(b"<h1>not the model</h1>")
+    with serving(root, "--verify", manifest) as (url, proc):
+        for name in (chunks[1], "m.bin"):
+            status, body = request(url, f"/model/{name}")
+            assert status in (404, 409) and b"EVIL" not in body and b"not the model" not in body, (name, status)
+            status, body = request(url, f"/model/{name}", {"Range": "bytes=0-99"})
+            assert status in (404, 409) and b"EVIL" not in body and b"not the model" not in body, (name, status)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert re.search(rf"^REFUSED\s+model/{re.escape(chunks[1])}$", err, re.M), err
+
+
+def test_range_answers_carry_only_verified_bytes_after_an_in_place_edit(tmp_path: Path) -> None:
+    """11b #2: a chunk edited through a shared mmap keeps (dev, ino, size, mtime, ctime) — writes into
+    an already dirty MAP_SHARED page update no timestamp — so its identity vouches for nothing."""
+    import hashlib
+    import mmap
+
+    src = tmp_path / "t.bin"
+    write_random(src, 1_500_000, seed=11)
+    result = split_file(src, tmp_path / "web", NullReporter(), chunk_size=1_000_000, name="t")
+    chunk = result.manifest.chunks[0]
+    path = tmp_path / "web" / chunk.name
+    good = path.read_bytes()
+    fd = os.open(path, os.O_RDWR)
+    mapped = mmap.mmap(fd, 0)
+    try:
+        mapped[0:1] = mapped[0:1]  # dirty the first page: its timestamps are set now, content unchanged
+        with serving(tmp_path / "web", "--verify", result.manifest_path) as (url, _):
+            assert request(url, f"/{chunk.name}", method="HEAD")[0] == 200  # checked: verdict cached
+            before = os.stat(path)
+            mapped[0:8] = b"EVILEVIL"
+            after = os.stat(path)
+            identity = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+            assert [getattr(before, k) for k in identity] == [getattr(after, k) for k in identity], \
+                "the kernel updated a timestamp: the in-place edit this test needs did not happen"
+            assert hashlib.sha256(path.read_bytes()).hexdigest() != chunk.sha256
+            for start, rng in ((0, "bytes=0-524287"), (524_288, "bytes=524288-"), (0, "bytes=0-127998")):
+                status, body = request(url, f"/{chunk.name}", {"Range": rng})
+                assert status in ("cut", "dropped", 409) or (status == 206 and body == good[start:start + len(body)]), \
+                    f"{rng}: {status} with {len(body)} bytes the manifest does not describe ({body[:8]!r})"
+            status, body = request(url, f"/{chunk.name}")
+            assert status in ("cut", "dropped", 409) or (status == 200 and body == good)
+    finally:
+        mapped.close()
+        os.close(fd)
+
+
+def test_keep_alive_connections_cannot_hold_every_worker(tmp_path: Path) -> None:
+    """11b #6: 16 connections sending a request every second hold all 16 workers; a new client must
+    still be answered within seconds, not when they stop."""
+    import threading
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root, "--timeout", "10") as (url, _):
+        parts = urlsplit(url)
+        stop = time.monotonic() + 20
+        answered = []
+
+        def hog() -> None:
+            with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=15) as s:
+                while time.monotonic() < stop:
+                    try:
+                        s.sendall(b"HEAD /ok.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        if not s.recv(4096):
+                            return  # the server let go of this connection
+                    except OSError:
+                        return
+                    answered.append(1)
+                    time.sleep(1)
+
+        hogs = [threading.Thread(target=hog, daemon=True) for _ in range(16)]
+        for h in hogs:
+            h.start()
+        time.sleep(1.5)
+        assert len(answered) >= 16  # every hog holds a worker
+        start = time.monotonic()
+        status, body = request(url, "/ok.txt")
+        waited = time.monotonic() - start
+        for h in hogs:
+            h.join(25)
+    assert (status, body) == (200, b"fine")
+    assert waited < 6, f"a new client waited {waited:.1f} s for a worker"
+
+
+def test_a_malformed_absolute_target_gets_a_400(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root) as (url, proc):
+        for _ in range(3):
+            assert _raw(url, b"GET http://[x/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert request(url, "/ok.txt") == (200, b"fine")
+    assert proc.stderr is not None and "warning" not in proc.stderr.read()
+
+
+def test_http_0_9_is_not_answered_with_a_bare_body(tmp_path: Path) -> None:
+    """11b #9: an HTTP/0.9 answer has no status line and no length: a cut one looks complete."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine and long enough to recognise")
+    with serving(root) as (url, _):
+        got = _raw(url, b"GET /ok.txt\r\n\r\n")
+    assert not got.startswith(b"fine") and b"fine and long" not in got
+    assert got == b"" or got.startswith(b"HTTP/1.")
+
+
+@pytest.mark.parametrize("value", ["1e-300", "0.0001"])
+def test_a_tiny_timeout_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    """11b #10: --timeout 1e-300 made the deadline reaper spin."""
+    root = tmp_path / "site"
+    root.mkdir()
+    proc = subprocess.Popen([str(TEADIST_BIN), "serve", str(root), "--port", "0", "--timeout", value],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"serve --timeout {value} started serving") from None
+    assert code == 2 and proc.stderr is not None and "--timeout" in proc.stderr.read()
+
+
+@pytest.mark.parametrize(("host", "allowed"), [("attacker.example", False), ("127.0.0.1.nip.io", False),
+                                               ("localhost", True), ("127.0.0.1", True), ("LOCALHOST.", True)])
+def test_a_loopback_server_answers_only_loopback_host_names(host: str, allowed: bool, tmp_path: Path) -> None:
+    """11b #11: DNS rebinding — a page on attacker.example whose name now resolves to 127.0.0.1."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root) as (url, _):
+        port = urlsplit(url).port
+        status, body = request(url, "/ok.txt", {"Host": f"{host}:{port}"})
+    if allowed:
+        assert (status, body) == (200, b"fine")
+    else:
+        assert status in (400, 403, 421) and body != b"fine"
+
+
+def test_a_public_bind_takes_any_host_name(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root, "--host", "0.0.0.0") as (url, _):
+        port = urlsplit(url).port
+        assert request(f"http://127.0.0.1:{port}", "/ok.txt", {"Host": "my-laptop.lan"}) == (200, b"fine")
+
+
+def test_a_get_with_a_body_is_never_read_as_a_second_request(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "a.txt").write_text("A")
+    (root / "b.txt").write_text("B")
+    inner = b"GET /b.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with serving(root) as (url, _):
+        got = _raw(url, b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner)
+    assert got.count(b"HTTP/1.1 ") == 1, got
+
+
+def test_verify_with_a_fifo_as_the_manifest_does_not_hang(tmp_path: Path, console: Callable[..., Result]) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    os.mkfifo(tmp_path / "m.json")
+    result = console("serve", root, "--port", "0", "--verify", tmp_path / "m.json", timeout=20)
+    assert result.code != 0 and "m.json" in result.err and "Traceback" not in result.err
+
+
+def test_ipv4_mapped_loopback_is_loopback(tmp_path: Path) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::ffff:127.0.0.1", 0))
+    except OSError:
+        pytest.skip("no IPv4-mapped IPv6 bind here")
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root, "--host", "::ffff:127.0.0.1") as (_, proc):
+        pass
+    assert proc.stderr is not None and "warning" not in proc.stderr.read()
+
+
+def test_a_range_end_beyond_the_file_is_clamped_whatever_its_length(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with serving(root) as (url, _):
+        assert request(url, "/ok.txt", {"Range": "bytes=1-" + "9" * 25}) == (206, b"ine")
+
+
+def test_clients_that_never_read_cannot_hold_every_worker(tmp_path: Path) -> None:
+    """11b #6, slow readers: 16 clients ask for a big file and read nothing, so every worker is stuck
+    in a send; a new client must still be answered within seconds, not after --timeout."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine")
+    with open(root / "big.bin", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    with serving(root, "--timeout", "30") as (url, _):
+        parts = urlsplit(url)
+        hogs = []
+        for _ in range(16):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((parts.hostname or "", parts.port or 0))
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            hogs.append(s)
+        time.sleep(1.5)
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=40)
+        try:
+            conn.request("GET", "/ok.txt")
+            response = conn.getresponse()
+            answer = (response.status, response.read())
+        finally:
+            conn.close()
+            for s in hogs:
+                s.close()
+        waited = time.monotonic() - start
+    assert answer == (200, b"fine")
+    assert waited < 12, f"a new client waited {waited:.1f} s while 16 clients read nothing"

@@ -22,7 +22,8 @@ def test_parse_size_accepts_units(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1.2.3G", "-5", "5 XB", "1e9", "G", "9" * 100])
+@pytest.mark.parametrize("text", ["", "abc", "1.2.3G", "-5", "5 XB", "1e9", "G", "9" * 100,
+                                  "\u0661\u0662k", "\uff11\uff12k", "1\u00a0k", "\u00b2"])
 def test_parse_size_rejects_with_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError, match="invalid size"):
         parse_size(text)

@@ -190,7 +190,7 @@ def test_assemble_refuses_a_non_bytes_manifest(tmp_path: Path) -> None:
     from teadist.formats.manifest import FileRecord, Manifest
 
     manifest = Manifest("x", FileRecord("x.gguf", None, None), "single")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError):  # never the working folder: its lock file once got committed
         assemble_chunks(manifest, tmp_path, tmp_path / "x.gguf", NullReporter())
 
 

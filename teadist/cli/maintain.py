@@ -58,7 +58,7 @@ def serve(
     verify_manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
-                                                             "(0 < s <= 3600).")] = 30.0,
+                                                             "(0.1 <= s <= 3600).")] = 30.0,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -73,14 +73,22 @@ def serve(
       teadist serve web/ --verify web/phi.gguf.manifest.json
     """
     import math
+    import stat
 
     from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.serve import MAX_TIMEOUT, StaticServer
+    from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
 
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-        raise UsageError(f"--timeout must be seconds between 0 and {MAX_TIMEOUT:g}, not {timeout!r}")
+    if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
+        raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
     if not folder.is_dir():
         raise NotFoundError(f"folder not found: {folder}")
+    if verify_manifest is not None:  # a FIFO would block the read forever
+        try:
+            regular = stat.S_ISREG(verify_manifest.stat().st_mode)
+        except OSError:
+            raise NotFoundError(f"manifest not found: {verify_manifest}") from None
+        if not regular:
+            raise UsageError(f"--verify {verify_manifest} is not a regular file")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
     reporter = _reporter(False)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
@@ -167,10 +175,10 @@ def release_prepare(
     settings = _settings(cache_dir)
     reporter = _reporter(quiet, as_json)
 
-    def get_model(name: str) -> Path:
+    def get_model(name: str) -> tuple[Path, str | None]:
         result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
                            _downloader(settings, reporter))
-        return Path(result.path)
+        return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
 
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)
     if as_json:
@@ -208,7 +216,7 @@ def release_publish(
     """
     import os
 
-    from teadist.release.publish import Publisher, check_upload_timeout, check_write_interval
+    from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
 
     check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
     interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
@@ -221,6 +229,7 @@ def release_publish(
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
     api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    check_api_url(api_url)  # never echoed with a user name or password in it
     reporter = _reporter(quiet, as_json)
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
                           write_interval=interval)

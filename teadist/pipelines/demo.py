@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teadist.base.progress import Reporter
-from teadist.pipelines.serve import Listed, Opened, StaticHandler, StaticServer
+from teadist.pipelines.serve import Opened, StaticHandler, StaticServer
 
 
 class _InterruptingServer(StaticServer):
@@ -29,7 +29,7 @@ class _InterruptingServer(StaticServer):
         self._lock = threading.Lock()
 
     def send_body(self, handler: StaticHandler, opened: Opened, start: int, length: int,
-                  checks: list[Listed]) -> None:
+                  pieces: bytes | None) -> None:
         with self._lock:
             ours = opened.names[-1] == self.victim
             cut_now = ours and not self._cut_done
@@ -38,10 +38,10 @@ class _InterruptingServer(StaticServer):
                 self.resumed_with.append(str(handler.headers["Range"]))
             self.bytes_sent += min(length, self.cut) if cut_now else length
         if cut_now:
-            super().send_body(handler, opened, start, min(length, self.cut), checks)
+            super().send_body(handler, opened, start, min(length, self.cut), pieces)
             handler.abort()
             return
-        super().send_body(handler, opened, start, length, checks)
+        super().send_body(handler, opened, start, length, pieces)
 
 
 @dataclass
@@ -53,8 +53,18 @@ class DemoResult:
 
 
 def run_demo(reporter: Reporter, keep: Path | None = None) -> DemoResult:
+    """The demo in a temporary folder, or in ``keep``: a new or empty folder (not a link), so every
+    name it writes is its own — never a file someone put there, never a link planted in it, never
+    a real model cache (``--keep ~``)."""
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
+        from teadist.errors import UsageError
+
+        try:
+            keep.mkdir(parents=True)
+        except FileExistsError:
+            if keep.is_symlink() or not keep.is_dir() or any(keep.iterdir()):
+                raise UsageError(f"--keep {keep} is not an empty folder: the demo writes only into a new or "
+                                 "empty one", hint="name a new folder, e.g. --keep ./teadist-demo") from None
         return _demo_in(keep, reporter)
     with tempfile.TemporaryDirectory(prefix="teadist-demo-") as tmp:
         return _demo_in(Path(tmp), reporter)
@@ -76,6 +86,7 @@ def _demo_in(home: Path, reporter: Reporter) -> DemoResult:
         result.steps.append(text)
         reporter.info(f"[{len(result.steps)}] {text}")
 
+    (home / "work").mkdir()  # a folder this run made: nothing planted in it
     model = make_tiny_model(home / "work" / "tiny-llama.gguf", n_embd=128, n_layer=4)
     step(f"made a tiny llama GGUF: {model} ({model.stat().st_size} bytes)")
     dist = home / "dist"

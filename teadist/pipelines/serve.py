@@ -6,16 +6,28 @@ that multi-threaded wasm needs, correct MIME types for ``.wasm``/``.js``.
 What it will and will not serve:
 - only regular files under the folder, opened by walking the resolved path one component at a
   time without following any link (a link inside the folder is resolved first and must stay
-  inside it); nothing hidden, neither by the requested name nor by where a link leads.
+  inside it); nothing hidden, neither by the requested name nor by where a link leads. A folder
+  means its index.html — never for a name the manifest lists: a listed name must be a regular
+  file (or a link to one), else it is refused (409).
 - with a manifest, a listed file (by the requested name *or* by where a link leads) is checked on
-  the very descriptor that is then served: hashed once per (device, inode, size, mtime, ctime) and
-  refused with 409 when it fails. A full GET is hashed again while it is sent and the last block
-  is held back until the hash matches, so bytes changed in place after the check are cut off,
-  never completed; a Range answer is cut if the file's identity changed while it was sent.
-- hostile requests get a 4xx: link loops, overlong segments, NUL bytes, absurd ``Range`` headers.
+  the very descriptor that is then served: hashed once per (device, inode, size, mtime, ctime),
+  recording the SHA-256 of every 1 MiB piece along the way, and refused with 409 when it fails.
+  An identity can stay the same while the bytes change (a write into an already dirty shared
+  mmap page updates no timestamp), so every answer — whole or ``Range`` — is sent piece by piece,
+  each piece read into memory, hashed and compared with the verified piece before any of it goes
+  out: bytes that differ are cut off, never sent.
+- hostile requests get a 4xx: link loops, overlong segments, NUL bytes, malformed targets, absurd
+  ``Range`` headers, HTTP/0.9 (no status line, no length: a cut answer would look complete). A
+  GET carrying a body is answered and the connection closed (its body is never read as a request).
+- bound to loopback, it answers only requests whose Host is a loopback name or address
+  (``localhost``, ``127.0.0.1``, ``[::1]``): a page whose own name was rebound to 127.0.0.1 (DNS
+  rebinding) gets 403.
 
 It keeps no per-request state, gives each connection a socket timeout, and serves at most
-``workers`` connections at once (others wait in the kernel's accept queue). IPv6 hosts work.
+``workers`` connections at once (others wait in the kernel's accept queue). Keep-alive cannot hold
+the pool: while a connection waits for a worker, idle keep-alive connections are closed, busy
+ones are closed after their current answer, and a client reading slower than 256 KiB/s is cut
+off; every connection also ends after 1,000 requests or 10 minutes. IPv6 hosts work.
 """
 
 from __future__ import annotations
@@ -52,13 +64,19 @@ _TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/j
           ".gguf": "application/octet-stream", ".css": "text/css"}
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_WORKERS = 16
+MIN_TIMEOUT = 0.1
 MAX_TIMEOUT = 3600.0
 MAX_SEGMENT_BYTES = 255
 MAX_SEGMENTS = 64
-_BLOCK = 256 * 1024
-_RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
-_MAX_VERDICTS = 10_000
+PIECE = 1024 * 1024  # verified and sent in pieces of this size
+_DIGEST = 32
+# a start beyond 19 digits is past any file; an end of any length is clamped to the file's size
+_RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,40})")
 _QUIET_ERRORS = (ConnectionError, TimeoutError, OSError)
+MAX_REQUESTS_PER_CONNECTION = 1000
+MAX_CONNECTION_SECONDS = 600.0
+_SLOW_GRACE = 5.0  # seconds an answer may start slowly before its rate counts
+_MIN_RATE = 256 * 1024  # bytes/s a client must read at while others wait for a worker
 
 
 @dataclass(frozen=True)
@@ -90,9 +108,23 @@ class Opened:
 
 def is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return host == "localhost"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1
+    return ip.is_loopback
+
+
+def loopback_host_header(value: str) -> bool:
+    """Is a Host header a loopback name or address (``localhost:8000``, ``127.0.0.1``, ``[::1]:80``)?"""
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    return host == "localhost" or host.endswith(".localhost") or (host != "localhost" and is_loopback(host))
 
 
 class StaticServer:
@@ -101,6 +133,10 @@ class StaticServer:
     def __init__(self, root: Path, manifest: Manifest | None = None, host: str = "127.0.0.1",
                  port: int = 0, manifest_dir: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
                  workers: int = DEFAULT_WORKERS, reporter: Reporter | None = None) -> None:
+        from teadist.errors import UsageError
+
+        if not (MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):  # NaN fails too
+            raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
         self.root = os.path.realpath(root)
         self.timeout = timeout
         self.reporter = reporter
@@ -115,17 +151,26 @@ class StaticServer:
             self.expected = {prefix + c.name: Listed(c.size, c.sha256) for c in manifest.chunks}
             if manifest.file.sha256 is not None and manifest.file.size is not None:
                 self.expected[prefix + manifest.file.name] = Listed(manifest.file.size, manifest.file.sha256)
-        self._verdicts: dict[tuple[Any, ...], bool] = {}
+        # (dev, ino, size, mtime, ctime, sha256) -> the SHA-256 of every piece, joined; None: failed
+        self._verdicts: dict[tuple[Any, ...], bytes | None] = {}
+        self._max_verdicts = 2 * len(self.expected) + 16
         self._verdict_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(workers)
         self._closing = threading.Event()
-        # connection -> when its request must have arrived: a client trickling a request byte by
-        # byte (each read within the socket timeout) is cut off as surely as a silent one
-        self._deadlines: dict[socket.socket, float] = {}
+        # set while a new connection waits for a worker: keep-alive connections then let go
+        self.starved = threading.Event()
+        # connection -> (when its request must have arrived, whether it is idle keep-alive): a
+        # client trickling a request byte by byte (each read within the socket timeout) is cut
+        # off as surely as a silent one; idle keep-alive ones are closed when a worker is needed
+        self._deadlines: dict[socket.socket, tuple[float, bool]] = {}
+        # connection -> [when its answer began, bytes sent so far]: slow readers are let go of too
+        self._sending: dict[socket.socket, list[float]] = {}
         self._deadline_lock = threading.Lock()
+
         family, address = _bind_address(host, port)
         self._httpd = _Server(self, family, address)
         self._thread: threading.Thread | None = None
+        self.loopback_only = not self.is_public  # then only loopback Host names are answered
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -168,29 +213,51 @@ class StaticServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def expect_request(self, connection: socket.socket) -> None:
+    def expect_request(self, connection: socket.socket, idle: bool = False) -> None:
         with self._deadline_lock:
-            self._deadlines[connection] = time.monotonic() + self.timeout
+            self._deadlines[connection] = (time.monotonic() + self.timeout, idle)
+        if idle and self.starved.is_set():
+            self.shed_idle()
 
     def request_arrived(self, connection: socket.socket) -> None:
         with self._deadline_lock:
             self._deadlines.pop(connection, None)
 
+    def _hang_up(self, connections: list[socket.socket]) -> None:
+        with self._deadline_lock:
+            for connection in connections:
+                self._deadlines.pop(connection, None)
+                self._sending.pop(connection, None)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def shed_idle(self) -> None:
+        """A worker is needed: close keep-alive connections waiting for their next request, and
+        connections whose client reads an answer slower than _MIN_RATE (also one blocked in a send)."""
+        now = time.monotonic()
+        with self._deadline_lock:
+            idle = [c for c, (_, is_idle) in self._deadlines.items() if is_idle]
+            slow = [c for c, (began, sent) in self._sending.items()
+                    if now - began > _SLOW_GRACE and sent < _MIN_RATE * (now - began)]
+        self._hang_up(idle + slow)
+
     def _reap(self) -> None:
-        while not self._closing.wait(min(1.0, self.timeout / 4)):
+        while not self._closing.wait(max(0.05, min(1.0, self.timeout / 4))):
             now = time.monotonic()
             with self._deadline_lock:
-                late = [c for c, deadline in self._deadlines.items() if deadline < now]
-                for connection in late:
-                    del self._deadlines[connection]
-            for connection in late:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
+                late = [c for c, (deadline, _) in self._deadlines.items() if deadline < now]
+            self._hang_up(late)
+            if self.starved.is_set():
+                self.shed_idle()
 
     # -- files -------------------------------------------------------------------------------
     def parts_of(self, raw_path: str) -> list[str]:
         """The path segments a request names, or Refused (4xx)."""
-        path = urlsplit(raw_path).path
+        try:
+            path = urlsplit(raw_path).path
+        except ValueError:  # "http://[x/": a malformed absolute-form target
+            raise Refused(400, "bad request target") from None
         if not path.startswith("/"):
             raise Refused(400, "bad request path")
         try:
@@ -216,12 +283,15 @@ class StaticServer:
         real_parts = [] if real == self.root else real[len(self.root) + 1:].split(os.sep)
         if any(p.startswith(".") for p in real_parts):
             raise Refused(404, "not found")
+        names = tuple(dict.fromkeys(["/".join(parts), "/".join(real_parts)]))
+        listed = any(n in self.expected for n in names)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for part in real_parts:
                 kind = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
                 if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):  # never open a device, FIFO or link
-                    raise Refused(404, "not found")
+                    raise Refused(409, f"refused: {names[0]} is listed in the manifest but is not a regular "
+                                       "file") if listed else Refused(404, "not found")
                 next_fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
@@ -232,30 +302,36 @@ class StaticServer:
         except Refused:
             os.close(fd)
             raise
+        if not stat.S_ISREG(st.st_mode) and listed:
+            os.close(fd)  # a listed name is a file: never a folder's index.html in its place
+            raise Refused(409, f"refused: {names[0]} is listed in the manifest but is not a regular file")
         if stat.S_ISDIR(st.st_mode) and _index:
             os.close(fd)
             return self.open([*parts, "index.html"], _index=False)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise Refused(404, "not found")
-        return Opened(fd, st, tuple(dict.fromkeys(["/".join(parts), "/".join(real_parts)])))
+        return Opened(fd, st, names)
 
     def listings(self, opened: Opened) -> list[Listed]:
         return [self.expected[n] for n in opened.names if n in self.expected]
 
-    def verified(self, opened: Opened, listed: Listed) -> bool:
-        """Does this descriptor hold the listed bytes? Hashed once per file identity."""
+    def verified(self, opened: Opened, listed: Listed) -> bytes | None:
+        """The verified pieces' SHA-256s if this descriptor held the listed bytes when hashed (once
+        per file identity), else None."""
         key = (*opened.identity, listed.sha256)
         with self._verdict_lock:
-            cached = self._verdicts.get(key)
-        if cached is not None:
-            return cached
-        good = opened.st.st_size == listed.size and _hash_fd(opened.fd, opened.st.st_size) == listed.sha256
+            if key in self._verdicts:
+                return self._verdicts[key]
+        pieces: bytes | None = None
+        if opened.st.st_size == listed.size:
+            whole, hashed = _hash_fd(opened.fd, opened.st.st_size)
+            pieces = hashed if whole == listed.sha256 else None
         with self._verdict_lock:
-            if len(self._verdicts) >= _MAX_VERDICTS:
+            if len(self._verdicts) >= self._max_verdicts:
                 self._verdicts.clear()
-            self._verdicts[key] = good
-        return good
+            self._verdicts[key] = pieces
+        return pieces
 
     def forget(self, opened: Opened) -> None:
         with self._verdict_lock:
@@ -263,48 +339,63 @@ class StaticServer:
                 del self._verdicts[key]
 
     def verify_all(self) -> dict[str, bool]:
-        """Check every listed file present in the folder; returns name → ok."""
+        """Check every listed file present in the folder; returns name → ok (absent names are left out)."""
         verdicts: dict[str, bool] = {}
         for name in self.expected:
             try:
                 opened = self.open([p for p in name.split("/") if p])
-            except Refused:
+            except Refused as refused:
+                if refused.status == 409:  # there, but not a regular file
+                    verdicts[name] = False
                 continue
             try:
-                verdicts[name] = all(self.verified(opened, listed) for listed in self.listings(opened))
+                checks = self.listings(opened)
+                verdicts[name] = bool(checks) and all(self.verified(opened, c) is not None for c in checks)
             finally:
                 os.close(opened.fd)
         return verdicts
 
     def send_body(self, handler: StaticHandler, opened: Opened, start: int, length: int,
-                  checks: list[Listed]) -> None:
-        """Send ``length`` bytes from ``start``; listed files are held to their hash (see module doc)."""
-        if not checks:
+                  pieces: bytes | None) -> None:
+        """Send ``length`` bytes from ``start``. A listed file (``pieces``: its verified pieces'
+        SHA-256s) goes piece by piece, each read, hashed and compared before any of it is sent; a
+        piece that differs cuts the answer off. A client too slow while others wait is let go of
+        (``shed_idle``)."""
+        end, position = start + length, start
+        progress = [time.monotonic(), 0.0]  # seen by shed_idle while a worker is needed
+        with self._deadline_lock:
+            self._sending[handler.connection] = progress
+        try:
             with os.fdopen(os.dup(opened.fd), "rb") as fh:
-                if length:
-                    handler.connection.sendfile(fh, start, length)
-            return
-        whole = start == 0 and length == opened.st.st_size
-        digest = hashlib.sha256() if whole else None
-        held = b""
-        position, end = start, start + length
-        while position < end:
-            block = os.pread(opened.fd, min(_BLOCK, end - position), position)
-            if not block:
-                break
-            if digest is not None:
-                digest.update(block)
-            if held:
-                handler.wfile.write(held)
-            held, position = block, position + len(block)
-        intact = position == end and (
-            all(digest.hexdigest() == c.sha256 for c in checks) if digest is not None
-            else _identity(os.fstat(opened.fd)) == opened.identity)
-        if not intact:  # changed since the check: the client never gets a complete answer
-            self.forget(opened)
+                while position < end:
+                    done = self._send_piece(handler, opened, fh, position, end, pieces)
+                    if done <= 0:
+                        return
+                    position += done
+                    progress[1] += done
+        finally:
+            with self._deadline_lock:
+                self._sending.pop(handler.connection, None)
+
+    def _send_piece(self, handler: StaticHandler, opened: Opened, fh: Any, position: int, end: int,
+                    pieces: bytes | None) -> int:
+        """Send from ``position`` up to the end of its piece (or ``end``); the bytes sent, 0 when the
+        answer was cut off (a listed piece that differs, or a file that shrank)."""
+        if pieces is None:
+            done: int = handler.connection.sendfile(fh, position, min(PIECE, end - position))
+            if done <= 0:
+                handler.abort()  # the file shrank: the answer stays short, never padded
+            return done
+        index = position // PIECE
+        piece_start = index * PIECE
+        piece = os.pread(opened.fd, min(PIECE, opened.st.st_size - piece_start), piece_start)
+        if hashlib.sha256(piece).digest() != pieces[index * _DIGEST:(index + 1) * _DIGEST]:
+            self.forget(opened)  # changed since the check: the client never gets these bytes
             handler.abort()
-            return
-        handler.wfile.write(held)
+            return 0
+        out = memoryview(piece)[position - piece_start:min(len(piece), end - piece_start)]
+        handler.wfile.write(out)
+        return len(out)
 
     def handle_failure(self, exc: BaseException) -> None:
         if isinstance(exc, _QUIET_ERRORS):
@@ -317,16 +408,19 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_fd(fd: int, size: int) -> str:
+def _hash_fd(fd: int, size: int) -> tuple[str, bytes]:
+    """The file's SHA-256 (hex) and the SHA-256 of each PIECE of it, joined, in one pass."""
     digest = hashlib.sha256()
+    pieces = bytearray()
     position = 0
     while position < size:
-        block = os.pread(fd, min(8 * 1024 * 1024, size - position), position)
+        block = os.pread(fd, min(PIECE, size - position), position)
         if not block:
             break
         digest.update(block)
+        pieces += hashlib.sha256(block).digest()
         position += len(block)
-    return digest.hexdigest()
+    return digest.hexdigest(), bytes(pieces)
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -372,11 +466,18 @@ class _Server(socketserver.TCPServer):
         super().__init__(address, StaticHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # A bounded pool: wait for a free worker (new connections queue in the kernel meanwhile).
-        while not self.owner._slots.acquire(timeout=0.25):
-            if self.owner._closing.is_set():
-                self.shutdown_request(request)
-                return
+        # A bounded pool: wait for a free worker (new connections queue in the kernel meanwhile);
+        # while waiting, keep-alive connections are asked to let go (see StaticServer.starved).
+        if not self.owner._slots.acquire(blocking=False):
+            self.owner.starved.set()
+            try:
+                while not self.owner._slots.acquire(timeout=0.25):
+                    if self.owner._closing.is_set():
+                        self.shutdown_request(request)
+                        return
+                    self.owner.shed_idle()
+            finally:
+                self.owner.starved.clear()
         worker = threading.Thread(target=self._work, args=(request, client_address), daemon=True)
         try:
             worker.start()
@@ -406,22 +507,40 @@ class StaticHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.owner.timeout)  # bounds every read and every write
+        self.served = 0
+        self.opened_at = time.monotonic()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # no access log: nothing kept or printed per request
 
     def handle_one_request(self) -> None:
         owner = self.server.owner
-        owner.expect_request(self.connection)  # the whole request must arrive within the timeout
+        # the whole request must arrive within the timeout; a keep-alive connection waiting for
+        # its next request is idle and let go when a worker is needed
+        owner.expect_request(self.connection, idle=self.served > 0)
         try:
             super().handle_one_request()
         finally:
             owner.request_arrived(self.connection)
+            self.served += 1
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
         self.server.owner.request_arrived(self.connection)  # from here on: per-read/write timeouts
+        if parsed and self.request_version == "HTTP/0.9":
+            # no status line, no length: a cut answer would look complete to the client
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_json(400, {"error": "HTTP/0.9 is not supported"}, {"Connection": "close"})
+            return False
         return parsed
+
+    def last_on_connection(self) -> bool:
+        """Close after this answer? A body we won't read, a worker needed elsewhere, or old enough."""
+        has_body = self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
+            "Transfer-Encoding" in self.headers
+        return (has_body or self.server.owner.starved.is_set() or self.served + 1 >= MAX_REQUESTS_PER_CONNECTION
+                or time.monotonic() - self.opened_at > MAX_CONNECTION_SECONDS)
 
     def do_GET(self) -> None:
         self._answer(head=False)
@@ -438,9 +557,10 @@ class StaticHandler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
+        closing = {"Connection": "close"} if self.command and self.last_on_connection() else {}
         self.send_response(status)
         for key, value in {**ISOLATION_HEADERS, "Content-Type": "application/json",
-                           "Content-Length": str(len(body)), **(headers or {})}.items():
+                           "Content-Length": str(len(body)), **closing, **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -454,15 +574,21 @@ class StaticHandler(BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         owner = self.server.owner
+        host = self.headers.get("Host")
+        if owner.loopback_only and host is not None and not loopback_host_header(host):
+            # bound to loopback: a page whose name now resolves to 127.0.0.1 (DNS rebinding) is no client
+            self.send_json(403, {"error": "this server answers only to localhost / loopback addresses"})
+            return
         try:
             opened = owner.open(owner.parts_of(self.path))
         except Refused as refused:
             self.send_json(refused.status, {"error": refused.message}, refused.headers)
             return
         try:
-            checks = owner.listings(opened)
-            for listed in checks:
-                if not owner.verified(opened, listed):
+            pieces: bytes | None = None
+            for listed in owner.listings(opened):
+                pieces = owner.verified(opened, listed)
+                if pieces is None:
                     self.send_json(409, {"error": f"refused: {opened.names[0]} does not match its sha256 "
                                                   "in the manifest"})
                     return
@@ -482,10 +608,12 @@ class StaticHandler(BaseHTTPRequestHandler):
                        "ETag": f'"{size:x}-{opened.st.st_mtime_ns:x}-{opened.st.st_ino:x}"'}
             if wanted is not None:
                 headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
+            if self.last_on_connection():
+                headers["Connection"] = "close"
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
             if not head:
-                owner.send_body(self, opened, start, length, checks)
+                owner.send_body(self, opened, start, length, pieces)
         finally:
             os.close(opened.fd)

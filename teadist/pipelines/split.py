@@ -27,7 +27,7 @@ from teadist.base.fsutil import (
 )
 from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range
 from teadist.base.progress import Reporter
-from teadist.errors import NotFoundError, TeadistError, UsageError
+from teadist.errors import IntegrityError, NotFoundError, TeadistError, UsageError
 from teadist.formats.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
 
 DEFAULT_CHUNK_SIZE = 1_900_000_000
@@ -107,7 +107,11 @@ def split_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     name: str | None = None,
     base_url: str | None = None,
+    expect_sha256: str | None = None,
 ) -> SplitResult:
+    """Split ``src`` into chunks in ``out_dir`` and write its manifest last. With ``expect_sha256``
+    (what a fetch verified) the input is held to it: bytes that changed since are never described
+    by a manifest (IntegrityError, the manifest is not written)."""
     check_chunk_size(chunk_size)
     if not src.is_file():
         raise NotFoundError(f"input file not found: {src}")
@@ -176,6 +180,10 @@ def split_file(
     finally:
         task.close()
 
+    if expect_sha256 is not None and whole.hexdigest() != expect_sha256:
+        raise IntegrityError(f"{src} hashes to sha256 {whole.hexdigest()[:16]}…, not the {expect_sha256[:16]}… "
+                             "it was verified as when fetched: it changed since",
+                             hint="remove it from the cache (teadist rm) and fetch it again")
     manifest = Manifest(
         name=name or default_model_name(file_name),
         file=FileRecord(file_name, size, whole.hexdigest()),

@@ -16,13 +16,20 @@ from teadist.formats.manifest import MAX_MANIFEST_BYTES, Manifest, manifest_file
 
 RELEASE_MANIFEST = "model-manifest.json"
 INDEX_KIND = "release-index"
-_TAG_RE = re.compile(r"^[A-Za-z0-9._/+-]+$")
-_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# OWNER/NAME as GitHub spells them: an owner starts with a letter or digit; "." and ".." are no repo
+_OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,38}$")
+_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# The version in ``tea-wasm-llm-{version}.tar.gz`` (package-wasm --version; a tag without its "v")
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+# Safe as a GitHub asset name (and in a URL path): what publish will accept, checked by prepare first
+ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# A version core, then a pre-release part: semver's ``-rc1``/``-beta.2``/``-alpha`` or PEP 440's
-# ``rc1``/``b2``/``a1``/``.dev3``; ``+build`` metadata is not a pre-release.
-_VERSION_CORE = re.compile(r"^[vV]?\d+(?:\.\d+)*")
-_PEP440_PRE = re.compile(r"^(?:[._]?(?:a|alpha|b|beta|c|rc|pre|preview|dev)[._]?\d*)+$", re.IGNORECASE)
+# A version core (``1.2.0``, maybe after a prefix like ``v``, ``release-`` or ``tea-v``), then what
+# follows it. Nothing, or only ``+build`` metadata or a PEP 440 post-release (``.post1``), is a full
+# release; anything else (``-rc1``, ``-beta.2``, ``rc1``, ``.dev3``, ``rc1.post1``, ``-1``) is not.
+_VERSION_CORE = re.compile(r"(?<![0-9A-Za-z])[vV]?(\d+(?:\.\d+)*)")
+_POST_RELEASE = re.compile(r"^(?:[._-]?(?:post|rev)\d*)?$", re.IGNORECASE)
+_PRE_WORDS = {"alpha", "beta", "rc", "pre", "preview", "dev", "nightly", "snapshot", "canary", "test"}
 
 
 @dataclass(frozen=True)
@@ -39,22 +46,48 @@ def download_base(repo: str, tag: str) -> str:
     return f"https://github.com/{repo}/releases/download/{tag}"
 
 
-def check_repo_and_tag(repo: str, tag: str) -> None:
-    if not _REPO_RE.match(repo):
-        raise UsageError(f"--repo {repo!r} is not OWNER/NAME")
-    if not _TAG_RE.match(tag) or ".." in tag:
-        raise UsageError(f"--tag {tag!r} is not a valid tag name")
+def tag_problem(tag: str) -> str | None:
+    """Why ``tag`` cannot name a release, or None. Git's ref-name rules (``git check-ref-format``),
+    and the tag less its ``v`` must be a package version: it names ``tea-wasm-llm-{version}.tar.gz``."""
+    if not isinstance(tag, str) or not tag:
+        return "is empty"
+    if not VERSION_RE.match(tarball_version(tag)):
+        return ("must be a version such as v1.2.0 or v1.2.0-rc1: letters, digits and . + _ -, starting with "
+                "a letter or digit, at most 65 characters")
+    if ".." in tag or tag.endswith((".", ".lock")):
+        return "breaks git's tag-name rules ('..', a trailing '.' or '.lock')"
+    return None
 
+
+def repo_problem(repo: str) -> str | None:
+    """Why ``repo`` is no GitHub OWNER/NAME, or None."""
+    owner, slash, name = repo.partition("/") if isinstance(repo, str) else ("", "", "")
+    if not slash or not _OWNER_RE.match(owner) or not _REPO_NAME_RE.match(name) or name in (".", "..") or \
+            name.lower().endswith(".git"):
+        return "is not OWNER/NAME (letters, digits, '-', '_', '.'; not '.', '..' or a name ending in .git)"
+    return None
+
+
+def check_repo_and_tag(repo: str, tag: str) -> None:
+    """Both checked before anything is fetched or written: they end up in every download URL."""
+    problem = repo_problem(repo)
+    if problem:
+        raise UsageError(f"--repo {repo[:120]!r} {problem}")
+    problem = tag_problem(tag)
+    if problem:
+        raise UsageError(f"--tag {tag[:120]!r} {problem}")
 
 
 def is_prerelease(tag: str) -> bool:
-    """``v1.2.0-rc1``, ``v1.2.0-beta.2``, ``v2.0.0-alpha``, ``v1.2.0rc1`` are pre-releases; ``v1.2.0``
-    and ``v1.2.0+build.5`` are not. A tag that is no version at all is not one either."""
-    core = _VERSION_CORE.match(tag)
+    """``v1.2.0-rc1``, ``release-1.2.0-rc1``, ``v1.2.0rc1.post1``, ``tea-v1.2.3-beta`` and
+    ``nightly-20261130`` are pre-releases; ``v1.2.0``, ``v1.2.0+build.5`` and ``v1.2.0.post1`` are not.
+    A tag that is no version at all is not one either."""
+    core = _VERSION_CORE.search(tag)
     if core is None:
         return False
     rest = tag[core.end():].split("+", 1)[0]
-    return (rest.startswith("-") and len(rest) > 1) or bool(rest and _PEP440_PRE.match(rest))
+    prefix = {word.lower() for word in re.split(r"[^A-Za-z]+", tag[:core.start()]) if word}
+    return bool(prefix & _PRE_WORDS) or not _POST_RELEASE.match(rest)
 
 
 def tarball_version(tag: str) -> str:
@@ -102,20 +135,30 @@ def model_manifest_names(data: dict[str, Any]) -> set[str]:
     return {manifest_filename(m["file"]["name"]) for m in data["models"]}
 
 
-def read_index(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The index's exact bytes and its validated content; never through a symlink."""
+def read_regular_file(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of a regular file, never through a symlink. Opened non-blocking: a FIFO
+    under the name is refused at once instead of waiting for a writer forever."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise NotFoundError(f"{path} not found", hint="run `teadist release prepare` first") from None
+        raise NotFoundError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot open it without following a link ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise ManifestError(f"{path} is not a regular file")
-        raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ManifestError(f"{path}: larger than {limit} bytes")
+    return raw
+
+
+def read_index(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The index's exact bytes and its validated content; never through a symlink or from a FIFO."""
+    try:
+        raw = read_regular_file(path, MAX_MANIFEST_BYTES, RELEASE_MANIFEST)
+    except NotFoundError:
+        raise NotFoundError(f"{path} not found", hint="run `teadist release prepare` first") from None
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

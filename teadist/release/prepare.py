@@ -6,6 +6,12 @@ this tag's wasm tarball. Anything else (a user's notes, a symlink, another versi
 refused before anything is written and left alone. After the run the folder holds exactly what
 the new index lists: files the previous index listed and this one does not are removed, so a
 reused ``--out`` never keeps an earlier run's chunks. The index is written last.
+
+Everything that can be checked is checked before the first write: the tag and repo, every name
+the run will write (a manifest name, a GitHub asset name), the tarball. A model fetched for the
+release is held to the sha256 its fetch verified: the split hashes it and refuses bytes that
+changed since (a cache edited in place). A run that fails after it started writing removes the
+names it wrote that no earlier index listed, so the next run is not refused for its leftovers.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from teadist.base.progress import Reporter
 from teadist.errors import ManifestError, NotFoundError, UsageError
 from teadist.formats.manifest import manifest_filename
 from teadist.release.index import (
+    ASSET_NAME_RE,
     INDEX_KIND,
     RELEASE_MANIFEST,
     check_repo_and_tag,
@@ -31,10 +39,25 @@ from teadist.release.index import (
     listed_assets,
     model_manifest_names,
     read_index,
+    read_regular_file,
     tarball_version,
     validate_index,
 )
 from teadist.release.wasmpkg import TARBALL_PREFIX
+
+MAX_CONFIG_BYTES = 1024 * 1024
+# the names prepare writes: chunks, a model's manifest, the wasm tarball
+_PREPARED_NAME = re.compile(rf"(\.part-\d{{5}}-of-\d{{5}}|\.manifest\.json|^{TARBALL_PREFIX}-.+\.tar\.gz)$")
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # the manifest schema's "name"
+# a model as get_model hands it back: its path and the sha256 its fetch verified (None: not known)
+FetchedModel = tuple[Path, str | None]
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    name: str | None
+    expected_sha256: str | None
 
 
 @dataclass
@@ -47,9 +70,11 @@ class PreparedRelease:
 
 def load_release_config(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise NotFoundError(f"release config not found: {path}") from None
+        raw = read_regular_file(path, MAX_CONFIG_BYTES, "release config")
+    except ManifestError as exc:
+        raise UsageError(exc.message) from None
+    try:
+        config = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or not isinstance(config.get("models"), list) or not config["models"]:
@@ -60,6 +85,9 @@ def load_release_config(path: Path) -> dict[str, Any]:
         for key in ("model", "file", "name"):
             if key in model and not isinstance(model[key], str):
                 raise UsageError(f"{path}: models[{i}].{key} must be a string")
+        if "name" in model and not _MODEL_NAME_RE.match(model["name"]):
+            raise UsageError(f"{path}: models[{i}].name {model['name'][:60]!r} is not a model name",
+                             hint="letters, digits and . _ + -, starting with a letter or digit (at most 128)")
     return config
 
 
@@ -82,8 +110,11 @@ def config_chunk_size(config: dict[str, Any], path: Path) -> int:
 
 
 def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter: Reporter,
-                    get_model: Callable[[str], Path], files: dict[str, Path] | None = None) -> PreparedRelease:
-    """Split every configured model into DIST with tag-based URLs and write ``model-manifest.json``."""
+                    get_model: Callable[[str], FetchedModel], files: dict[str, Path] | None = None) -> PreparedRelease:
+    """Split every configured model into DIST with tag-based URLs and write ``model-manifest.json``.
+
+    ``get_model`` fetches a registry model / URL and returns its path with the sha256 the fetch
+    verified; the split must arrive at that sha256 or nothing is listed."""
     from teadist.base.hashing import hash_range
     from teadist.pipelines.split import chunk_names, split_file
     from teadist.release.wasmpkg import check_tarball
@@ -100,44 +131,88 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
     previous = _previous_files(dist)
     _check_folder_is_ours(dist, previous | {RELEASE_MANIFEST, tarball}, tarball,
                           _possible_names(config, config_path, files))
-    sources: list[tuple[Path, str | None]] = []
+    tarball_path = dist / tarball
+    if _is_regular(tarball_path):
+        check_tarball(tarball_path)  # a bad tarball stops the run before any model is fetched or split
+    sources: list[_Source] = []
     for entry in config["models"]:
+        expected: str | None = None
         if "file" in entry:
             path = (files or {}).get(entry["file"]) or (config_path.parent / entry["file"])
             if not path.is_file():
                 raise NotFoundError(f"model file not found: {path}")
         else:
-            path = get_model(entry["model"])
-        sources.append((path, entry.get("name") or (entry["model"].split(":")[0] if "model" in entry else None)))
+            path, expected = get_model(entry["model"])
+        sources.append(_Source(path, entry.get("name") or _registry_name(entry.get("model")), expected))
     planned: set[str] = {RELEASE_MANIFEST, tarball}
-    for path, _ in sources:
-        count = max(1, -(-path.stat().st_size // chunk_size))
-        planned |= {*chunk_names(path.name, count), manifest_filename(path.name)}
+    for source in sources:
+        count = max(1, -(-source.path.stat().st_size // chunk_size))
+        names = {*chunk_names(source.path.name, count), manifest_filename(source.path.name)}
+        _check_asset_names(source.path, names)
+        if source.name is not None and not _MODEL_NAME_RE.match(source.name):
+            raise UsageError(f"model name {source.name[:60]!r} is not a manifest name",
+                             hint='give the model a "name" in the release config')
+        if names & planned:
+            raise UsageError(f"two models of {config_path} would write {sorted(names & planned)[0]}",
+                             hint="list every model file once")
+        planned |= names
     _check_folder_is_ours(dist, previous | planned, tarball)
 
     dist.mkdir(parents=True, exist_ok=True)
     base = download_base(repo, tag)
     models: list[dict[str, Any]] = []
     extra: list[dict[str, Any]] = []
-    for path, name in sources:
-        result = split_file(path, dist, reporter, chunk_size=chunk_size, name=name, base_url=base)
-        models.append(result.manifest.to_dict())
-        extra.append(_listed_file(result.manifest_path, base, hash_range))
-        reporter.info(f"{result.manifest.file.name}: {len(result.manifest.chunks)} chunks in {dist}")
-    tarball_path = dist / tarball
-    if tarball_path.is_file():
-        check_tarball(tarball_path)
-        extra.append(_listed_file(tarball_path, base, hash_range))
-    index = {"schema_version": "1.0", "kind": INDEX_KIND, "repo": repo, "tag": tag, "models": models,
-             "files": extra}
-    validate_index(index)
+    written: set[str] = set()
+    try:
+        for source in sources:
+            count = max(1, -(-source.path.stat().st_size // chunk_size))
+            written |= {*chunk_names(source.path.name, count), manifest_filename(source.path.name)}
+            result = split_file(source.path, dist, reporter, chunk_size=chunk_size, name=source.name, base_url=base,
+                                expect_sha256=source.expected_sha256)
+            models.append(result.manifest.to_dict())
+            extra.append(_listed_file(result.manifest_path, base, hash_range))
+            reporter.info(f"{result.manifest.file.name}: {len(result.manifest.chunks)} chunks in {dist}")
+        if _is_regular(tarball_path):
+            extra.append(_listed_file(tarball_path, base, hash_range))
+        index = {"schema_version": "1.0", "kind": INDEX_KIND, "repo": repo, "tag": tag, "models": models,
+                 "files": extra}
+        validate_index(index)
+    except BaseException:
+        # what this run wrote and no earlier index listed: leftovers the next run would refuse
+        for name in sorted(written - previous):
+            if _is_regular(dist / name):
+                remove_quietly(dist / name)
+        raise
     keep = {a.name for a in listed_assets(index)} | {RELEASE_MANIFEST}
-    removed = sorted(n for n in previous - keep if _is_regular(dist / n))
+    # a previous index is trusted as "prepare wrote these" only for names prepare writes, at the
+    # size it listed: a crafted index can never get a user's notes.txt deleted
+    sizes = _previous_sizes(dist) if previous else {}
+    removed = sorted(n for n in previous - keep if _is_regular(dist / n) and _PREPARED_NAME.search(n)
+                     and (dist / n).lstat().st_size == sizes.get(n))
     for stale in removed:  # the previous index listed them: prepare wrote them
         remove_quietly(dist / stale)
     write_bytes_atomic(dist / RELEASE_MANIFEST, (json.dumps(index, indent=2) + "\n").encode())
     return PreparedRelease(dist, index, [dist / a.name for a in listed_assets(index)] + [dist / RELEASE_MANIFEST],
                            removed)
+
+
+def _registry_name(model: str | None) -> str | None:
+    """``phi-4-mini:q4_k_m`` → ``phi-4-mini``; a URL or ``hf://`` reference → None (named after its file)."""
+    if model is None or "://" in model:
+        return None
+    return model.split(":")[0]
+
+
+def _check_asset_names(path: Path, names: set[str]) -> None:
+    """Every name a model's split writes must be a plain file name GitHub takes as an asset name."""
+    from teadist.base.fsutil import plain_filename_problem
+
+    for name in sorted(names):
+        problem = plain_filename_problem(name)
+        if problem or not ASSET_NAME_RE.match(name):
+            raise UsageError(f"model file {path.name!r} would be published as {name!r}, which "
+                             f"{problem or 'is not a GitHub asset name'}",
+                             hint="rename the file: letters, digits and . _ + - only")
 
 
 def _listed_file(path: Path, base: str, hash_range: Callable[[Path], tuple[str, int]]) -> dict[str, Any]:
@@ -155,6 +230,11 @@ def _previous_files(dist: Path) -> set[str]:
         raise UsageError(f"--out {dist} holds a {RELEASE_MANIFEST} that is not a release index ({exc.message})",
                          hint="use an empty folder for --out") from None
     return {a.name for a in listed_assets(data)} | model_manifest_names(data) | {RELEASE_MANIFEST}
+
+
+def _previous_sizes(dist: Path) -> dict[str, int]:
+    _, data = read_index(dist / RELEASE_MANIFEST)
+    return {a.name: a.size for a in listed_assets(data)}
 
 
 def _possible_names(config: dict[str, Any], config_path: Path, files: dict[str, Path] | None) -> tuple[str, ...]:

@@ -21,10 +21,18 @@ a 422 before deciding (a retried upload that in fact succeeded ends in 422), bou
 wall-clock time and uploads the index last. A tag with a pre-release suffix is a pre-release.
 
 The token goes only to the API origin and to the upload origin that belongs to it
-(``uploads.github.com`` for ``api.github.com``; the API host itself for GitHub Enterprise): every
-URL taken from a response is checked before PyGithub may send the token there (PyGithub's own
-check is an ``assert``, gone under ``python -O``). Asset downloads follow GitHub's redirect to its
-CDN without the token.
+(``uploads.github.com`` for ``api.github.com``; the API host itself for GitHub Enterprise), decided
+on every request's URL as it is sent: a guard under PyGithub (an adapter in its connection
+classes) refuses anything else before it leaves. PyGithub's own check is an ``assert``, gone under
+``python -O``. Besides, every API path is built here from the repo and ids — listings are paged
+by number, a server's ``Link`` or ``url`` values are never followed; the upload URL, the one URL
+taken from a response, is checked against the upload origin and this release's path. Asset
+downloads follow GitHub's redirect to its CDN without the token. GitHub's answers are read once
+into plain values (no lazy PyGithub objects that fetch more on attribute access).
+
+Two runs at once: an asset seen unfinished or unproven is read again by its id before it is
+deleted (another run may just have finished it), and the release is listed again after it was
+published — a release that lost an asset meanwhile is an error, never exit 0.
 """
 
 from __future__ import annotations
@@ -39,21 +47,28 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from teadist.base.fsutil import plain_filename_problem
 from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
 from teadist.errors import IntegrityError, NotFoundError, ReleaseError, UsageError
-from teadist.release.index import RELEASE_MANIFEST, check_repo_and_tag, is_prerelease, listed_assets, read_index
+from teadist.release.index import (
+    ASSET_NAME_RE,
+    RELEASE_MANIFEST,
+    check_repo_and_tag,
+    is_prerelease,
+    listed_assets,
+    read_index,
+)
 
 MAX_ASSETS = 1000
 ASSET_LIMIT = 2**31  # GitHub refuses assets of 2 GiB or more
 MAX_UPLOAD_TIMEOUT = 7 * 24 * 3600.0
 MAX_WRITE_INTERVAL = 3600.0
-_GITHUB_SAFE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _READ_BLOCK = 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
@@ -108,7 +123,7 @@ def preflight(dist: Path, repo: str, tag: str) -> list[LocalAsset]:
         raise ReleaseError(f"{dist} holds files the release index does not list: {shown}",
                            hint="remove them, or run `teadist release prepare` again into an empty folder")
     for asset in listed:
-        if plain_filename_problem(asset.name) or not _GITHUB_SAFE.match(asset.name):
+        if plain_filename_problem(asset.name) or not ASSET_NAME_RE.match(asset.name):
             raise ReleaseError(f"asset name {asset.name!r} is not safe: use letters, digits, '.', '_', '+', '-'")
         if asset.size >= ASSET_LIMIT:
             raise ReleaseError(f"asset {asset.name} is {format_size(asset.size)}: GitHub refuses 2 GiB or more",
@@ -120,8 +135,9 @@ def preflight(dist: Path, repo: str, tag: str) -> list[LocalAsset]:
 
 
 def _open_listed(path: Path) -> int:
+    # O_NONBLOCK: a FIFO under a listed name is refused by the type check, never waited on
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise IntegrityError(f"{path.name} is listed in {RELEASE_MANIFEST} but missing from {path.parent}",
                              hint="run `teadist release prepare` again") from None
@@ -203,19 +219,45 @@ class _VerifiedBody:
 
 
 # -- where the token may go --------------------------------------------------------------------
+_URL_PARTS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)([^?#]*)")
+
+
+def shown_url(url: object) -> str:
+    """A URL as it may appear in a message: no user name or password, no query, at most 120 chars."""
+    text = str(url)
+    match = _URL_PARTS.match(text)
+    if match is None:
+        return text.rpartition("@")[2][:120]
+    return (match.group(1) + match.group(2).rpartition("@")[2] + match.group(3))[:120]
+
+
 def url_origin(url: str) -> Origin:
     """(scheme, host, port) of an absolute http(s) URL; refuse anything a parser could read two ways."""
     if not isinstance(url, str) or "\\" in url or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
-        raise ReleaseError(f"refusing a malformed URL from GitHub: {str(url)[:120]!r}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+        raise ReleaseError(f"refusing a malformed URL: {shown_url(url)!r}")
     try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if scheme not in _DEFAULT_PORTS or "@" in parts.netloc or not parts.hostname or port == -1:
-        raise ReleaseError(f"refusing a URL with credentials, no host or a bad port: {url[:120]!r}")
-    return scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # "http://[::1", a port out of range
+        raise ReleaseError(f"refusing a malformed URL: {shown_url(url)!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or "@" in parts.netloc or not host:
+        raise ReleaseError(f"refusing a URL with credentials, no host or no http(s): {shown_url(url)!r}")
+    return scheme, host.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+
+
+def check_api_url(api_url: str) -> Origin:
+    """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header)."""
+    try:
+        return url_origin(api_url)
+    except ReleaseError:
+        match = _URL_PARTS.match(api_url) if isinstance(api_url, str) else None
+        if match is not None and "@" in match.group(2):
+            raise UsageError(f"GITHUB_API_URL carries a user name or password ({shown_url(api_url)!r} without "
+                             "them): the token goes in a header, from GITHUB_TOKEN",
+                             hint="remove 'user:password@' from GITHUB_API_URL") from None
+        raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} is not an http(s) URL with a host",
+                         hint="e.g. https://api.github.com or https://HOST/api/v3") from None
 
 
 def upload_origins(api_url: str) -> set[Origin]:
@@ -227,6 +269,147 @@ def upload_origins(api_url: str) -> set[Origin]:
     return origins
 
 
+def token_origins(api_url: str) -> frozenset[Origin]:
+    """The only origins the token may reach: the API's and its upload host's."""
+    return frozenset(upload_origins(api_url))
+
+
+def check_token_destination(url: str, origins: frozenset[Origin]) -> None:
+    if url_origin(url) not in origins:
+        raise ReleaseError(f"refusing to send the GitHub token to {shown_url(url)}: it goes only to the "
+                           "API and its upload host", hint="check GITHUB_API_URL; the server may be hostile")
+
+
+# The guard under PyGithub. Every request PyGithub sends goes through a requests session of its
+# connection classes; ours mount an adapter that checks the URL exactly as it is sent (pagination
+# links, URLs from responses, redirects PyGithub follows itself) against the origins registered
+# for the token in its Authorization header, and refuses before anything leaves. Connection
+# classes are process-wide in PyGithub (``Requester.injectConnectionClasses``), hence a registry
+# keyed by token; a request with a token nobody registered is refused too.
+_GUARD_LOCK = threading.Lock()
+_TOKEN_DESTINATIONS: dict[str, frozenset[Origin]] = {}
+_guard_installed = False
+
+
+def _check_outgoing(url: str, authorization: str | None) -> None:
+    credential = authorization.split(" ", 1)[-1] if authorization else None
+    with _GUARD_LOCK:
+        if credential is not None:
+            allowed = _TOKEN_DESTINATIONS.get(credential, frozenset())
+        else:
+            allowed = frozenset().union(*_TOKEN_DESTINATIONS.values())
+    if not allowed:
+        raise ReleaseError("refusing a GitHub request: its credential was not registered by teadist")
+    check_token_destination(url, allowed)
+
+
+def _install_guard(token: str, origins: frozenset[Origin]) -> None:
+    global _guard_installed
+    with _GUARD_LOCK:
+        _TOKEN_DESTINATIONS[token] = origins
+        if _guard_installed:
+            return
+        import requests
+        from github.Requester import HTTPRequestsConnectionClass, HTTPSRequestsConnectionClass, Requester
+
+        class GuardedAdapter(requests.adapters.HTTPAdapter):
+            def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+                _check_outgoing(str(request.url), request.headers.get("Authorization"))
+                return super().send(request, *args, **kwargs)
+
+        # Injected connection classes make PyGithub build a connection per request; the session
+        # (and so its keep-alive pool) is shared per origin and retry policy instead, so a release
+        # is not one TLS handshake per API call.
+        # key: origin and the retry policy's id (the policy is kept in the value, so its id stays unique)
+        sessions: dict[tuple[str, str, int, int], tuple[requests.Session, GuardedAdapter, object]] = {}
+
+        def guard(connection: HTTPRequestsConnectionClass | HTTPSRequestsConnectionClass) -> None:
+            key = (connection.protocol, connection.host, int(connection.port), id(connection.retry))
+            with _GUARD_LOCK:
+                if key not in sessions:
+                    adapter = GuardedAdapter(max_retries=connection.retry, pool_connections=connection.pool_size,
+                                             pool_maxsize=connection.pool_size)
+                    session = connection.session  # its auth hook keeps requests from reading .netrc
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                    sessions[key] = (session, adapter, connection.retry)
+                    while len(sessions) > 16:  # one process, many publishers (tests): close the oldest
+                        old = sessions.pop(next(iter(sessions)))
+                        old[0].close()  # its pools only: a later request on it opens a new connection
+                connection.session, connection.adapter, _ = sessions[key]
+
+        class GuardedHTTP(HTTPRequestsConnectionClass):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                guard(self)
+
+            def close(self) -> None:
+                pass  # the session is shared (see above)
+
+        class GuardedHTTPS(HTTPSRequestsConnectionClass):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                guard(self)
+
+            def close(self) -> None:
+                pass
+
+        Requester.injectConnectionClasses(GuardedHTTP, GuardedHTTPS)
+        _guard_installed = True
+
+
+# -- what GitHub says, read once into plain values (no lazy PyGithub objects) ----------------------
+@dataclass(frozen=True)
+class RemoteAsset:
+    id: int
+    name: str
+    state: str
+    size: int
+    digest: str | None  # "sha256:…"; None where GitHub gives none (old assets, GitHub Enterprise)
+
+
+@dataclass(frozen=True)
+class RemoteRelease:
+    id: int
+    tag: str
+    draft: bool
+    name: str
+    body: str
+    upload_url: str
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _asset_from(data: object) -> RemoteAsset:
+    if not isinstance(data, dict) or not (_is_int(data.get("id")) and isinstance(data.get("name"), str) and
+                                          isinstance(data.get("state"), str) and _is_int(data.get("size"))):
+        raise ReleaseError("GitHub sent a release asset teadist cannot read")
+    digest = data.get("digest")
+    return RemoteAsset(data["id"], data["name"], data["state"], data["size"],
+                       digest if isinstance(digest, str) else None)
+
+
+def _release_from(data: object) -> RemoteRelease:
+    if not isinstance(data, dict) or not (_is_int(data.get("id")) and isinstance(data.get("tag_name"), str) and
+                                          isinstance(data.get("draft"), bool)):
+        raise ReleaseError("GitHub sent a release teadist cannot read")
+    name, body, upload = data.get("name"), data.get("body"), data.get("upload_url")
+    return RemoteRelease(data["id"], data["tag_name"], data["draft"], name if isinstance(name, str) else "",
+                         body if isinstance(body, str) else "", upload if isinstance(upload, str) else "")
+
+
+class Verdict(Enum):
+    PROVEN = "proven"  # GitHub holds exactly the index's bytes
+    DIFFERS = "differs"  # it does not (other bytes, size or state)
+    UNKNOWN = "unknown"  # could not be checked (a download failed): neither proven nor condemned
+
+
+PER_PAGE = 100
+MAX_PAGES = 100
+
+
 class Publisher:
     def __init__(self, repo: str, tag: str, token: str, api_url: str, reporter: Reporter,
                  upload_timeout: float = 3600.0, attempts: int = 3, rate_limit_wait: float = 900.0,
@@ -234,6 +417,7 @@ class Publisher:
         check_repo_and_tag(repo, tag)
         check_upload_timeout(upload_timeout)
         check_write_interval(write_interval)
+        check_api_url(api_url)
         self.tag = tag
         self.prerelease = is_prerelease(tag) if prerelease is None else prerelease
         self.reporter = reporter
@@ -244,8 +428,14 @@ class Publisher:
         self._upload_origins = upload_origins(self._api_url)
         self._token = token
         self._repo_name = repo
-        self._repo: Any = None
+        # every API path is built here, from the repo: no URL from a response is ever followed
+        # (the one exception, the upload URL, is checked in _upload)
+        owner, name = repo.split("/")
+        self._repo_path = f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+        self._full_name: str | None = None
         self._proven: set[int] = set()  # asset ids whose bytes this run has seen equal the index
+        self._unknown: dict[str, str] = {}  # asset name -> why it could not be checked
+        _install_guard(token, token_origins(self._api_url))
         from github import Auth, Github, GithubRetry
 
         retry = GithubRetry(total=5, backoff_factor=0.5, max_rate_limit_wait=rate_limit_wait)
@@ -254,48 +444,79 @@ class Publisher:
         self._gh = Github(auth=Auth.Token(token), base_url=self._api_url, timeout=60, retry=retry,
                           seconds_between_requests=min(0.25, write_interval), seconds_between_writes=write_interval)
 
-    # -- API calls, with PyGithub's errors turned into ReleaseError --------------------------
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from github import GithubException
+    # -- API calls, with PyGithub's and the transport's errors turned into ReleaseError --------
+    def _call(self, what: str, fn: Callable[[], Any], missing_ok: bool = False) -> Any:
+        import requests
+        import urllib3
+        from github import GithubException, UnknownObjectException
 
         try:
             return fn()
         except (ReleaseError, IntegrityError):
             raise
+        except UnknownObjectException:
+            if missing_ok:
+                return None
+            raise ReleaseError(f"GitHub refused to {what}: HTTP 404 Not Found") from None
         except GithubException as exc:
             message = exc.data.get("message") if isinstance(exc.data, dict) else None
-            raise ReleaseError(f"GitHub refused to {what}: HTTP {exc.status} {message or ''}".strip()) from None
-        except Exception as exc:  # connection errors, timeouts (requests/urllib3)
+            shown = message if isinstance(message, str) else ""
+            raise ReleaseError(f"GitHub refused to {what}: HTTP {exc.status} {shown[:200]}".strip()) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, RuntimeError, ValueError) as exc:
+            # connection errors, timeouts; RuntimeError: PyGithub refusing a redirect to another host;
+            # ValueError: requests parsing a malformed Location or URL from the server
             raise ReleaseError(f"could not {what}: {type(exc).__name__}",
                                hint="check GITHUB_API_URL and the network, then run again") from None
 
-    def _api_only(self, url: str, what: str) -> None:
-        """PyGithub sends the token to URLs taken from responses: only the API origin may get it."""
-        if url_origin(url) != self._api_origin:
-            raise ReleaseError(f"refusing to send the token to {what} outside the API origin: {url[:120]}")
+    def _json(self, what: str, verb: str, path: str, params: dict[str, Any] | None = None,
+              body: dict[str, Any] | None = None, missing_ok: bool = False) -> Any:
+        result = self._call(what, lambda: self._gh.requester.requestJsonAndCheck(verb, path, parameters=params,
+                                                                                 input=body), missing_ok)
+        return None if result is None else result[1]
 
-    @property
-    def repo(self) -> Any:
-        if self._repo is None:
-            self._repo = self._call(f"open {self._repo_name}", lambda: self._gh.get_repo(self._repo_name))
-        return self._repo
+    def _pages(self, what: str, path: str) -> list[Any]:
+        """A listing, page by page as GitHub numbers them (a server's ``Link`` URLs are not followed)."""
+        items: list[Any] = []
+        for page in range(1, MAX_PAGES + 1):
+            data = self._json(what, "GET", path, {"per_page": PER_PAGE, "page": page})
+            if not isinstance(data, list):
+                raise ReleaseError(f"GitHub did not answer with a list when asked to {what}")
+            items += data
+            if len(data) < PER_PAGE:
+                return items
+        raise ReleaseError(f"more than {MAX_PAGES * PER_PAGE} entries when asked to {what}")
 
-    def find_release(self) -> Any:
+    def full_name(self) -> str:
+        """The repo as GitHub spells it (the upload URL may use that spelling)."""
+        if self._full_name is None:
+            data = self._json(f"open {self._repo_name}", "GET", self._repo_path)
+            name = data.get("full_name") if isinstance(data, dict) else None
+            self._full_name = name if isinstance(name, str) else self._repo_name
+        return self._full_name
+
+    def find_release(self) -> RemoteRelease | None:
         """Walk the releases (``get_release(tag)`` never finds drafts); two for one tag is an error."""
-        releases = self._call("list releases", lambda: list(self.repo.get_releases()))
-        found = [r for r in releases if r.tag_name == self.tag]
+        releases = [_release_from(r) for r in self._pages("list releases", f"{self._repo_path}/releases")]
+        found = [r for r in releases if r.tag == self.tag]
         if len(found) > 1:
             raise ReleaseError(f"{len(found)} releases (or drafts) exist for tag {self.tag}",
                                hint="delete the extra drafts on GitHub, then run again")
-        if found:
-            self._api_only(found[0].url, "a release URL")
         return found[0] if found else None
 
-    def assets(self, release: Any) -> dict[str, Any]:
-        listed = self._call("list assets", lambda: list(release.get_assets()))
+    def assets(self, release: RemoteRelease) -> dict[str, RemoteAsset]:
+        listed = [_asset_from(a) for a in self._pages("list assets", f"{self._repo_path}/releases/{release.id}/assets")]
+        found: dict[str, RemoteAsset] = {}
         for asset in listed:
-            self._api_only(asset.url, "an asset URL")
-        return {a.name: a for a in listed}
+            if asset.name in found:
+                raise ReleaseError(f"GitHub lists the asset {asset.name} twice on {self.tag}")
+            found[asset.name] = asset
+        return found
+
+    def read_asset(self, asset_id: int) -> RemoteAsset | None:
+        """The asset as GitHub has it now (None: it is gone)."""
+        data = self._json("read an asset", "GET", f"{self._repo_path}/releases/assets/{int(asset_id)}",
+                          missing_ok=True)
+        return None if data is None else _asset_from(data)
 
     def _bounded(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` with a wall-clock bound (uploads to github.com get no socket timeout)."""
@@ -329,12 +550,13 @@ class Publisher:
                 report.plan += [f"upload {a.name} ({format_size(a.size)})" for a in local]
                 report.plan.append("verify every asset against the index" + ("" if draft else ", then publish"))
                 return report
-            release = self._call("create the draft release", lambda: self.repo.create_git_release(
-                tag=self.tag, name=self.tag, message="", draft=True, prerelease=self.prerelease))
+            created = _release_from(self._json("create the draft release", "POST", f"{self._repo_path}/releases",
+                                               body={"tag_name": self.tag, "name": self.tag, "body": "",
+                                                     "draft": True, "prerelease": self.prerelease}))
             report.created = True
             self.reporter.info(f"created draft {kind} {self.tag}")
-            again = self.find_release()  # another run may have created one at the same moment
-            if again is None or again.id != release.id:
+            release = self.find_release()  # another run may have created one at the same moment
+            if release is None or release.id != created.id:
                 raise ReleaseError(f"the draft for {self.tag} was not found again after creating it",
                                    hint="check the releases on GitHub, then run again")
         published = not release.draft
@@ -350,15 +572,23 @@ class Publisher:
                 self._delete(remote[name], report)
         for asset in local:  # the index comes last: its presence means the release is complete
             existing = remote.get(asset.name)
-            if existing is not None and self._is_proven(existing, asset, report, dry_run):
+            verdict = None if existing is None else self._verdict(existing, asset, report, dry_run)
+            if verdict is Verdict.PROVEN:
                 report.skipped.append(asset.name)
                 continue
             action = "upload" if existing is None else "replace"
             report.plan.append(f"{action} {asset.name}")
             if published:
+                if verdict is Verdict.UNKNOWN:
+                    raise ReleaseError(f"could not check {asset.name} on the published release {self.tag} "
+                                       f"({self._unknown.get(asset.name, 'download failed')})",
+                                       hint="run the command again")
                 raise ReleaseError(f"{asset.name} on the published release {self.tag} "
                                    f"{'is missing' if existing is None else 'differs'} and cannot be changed "
                                    "(immutable release)", hint="delete the release or publish a new tag")
+            if existing is not None and verdict is Verdict.UNKNOWN:
+                self.reporter.warn(f"could not download {asset.name} to check it "
+                                   f"({self._unknown.get(asset.name, 'download failed')}); replacing it")
             if not dry_run:
                 self._converge_asset(release, asset, existing, report)
         if dry_run:
@@ -367,36 +597,51 @@ class Publisher:
             return report
         self._verify_all(release, local, report)
         if release.draft and not draft:
-            self._call("publish the release", lambda: release.update_release(
-                name=release.name or self.tag, message=release.body or "", draft=False,
-                prerelease=self.prerelease))
+            done = _release_from(self._json("publish the release", "PATCH", f"{self._repo_path}/releases/{release.id}",
+                                            body={"name": release.name or self.tag, "body": release.body,
+                                                  "draft": False, "prerelease": self.prerelease}))
+            if done.draft:
+                raise ReleaseError(f"GitHub still shows {self.tag} as a draft after publishing it",
+                                   hint="run the command again")
             report.published = True
+            # another run (or a person) may have changed the draft between the last listing and the
+            # publish: say so loudly rather than exit 0 on an incomplete, now immutable, release
+            try:
+                self._verify_all(release, local, report)
+            except ReleaseError as exc:
+                raise ReleaseError(f"published {kind} {self.tag}, but it changed while it was published: "
+                                   f"{exc.message.removeprefix('release not published: ')}",
+                                   hint="check the release on GitHub; if it is incomplete, delete it and run "
+                                        "again, or publish a new tag") from None
             self.reporter.info(f"published {kind} {self.tag}")
         return report
 
-    def _is_proven(self, remote: Any, asset: LocalAsset, report: PublishReport, dry_run: bool = False) -> bool:
-        """The remote asset holds exactly the index's bytes: digest, this run's upload, or a download."""
+    def _verdict(self, remote: RemoteAsset, asset: LocalAsset, report: PublishReport,
+                 dry_run: bool = False) -> Verdict:
+        """Does the remote asset hold exactly the index's bytes: its digest, this run's upload, or a download."""
         if remote.state != "uploaded" or remote.size != asset.size:
-            return False
+            return Verdict.DIFFERS
         if remote.digest:
-            return bool(remote.digest == asset.digest)
+            return Verdict.PROVEN if remote.digest == asset.digest else Verdict.DIFFERS
         if remote.id in self._proven:
-            return True
+            return Verdict.PROVEN
         if dry_run:
             report.plan.append(f"download {asset.name} to check it (GitHub gives no digest)")
-            return True
-        if self._download_matches(remote.id, asset):
+            return Verdict.PROVEN
+        verdict = self._download_verdict(remote.id, asset)
+        if verdict is Verdict.PROVEN:
             self._proven.add(remote.id)
             report.downloaded.append(asset.name)
-            return True
-        return False
+        return verdict
 
-    def _download_matches(self, asset_id: int, asset: LocalAsset) -> bool:
-        """Download an asset (the token only to the API; GitHub's CDN redirect without it) and hash it."""
+    def _download_verdict(self, asset_id: int, asset: LocalAsset) -> Verdict:
+        """Download an asset (the token only to the API; GitHub's CDN redirect without it) and hash it.
+        A download that fails is UNKNOWN, not DIFFERS: it proves nothing either way."""
         import requests
 
-        url = f"{self._api_url}/repos/{self._repo_name}/releases/assets/{int(asset_id)}"
+        url = f"{self._api_url}{self._repo_path}/releases/assets/{int(asset_id)}"
         digest, seen = hashlib.sha256(), 0
+        self._unknown.pop(asset.name, None)
         try:
             with requests.Session() as session:
                 # an explicit auth hook keeps requests from adding .netrc credentials anywhere
@@ -409,37 +654,55 @@ class Publisher:
                     response.close()
                     target = url_origin(location)
                     if self._api_origin[0] == "https" and target[0] != "https":
-                        raise ReleaseError(f"GitHub redirected the download of {asset.name} to plain http")
+                        raise ReleaseError("GitHub redirected the download to plain http")
                     response = session.get(location, headers={"Accept": "application/octet-stream"},
                                            auth=_no_auth, allow_redirects=False, stream=True, timeout=60)
                     hops += 1
                 with response:
                     if response.status_code != 200:
-                        self.reporter.warn(f"could not download {asset.name} to check it (HTTP "
-                                           f"{response.status_code}); it will be replaced")
-                        return False
+                        self._unknown[asset.name] = f"HTTP {response.status_code}"
+                        return Verdict.UNKNOWN
                     for block in response.iter_content(_READ_BLOCK):
                         seen += len(block)
                         if seen > asset.size:
-                            return False
+                            return Verdict.DIFFERS
                         digest.update(block)
         except requests.RequestException as exc:
-            self.reporter.warn(f"could not download {asset.name} to check it ({type(exc).__name__}); "
-                               "it will be replaced")
-            return False
-        return seen == asset.size and digest.hexdigest() == asset.sha256
+            self._unknown[asset.name] = type(exc).__name__
+            return Verdict.UNKNOWN
+        except ValueError:  # requests reads a Location even when not following it: "https://[x"
+            self._unknown[asset.name] = "a malformed redirect"
+            return Verdict.UNKNOWN
+        except ReleaseError as exc:  # a malformed or downgrading redirect
+            self._unknown[asset.name] = exc.message
+            return Verdict.UNKNOWN
+        return Verdict.PROVEN if seen == asset.size and digest.hexdigest() == asset.sha256 else Verdict.DIFFERS
 
-    def _delete(self, remote: Any, report: PublishReport) -> None:
+    def _delete(self, remote: RemoteAsset, report: PublishReport) -> None:
         self.reporter.info(f"deleting {remote.state} asset {remote.name}")
-        self._api_only(remote.url, "an asset URL")
-        self._call(f"delete {remote.name}", remote.delete_asset)
+        self._json(f"delete {remote.name}", "DELETE", f"{self._repo_path}/releases/assets/{int(remote.id)}",
+                   missing_ok=True)  # already gone: what deleting wanted
         report.deleted.append(remote.name)
 
-    def _converge_asset(self, release: Any, asset: LocalAsset, existing: Any, report: PublishReport) -> None:
+    def _replace_unless_proven_now(self, existing: RemoteAsset, asset: LocalAsset, report: PublishReport) -> bool:
+        """Read ``existing`` again by its id before deleting it: a listing is a moment ago, and another
+        run may have finished that very upload since. True when it is proven now (keep it)."""
+        fresh = self.read_asset(existing.id)
+        if fresh is None or fresh.name != existing.name:
+            return False  # gone already (an id is never another asset's: nothing else is deleted)
+        if fresh.name == asset.name and self._verdict(fresh, asset, report) is Verdict.PROVEN:
+            self.reporter.info(f"{asset.name} was finished meanwhile (another run?); keeping it")
+            return True
+        self._delete(fresh, report)
+        return False
+
+    def _converge_asset(self, release: RemoteRelease, asset: LocalAsset, existing: RemoteAsset | None,
+                        report: PublishReport) -> None:
         """Replace ``existing`` (found unproven) or upload anew, re-listing after every attempt."""
         for attempt in range(1, self.attempts + 1):
-            if existing is not None:
-                self._delete(existing, report)
+            if existing is not None and self._replace_unless_proven_now(existing, asset, report):
+                report.skipped.append(asset.name)
+                return
             try:
                 self._upload(release, asset)
                 report.uploaded.append(asset.name)
@@ -448,37 +711,41 @@ class Publisher:
                     raise
                 self.reporter.warn(f"{exc.message}; checking what GitHub has before retrying")
             existing = self.assets(release).get(asset.name)  # always re-list: the truth is GitHub's
-            if existing is not None and self._is_proven(existing, asset, report):
+            if existing is not None and self._verdict(existing, asset, report) is Verdict.PROVEN:
                 return  # uploaded, or a failed-looking upload that in fact succeeded
         raise ReleaseError(f"could not upload {asset.name} after {self.attempts} attempts")
 
-    def _upload(self, release: Any, asset: LocalAsset) -> None:
+    def _upload(self, release: RemoteRelease, asset: LocalAsset) -> None:
         # the exact URL PyGithub will send the token and the bytes to
         url = release.upload_url.split("{?")[0]
-        repos = {self._repo_name.lower(), str(self.repo.full_name).lower()}  # GitHub's own spelling too
-        path = urlsplit(url).path.lower()
+        repos = {self._repo_name.lower(), self.full_name().lower()}  # GitHub's own spelling too
         if url_origin(url) not in self._upload_origins or not any(
-                path.endswith(f"/repos/{name}/releases/{int(release.id)}/assets") for name in repos):
-            raise ReleaseError(f"refusing to upload to {url[:120]}: not this release's upload URL on the "
+                urlsplit(url).path.lower().endswith(f"/repos/{name}/releases/{int(release.id)}/assets")
+                for name in repos):
+            raise ReleaseError(f"refusing to upload to {shown_url(url)}: not this release's upload URL on the "
                                "GitHub API's upload host", hint="check GITHUB_API_URL")
         task = self.reporter.task(f"upload {asset.name}", asset.size)
         body = _VerifiedBody(asset, task.advance)
+        headers = {"Content-Type": _content_type(asset.name), "Content-Length": str(asset.size)}
         try:
-            uploaded = self._bounded(f"uploading {asset.name}", lambda: self._call(
-                f"upload {asset.name}", lambda: release.upload_asset_from_memory(
-                    body, asset.size, name=asset.name, content_type=_content_type(asset.name))))
+            _, data = self._bounded(f"uploading {asset.name}", lambda: self._call(
+                f"upload {asset.name}", lambda: self._gh.requester.requestMemoryBlobAndCheck(
+                    "POST", url, parameters={"name": asset.name, "label": ""}, headers=headers,
+                    file_like=body)))  # type: ignore[arg-type]  # a file-like, as PyGithub reads it
         finally:
             body.close()
             task.close()
+        uploaded = _asset_from(data)
         if not body.proven():  # the file changed while it was read: those bytes must not stay
-            self._call(f"delete {asset.name}", uploaded.delete_asset)
+            self._json(f"delete {asset.name}", "DELETE", f"{self._repo_path}/releases/assets/{int(uploaded.id)}",
+                       missing_ok=True)
             raise IntegrityError(f"{asset.name} changed while it was uploaded; the upload was deleted",
                                  hint="run `teadist release prepare` again")
-        if uploaded.state == "uploaded" and uploaded.size == asset.size and (
+        if uploaded.name == asset.name and uploaded.state == "uploaded" and uploaded.size == asset.size and (
                 not uploaded.digest or uploaded.digest == asset.digest):
             self._proven.add(uploaded.id)
 
-    def _verify_all(self, release: Any, local: list[LocalAsset], report: PublishReport) -> None:
+    def _verify_all(self, release: RemoteRelease, local: list[LocalAsset], report: PublishReport) -> None:
         remote = self.assets(release)
         problems = [f"{name} is not in the index" for name in sorted(set(remote) - {a.name for a in local})]
         for asset in local:
@@ -487,8 +754,13 @@ class Publisher:
                 problems.append(f"{asset.name} is missing")
             elif found.state != "uploaded":
                 problems.append(f"{asset.name} is in state {found.state}")
-            elif not self._is_proven(found, asset, report):
-                problems.append(f"{asset.name} does not match the index")
+            else:
+                verdict = self._verdict(found, asset, report)
+                if verdict is Verdict.UNKNOWN:
+                    problems.append(f"{asset.name} could not be checked "
+                                    f"({self._unknown.get(asset.name, 'download failed')})")
+                elif verdict is Verdict.DIFFERS:
+                    problems.append(f"{asset.name} does not match the index")
         if problems:
             raise ReleaseError("release not published: " + "; ".join(problems),
                                hint="run the command again to converge")

@@ -5,10 +5,11 @@ A model is named ``NAME`` (its default tag) or ``NAME:TAG`` (e.g. ``phi-4-mini:q
 
 from __future__ import annotations
 
+import stat
 from functools import cache
 from pathlib import Path
 
-from teadist.errors import NotFoundError
+from teadist.errors import ManifestError, NotFoundError
 from teadist.formats.manifest import Manifest, load_manifest, resource_dir, write_manifest
 
 
@@ -32,7 +33,15 @@ def find(reference: str) -> tuple[Path, Manifest] | None:
 
 def find_in(folder: Path, reference: str) -> tuple[Path, Manifest] | None:
     """``find`` in another registry folder (e.g. a source checkout's ``manifests/models``)."""
-    return _match(tuple((p, load_manifest(p)) for p in sorted(folder.glob("*.json"))), reference)
+    paths = sorted(folder.glob("*.json"))
+    for path in paths:  # a FIFO would block the read below forever
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ManifestError(f"{path}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise ManifestError(f"{path} is not a regular file", hint="a registry folder holds JSON files only")
+    return _match(tuple((p, load_manifest(p)) for p in paths), reference)
 
 
 def _match(found: tuple[tuple[Path, Manifest], ...], reference: str) -> tuple[Path, Manifest] | None:
