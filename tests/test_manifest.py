@@ -224,3 +224,18 @@ def test_names_too_long_for_teadists_own_names_beside_them_are_refused(tmp_path:
     data["file"]["name"] = "m" * 225 + ".gguf"
     with pytest.raises(ManifestError, match="longer than 200 bytes"):
         parse_manifest(json.dumps(data).encode(), "m.json")
+
+
+def test_a_fifo_given_as_a_manifest_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Review 11a #11 (manifest half): a FIFO where a manifest is expected must not hang the command."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "m.manifest.json"
+    os.mkfifo(fifo)
+    for args in (["verify", str(tmp_path / "x.gguf"), "--manifest", str(fifo)], ["assemble", str(fifo)]):
+        proc = subprocess.run([sys.executable, "-m", "teadist", *args], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "not a regular file" in proc.stderr, proc.stderr

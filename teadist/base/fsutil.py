@@ -8,6 +8,7 @@ verified, so a final path never holds a partial file and a planted symlink is ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -105,6 +106,31 @@ def open_own_file(path: Path) -> int | None:
         remove_foreign(path)
         return None
     return fd
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of a regular file (the caller tells "too large" by the extra byte).
+
+    Opened with O_NONBLOCK and checked to be a regular file before reading, so a FIFO or a device
+    given where a manifest belongs is refused at once instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            piece = os.read(fd, min(left, 1 << 20))
+            if not piece:
+                break
+            chunks.append(piece)
+            left -= len(piece)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def remove_foreign(path: Path) -> None:
@@ -212,8 +238,6 @@ def ensure_free_space(folder: Path, needed: int, what: str) -> None:
 
 
 def is_disk_full(exc: OSError) -> bool:
-    import errno
-
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from teadist import __version__
 from teadist.base import jsonin
-from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, require_plain_filename, write_bytes_atomic
+from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, read_small_file, require_plain_filename, write_bytes_atomic
 from teadist.base.urls import url_problem
 from teadist.errors import ManifestError, NotFoundError
 
@@ -320,12 +320,13 @@ def parse_manifest(raw: bytes, origin: str) -> Manifest:
 
 def load_manifest(path: Path) -> Manifest:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        raw = read_small_file(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise NotFoundError(f"manifest not found: {path}") from None
     except IsADirectoryError:
         raise NotFoundError(f"manifest path is a folder: {path}") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     return parse_manifest(raw, str(path))
 
 
