@@ -121,6 +121,8 @@ def package_wasm_cmd(
 
     \b
     Uses SOURCE_DATE_EPOCH for every mtime (default 0); prints a size breakdown.
+    The browser model cache goes in too, under teadist-web/: model-cache.js, its
+    .d.ts and examples/index.html (serve the unpacked folder with `teadist serve`).
     \b
     Example:
       teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
@@ -128,9 +130,10 @@ def package_wasm_cmd(
     import os
 
     from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
+    from teadist.web import asset_files
 
     epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch)
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch, bundled=asset_files())
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
