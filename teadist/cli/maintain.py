@@ -59,6 +59,8 @@ def serve(
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
                                                              "(0.1 <= s <= 3600).")] = 30.0,
+    cors: Annotated[bool, typer.Option("--cors", help="Let pages on other origins read the files "
+                                                      "(a model origin): CORS headers, preflights.")] = False,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -68,15 +70,20 @@ def serve(
     listed in the manifest are hashed first and a file that fails is answered 409, never
     served; bytes changed after the check are cut off, never completed. Binding beyond
     loopback (e.g. --host 0.0.0.0) makes the folder readable from the network: a warning says so.
+    teadist's browser model cache is served under /_teadist/ (model-cache.js, its .d.ts and
+    examples/index.html). --cors makes the folder a model origin for pages elsewhere
+    (Access-Control-Allow-Origin: *): any web page in a browser here may then read it.
     \b
     Example:
       teadist serve web/ --verify web/phi.gguf.manifest.json
+      # then open /_teadist/examples/index.html?manifest=/model-manifest.json&wllama=/wllama/
     """
     import math
     import stat
 
     from teadist.formats.manifest import load_manifest
     from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
+    from teadist.web import asset_files
 
     if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
         raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
@@ -92,7 +99,8 @@ def serve(
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
     reporter = _reporter(False)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
-                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
+                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None,
+                          assets=asset_files(), cors=cors)
     if manifest is not None:
         verdicts = server.verify_all()
         for name, good in sorted(verdicts.items()):
@@ -103,6 +111,9 @@ def serve(
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
+    if cors:
+        reporter.warn(f"--cors: any web page open in a browser that can reach {server.url} may read every "
+                      f"non-hidden file in {folder}; serve only what you would publish")
     print(server.url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
