@@ -177,8 +177,13 @@ def release_prepare(
 
     \b
     Models named in the config are fetched (or taken as files) and split under the GitHub
-    limit; download URLs are built from the tag. Put the wasm tarball in --out first
-    (teadist package-wasm) and it is listed too.
+    limit; download URLs are built from the tag. An entry with "format": "gguf" ships
+    llama.cpp shards instead of byte chunks (what wllama loads in a browser), each at most
+    "shard_size" (default 512M). Put the wasm tarball in --out first (teadist
+    package-wasm) and it is listed too.
+    \b
+    Config: {"models": [{"model": "phi-4-mini", "format": "gguf", "shard_size": "512M"}],
+             "chunk_size": "1.9G"}
     \b
     Example:
       teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
