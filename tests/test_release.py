@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,20 +48,38 @@ def dist(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> Path:
     return _prepare(cli, tmp_path, tiny_model)
 
 
-def index_assets(dist: Path) -> dict[str, str]:
-    """name → sha256 of everything the release index says the release holds (itself included)."""
+class ListedAssets(dict[str, str]):
+    """name → sha256 of everything the release index says the release holds (itself included, as
+    prepare wrote it), and the index's own bytes in ``raw``."""
+
+    raw: bytes = b""
+
+
+def index_assets(dist: Path) -> ListedAssets:
     import hashlib
 
     raw = (dist / RELEASE_MANIFEST).read_bytes()
     index = json.loads(raw)
-    listed = {c["name"]: c["sha256"] for m in index["models"] for c in m["chunks"]}
+    listed = ListedAssets({c["name"]: c["sha256"] for m in index["models"] for c in m["chunks"]})
     listed.update({f["name"]: f["sha256"] for f in index["files"]})
     listed[RELEASE_MANIFEST] = hashlib.sha256(raw).hexdigest()
+    listed.raw = raw
     return listed
 
 
-def published_matches_index(github: GitHubServer, expected: dict[str, str], tag: str = TAG) -> bool:
-    """The only acceptable published release: exactly the listed assets, each holding the listed bytes."""
+def expected_published_index(local_raw: bytes, ids: dict[str, int], api_url: str, repo: str = "tea/tea") -> Any:
+    """What the published index must say: the local index, each chunk's URLs followed by the API URL
+    of the asset holding it (``ids``: asset name → id on the release), and nothing else changed."""
+    index = json.loads(local_raw)
+    for model in index["models"]:
+        for chunk in model["chunks"]:
+            chunk["urls"] = [*chunk.get("urls", []), f"{api_url}/repos/{repo}/releases/assets/{ids[chunk['name']]}"]
+    return index
+
+
+def published_matches_index(github: GitHubServer, expected: ListedAssets, tag: str = TAG) -> bool:
+    """The only acceptable published release: exactly the listed assets, each holding the listed
+    bytes, and an index that says what the local one says plus where each chunk's asset is."""
     import hashlib
 
     published = [r for r in github.releases if r.tag_name == tag and not r.draft]
@@ -67,7 +87,12 @@ def published_matches_index(github: GitHubServer, expected: dict[str, str], tag:
         return False
     [release] = published
     held = {a.name: hashlib.sha256(a.data).hexdigest() for a in release.assets if a.state == "uploaded"}
-    return held == expected and len(release.assets) == len(expected)
+    index = [a for a in release.assets if a.name == RELEASE_MANIFEST and a.state == "uploaded"]
+    if len(index) != 1 or json.loads(index[0].data) != expected_published_index(
+            expected.raw, {a.name: a.id for a in release.assets}, github.api_url):
+        return False
+    files = {k: v for k, v in expected.items() if k != RELEASE_MANIFEST}
+    return {k: v for k, v in held.items() if k != RELEASE_MANIFEST} == files and len(release.assets) == len(expected)
 
 
 def _publish(cli: Callable[..., Result], dist: Path, *extra: str) -> Result:
@@ -79,7 +104,9 @@ def _assert_complete(github: GitHubServer, dist: Path) -> None:
     assert not release.draft
     assert published_matches_index(github, index_assets(dist))
     for asset in release.assets:
-        assert asset.digest == "sha256:" + index_assets(dist)[asset.name]
+        assert asset.digest == "sha256:" + hashlib.sha256(asset.data).hexdigest()
+        if asset.name != RELEASE_MANIFEST:
+            assert asset.digest == "sha256:" + index_assets(dist)[asset.name]
 
 
 def test_prepare_writes_chunks_and_an_index_with_tag_urls(dist: Path, tiny_model: Path) -> None:

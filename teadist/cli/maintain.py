@@ -226,9 +226,11 @@ def release_publish(
     Every listed file is checked against model-manifest.json (size, sha256, no symlink,
     nothing unlisted) before anything is written. Assets already on the draft are kept only
     when proven (GitHub's digest, or downloaded and hashed); the rest is replaced, unlisted
-    assets are deleted. The index goes last; the release is published only when every asset
-    is proven (a tag like v1.2.0-rc1 as a pre-release). A re-run on a finished release
-    uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    assets are deleted. The index goes last, with each chunk's REST API asset URL added to
+    its urls (readable from any web page, unlike releases/download/; the local index is
+    left as prepared); the release is published only when every asset is proven (a tag
+    like v1.2.0-rc1 as a pre-release). A re-run on a finished release uploads nothing.
+    Needs GITHUB_TOKEN; honours GITHUB_API_URL.
     \b
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
