@@ -605,3 +605,22 @@ def test_the_published_index_is_derived_deterministically_and_drops_only_its_own
     urls = [c["urls"] for c in json.loads(first)["models"][0]["chunks"]]
     assert urls[0][-1] == ours + "100" and ours + "5" not in urls[0]
     assert urls[1][-2:] == ["https://api.github.com/repos/other/repo/releases/assets/7", ours + "101"]
+
+
+class NegativeIds(GitHubServer):
+    """Hands out asset ids no asset has (a hostile or broken server)."""
+
+    def asset_json(self, asset: GhAsset) -> dict[str, Any]:
+        return {**super().asset_json(asset), "id": -asset.id}
+
+
+def test_an_asset_id_no_asset_has_never_reaches_the_published_index(dist: Path, cli: Callable[..., Result],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with NegativeIds(repo="tea/tea", token=GH_SECRET) as github:
+        assert isinstance(github, NegativeIds)
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_SECRET)
+        result = _publish(cli, dist)
+        assert result.code == 1 and "the id -" in result.err and "Traceback" not in result.err, result.err
+        assert all(r.draft for r in github.releases)
+        assert "model-manifest.json" not in {a.name for r in github.releases for a in r.assets}

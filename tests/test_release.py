@@ -835,6 +835,7 @@ def test_a_gguf_entry_defaults_to_shards_of_at_most_512_mb(tmp_path: Path, tiny_
     ({"format": "gguf", "shard_size": "30k"}, "does not fit"),  # a tensor is larger than a shard
     ({"format": "gguf", "shard-size": "200k"}, "shard-size"),  # a typo is not silently ignored
     ({"format": ["gguf"]}, "format"),
+    ({"format": "gguf", "shard_size": 700.5}, "shard_size"),
 ])
 def test_a_bad_gguf_entry_is_refused_before_anything_is_written(entry: dict[str, object], says: str,
                                                                 tmp_path: Path, tiny_model: Path,

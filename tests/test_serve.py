@@ -621,3 +621,19 @@ def test_cors_is_off_unless_asked_and_then_answers_preflights(tmp_path: Path) ->
     assert open_.stderr is not None
     err = open_.stderr.read()
     assert "warning:" in err and "--cors" in err and "any web page" in err
+
+
+def test_web_assets_installed_through_links_are_served(tmp_path: Path) -> None:
+    """Some installs hold package files through links: the asset is resolved once, then opened."""
+    from teadist.pipelines.serve import StaticServer
+
+    real = tmp_path / "store" / "model-cache.js"
+    real.parent.mkdir()
+    real.write_text("export const real = 1;\n")
+    installed = tmp_path / "site-packages" / "model-cache.js"
+    installed.parent.mkdir()
+    installed.symlink_to(real)
+    root = tmp_path / "site"
+    root.mkdir()
+    with StaticServer(root, assets={"model-cache.js": installed}) as server:
+        assert answer(server.url, "/_teadist/model-cache.js")[::2] == (200, b"export const real = 1;\n")

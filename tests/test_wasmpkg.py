@@ -214,3 +214,18 @@ def test_a_package_with_its_own_teadist_web_folder_is_refused_before_writing(
     result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
     assert result.code == 2 and "teadist-web" in result.err, result.err
     assert not (tmp_path / "o" / f"{TOP}.tar.gz").exists()
+
+
+def test_bundled_files_installed_through_links_are_packed_as_files(tmp_path: Path) -> None:
+    from teadist.release.wasmpkg import package_wasm
+
+    real = tmp_path / "store" / "model-cache.js"
+    real.parent.mkdir()
+    real.write_text("export const real = 1;\n")
+    installed = tmp_path / "site-packages" / "model-cache.js"
+    installed.parent.mkdir()
+    installed.symlink_to(real)
+    report = package_wasm(_pkg(tmp_path), "1.2.0", tmp_path / "o", bundled={"model-cache.js": installed})
+    with tarfile.open(report.path) as tar:
+        member = tar.getmember(f"{WEB_TOP}/model-cache.js")
+        assert member.isfile() and tar.extractfile(member).read() == real.read_bytes()  # type: ignore[union-attr]

@@ -163,7 +163,9 @@ class StaticServer:
             raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
         self.root = os.path.realpath(root)
         self.timeout = timeout
-        self.assets = dict(assets or {})  # served under /_teadist/: relative path -> file
+        # served under /_teadist/: relative path -> file (teadist's own, resolved once: an install
+        # may hold them through links; the resolved file is then opened without following any)
+        self.assets = {rel: Path(os.path.realpath(path)) for rel, path in (assets or {}).items()}
         self.cors = cors
         self.headers = {**ISOLATION_HEADERS, **(CORS_HEADERS if cors else {})}
         self.reporter = reporter

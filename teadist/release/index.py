@@ -211,6 +211,9 @@ def published_index(raw: bytes, locations: dict[str, str], is_location: Callable
                                     hint=f"list at most {MAX_CHUNK_URLS - 1} URLs per chunk, then prepare again")
             chunk["urls"] = [*urls, locations[chunk["name"]]]
     out = (json.dumps(data, indent=2) + "\n").encode()
+    if len(out) > MAX_MANIFEST_BYTES:  # browsers and teadist read no larger index
+        raise ManifestError(f"with each chunk's asset URL the index would be {len(out)} bytes, more than "
+                            f"{MAX_MANIFEST_BYTES}")
     derived = json.loads(out)
     validate_index(derived)
     original = json.loads(raw.decode("utf-8"))

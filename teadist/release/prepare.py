@@ -137,6 +137,8 @@ def model_layouts(config: dict[str, Any], path: Path) -> list[ModelLayout]:
             size = parse_size(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             size = value
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            size = int(value)
         else:
             raise UsageError(f"{path}: models[{i}].shard_size {str(value)[:40]!r} is not a size",
                              hint='use bytes or e.g. "512M"')
@@ -241,6 +243,7 @@ def prepare_release(tag: str, repo: str, config_path: Path, dist: Path, reporter
                 result = split_file(source.path, dist, reporter, chunk_size=chunk_size, name=source.name,
                                     base_url=base, expect_sha256=source.expected_sha256)
                 manifest, manifest_path, what = result.manifest, result.manifest_path, "chunks"
+            written |= {c.name for c in manifest.chunks}  # a file changed since planning: its names too
             if [c.name for c in manifest.chunks] != pieces:  # what was checked is what was written
                 raise TeadistError(f"{source.path.name}: the split wrote other names than were planned; "
                                    "nothing is listed", hint="run release prepare again")

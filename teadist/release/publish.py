@@ -692,6 +692,8 @@ class Publisher:
                     return None  # that chunk would be uploaded first
                 raise ReleaseError(f"{name} is not proven on the release; the index cannot list it yet",
                                    hint="run the command again")
+            if found.id <= 0:
+                raise ReleaseError(f"GitHub gave the asset {name} the id {found.id}, which no asset has")
             ids[name] = found.id
         return self._derive(index_local, ids)
 

@@ -128,7 +128,8 @@ def _bundled_entries(prefix: str, folder: str, bundled: Mapping[str, Path]) -> l
     Each file is looked at without following a link at its own name, and must be a regular file."""
     entries: list[_Entry] = []
     folders: set[str] = set()
-    for rel, source in sorted(bundled.items()):
+    for rel, listed in sorted(bundled.items()):
+        source = Path(os.path.realpath(listed))  # teadist's own files: an install may link them
         parts = rel.split("/")
         if any(p in ("", ".", "..") or p.startswith(".") or plain_filename_problem(p) for p in parts):
             raise UsageError(f"bundled path {rel!r} is not a plain relative path")
