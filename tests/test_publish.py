@@ -171,7 +171,10 @@ def test_where_the_token_may_go_for_github_com(url: str, allowed: bool) -> None:
 # -- review 11a #4 (second half), #7: GITHUB_API_URL is checked, and never echoed with credentials --
 @pytest.mark.parametrize("api_url", [f"https://x-access-token:{GH_SECRET}@127.0.0.1:9/api/v3",
                                      "https://bot:hunter2@127.0.0.1:9/api/v3",
-                                     "http://[::1", "ftp://127.0.0.1/api/v3", "http://127.0.0.1:99999/api"])
+                                     "http://[::1", "ftp://127.0.0.1/api/v3", "http://127.0.0.1:99999/api",
+                                     # would end up in every asset URL the published index lists
+                                     f"https://127.0.0.1:9/api/v3?access_token={GH_SECRET}",
+                                     f"https://127.0.0.1:9/api/v3#{GH_SECRET}"])
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_bad_github_api_url_is_a_usage_error_that_shows_no_secret(api_url: str, debug: bool, dist: Path,
                                                                     console: Callable[..., Result]) -> None:

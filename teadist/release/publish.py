@@ -263,9 +263,15 @@ def url_origin(url: str) -> Origin:
 
 
 def check_api_url(api_url: str) -> Origin:
-    """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header)."""
+    """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header),
+    no query and no fragment (every asset URL the published index lists starts with it)."""
     try:
-        return url_origin(api_url)
+        origin = url_origin(api_url)
+        if "?" in api_url or "#" in api_url:
+            raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} carries a query or fragment (not shown): "
+                             "it would be published in every asset URL of the release index",
+                             hint="e.g. https://api.github.com or https://HOST/api/v3")
+        return origin
     except ReleaseError:
         match = _URL_PARTS.match(api_url) if isinstance(api_url, str) else None
         if match is not None and "@" in match.group(2):
