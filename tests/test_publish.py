@@ -171,7 +171,10 @@ def test_where_the_token_may_go_for_github_com(url: str, allowed: bool) -> None:
 # -- review 11a #4 (second half), #7: GITHUB_API_URL is checked, and never echoed with credentials --
 @pytest.mark.parametrize("api_url", [f"https://x-access-token:{GH_SECRET}@127.0.0.1:9/api/v3",
                                      "https://bot:hunter2@127.0.0.1:9/api/v3",
-                                     "http://[::1", "ftp://127.0.0.1/api/v3", "http://127.0.0.1:99999/api"])
+                                     "http://[::1", "ftp://127.0.0.1/api/v3", "http://127.0.0.1:99999/api",
+                                     # would end up in every asset URL the published index lists
+                                     f"https://127.0.0.1:9/api/v3?access_token={GH_SECRET}",
+                                     f"https://127.0.0.1:9/api/v3#{GH_SECRET}"])
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_bad_github_api_url_is_a_usage_error_that_shows_no_secret(api_url: str, debug: bool, dist: Path,
                                                                     console: Callable[..., Result]) -> None:
@@ -474,3 +477,153 @@ def test_the_guard_keeps_connections_alive(dist: Path, cli: Callable[..., Result
         assert len(github.clients) > 10
         connections = len(set(github.clients))
         assert connections <= 3, f"{connections} connections for {len(github.clients)} requests"
+
+
+# -- issue 13: the published index says where a browser can read each chunk -----------------------
+def _published(github: GitHubServer) -> GhRelease:
+    [release] = [r for r in github.releases if r.tag_name == TAG]
+    return release
+
+
+def _api_get(url: str) -> bytes:
+    """An asset as a browser reads it through the REST API (Accept: application/octet-stream)."""
+    import requests
+
+    response = requests.get(url, headers={"Accept": "application/octet-stream"}, timeout=20)
+    assert response.status_code == 200, response.status_code
+    return response.content
+
+
+def test_the_published_index_lists_each_chunks_asset_api_url_and_goes_last(
+        github: GitHubServer, dist: Path, cli: Callable[..., Result]) -> None:
+    github.token = None  # the asset URLs are read the way a page reads them: without a token
+    local = index_assets(dist)
+    result = _publish(cli, dist, "--json")
+    assert result.code == 0, result.err
+    release = _published(github)
+    assert [a.name for a in release.assets][-1] == "model-manifest.json"  # uploaded last
+    ids = {a.name: a.id for a in release.assets}
+    index = next(a for a in release.assets if a.name == "model-manifest.json")
+    published = json.loads(index.data)
+    local_index = json.loads(local.raw)
+    for model, local_model in zip(published["models"], local_index["models"], strict=True):
+        for chunk, local_chunk in zip(model["chunks"], local_model["chunks"], strict=True):
+            api = f"{github.api_url}/repos/tea/tea/releases/assets/{ids[chunk['name']]}"
+            assert chunk["urls"] == [*local_chunk["urls"], api]
+            assert {k: v for k, v in chunk.items() if k != "urls"} == {k: v for k, v in local_chunk.items()
+                                                                       if k != "urls"}
+            assert _api_get(api) == (dist / chunk["name"]).read_bytes()
+    assert published_matches_index(github, local)
+    report = json.loads(result.out)
+    assert report["index_sha256"] == hashlib.sha256(index.data).hexdigest() != local["model-manifest.json"]
+    # the local index stays as prepare wrote it; the published one is derived from it
+    assert (dist / "model-manifest.json").read_bytes() == local.raw
+    # a re-run proves the derived index again from the same ids: nothing is written
+    before = list(github.writes)
+    again = _publish(cli, dist)
+    assert again.code == 0, again.err
+    assert github.writes == before and "0 uploaded" in again.err
+
+
+def test_a_chunk_replaced_on_the_draft_gets_a_new_index_never_one_listing_a_gone_asset(
+        github: GitHubServer, dist: Path, cli: Callable[..., Result]) -> None:
+    assert _publish(cli, dist, "--draft").code == 0
+    release = _published(github)
+    chunk = sorted(n for n in index_assets(dist) if ".part-" in n)[1]
+    lost = next(a for a in release.assets if a.name == chunk)
+    release.assets.remove(lost)  # gone from the draft (deleted by a person, a failed run …)
+    result = _publish(cli, dist)
+    assert result.code == 0, result.err
+    new = next(a for a in release.assets if a.name == chunk)
+    assert new.id != lost.id
+    index = json.loads(next(a for a in release.assets if a.name == "model-manifest.json").data)
+    listed = [u for m in index["models"] for c in m["chunks"] for u in c["urls"]]
+    assert f"/releases/assets/{new.id}" in " ".join(listed) and f"/releases/assets/{lost.id}" not in " ".join(listed)
+    assert published_matches_index(github, index_assets(dist))
+
+
+@pytest.mark.parametrize("case", ["local-index", "other-ids", "foreign-url"])
+def test_a_draft_index_that_lists_anything_else_is_replaced(case: str, github: GitHubServer, dist: Path,
+                                                            cli: Callable[..., Result]) -> None:
+    """An index already on the draft is kept only when it is exactly the derived one: the index as
+    prepare wrote it (an earlier teadist), one listing other asset ids, one with a URL added."""
+    assert _publish(cli, dist, "--draft").code == 0
+    release = _published(github)
+    old = next(a for a in release.assets if a.name == "model-manifest.json")
+    index = json.loads(old.data)
+    if case == "local-index":
+        data = (dist / "model-manifest.json").read_bytes()
+    else:
+        chunk = index["models"][0]["chunks"][0]
+        if case == "other-ids":
+            chunk["urls"][-1] = chunk["urls"][-1].rsplit("/", 1)[0] + "/999999"
+        else:
+            chunk["urls"].append("https://thief.example/x")
+        data = (json.dumps(index, indent=2) + "\n").encode()
+    release.assets.remove(old)
+    github.add_asset(release, "model-manifest.json", data)
+    result = _publish(cli, dist)
+    assert result.code == 0, result.err
+    assert published_matches_index(github, index_assets(dist))
+
+
+def test_a_release_published_by_an_earlier_teadist_is_accepted_as_it_is(
+        github: GitHubServer, dist: Path, cli: Callable[..., Result]) -> None:
+    """A published (immutable) release whose index is the local one without asset URLs lists the
+    same files: a re-run says so and changes nothing, instead of calling the release wrong."""
+    release = github.add_release(TAG, draft=False)
+    for name in index_assets(dist):
+        github.add_asset(release, name, (dist / name).read_bytes())
+    result = _publish(cli, dist)
+    assert result.code == 0, result.err
+    assert github.writes == [] and "asset API URL" in result.err
+
+
+def test_a_chunk_with_no_room_for_its_asset_url_is_refused_before_any_write(
+        github: GitHubServer, dist: Path, cli: Callable[..., Result]) -> None:
+    raw = json.loads((dist / "model-manifest.json").read_text())
+    chunk = raw["models"][0]["chunks"][0]
+    chunk["urls"] = [f"https://mirror{i}.example/{chunk['name']}" for i in range(16)]
+    (dist / "model-manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    result = _publish(cli, dist)
+    assert result.code == 1 and chunk["name"] in result.err and "16" in result.err, result.err
+    assert github.writes == []
+
+
+def test_the_published_index_is_derived_deterministically_and_drops_only_its_own_asset_urls(dist: Path) -> None:
+    import re as re_
+
+    from teadist.release.index import published_index
+
+    raw = json.loads((dist / "model-manifest.json").read_text())
+    chunks = raw["models"][0]["chunks"]
+    ours = "https://api.github.com/repos/tea/tea/releases/assets/"
+    chunks[0]["urls"].append(ours + "5")  # an earlier run's asset, maybe gone: replaced
+    chunks[1]["urls"].append("https://api.github.com/repos/other/repo/releases/assets/7")  # someone else's: kept
+    data = (json.dumps(raw, indent=2) + "\n").encode()
+    where = {c["name"]: f"{ours}{100 + i}" for i, c in enumerate(chunks)}
+    mine = re_.compile(re_.escape(ours) + r"\d+$").match
+    first = published_index(data, where, lambda u: mine(u) is not None)
+    assert published_index(data, where, lambda u: mine(u) is not None) == first  # same inputs, same bytes
+    urls = [c["urls"] for c in json.loads(first)["models"][0]["chunks"]]
+    assert urls[0][-1] == ours + "100" and ours + "5" not in urls[0]
+    assert urls[1][-2:] == ["https://api.github.com/repos/other/repo/releases/assets/7", ours + "101"]
+
+
+class NegativeIds(GitHubServer):
+    """Hands out asset ids no asset has (a hostile or broken server)."""
+
+    def asset_json(self, asset: GhAsset) -> dict[str, Any]:
+        return {**super().asset_json(asset), "id": -asset.id}
+
+
+def test_an_asset_id_no_asset_has_never_reaches_the_published_index(dist: Path, cli: Callable[..., Result],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with NegativeIds(repo="tea/tea", token=GH_SECRET) as github:
+        assert isinstance(github, NegativeIds)
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        monkeypatch.setenv("GITHUB_TOKEN", GH_SECRET)
+        result = _publish(cli, dist)
+        assert result.code == 1 and "the id -" in result.err and "Traceback" not in result.err, result.err
+        assert all(r.draft for r in github.releases)
+        assert "model-manifest.json" not in {a.name for r in github.releases for a in r.assets}

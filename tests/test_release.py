@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,20 +48,38 @@ def dist(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> Path:
     return _prepare(cli, tmp_path, tiny_model)
 
 
-def index_assets(dist: Path) -> dict[str, str]:
-    """name → sha256 of everything the release index says the release holds (itself included)."""
+class ListedAssets(dict[str, str]):
+    """name → sha256 of everything the release index says the release holds (itself included, as
+    prepare wrote it), and the index's own bytes in ``raw``."""
+
+    raw: bytes = b""
+
+
+def index_assets(dist: Path) -> ListedAssets:
     import hashlib
 
     raw = (dist / RELEASE_MANIFEST).read_bytes()
     index = json.loads(raw)
-    listed = {c["name"]: c["sha256"] for m in index["models"] for c in m["chunks"]}
+    listed = ListedAssets({c["name"]: c["sha256"] for m in index["models"] for c in m["chunks"]})
     listed.update({f["name"]: f["sha256"] for f in index["files"]})
     listed[RELEASE_MANIFEST] = hashlib.sha256(raw).hexdigest()
+    listed.raw = raw
     return listed
 
 
-def published_matches_index(github: GitHubServer, expected: dict[str, str], tag: str = TAG) -> bool:
-    """The only acceptable published release: exactly the listed assets, each holding the listed bytes."""
+def expected_published_index(local_raw: bytes, ids: dict[str, int], api_url: str, repo: str = "tea/tea") -> Any:
+    """What the published index must say: the local index, each chunk's URLs followed by the API URL
+    of the asset holding it (``ids``: asset name → id on the release), and nothing else changed."""
+    index = json.loads(local_raw)
+    for model in index["models"]:
+        for chunk in model["chunks"]:
+            chunk["urls"] = [*chunk.get("urls", []), f"{api_url}/repos/{repo}/releases/assets/{ids[chunk['name']]}"]
+    return index
+
+
+def published_matches_index(github: GitHubServer, expected: ListedAssets, tag: str = TAG) -> bool:
+    """The only acceptable published release: exactly the listed assets, each holding the listed
+    bytes, and an index that says what the local one says plus where each chunk's asset is."""
     import hashlib
 
     published = [r for r in github.releases if r.tag_name == tag and not r.draft]
@@ -67,7 +87,12 @@ def published_matches_index(github: GitHubServer, expected: dict[str, str], tag:
         return False
     [release] = published
     held = {a.name: hashlib.sha256(a.data).hexdigest() for a in release.assets if a.state == "uploaded"}
-    return held == expected and len(release.assets) == len(expected)
+    index = [a for a in release.assets if a.name == RELEASE_MANIFEST and a.state == "uploaded"]
+    if len(index) != 1 or json.loads(index[0].data) != expected_published_index(
+            expected.raw, {a.name: a.id for a in release.assets}, github.api_url):
+        return False
+    files = {k: v for k, v in expected.items() if k != RELEASE_MANIFEST}
+    return {k: v for k, v in held.items() if k != RELEASE_MANIFEST} == files and len(release.assets) == len(expected)
 
 
 def _publish(cli: Callable[..., Result], dist: Path, *extra: str) -> Result:
@@ -79,7 +104,9 @@ def _assert_complete(github: GitHubServer, dist: Path) -> None:
     assert not release.draft
     assert published_matches_index(github, index_assets(dist))
     for asset in release.assets:
-        assert asset.digest == "sha256:" + index_assets(dist)[asset.name]
+        assert asset.digest == "sha256:" + hashlib.sha256(asset.data).hexdigest()
+        if asset.name != RELEASE_MANIFEST:
+            assert asset.digest == "sha256:" + index_assets(dist)[asset.name]
 
 
 def test_prepare_writes_chunks_and_an_index_with_tag_urls(dist: Path, tiny_model: Path) -> None:
@@ -743,3 +770,128 @@ def test_a_crafted_index_in_out_never_makes_prepare_delete_a_users_file(tmp_path
     result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
     assert notes.exists() and notes.read_bytes() == raw, "prepare deleted a file it never wrote"
     assert "Traceback" not in result.err
+
+
+# -- issue 13: a release entry can ship llama.cpp shards (what wllama loads) ----------------------
+def _gguf_config(tmp_path: Path, tiny_model: Path, **entry: object) -> Path:
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"file": str(tiny_model), "name": "tiny", **entry}],
+                                  "chunk_size": "200k"}))
+    return config
+
+
+def test_a_gguf_entry_ships_llama_cpp_shards_listed_in_the_index(tmp_path: Path, tiny_model: Path, models_dir: Path,
+                                                                 cli: Callable[..., Result]) -> None:
+    import hashlib
+
+    from teadist.formats.gguf_header import read_header
+
+    config = _gguf_config(tmp_path, tiny_model, format="gguf", shard_size="200k")
+    out = tmp_path / "dist"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert result.code == 0, result.err
+    index = json.loads((out / RELEASE_MANIFEST).read_text())
+    [model] = index["models"]
+    assert model["format"] == "gguf" and model["name"] == "tiny"
+    assert model["file"]["sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    shards = model["chunks"]
+    count = len(shards)
+    assert count >= 2 and [c["name"] for c in shards] == [f"tiny-llama-{i:05d}-of-{count:05d}.gguf"
+                                                          for i in range(1, count + 1)]
+    for shard in shards:
+        data = (out / shard["name"]).read_bytes()
+        assert len(data) == shard["size"] <= 200_000 and hashlib.sha256(data).hexdigest() == shard["sha256"]
+        assert shard["urls"] == [f"https://github.com/tea/tea/releases/download/{TAG}/{shard['name']}"]
+        assert data[:4] == b"GGUF"
+    assert read_header(out / shards[0]["name"]).kv["split.count"].value == count  # llama.cpp's split keys
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [c["name"] for c in shards] + ["tiny-llama.gguf.manifest.json", RELEASE_MANIFEST])
+    # the shards rebuild the byte-identical original through the release index
+    fetched = cli("fetch", out / RELEASE_MANIFEST)
+    assert fetched.code == 0, fetched.err
+    assert (models_dir / tiny_model.name).read_bytes() == tiny_model.read_bytes()
+
+
+def test_a_gguf_entry_defaults_to_shards_of_at_most_512_mb(tmp_path: Path, tiny_model: Path) -> None:
+    from teadist.base.progress import NullReporter
+    from teadist.release.prepare import load_release_config, model_layouts, prepare_release
+
+    config = _gguf_config(tmp_path, tiny_model, format="gguf")
+    [layout] = model_layouts(load_release_config(config), config)
+    assert (layout.format, layout.shard_size) == ("gguf", 512_000_000)
+    prepared = prepare_release(TAG, "tea/tea", config, tmp_path / "dist", NullReporter(),
+                               lambda name: (tiny_model, None))
+    assert [c["name"] for c in prepared.index["models"][0]["chunks"]] == ["tiny-llama-00001-of-00001.gguf"]
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"format": "zip"}, "format"),
+    ({"format": "bytes", "shard_size": "200k"}, "shard_size"),
+    ({"shard_size": "200k"}, "shard_size"),
+    ({"format": "gguf", "shard_size": "2GiB"}, "2 GiB"),
+    ({"format": "gguf", "shard_size": 0}, "shard_size"),
+    ({"format": "gguf", "shard_size": True}, "shard_size"),
+    ({"format": "gguf", "shard_size": "lots"}, "lots"),
+    ({"format": "gguf", "shard_size": "30k"}, "does not fit"),  # a tensor is larger than a shard
+    ({"format": "gguf", "shard-size": "200k"}, "shard-size"),  # a typo is not silently ignored
+    ({"format": ["gguf"]}, "format"),
+    ({"format": "gguf", "shard_size": 700.5}, "shard_size"),
+])
+def test_a_bad_gguf_entry_is_refused_before_anything_is_written(entry: dict[str, object], says: str,
+                                                                tmp_path: Path, tiny_model: Path,
+                                                                cli: Callable[..., Result]) -> None:
+    config = _gguf_config(tmp_path, tiny_model, **entry)
+    out = tmp_path / "dist"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert result.code == 2, result.err
+    assert says in result.err and "Traceback" not in result.err and len(result.err.strip().splitlines()) <= 2
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_gguf_entry_for_a_file_that_is_no_gguf_is_refused_before_writing(tmp_path: Path,
+                                                                           cli: Callable[..., Result]) -> None:
+    notes = tmp_path / "notes.bin"
+    write_random(notes, 50_000, seed=3)
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"file": str(notes), "name": "n", "format": "gguf"}]}))
+    out = tmp_path / "dist"
+    result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+    assert result.code == 2 and "gguf" in result.err and "Traceback" not in result.err, result.err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_switching_an_entry_between_chunks_and_shards_leaves_only_what_the_index_lists(
+        tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> None:
+    out = tmp_path / "dist"
+    listed: list[set[str]] = []
+    for entry in ({"format": "gguf", "shard_size": "200k"}, {}, {"format": "gguf", "shard_size": "300k"}):
+        config = _gguf_config(tmp_path, tiny_model, **entry)
+        result = cli("release", "prepare", "--tag", TAG, "--repo", "tea/tea", "--config", config, "--out", out)
+        assert result.code == 0, result.err
+        index = json.loads((out / RELEASE_MANIFEST).read_text())
+        names = {c["name"] for c in index["models"][0]["chunks"]} | {f["name"] for f in index["files"]}
+        assert {p.name for p in out.iterdir()} == names | {RELEASE_MANIFEST}
+        listed.append(names)
+    assert listed[0] != listed[2]  # other shard counts: the old shards went
+
+
+def test_a_fetched_model_sharded_is_held_to_the_sha256_its_fetch_verified(tmp_path: Path, tiny_model: Path) -> None:
+    import hashlib
+
+    from teadist.base.progress import NullReporter
+    from teadist.errors import IntegrityError
+    from teadist.release.prepare import prepare_release
+
+    changed = tmp_path / "models" / "tiny-llama.gguf"
+    changed.parent.mkdir()
+    raw = bytearray(tiny_model.read_bytes())
+    raw[-100] ^= 0xFF  # a tensor byte: still a GGUF, other bytes
+    changed.write_bytes(raw)
+    config = tmp_path / "release.json"
+    config.write_text(json.dumps({"models": [{"model": "tiny", "name": "tiny", "format": "gguf",
+                                              "shard_size": "200k"}]}))
+    out = tmp_path / "dist"
+    verified = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    with pytest.raises(IntegrityError, match="sha256"):
+        prepare_release(TAG, "tea/tea", config, out, NullReporter(), lambda name: (changed, verified))
+    assert not out.exists() or list(out.iterdir()) == [], sorted(p.name for p in out.iterdir())

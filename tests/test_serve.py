@@ -535,3 +535,105 @@ def test_clients_that_never_read_cannot_hold_every_worker(tmp_path: Path) -> Non
         waited = time.monotonic() - start
     assert answer == (200, b"fine")
     assert waited < 12, f"a new client waited {waited:.1f} s while 16 clients read nothing"
+
+
+# -- issue 13: the browser module under /_teadist/, and --cors for a model origin ------------------
+def answer(url: str, path: str, headers: dict[str, str] | None = None,
+           method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=20)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_the_browser_model_cache_is_served_under_teadist(tmp_path: Path) -> None:
+    from teadist.web import asset_files
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "_teadist").mkdir()  # the prefix is teadist's: a folder of that name is not served there
+    (root / "_teadist" / "model-cache.js").write_text("export const impostor = 1;\n")
+    assets = asset_files()
+    with serving(root) as (url, _):
+        got = {rel: answer(url, f"/_teadist/{rel}") for rel in assets}
+        folder = answer(url, "/_teadist/examples/")
+        ranged = answer(url, "/_teadist/model-cache.js", {"Range": "bytes=3-9"})
+        head = answer(url, "/_teadist/model-cache.js", method="HEAD")
+        refused = [answer(url, p)[0] for p in (
+            "/_teadist/__init__.py", "/_teadist/", "/_teadist/examples/../__init__.py",
+            "/_teadist/%2e%2e/web/__init__.py", "/_teadist/.hidden", "/_teadist/model-cache.js/x")]
+    types = {"model-cache.js": "text/javascript", "model-cache.d.ts": "text/plain; charset=utf-8",
+             "examples/index.html": "text/html; charset=utf-8"}
+    for rel, (status, headers, body) in got.items():
+        assert status == 200 and body == assets[rel].read_bytes(), rel
+        assert headers["content-type"] == types[rel], rel
+        assert headers["cross-origin-opener-policy"] == "same-origin"
+        assert headers["cross-origin-embedder-policy"] == "require-corp"
+    assert folder[0] == 200 and folder[2] == assets["examples/index.html"].read_bytes()
+    assert ranged[0] == 206 and ranged[2] == assets["model-cache.js"].read_bytes()[3:10]
+    assert head[0] == 200 and int(head[1]["content-length"]) == assets["model-cache.js"].stat().st_size
+    assert refused == [404] * len(refused)
+
+
+def test_cors_is_off_unless_asked_and_then_answers_preflights(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "shard.gguf").write_bytes(b"GGUF" + bytes(range(200)))
+    (root / ".secret").write_text("hidden")
+    preflight = {"Origin": "http://127.0.0.1:1", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "range"}
+    with serving(root) as (url, plain):
+        closed = answer(url, "/shard.gguf", {"Origin": "http://127.0.0.1:1"})
+        closed_preflight = answer(url, "/shard.gguf", preflight, method="OPTIONS")
+    with serving(root, "--cors") as (url, open_):
+        port = urlsplit(url).port
+        got = answer(url, "/shard.gguf", {"Origin": "http://127.0.0.1:1", "Range": "bytes=4-9"})
+        missing = answer(url, "/nothing.gguf", {"Origin": "http://127.0.0.1:1"})
+        hidden = answer(url, "/.secret", {"Origin": "http://127.0.0.1:1"})
+        asked = answer(url, "/shard.gguf", preflight, method="OPTIONS")
+        rebound = answer(url, "/shard.gguf", {"Host": f"attacker.example:{port}"})
+        rebound_preflight = answer(url, "/shard.gguf", {**preflight, "Host": f"attacker.example:{port}"},
+                                   method="OPTIONS")
+        posted = answer(url, "/shard.gguf", method="POST")
+    assert "access-control-allow-origin" not in closed[1] and closed[1]["cross-origin-resource-policy"] == "same-origin"
+    assert closed_preflight[0] == 405 and "access-control-allow-origin" not in closed_preflight[1]
+    status, headers, body = got
+    assert status == 206 and body == bytes(range(200))[:6]
+    assert headers["access-control-allow-origin"] == "*"
+    exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
+    assert {"content-range", "content-length"} <= exposed
+    assert headers["cross-origin-resource-policy"] == "cross-origin"
+    assert headers["cross-origin-embedder-policy"] == "require-corp"  # still isolated as a page origin
+    assert missing[0] == 404 and missing[1]["access-control-allow-origin"] == "*"  # errors readable too
+    assert hidden[0] == 404 and hidden[2] != b"hidden"
+    status, headers, body = asked
+    assert status == 204 and body == b"" and headers["access-control-allow-origin"] == "*"
+    assert {m.strip() for m in headers["access-control-allow-methods"].split(",")} == {"GET", "HEAD", "OPTIONS"}
+    assert "range" in headers["access-control-allow-headers"].lower()
+    assert rebound[0] == 403 and rebound_preflight[0] == 403  # DNS rebinding is still refused
+    assert posted[0] == 405
+    assert plain.stderr is not None and "warning" not in plain.stderr.read()
+    assert open_.stderr is not None
+    err = open_.stderr.read()
+    assert "warning:" in err and "--cors" in err and "any web page" in err
+
+
+def test_web_assets_installed_through_links_are_served(tmp_path: Path) -> None:
+    """Some installs hold package files through links: the asset is resolved once, then opened."""
+    from teadist.pipelines.serve import StaticServer
+
+    real = tmp_path / "store" / "model-cache.js"
+    real.parent.mkdir()
+    real.write_text("export const real = 1;\n")
+    installed = tmp_path / "site-packages" / "model-cache.js"
+    installed.parent.mkdir()
+    installed.symlink_to(real)
+    root = tmp_path / "site"
+    root.mkdir()
+    with StaticServer(root, assets={"model-cache.js": installed}) as server:
+        assert answer(server.url, "/_teadist/model-cache.js")[::2] == (200, b"export const real = 1;\n")

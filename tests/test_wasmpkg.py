@@ -173,3 +173,59 @@ def test_check_tarball_is_fast_on_a_huge_link_target(tmp_path: Path) -> None:
     start = time.monotonic()
     assert f"{TOP}/l.js" in check_tarball(ok)
     assert time.monotonic() - start < 1.0
+
+
+# -- issue 13: the tarball carries the browser model cache ------------------------------------------
+WEB_TOP = f"{TOP}/teadist-web"
+
+
+def test_the_tarball_carries_the_browser_model_cache_in_the_layout_its_example_expects(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from teadist.release.wasmpkg import check_tarball
+    from teadist.web import asset_files
+
+    pkg = _pkg(tmp_path)
+    first = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o1", "--json")
+    assert first.code == 0, first.err
+    tarball = tmp_path / "o1" / f"{TOP}.tar.gz"
+    names = check_tarball(tarball)
+    with tarfile.open(tarball) as tar:
+        for rel, source in asset_files().items():
+            member = tar.getmember(f"{WEB_TOP}/{rel}")
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            assert data == source.read_bytes() and member.mode == 0o644, rel
+        assert tar.getmember(WEB_TOP).isdir() and tar.getmember(f"{WEB_TOP}/examples").isdir()
+        page = tar.extractfile(f"{WEB_TOP}/examples/index.html").read().decode()  # type: ignore[union-attr]
+    # the example imports ../model-cache.js: it resolves to the module beside it in the tarball
+    assert "from '../model-cache.js'" in page and f"{WEB_TOP}/model-cache.js" in names
+    assert not [n for n in names if n.startswith(WEB_TOP) and ("__" in n or n.endswith(".py"))], names
+    listed = {f["path"] for f in json.loads(first.out)["files"]}
+    assert {f"{WEB_TOP}/{rel}" for rel in asset_files()} <= listed
+    # same inputs, same bytes, also with the module inside
+    second = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o2", "--json")
+    assert json.loads(second.out)["sha256"] == json.loads(first.out)["sha256"]
+
+
+def test_a_package_with_its_own_teadist_web_folder_is_refused_before_writing(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    pkg = _pkg(tmp_path)
+    (pkg / "teadist-web").mkdir()
+    (pkg / "teadist-web" / "model-cache.js").write_text("export const stale = 1;\n")
+    result = cli("package-wasm", pkg, "--version", "1.2.0", "--out", tmp_path / "o")
+    assert result.code == 2 and "teadist-web" in result.err, result.err
+    assert not (tmp_path / "o" / f"{TOP}.tar.gz").exists()
+
+
+def test_bundled_files_installed_through_links_are_packed_as_files(tmp_path: Path) -> None:
+    from teadist.release.wasmpkg import package_wasm
+
+    real = tmp_path / "store" / "model-cache.js"
+    real.parent.mkdir()
+    real.write_text("export const real = 1;\n")
+    installed = tmp_path / "site-packages" / "model-cache.js"
+    installed.parent.mkdir()
+    installed.symlink_to(real)
+    report = package_wasm(_pkg(tmp_path), "1.2.0", tmp_path / "o", bundled={"model-cache.js": installed})
+    with tarfile.open(report.path) as tar:
+        member = tar.getmember(f"{WEB_TOP}/model-cache.js")
+        assert member.isfile() and tar.extractfile(member).read() == real.read_bytes()  # type: ignore[union-attr]

@@ -7,7 +7,8 @@
 - ``GitHubAssetServer``: a ``GitHubServer`` whose release assets can also be downloaded the way
   the REST API allows from a browser: ``GET …/releases/assets/ID`` with ``Accept:
   application/octet-stream`` redirects to a storage URL; both answer with CORS headers. Without
-  that Accept header the API answers the asset's JSON, as GitHub does.
+  that Accept header the API answers the asset's JSON, as GitHub does. Assets come from files
+  (``add_asset_file``) or from uploads (``teadist release publish`` against ``api_url``).
 
 Each keeps ``sent``: one ``SentLog`` per request (path, Range header, status, body bytes written
 to the socket), the server's own record of what it sent.
@@ -16,6 +17,7 @@ to the socket), the server's own record of what it sent.
 from __future__ import annotations
 
 import mimetypes
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +178,22 @@ class GitHubAssetServer(GitHubServer):
         super().__init__(repo=repo, immutable=True)
         self.log = _SendLog()
         self.files: dict[int, Path] = {}
+        self._spool = tempfile.TemporaryDirectory(prefix="teadist-gh-assets-")  # uploaded bytes, as files
+
+    def stop(self) -> None:
+        super().stop()
+        self._spool.cleanup()
+
+    def _file_of(self, asset_id: int) -> Path | None:
+        """The file holding an asset's bytes: added from a file, or uploaded (spooled on first use)."""
+        if asset_id not in self.files:
+            asset = self._find(asset_id)
+            if asset is None or asset.state != "uploaded":
+                return None
+            spooled = Path(self._spool.name) / str(asset_id)
+            spooled.write_bytes(asset.data)
+            self.files[asset_id] = spooled
+        return self.files[asset_id]
 
     def add_asset_file(self, tag: str, path: Path) -> str:
         """Attach ``path`` to the published release ``tag`` (created on first use); its API URL."""
@@ -210,7 +228,7 @@ class GitHubAssetServer(GitHubServer):
 
     def _answer_asset(self, handler: _Handler, asset_id: int) -> None:
         asset = self._find(asset_id)
-        if asset is None or asset_id not in self.files:
+        if asset is None or self._file_of(asset_id) is None:
             handler.send_json(404, {"message": "Not Found"})
             return
         if "application/octet-stream" not in (handler.headers.get("Accept") or ""):
@@ -224,8 +242,9 @@ class GitHubAssetServer(GitHubServer):
 
     def _storage(self, handler: _Handler, rest: str) -> None:
         head, _, name = rest.partition("/")
-        path = self.files.get(int(head)) if head.isdigit() else None
-        if path is None or path.name != name:
+        asset = self._find(int(head)) if head.isdigit() else None
+        path = self._file_of(asset.id) if asset is not None else None
+        if path is None or asset is None or asset.name != name:
             handler.send_json(404, {"message": "Not Found"})
             return
         handler.send_file(_Served(path, file_sha256(path), path.stat().st_size, {}))

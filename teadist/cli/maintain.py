@@ -59,6 +59,8 @@ def serve(
         "--verify", help="Refuse to serve any file that fails this manifest.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a connection may stay silent "
                                                              "(0.1 <= s <= 3600).")] = 30.0,
+    cors: Annotated[bool, typer.Option("--cors", help="Let pages on other origins read the files "
+                                                      "(a model origin): CORS headers, preflights.")] = False,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -68,15 +70,20 @@ def serve(
     listed in the manifest are hashed first and a file that fails is answered 409, never
     served; bytes changed after the check are cut off, never completed. Binding beyond
     loopback (e.g. --host 0.0.0.0) makes the folder readable from the network: a warning says so.
+    teadist's browser model cache is served under /_teadist/ (model-cache.js, its .d.ts and
+    examples/index.html). --cors makes the folder a model origin for pages elsewhere
+    (Access-Control-Allow-Origin: *): any web page in a browser here may then read it.
     \b
     Example:
       teadist serve web/ --verify web/phi.gguf.manifest.json
+      # then open /_teadist/examples/index.html?manifest=/model-manifest.json&wllama=/wllama/
     """
     import math
     import stat
 
     from teadist.formats.manifest import load_manifest
     from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
+    from teadist.web import asset_files
 
     if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
         raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
@@ -92,7 +99,8 @@ def serve(
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
     reporter = _reporter(False)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
-                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None)
+                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None,
+                          assets=asset_files(), cors=cors)
     if manifest is not None:
         verdicts = server.verify_all()
         for name, good in sorted(verdicts.items()):
@@ -103,6 +111,9 @@ def serve(
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
+    if cors:
+        reporter.warn(f"--cors: any web page open in a browser that can reach {server.url} may read every "
+                      f"non-hidden file in {folder}; serve only what you would publish")
     print(server.url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
@@ -121,6 +132,8 @@ def package_wasm_cmd(
 
     \b
     Uses SOURCE_DATE_EPOCH for every mtime (default 0); prints a size breakdown.
+    The browser model cache goes in too, under teadist-web/: model-cache.js, its
+    .d.ts and examples/index.html (serve the unpacked folder with `teadist serve`).
     \b
     Example:
       teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
@@ -128,9 +141,10 @@ def package_wasm_cmd(
     import os
 
     from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
+    from teadist.web import asset_files
 
     epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch)
+    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch, bundled=asset_files())
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
@@ -163,8 +177,13 @@ def release_prepare(
 
     \b
     Models named in the config are fetched (or taken as files) and split under the GitHub
-    limit; download URLs are built from the tag. Put the wasm tarball in --out first
-    (teadist package-wasm) and it is listed too.
+    limit; download URLs are built from the tag. An entry with "format": "gguf" ships
+    llama.cpp shards instead of byte chunks (what wllama loads in a browser), each at most
+    "shard_size" (default 512M). Put the wasm tarball in --out first (teadist
+    package-wasm) and it is listed too.
+    \b
+    Config: {"models": [{"model": "phi-4-mini", "format": "gguf", "shard_size": "512M"}],
+             "chunk_size": "1.9G"}
     \b
     Example:
       teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
@@ -207,9 +226,11 @@ def release_publish(
     Every listed file is checked against model-manifest.json (size, sha256, no symlink,
     nothing unlisted) before anything is written. Assets already on the draft are kept only
     when proven (GitHub's digest, or downloaded and hashed); the rest is replaced, unlisted
-    assets are deleted. The index goes last; the release is published only when every asset
-    is proven (a tag like v1.2.0-rc1 as a pre-release). A re-run on a finished release
-    uploads nothing. Needs GITHUB_TOKEN; honours GITHUB_API_URL.
+    assets are deleted. The index goes last, with each chunk's REST API asset URL added to
+    its urls (readable from any web page, unlike releases/download/; the local index is
+    left as prepared); the release is published only when every asset is proven (a tag
+    like v1.2.0-rc1 as a pre-release). A re-run on a finished release uploads nothing.
+    Needs GITHUB_TOKEN; honours GITHUB_API_URL.
     \b
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/

@@ -23,6 +23,17 @@ What it will and will not serve:
   (``localhost``, ``127.0.0.1``, ``[::1]``): a page whose own name was rebound to 127.0.0.1 (DNS
   rebinding) gets 403.
 
+Two additions for browser work (``teadist serve`` passes them; ``StaticServer`` alone has neither):
+- ``assets``: teadist's browser model cache (``teadist.web.asset_files()``) under the fixed prefix
+  ``/_teadist/`` — ``/_teadist/model-cache.js``, ``/_teadist/examples/index.html`` — so a page
+  there imports ``../model-cache.js`` as in the wheel and the wasm tarball. Only those files are
+  served there (never the rest of the Python package); the prefix is teadist's, whatever the
+  folder holds under that name.
+- ``cors``: the folder as a model origin for pages on other origins: every answer carries
+  ``Access-Control-Allow-Origin: *`` with ``Content-Range``/``Content-Length`` exposed and
+  ``Cross-Origin-Resource-Policy: cross-origin``, and ``OPTIONS`` preflights are answered (204).
+  The Host check against DNS rebinding still applies.
+
 It keeps no per-request state, gives each connection a socket timeout, and serves at most
 ``workers`` connections at once (others wait in the kernel's accept queue). Keep-alive cannot hold
 the pool: while a connection waits for a worker, idle keep-alive connections are closed, busy
@@ -44,6 +55,7 @@ import socketserver
 import stat
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -59,6 +71,17 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Content-Range, Content-Length, Accept-Ranges, ETag",
+    "Cross-Origin-Resource-Policy": "cross-origin",  # a page with COEP require-corp may embed it
+}
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range, Accept",
+    "Access-Control-Max-Age": "600",
+}
+ASSET_PREFIX = "_teadist"  # /_teadist/…: teadist's browser model cache
 _TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript",
           ".json": "application/json", ".map": "application/json", ".html": "text/html; charset=utf-8",
           ".gguf": "application/octet-stream", ".css": "text/css"}
@@ -132,13 +155,19 @@ class StaticServer:
 
     def __init__(self, root: Path, manifest: Manifest | None = None, host: str = "127.0.0.1",
                  port: int = 0, manifest_dir: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 workers: int = DEFAULT_WORKERS, reporter: Reporter | None = None) -> None:
+                 workers: int = DEFAULT_WORKERS, reporter: Reporter | None = None,
+                 assets: Mapping[str, Path] | None = None, cors: bool = False) -> None:
         from teadist.errors import UsageError
 
         if not (MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):  # NaN fails too
             raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
         self.root = os.path.realpath(root)
         self.timeout = timeout
+        # served under /_teadist/: relative path -> file (teadist's own, resolved once: an install
+        # may hold them through links; the resolved file is then opened without following any)
+        self.assets = {rel: Path(os.path.realpath(path)) for rel, path in (assets or {}).items()}
+        self.cors = cors
+        self.headers = {**ISOLATION_HEADERS, **(CORS_HEADERS if cors else {})}
         self.reporter = reporter
         self.expected: dict[str, Listed] = {}
         if manifest is not None:
@@ -312,6 +341,33 @@ class StaticServer:
             os.close(fd)
             raise Refused(404, "not found")
         return Opened(fd, st, names)
+
+    def open_asset(self, rest: list[str]) -> Opened:
+        """One of teadist's own web assets (``rest``: the path below /_teadist/); a folder means its
+        index.html. Only the files listed in ``assets`` exist here, opened without following a link."""
+        rel = "/".join(rest)
+        if rel not in self.assets and f"{rel}/index.html" in self.assets and rel:
+            rel = f"{rel}/index.html"
+        path = self.assets.get(rel)
+        if path is None:
+            raise Refused(404, "not found")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise Refused(404, "not found") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise Refused(404, "not found")
+        return Opened(fd, st, (f"{ASSET_PREFIX}/{rel}",))
+
+    def open_request(self, raw_path: str) -> Opened:
+        """What a request target names: a web asset under /_teadist/ (when assets are served), else
+        a file of the folder."""
+        parts = self.parts_of(raw_path)
+        if self.assets and parts[:1] == [ASSET_PREFIX]:
+            return self.open_asset(parts[1:])
+        return self.open(parts)
 
     def listings(self, opened: Opened) -> list[Listed]:
         return [self.expected[n] for n in opened.names if n in self.expected]
@@ -553,13 +609,29 @@ class StaticHandler(BaseHTTPRequestHandler):
         self.close_connection = True  # its body is never read: the connection cannot be reused
         self.send_json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD", "Connection": "close"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    def do_OPTIONS(self) -> None:
+        """A CORS preflight, answered only with --cors (otherwise 405, like every other method)."""
+        owner = self.server.owner
+        if not owner.cors:
+            self._not_allowed()
+            return
+        if not self._host_allowed():
+            return
+        closing = {"Connection": "close"} if self.last_on_connection() else {}
+        if closing:
+            self.close_connection = True  # a body is never read: the connection cannot be reused
+        self.send_response(204)
+        for key, value in {**owner.headers, **PREFLIGHT_HEADERS, "Content-Length": "0", **closing}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
 
     def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
         closing = {"Connection": "close"} if self.command and self.last_on_connection() else {}
         self.send_response(status)
-        for key, value in {**ISOLATION_HEADERS, "Content-Type": "application/json",
+        for key, value in {**self.server.owner.headers, "Content-Type": "application/json",
                            "Content-Length": str(len(body)), **closing, **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
@@ -572,15 +644,20 @@ class StaticHandler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _answer(self, head: bool) -> None:
-        owner = self.server.owner
+    def _host_allowed(self) -> bool:
         host = self.headers.get("Host")
-        if owner.loopback_only and host is not None and not loopback_host_header(host):
+        if self.server.owner.loopback_only and host is not None and not loopback_host_header(host):
             # bound to loopback: a page whose name now resolves to 127.0.0.1 (DNS rebinding) is no client
             self.send_json(403, {"error": "this server answers only to localhost / loopback addresses"})
+            return False
+        return True
+
+    def _answer(self, head: bool) -> None:
+        owner = self.server.owner
+        if not self._host_allowed():
             return
         try:
-            opened = owner.open(owner.parts_of(self.path))
+            opened = owner.open_request(self.path)
         except Refused as refused:
             self.send_json(refused.status, {"error": refused.message}, refused.headers)
             return
@@ -601,9 +678,10 @@ class StaticHandler(BaseHTTPRequestHandler):
             start, length = wanted if wanted is not None else (0, size)
             name = opened.names[0]  # the type the client asked for, also through a link
             suffix = os.path.splitext(name)[1]
-            content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+            content_type = ("text/plain; charset=utf-8" if name.endswith(".d.ts") else  # TypeScript, not MPEG-TS
+                            _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream")
             self.send_response(206 if wanted is not None else 200)
-            headers = {**ISOLATION_HEADERS, "Content-Type": content_type, "Content-Length": str(length),
+            headers = {**owner.headers, "Content-Type": content_type, "Content-Length": str(length),
                        "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
                        "ETag": f'"{size:x}-{opened.st.st_mtime_ns:x}-{opened.st.st_ino:x}"'}
             if wanted is not None:

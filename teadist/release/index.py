@@ -1,4 +1,5 @@
-"""The release index (``model-manifest.json``): what a tag ships, and one model out of it."""
+"""The release index (``model-manifest.json``): what a tag ships, one model out of it, and the index
+as ``release publish`` uploads it (each chunk's asset URL added)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,45 @@ def manifest_from_index(data: dict[str, Any], wanted: str | None) -> Manifest:
             return m
     raise NotFoundError(f"model {wanted!r} is not in the release index")
 
+
+
+# -- the index as published: the local one plus where each chunk's asset is -----------------------
+MAX_CHUNK_URLS = 16  # the manifest schema's bound on a chunk's ``urls``
+
+
+def published_index(raw: bytes, locations: dict[str, str], is_location: Callable[[str], bool]) -> bytes:
+    """The index ``release publish`` uploads: ``raw`` (the index prepare wrote, already validated)
+    with each chunk's ``urls`` followed by its location (``locations``: chunk name → the REST API
+    URL of the asset holding it, which a page on any origin can read; ``releases/download/`` URLs
+    answer without CORS headers). URLs in ``raw`` for which ``is_location`` is true (an earlier
+    run's asset URLs) are dropped first. Nothing else changes — the same models, names, sizes and
+    sha256s, the same files — and the result is the same bytes for the same inputs, so a re-run
+    can prove the uploaded index by its digest. ManifestError when it would list anything else."""
+    data = json.loads(raw.decode("utf-8"))
+    for model in data["models"]:
+        for chunk in model.get("chunks", []):
+            urls = [u for u in chunk.get("urls", []) if not is_location(u)]
+            if len(urls) >= MAX_CHUNK_URLS:
+                raise ManifestError(f"chunk {chunk['name']} lists {len(urls)} URLs: no room for the URL of its "
+                                    f"release asset (a chunk takes at most {MAX_CHUNK_URLS})",
+                                    hint=f"list at most {MAX_CHUNK_URLS - 1} URLs per chunk, then prepare again")
+            chunk["urls"] = [*urls, locations[chunk["name"]]]
+    out = (json.dumps(data, indent=2) + "\n").encode()
+    if len(out) > MAX_MANIFEST_BYTES:  # browsers and teadist read no larger index
+        raise ManifestError(f"with each chunk's asset URL the index would be {len(out)} bytes, more than "
+                            f"{MAX_MANIFEST_BYTES}")
+    derived = json.loads(out)
+    validate_index(derived)
+    original = json.loads(raw.decode("utf-8"))
+    if listed_assets(derived) != listed_assets(original) or \
+            _without_chunk_urls(derived) != _without_chunk_urls(original):
+        raise ManifestError("the index to publish would list other files than model-manifest.json; refusing")
+    return out
+
+
+def _without_chunk_urls(data: dict[str, Any]) -> Any:
+    copy = json.loads(json.dumps(data))
+    for model in copy["models"]:
+        for chunk in model.get("chunks", []):
+            chunk.pop("urls", None)
+    return copy

@@ -14,6 +14,20 @@ lists (every model's chunks and the listed files), plus the index itself:
   does not list are deleted.
 - the release is published only after a fresh listing shows exactly the listed names, each proven.
 
+The index GitHub gets is *derived* from the local one: each chunk's ``urls`` are followed by the
+REST API URL of the asset holding it (``{api}/repos/O/R/releases/assets/ID``, read with ``Accept:
+application/octet-stream``; unlike ``releases/download/`` URLs it answers with CORS headers, so a
+page on any origin can load the chunk). Asset ids exist only once the chunks are uploaded, so
+the chunks go first, every one proven; the index is then derived from a fresh listing — the same
+models, names, sizes and sha256s, only those URLs added (``index.published_index`` refuses
+anything else) — and uploaded last. The derivation is deterministic (same local index, same ids,
+same bytes), so a re-run proves the uploaded index by its digest like any other asset and
+uploads nothing; a chunk replaced on a draft has a new id, so its index is replaced too. Before
+publishing, the final listing must still give the very index that was uploaded (no chunk
+replaced meanwhile). The local index is never rewritten: ``release prepare`` owns it. A
+release published by an earlier teadist (its index is the local one, without asset URLs) lists
+the same files and is accepted as it is, with a warning.
+
 ``publish`` converges: run it again after any failure and it finishes the job; run it on a
 finished release and it uploads nothing. It finds or creates the release as a draft (walking the
 releases: drafts are not found by tag), deletes half-uploaded ``starter`` leftovers, re-lists after
@@ -55,13 +69,14 @@ from urllib.parse import quote, urlsplit
 from teadist.base.fsutil import plain_filename_problem
 from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
-from teadist.errors import IntegrityError, NotFoundError, ReleaseError, UsageError
+from teadist.errors import IntegrityError, ManifestError, NotFoundError, ReleaseError, UsageError
 from teadist.release.index import (
     ASSET_NAME_RE,
     RELEASE_MANIFEST,
     check_repo_and_tag,
     is_prerelease,
     listed_assets,
+    published_index,
     read_index,
 )
 
@@ -101,6 +116,7 @@ class PublishReport:
     downloaded: list[str] = field(default_factory=list)
     published: bool = False
     plan: list[str] = field(default_factory=list)
+    index_sha256: str = ""  # the index as published (the local one plus each chunk's asset URL)
 
 
 # -- the dist folder against the index ------------------------------------------------------------
@@ -247,9 +263,15 @@ def url_origin(url: str) -> Origin:
 
 
 def check_api_url(api_url: str) -> Origin:
-    """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header)."""
+    """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header),
+    no query and no fragment (every asset URL the published index lists starts with it)."""
     try:
-        return url_origin(api_url)
+        origin = url_origin(api_url)
+        if "?" in api_url or "#" in api_url:
+            raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} carries a query or fragment (not shown): "
+                             "it would be published in every asset URL of the release index",
+                             hint="e.g. https://api.github.com or https://HOST/api/v3")
+        return origin
     except ReleaseError:
         match = _URL_PARTS.match(api_url) if isinstance(api_url, str) else None
         if match is not None and "@" in match.group(2):
@@ -432,8 +454,12 @@ class Publisher:
         # (the one exception, the upload URL, is checked in _upload)
         owner, name = repo.split("/")
         self._repo_path = f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+        # where a browser reads an asset of this repo (CORS-capable, unlike releases/download/)
+        self._asset_url_re = re.compile(re.escape(f"{self._api_url}{self._repo_path}/releases/assets/") + r"\d+$")
         self._full_name: str | None = None
-        self._proven: set[int] = set()  # asset ids whose bytes this run has seen equal the index
+        # (asset id, sha256): assets whose bytes this run has seen equal those (the index is checked
+        # against two candidates: the derived one and, on an old published release, the local one)
+        self._proven: set[tuple[int, str]] = set()
         self._unknown: dict[str, str] = {}  # asset name -> why it could not be checked
         _install_guard(token, token_origins(self._api_url))
         from github import Auth, Github, GithubRetry
@@ -541,13 +567,18 @@ class Publisher:
     # -- the converging publish -------------------------------------------------------------
     def publish(self, dist: Path, dry_run: bool = False, draft: bool = False) -> PublishReport:
         local = preflight(dist, self._repo_name, self.tag)
+        files, index_local = local[:-1], local[-1]
+        assert index_local.name == RELEASE_MANIFEST and index_local.data is not None
+        chunk_names = _chunk_names(index_local.data)
+        self._derive(index_local, {name: 0 for name in chunk_names})  # no room for a URL: refused before any write
         report = PublishReport(self.tag, prerelease=self.prerelease)
         kind = "pre-release" if self.prerelease else "release"
         release = self.find_release()
         if release is None:
             report.plan.append(f"create draft {kind} {self.tag}")
             if dry_run:
-                report.plan += [f"upload {a.name} ({format_size(a.size)})" for a in local]
+                report.plan += [f"upload {a.name} ({format_size(a.size)})" for a in files]
+                report.plan.append(f"upload {RELEASE_MANIFEST} (each chunk's asset API URL added)")
                 report.plan.append("verify every asset against the index" + ("" if draft else ", then publish"))
                 return report
             created = _release_from(self._json("create the draft release", "POST", f"{self._repo_path}/releases",
@@ -570,32 +601,33 @@ class Publisher:
                                    hint="delete the release or publish a new tag")
             if not dry_run:
                 self._delete(remote[name], report)
-        for asset in local:  # the index comes last: its presence means the release is complete
-            existing = remote.get(asset.name)
-            verdict = None if existing is None else self._verdict(existing, asset, report, dry_run)
-            if verdict is Verdict.PROVEN:
-                report.skipped.append(asset.name)
-                continue
-            action = "upload" if existing is None else "replace"
-            report.plan.append(f"{action} {asset.name}")
-            if published:
-                if verdict is Verdict.UNKNOWN:
-                    raise ReleaseError(f"could not check {asset.name} on the published release {self.tag} "
-                                       f"({self._unknown.get(asset.name, 'download failed')})",
-                                       hint="run the command again")
-                raise ReleaseError(f"{asset.name} on the published release {self.tag} "
-                                   f"{'is missing' if existing is None else 'differs'} and cannot be changed "
-                                   "(immutable release)", hint="delete the release or publish a new tag")
-            if existing is not None and verdict is Verdict.UNKNOWN:
-                self.reporter.warn(f"could not download {asset.name} to check it "
-                                   f"({self._unknown.get(asset.name, 'download failed')}); replacing it")
-            if not dry_run:
-                self._converge_asset(release, asset, existing, report)
+        for asset in files:
+            self._converge_listed(release, asset, remote.get(asset.name), report, dry_run, published)
+        # The index comes last (its presence means the release is complete), derived from where the
+        # chunks are now: a fresh listing after they converged.
+        if not dry_run:
+            remote = self.assets(release)
+        index = self._published_index(index_local, chunk_names, files, remote, report, dry_run)
+        if index is None:  # a dry run before the chunks are there: their ids are not known yet
+            report.plan.append(f"upload {RELEASE_MANIFEST} (each chunk's asset API URL added)")
+        else:
+            existing = remote.get(RELEASE_MANIFEST)
+            if published and existing is not None and self._verdict(existing, index, report, dry_run) \
+                    is not Verdict.PROVEN and self._verdict(existing, index_local, report, dry_run) is Verdict.PROVEN:
+                self.reporter.warn(f"the published release {self.tag} has {RELEASE_MANIFEST} as prepared, without "
+                                   "each chunk's asset API URL (an earlier teadist): it lists the same files, so it "
+                                   "stays; pages on other origins need a new tag to load the chunks from GitHub")
+                index = index_local
+            self._converge_listed(release, index, existing, report, dry_run, published)
+            report.index_sha256 = index.sha256
         if dry_run:
             report.plan.append("verify every asset against the index" + ("" if draft or published else
                                                                             ", then publish"))
             return report
-        self._verify_all(release, local, report)
+        assert index is not None
+        final = [*files, index]
+        derived_from = index_local if index is not index_local else None
+        self._verify_all(release, final, report, derived_from, chunk_names)
         if release.draft and not draft:
             done = _release_from(self._json("publish the release", "PATCH", f"{self._repo_path}/releases/{release.id}",
                                             body={"name": release.name or self.tag, "body": release.body,
@@ -607,7 +639,7 @@ class Publisher:
             # another run (or a person) may have changed the draft between the last listing and the
             # publish: say so loudly rather than exit 0 on an incomplete, now immutable, release
             try:
-                self._verify_all(release, local, report)
+                self._verify_all(release, final, report, derived_from, chunk_names)
             except ReleaseError as exc:
                 raise ReleaseError(f"published {kind} {self.tag}, but it changed while it was published: "
                                    f"{exc.message.removeprefix('release not published: ')}",
@@ -616,6 +648,61 @@ class Publisher:
             self.reporter.info(f"published {kind} {self.tag}")
         return report
 
+    def _converge_listed(self, release: RemoteRelease, asset: LocalAsset, existing: RemoteAsset | None,
+                         report: PublishReport, dry_run: bool, published: bool) -> None:
+        """Keep ``existing`` when it is proven to hold ``asset``'s bytes, else upload (or replace) it."""
+        verdict = None if existing is None else self._verdict(existing, asset, report, dry_run)
+        if verdict is Verdict.PROVEN:
+            report.skipped.append(asset.name)
+            return
+        action = "upload" if existing is None else "replace"
+        report.plan.append(f"{action} {asset.name}")
+        if published:
+            if verdict is Verdict.UNKNOWN:
+                raise ReleaseError(f"could not check {asset.name} on the published release {self.tag} "
+                                   f"({self._unknown.get(asset.name, 'download failed')})",
+                                   hint="run the command again")
+            raise ReleaseError(f"{asset.name} on the published release {self.tag} "
+                               f"{'is missing' if existing is None else 'differs'} and cannot be changed "
+                               "(immutable release)", hint="delete the release or publish a new tag")
+        if existing is not None and verdict is Verdict.UNKNOWN:
+            self.reporter.warn(f"could not download {asset.name} to check it "
+                               f"({self._unknown.get(asset.name, 'download failed')}); replacing it")
+        if not dry_run:
+            self._converge_asset(release, asset, existing, report)
+
+    # -- the index as published ------------------------------------------------------------------
+    def asset_url(self, asset_id: int) -> str:
+        """Where a browser reads an asset: the REST API, with ``Accept: application/octet-stream``."""
+        return f"{self._api_url}{self._repo_path}/releases/assets/{int(asset_id)}"
+
+    def _derive(self, index_local: LocalAsset, ids: dict[str, int]) -> LocalAsset:
+        assert index_local.data is not None
+        try:
+            data = published_index(index_local.data, {name: self.asset_url(i) for name, i in ids.items()},
+                                   lambda url: self._asset_url_re.match(url) is not None)
+        except ManifestError as exc:
+            raise ReleaseError(f"{RELEASE_MANIFEST}: {exc.message}", hint=exc.hint) from None
+        return LocalAsset(RELEASE_MANIFEST, len(data), hashlib.sha256(data).hexdigest(), data=data)
+
+    def _published_index(self, index_local: LocalAsset, chunk_names: list[str], files: list[LocalAsset],
+                         remote: dict[str, RemoteAsset], report: PublishReport, dry_run: bool) -> LocalAsset | None:
+        """The index to upload, derived from the assets now holding the chunks, each of them proven
+        (None in a dry run that would still upload a chunk)."""
+        wanted = {a.name: a for a in files}
+        ids: dict[str, int] = {}
+        for name in chunk_names:
+            found = remote.get(name)
+            if found is None or self._verdict(found, wanted[name], report, dry_run) is not Verdict.PROVEN:
+                if dry_run:
+                    return None  # that chunk would be uploaded first
+                raise ReleaseError(f"{name} is not proven on the release; the index cannot list it yet",
+                                   hint="run the command again")
+            if found.id <= 0:
+                raise ReleaseError(f"GitHub gave the asset {name} the id {found.id}, which no asset has")
+            ids[name] = found.id
+        return self._derive(index_local, ids)
+
     def _verdict(self, remote: RemoteAsset, asset: LocalAsset, report: PublishReport,
                  dry_run: bool = False) -> Verdict:
         """Does the remote asset hold exactly the index's bytes: its digest, this run's upload, or a download."""
@@ -623,14 +710,14 @@ class Publisher:
             return Verdict.DIFFERS
         if remote.digest:
             return Verdict.PROVEN if remote.digest == asset.digest else Verdict.DIFFERS
-        if remote.id in self._proven:
+        if (remote.id, asset.sha256) in self._proven:
             return Verdict.PROVEN
         if dry_run:
             report.plan.append(f"download {asset.name} to check it (GitHub gives no digest)")
             return Verdict.PROVEN
         verdict = self._download_verdict(remote.id, asset)
         if verdict is Verdict.PROVEN:
-            self._proven.add(remote.id)
+            self._proven.add((remote.id, asset.sha256))
             report.downloaded.append(asset.name)
         return verdict
 
@@ -743,11 +830,18 @@ class Publisher:
                                  hint="run `teadist release prepare` again")
         if uploaded.name == asset.name and uploaded.state == "uploaded" and uploaded.size == asset.size and (
                 not uploaded.digest or uploaded.digest == asset.digest):
-            self._proven.add(uploaded.id)
+            self._proven.add((uploaded.id, asset.sha256))
 
-    def _verify_all(self, release: RemoteRelease, local: list[LocalAsset], report: PublishReport) -> None:
+    def _verify_all(self, release: RemoteRelease, local: list[LocalAsset], report: PublishReport,
+                    derived_from: LocalAsset | None, chunk_names: list[str]) -> None:
+        """A fresh listing holds exactly ``local``, each proven; and the index uploaded (derived from
+        ``derived_from``) is still the one these assets give: no chunk was replaced meanwhile."""
         remote = self.assets(release)
         problems = [f"{name} is not in the index" for name in sorted(set(remote) - {a.name for a in local})]
+        if derived_from is not None and all(name in remote for name in chunk_names):
+            now = self._derive(derived_from, {name: remote[name].id for name in chunk_names})
+            if now.data != local[-1].data:
+                problems.append(f"{RELEASE_MANIFEST} lists assets that were replaced meanwhile")
         for asset in local:
             found = remote.get(asset.name)
             if found is None:
@@ -764,6 +858,14 @@ class Publisher:
         if problems:
             raise ReleaseError("release not published: " + "; ".join(problems),
                                hint="run the command again to converge")
+
+
+def _chunk_names(raw: bytes) -> list[str]:
+    """Every model's chunk names, in order, from the (validated) index bytes."""
+    import json
+
+    data = json.loads(raw.decode("utf-8"))
+    return [c["name"] for m in data["models"] for c in m.get("chunks", [])]
 
 
 def _no_auth(request: Any) -> Any:

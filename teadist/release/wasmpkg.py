@@ -14,6 +14,11 @@ The input is read only through descriptors opened from the input folder's own de
 component at a time without following links, and each file must still be the file (device,
 inode) the walk saw: a folder swapped for a link while packing never leads outside the input.
 
+``bundled`` files (``teadist package-wasm`` passes the browser model cache, ``teadist/web``) are
+packed under their own folder (``teadist-web/``) with the relative layout they have in the
+package, so ``teadist-web/examples/index.html`` finds ``../model-cache.js``; a package that
+already has that folder is refused (one owner per name).
+
 ``check_tarball`` holds any tarball (``release prepare`` lists the one in its folder) to the same
 rules: every entry's folders are folders (never a file, never a link an extractor would write
 through), every link resolves to an entry under the top folder, in time linear in the tarball.
@@ -60,10 +65,14 @@ class PackageReport:
 class _Entry:
     arcname: str
     rel: str  # path below its input folder
-    root: int  # index of its input folder (0: the package, 1: --js)
+    root: int  # index of its input folder (0: the package, 1: --js; BUNDLED: a file of ``source``)
     kind: str  # file | dir | link
     link_target: str = ""
     identity: tuple[int, int] = (0, 0)  # (device, inode) as the walk saw it
+    source: Path | None = None  # a bundled file: read from here
+
+
+BUNDLED = -1
 
 
 def parse_source_date_epoch(text: str) -> int:
@@ -114,9 +123,45 @@ def _collect(root_fd: int, root: int, prefix: str, shown: Path) -> list[_Entry]:
     return entries
 
 
+def _bundled_entries(prefix: str, folder: str, bundled: Mapping[str, Path]) -> list[_Entry]:
+    """``bundled`` (relative path → file) as entries under ``prefix/folder``, with their folders.
+    Each file is looked at without following a link at its own name, and must be a regular file."""
+    entries: list[_Entry] = []
+    folders: set[str] = set()
+    for rel, listed in sorted(bundled.items()):
+        source = Path(os.path.realpath(listed))  # teadist's own files: an install may link them
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") or plain_filename_problem(p) for p in parts):
+            raise UsageError(f"bundled path {rel!r} is not a plain relative path")
+        for depth in range(len(parts)):
+            sub = "/".join([folder, *parts[:depth]])
+            if sub not in folders:
+                folders.add(sub)
+                entries.append(_Entry(f"{prefix}/{sub}", sub, BUNDLED, "dir"))
+        try:
+            st = os.lstat(source)
+        except OSError as exc:
+            raise NotFoundError(f"{source} cannot be packed ({exc.strerror})", hint="reinstall teadist") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{source} is not a regular file; refusing to pack it")
+        entries.append(_Entry(f"{prefix}/{folder}/{rel}", f"{folder}/{rel}", BUNDLED, "file",
+                              identity=(st.st_dev, st.st_ino), source=source))
+    return entries
+
+
 def _open_entry(root_fd: int, entry: _Entry, shown: Path) -> int:
     """The file the walk saw, opened component by component from the input folder's descriptor
     without following any link; a folder or file swapped since is refused, never read through."""
+    if entry.source is not None:  # bundled: its own path, the last component never followed
+        try:
+            fd = os.open(entry.source, _FILE_FLAGS)
+        except OSError as exc:
+            raise UsageError(f"{entry.source} changed while it was packed ({exc.strerror}); run again") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != entry.identity:
+            os.close(fd)
+            raise UsageError(f"{entry.source} changed while it was packed; run again")
+        return fd
     parts = entry.rel.split("/")
     current = os.dup(root_fd)
     try:
@@ -208,9 +253,15 @@ def _check_links(members: Mapping[str, str | None]) -> None:
         tree.resolve(name, target)
 
 
+BUNDLED_FOLDER = "teadist-web"  # where package-wasm puts teadist's browser model cache
+
+
 def package_wasm(pkg_dir: Path, version: str, out_dir: Path, js_dir: Path | None = None,
-                 source_date_epoch: int = 0) -> PackageReport:
-    """Write ``tea-wasm-llm-{version}.tar.gz`` from a wasm-pack ``pkg`` folder (and optional JS)."""
+                 source_date_epoch: int = 0, bundled: Mapping[str, Path] | None = None) -> PackageReport:
+    """Write ``tea-wasm-llm-{version}.tar.gz`` from a wasm-pack ``pkg`` folder (and optional JS).
+
+    ``bundled`` (relative path → file) is packed under ``teadist-web/``, keeping those relative
+    paths (``teadist package-wasm`` passes ``teadist.web.asset_files()``)."""
     if not VERSION_RE.match(version):
         raise UsageError(f"--version {version[:40]!r}: use letters, digits and . + _ - (e.g. 1.2.0)")
     if not 0 <= source_date_epoch <= MAX_EPOCH:
@@ -233,18 +284,27 @@ def package_wasm(pkg_dir: Path, version: str, out_dir: Path, js_dir: Path | None
                 fds.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)))
             except OSError as exc:
                 raise UsageError(f"cannot open {folder}: {exc.strerror}") from None
-        return _package(roots, fds, prefix, out_dir, source_date_epoch)
+        extra = _bundled_entries(prefix, BUNDLED_FOLDER, bundled) if bundled else []
+        return _package(roots, fds, prefix, out_dir, source_date_epoch, extra)
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _package(roots: list[Path], fds: list[int], prefix: str, out_dir: Path, source_date_epoch: int) -> PackageReport:
+def _package(roots: list[Path], fds: list[int], prefix: str, out_dir: Path, source_date_epoch: int,
+             bundled: list[_Entry]) -> PackageReport:
     entries = _collect(fds[0], 0, prefix, roots[0])
     if len(roots) > 1:
         st = os.fstat(fds[1])
         entries += [_Entry(f"{prefix}/js", "", 1, "dir", identity=(st.st_dev, st.st_ino)),
                     *_collect(fds[1], 1, f"{prefix}/js", roots[1])]
+    if not any(e.kind == "file" for e in entries):
+        raise UsageError(f"{roots[0]} holds no files to package")
+    own = {e.arcname for e in entries}
+    if bundled and bundled[0].arcname in own:
+        raise UsageError(f"the package already has {BUNDLED_FOLDER}/, where teadist's browser model cache goes",
+                         hint=f"rename or remove {roots[0] / BUNDLED_FOLDER}; nothing was written")
+    entries += bundled
     members: dict[str, str | None] = {prefix: None}
     for entry in entries:
         if entry.arcname in members:
@@ -252,8 +312,6 @@ def _package(roots: list[Path], fds: list[int], prefix: str, out_dir: Path, sour
                              + (" (the package already has js/: drop --js or rename it)" if len(roots) > 1 else ""))
         members[entry.arcname] = entry.link_target if entry.kind == "link" else None
     _check_links(members)
-    if not any(e.kind == "file" for e in entries):
-        raise UsageError(f"{roots[0]} holds no files to package")
     report_files: list[dict[str, object]] = []
     dest = out_dir / f"{prefix}.tar.gz"
     with atomic_write(dest) as raw, \
@@ -272,15 +330,17 @@ def _package(roots: list[Path], fds: list[int], prefix: str, out_dir: Path, sour
                 info.linkname = entry.link_target
                 tar.addfile(info)
             else:
-                with os.fdopen(_open_entry(fds[entry.root], entry, roots[entry.root]), "rb") as fh:
+                root_fd, shown = (fds[entry.root], roots[entry.root]) if entry.root != BUNDLED else (-1, Path())
+                with os.fdopen(_open_entry(root_fd, entry, shown), "rb") as fh:
                     st = os.fstat(fh.fileno())
-                    _normalise(info, tarfile.REGTYPE, 0o755 if st.st_mode & 0o111 else 0o644, source_date_epoch)
+                    executable = st.st_mode & 0o111 and entry.source is None  # bundled: 0644 whatever the install
+                    _normalise(info, tarfile.REGTYPE, 0o755 if executable else 0o644, source_date_epoch)
                     info.size = st.st_size
                     try:
                         tar.addfile(info, fh)
                     except OSError as exc:  # tarfile: "unexpected end of data" when it shrank
-                        raise UsageError(f"{roots[entry.root] / entry.rel} changed while it was packed "
-                                         f"({exc}); run again") from None
+                        raise UsageError(f"{entry.source or roots[entry.root] / entry.rel} changed while it was "
+                                         f"packed ({exc}); run again") from None
                 report_files.append({"path": entry.arcname, "size": info.size})
     from teadist.base.hashing import hash_range
 

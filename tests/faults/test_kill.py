@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from teadist.formats.tinymodel import make_tiny_model
+from teadist.release.index import RELEASE_MANIFEST
 from tests.conftest import TEADIST_BIN
 from tests.servers import Fault, GitHubServer, HubServer, MirrorServer
+from tests.test_release import expected_published_index
 
 POINTS = 10
 RNG = random.Random(20261122)
@@ -150,9 +152,15 @@ def test_kill_release_publish(point: int, model: Path, tmp_path: Path, campaign:
         never_incomplete = all(r.draft or len(r.assets) == len(list(dist.iterdir())) for r in github.releases)
         again = run(argv, env)
         [release] = github.releases
-        local = {p.name: "sha256:" + sha(p) for p in dist.iterdir()}
+        local = {p.name: "sha256:" + sha(p) for p in dist.iterdir() if p.name != RELEASE_MANIFEST}
         remote = {a.name: a.digest for a in release.assets if a.state == "uploaded"}
-        survived = killed and again.returncode == 0 and not release.draft and remote == local and never_incomplete
+        # the index as published: the local one with each chunk's asset API URL (issue 13)
+        index = [a.data for a in release.assets if a.name == RELEASE_MANIFEST and a.state == "uploaded"]
+        index_ok = len(index) == 1 and json.loads(index[0]) == expected_published_index(
+            (dist / RELEASE_MANIFEST).read_bytes(), {a.name: a.id for a in release.assets}, github.api_url)
+        remote.pop(RELEASE_MANIFEST, None)
+        survived = (killed and again.returncode == 0 and not release.draft and remote == local and index_ok
+                    and never_incomplete)
         campaign("SIGKILL during release publish", f"after {uploads_before_kill} uploads", survived,
                  len(set(local) - set(remote)))
         assert killed, "publish finished before the kill"
