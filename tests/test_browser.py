@@ -20,6 +20,8 @@ from teadist.formats.tinymodel import make_tiny_model
 from teadist.pipelines.gguf_split import split_gguf
 from tests.conftest import TEADIST_BIN
 
+pytestmark = pytest.mark.tools
+
 WLLAMA = Path(__file__).parent / "browser" / "node_modules" / "@wllama" / "wllama" / "esm"
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "Once upon a time"

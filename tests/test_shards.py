@@ -115,10 +115,11 @@ def test_cli_split_gguf_assemble_verify_and_tampering(models: list[Path], tmp_pa
     assert files_in(tmp_path / "second") == set()
 
 
+@pytest.mark.tools
 def test_native_llama_cpp_loads_shard_rebuilt_and_original_identically(tmp_path: Path) -> None:
     """llama.cpp (llama-cpp-python from PyPI) loads our first shard, our rebuilt file and the
     original; greedy generation of 16 tokens is identical in all three."""
-    Llama = pytest.importorskip("llama_cpp").Llama  # not installed in the dependency-floors job
+    from llama_cpp import Llama
 
     src = make_tiny_model(tmp_path / "native.gguf", seed=7, n_embd=128, n_layer=4)
     result = split_gguf(src, tmp_path / "shards", NullReporter(), shard_size=400_000)
@@ -168,10 +169,11 @@ def test_fetch_gguf_manifest_rebuilds_or_keeps_shards(models: list[Path], tmp_pa
     assert cli("verify", first).code == 3
 
 
+@pytest.mark.tools
 def test_foreign_shards_are_merged_and_said_to_be_a_merge(tmp_path: Path, cli: Callable[..., Result]) -> None:
     """Shards written by gguf-py's own split writer (as llama-gguf-split would) come without a
     recipe: assemble merges them, says so, and the merge runs like the unsplit model."""
-    Llama = pytest.importorskip("llama_cpp").Llama  # not installed in the dependency-floors job
+    from llama_cpp import Llama
 
     whole = make_tiny_model(tmp_path / "whole" / "foreign.gguf", seed=5)
     make_tiny_model(tmp_path / "split" / "foreign.gguf", seed=5, split_max_tensors=8)

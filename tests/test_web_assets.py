@@ -96,6 +96,7 @@ def test_web_assets_help_has_an_example(console: Callable[..., Result]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.tools
 def test_the_wheel_carries_the_web_assets(tmp_path: Path) -> None:
     out = tmp_path / "wheel"
     # Offline: the build backend comes from the test extras, not from an index.

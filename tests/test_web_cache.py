@@ -37,7 +37,7 @@ from tests.web_manifests import (
 )
 from tests.web_servers import AppServer, GitHubAssetServer, ModelServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tools]
 
 WEB = Path(__file__).resolve().parents[1] / "teadist" / "web"
 HARNESS = Path(__file__).parent / "browser"

@@ -35,7 +35,7 @@ from tests.test_browser import CHROMIUM, FLAGS, N_PREDICT, WLLAMA, native_text
 from tests.test_serve import serving
 from tests.web_servers import GitHubAssetServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.tools]
 
 LOCAL_ONLY = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 VERSION, TAG, REPO = "1.2.0", "v1.2.0", "tea/tea"
