@@ -10,8 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
-from teadist.cli.models import _downloader, _fetch_options
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app
 from teadist.errors import NotFoundError, UsageError
 
 registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
@@ -39,10 +38,11 @@ def registry_pin(
     Example:
       teadist registry pin gemma-3n-e4b --write
     """
+    from teadist.api import fetch_options_for
     from teadist.release.pin import pin_entry
 
     settings = _settings()
-    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write, force=force, registry_dir=registry_dir)
+    pinned = pin_entry(name, fetch_options_for(settings, 1), write=write, force=force, registry_dir=registry_dir)
     if as_json:
         _emit_json(pinned)
     else:
@@ -188,15 +188,14 @@ def release_prepare(
     Example:
       teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
     """
-    from teadist.pipelines.fetch import fetch as run_fetch
+    from teadist.api import fetch_model
     from teadist.release.prepare import prepare_release
 
     settings = _settings(cache_dir)
     reporter = _reporter(quiet, as_json)
 
     def get_model(name: str) -> tuple[Path, str | None]:
-        result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
-                           _downloader(settings, reporter))
+        result = fetch_model(name, progress=reporter, settings=settings)
         return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
 
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)

@@ -6,11 +6,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
 from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
-from teadist.settings import Settings
 
 
 @app.command("list")
@@ -56,36 +54,23 @@ def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
         echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {d.path.name}: {d.problem}")
 
 
-def _filename_for(name: str, cache: Any) -> str:
-    model = cache.find(name)
-    if model is not None:
-        return str(model.head.filename)
-    from teadist.sources.registry import lookup_filename
-
-    filename = lookup_filename(name)
-    if filename is None:
-        raise NotFoundError(f"unknown model {name!r}: not in the cache, not in the registry",
-                            hint="see `teadist list` and `teadist models`")
-    return filename
-
-
 @app.command()
-def path(name: Annotated[str, typer.Argument(help="Model name, registry name or file name.")],
-         cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def path(name: Annotated[str, typer.Argument(help="Registry name (with or without its tag), cached model name, "
+                                              "or file name.")],
+         cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Print the model path the TEA runtimes would use: TEA_MODEL_PATH, $APPDIR, then the cache.
 
     \b
-    Exits 1 if the model is in none of them.
+    From the cache only a model teadist installed and that is unchanged since it was verified;
+    each lookup counts as a use (`teadist prune` evicts least recently used first). Exits 1 if
+    the model is in none of them.
     \b
     Example:
       llama-cli -m "$(teadist path phi-4-mini)"
     """
-    from teadist.cache.store import runtime_model_path
+    from teadist.api import find_model
 
-    settings = _settings(cache_dir)
-    cache = _cache(settings)
-    found, origin = runtime_model_path(_filename_for(name, cache), cache, settings.tea_model_path,
-                                       settings.appdir)
+    found, origin = find_model(name, settings=_settings(cache_dir))
     if as_json:
         _emit_json({"path": str(found), "from": origin})
     else:
@@ -93,8 +78,8 @@ def path(name: Annotated[str, typer.Argument(help="Model name, registry name or 
 
 
 @app.command()
-def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the cache.")],
-       cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def rm(name: Annotated[str, typer.Argument(help="Registry name, cached model name, or file name in the cache.")],
+       cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Remove a model (all its files, and teadist's record of it) from the cache.
 
     \b
@@ -103,8 +88,11 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
     Example:
       teadist rm phi-4-mini
     """
+    from teadist.pipelines.resolve import classify, find_cached
+
     cache = _cache(_settings(cache_dir))
-    model = cache.find(name)
+    classify(name, cache, takes_paths=False)
+    model = find_cached(cache, name)
     if model is not None:
         removed = cache.remove(model) or []
     else:
@@ -117,31 +105,7 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
     else:
         for p in removed:
             echo(p)
-
-
-# -- fetch and the registry ----------------------------------------------------------------------
-def _downloader(settings: Settings, reporter: Reporter, jobs: int = 4) -> Any:
-    from teadist.sources.download import Downloader
-    from teadist.sources.http import RetryPolicy
-
-    policy = RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
-                         stall_timeout=settings.stall_timeout)
-    return Downloader(reporter, policy, jobs=jobs, segment_min=settings.parallel_min)
-
-
-def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
-    from teadist.pipelines.fetch import FetchOptions
-    from teadist.sources.hub import DEFAULT_ENDPOINT, is_official_endpoint
-
-    endpoint = settings.hf_endpoint or DEFAULT_ENDPOINT
-    token = settings.hf_token
-    if token is None and is_official_endpoint(endpoint) and not settings.offline:
-        from teadist.settings import register_secret
-        from teadist.sources.hub import saved_token
-
-        token = saved_token()
-        register_secret(token)
-    return FetchOptions(endpoint=endpoint, token=token, offline=settings.offline, jobs=jobs, source=source)
+        _reporter(quiet).info(f"removed {len(removed)} files")
 
 
 @app.command()
@@ -164,7 +128,8 @@ def fetch(
 
     \b
     Resumes after an interruption, retries with backoff, falls back to the next source on
-    a network error, a 404 or a hash mismatch, and prints the installed path.
+    a network error, a 404 or a hash mismatch, and prints the installed path. A bare word
+    is a model's name; write ./NAME for a file of that name in the current folder.
     \b
     Examples:
       teadist fetch phi-4-mini
@@ -172,16 +137,16 @@ def fetch(
       teadist fetch hf://ggml-org/tiny-llamas/stories260K.gguf
       teadist fetch https://github.com/OWNER/REPO/releases/download/v1.0.0/model-manifest.json
     """
-    from teadist.pipelines.fetch import fetch as run_fetch
+    from teadist.api import fetch_model
 
     settings = _settings(cache_dir, offline=True if offline else None)
     reporter = _reporter(quiet, as_json)
-    options = _fetch_options(settings, jobs, source)
-    options.keep_shards = keep_shards
-    result = run_fetch(model, _cache(settings), options, reporter, _downloader(settings, reporter, jobs))
+    result = fetch_model(model, source=source, progress=reporter, jobs=jobs, keep_shards=keep_shards,
+                         settings=settings)
     if as_json:
-        _emit_json({"path": str(result.path), "name": result.name, "sha256": result.sha256, "size": result.size,
-                    "already_present": result.already_present, "source": result.source})
+        _emit_json({"name": result.name, "file": result.path.name, "path": str(result.path),
+                    "size": result.size, "sha256": result.sha256, "already_present": result.already_present,
+                    "source": result.source})
         return
     if result.already_present:
         reporter.info(f"{result.name} is already in the cache (verified {result.sha256[:16]}…)")

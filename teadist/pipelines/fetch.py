@@ -86,10 +86,13 @@ def parse_hf_spec(spec: str) -> HfSource:
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 
 
-def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
+def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: ModelCache | None = None) -> Target:
+    """What ``spec`` names, by the rules of ``pipelines.resolve`` (a local file never takes over a name)."""
+    from teadist.pipelines.resolve import classify, registry_manifest
     from teadist.pipelines.split import default_model_name
     from teadist.sources import registry
 
+    named = classify(spec, cache) if cache is not None else None
     if spec.startswith("hf://"):
         source = parse_hf_spec(spec)
         file_name = source.path.rsplit("/", 1)[-1]
@@ -97,9 +100,9 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
                             format="single", sources=[source])
         return Target(manifest, spec)
     if spec.startswith(("http://", "https://")):
-        if offline:
-            raise OfflineError(f"offline: cannot download the manifest {spec}")
         url, _, wanted = spec.partition("#")
+        if offline:
+            return _installed_from(url, wanted or None, cache, spec)
         raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
         if raw is None:
             raise NotFoundError(f"manifest not found: {url}")
@@ -107,15 +110,46 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
             raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
     path_text, _, wanted = spec.partition("#")
-    path = Path(path_text)
+    if named is not None and named.kind == "name":
+        entry = registry_manifest(spec)
+        if entry is not None:
+            return Target(entry, f"registry:{spec}")
+        from teadist.pipelines.resolve import find_cached
+
+        model = find_cached(cache, spec) if cache is not None else None
+        if model is not None and cache is not None and cache.is_current(model.head):
+            head = model.head  # a cached model's own name: handed out as it is, never fetched again
+            return Target(Manifest(name=head.name, file=FileRecord(head.filename, head.size, head.sha256),
+                                   format="single"), f"cache:{spec}")
+        return Target(registry.lookup(spec), f"registry:{spec}")
+    path = Path(os.path.expanduser(path_text))
     if path.is_file():
         if path.stat().st_size > MANIFEST_FETCH_LIMIT:
             raise ManifestError(f"{path}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(path.read_bytes(), str(path), wanted or None), str(path),
                       base_dir=path.parent.resolve())
-    if "/" in spec or spec.endswith(".json"):
+    if named is not None or "/" in spec or spec.endswith(".json"):
         raise NotFoundError(f"manifest not found: {spec}")
     return Target(registry.lookup(spec), f"registry:{spec}")
+
+
+def _installed_from(url: str, wanted: str | None, cache: ModelCache | None, spec: str) -> Target:
+    """Offline, a manifest URL names what an earlier fetch installed from it: its manifest is not
+    downloaded again; the cached model's record vouches for the file."""
+    if cache is not None:
+        for model in cache.scan().models:
+            seen = model.head.origin or {}
+            origin = str(seen.get("origin") or "")
+            if origin.partition("#")[0] != url:
+                continue
+            if wanted is not None and origin.partition("#")[2] not in ("", wanted) \
+                    and seen.get("reference") != wanted and model.head.name.partition(":")[0] != wanted:
+                continue
+            head = model.head
+            return Target(Manifest(name=head.name, file=FileRecord(head.filename, head.size, head.sha256),
+                                   format="single"), spec)
+    raise OfflineError(f"offline: nothing installed from {spec} is in the cache",
+                       hint="fetch it once with the network, or copy it into the cache")
 
 
 def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
@@ -264,7 +298,7 @@ def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
 def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
           downloader: Downloader | None = None) -> FetchResult:
     downloader = downloader or Downloader(reporter)
-    target = resolve_target(spec, downloader, options.offline)
+    target = resolve_target(spec, downloader, options.offline, cache)
     manifest = target.manifest
     if options.keep_shards:
         if manifest.format != "gguf":
