@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure, 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,7 +21,7 @@ from teadist.errors import (
     EXIT_INTERRUPTED,
     TeadistError,
 )
-from teadist.settings import Settings, mask_secrets, resolve_settings
+from teadist.settings import Settings, env_flag, mask_secrets, resolve_settings
 
 app = typer.Typer(
     name="teadist",
@@ -121,7 +122,7 @@ def _root(
       teadist verify ~/.cache/tea/models/model.gguf
       teadist inspect model.gguf
     """
-    _state["debug"] = debug
+    _state["debug"] = _state["debug"] or debug
 
 
 
@@ -158,6 +159,11 @@ def _wants_json(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     _state["json"] = _wants_json(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _state["debug"] = env_flag(os.environ, "TEADIST_DEBUG")  # --debug (parsed below) may add to it
+    except TeadistError as exc:
+        _print_error(exc.message, exc.hint, exc.exit_code, _error_kind(exc))
+        sys.exit(exc.exit_code)
     try:
         rv = app(args=argv, prog_name="teadist", standalone_mode=False)
     except typer.Exit as exc:

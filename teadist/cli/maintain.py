@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
 
 registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
@@ -25,6 +25,7 @@ def registry_pin(
     registry_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--registry-dir", help="The registry folder to read and write (a checkout's manifests/models; "
                                "default: found from the working folder).")] = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fill a registry entry's missing revision, size and sha256 from the Hub API.
@@ -47,7 +48,7 @@ def registry_pin(
         _emit_json(pinned)
     else:
         for key, value in pinned.items():
-            print(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
+            echo(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @app.command()
@@ -61,6 +62,7 @@ def serve(
                                                              "(0.1 <= s <= 3600).")] = 30.0,
     cors: Annotated[bool, typer.Option("--cors", help="Let pages on other origins read the files "
                                                       "(a model origin): CORS headers, preflights.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -97,24 +99,25 @@ def serve(
         if not regular:
             raise UsageError(f"--verify {verify_manifest} is not a regular file")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
-    reporter = _reporter(False)
+    reporter = _reporter(quiet)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
                           manifest_dir=verify_manifest.parent if verify_manifest is not None else None,
                           assets=asset_files(), cors=cors)
     if manifest is not None:
         verdicts = server.verify_all()
         for name, good in sorted(verdicts.items()):
-            print(f"{'OK' if good else 'REFUSED':<9} {name}", file=sys.stderr)
+            reporter.info(f"{'OK' if good else 'REFUSED':<9} {name}")
         for name in sorted(set(server.expected) - set(verdicts)):
             if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
-                print(f"{'MISSING':<9} {name}", file=sys.stderr)
+                reporter.info(f"{'MISSING':<9} {name}")
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
     if cors:
         reporter.warn(f"--cors: any web page open in a browser that can reach {server.url} may read every "
                       f"non-hidden file in {folder}; serve only what you would publish")
-    print(server.url, flush=True)
+    echo(server.url)
+    sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
 
@@ -126,6 +129,7 @@ def package_wasm_cmd(
     version: Annotated[str, typer.Option("--version", help="Version in the tarball name, e.g. 1.2.0.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tarball.")] = Path("dist"),
     js: Annotated[Optional[Path], typer.Option("--js", help="Extra JS folder, packed under js/.")] = None,  # noqa: UP045
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pack a reproducible tea-wasm-llm-VERSION.tar.gz (same inputs, same bytes).
@@ -149,13 +153,13 @@ def package_wasm_cmd(
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
         return
-    print("| file | size |")
-    print("|---|---:|")
+    echo("| file | size |")
+    echo("|---|---:|")
     for f in report.files:
-        print(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
-    print(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
-    print(f"| **{report.path.name}** | {format_size(report.size)} |")
-    print(f"sha256 {report.sha256}  {report.path}", file=sys.stderr)
+        echo(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
+    echo(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
+    echo(f"| **{report.path.name}** | {format_size(report.size)} |")
+    _reporter(quiet).info(f"sha256 {report.sha256}  {report.path}")
 
 
 release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
@@ -204,7 +208,7 @@ def release_prepare(
                     "removed": prepared.removed, "index": prepared.index})
         return
     for asset in prepared.assets:
-        print(asset)
+        echo(asset)
 
 
 @release_app.command("publish")
@@ -258,7 +262,7 @@ def release_publish(
         _emit_json(report.__dict__)
         return
     for line in report.plan if dry_run else []:
-        print(line)
+        echo(line)
     if not dry_run:
         reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there "
                       f"({len(report.downloaded)} checked by download), {len(report.deleted)} removed"
@@ -284,5 +288,5 @@ def demo(
     if as_json:
         _emit_json(result.__dict__)
     else:
-        print(f"demo ok: {len(result.steps)} steps")
+        echo(f"demo ok: {len(result.steps)} steps")
 

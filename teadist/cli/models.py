@@ -12,7 +12,7 @@ from teadist.errors import NotFoundError, UsageError
 
 
 @app.command("list")
-def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def list_models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """List the models in the TEA model cache, with size, last use and last verification.
 
     \b
@@ -33,13 +33,15 @@ def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
         rows.append((model, missing, size))
     if as_json:
         _emit_json({"cache": str(cache.root),
-                    "models": [{**model.head.to_dict(), "size": size, "files": model.filenames, "missing": missing}
+                    "models": [{**model.head.to_dict(), "file": model.head.filename,
+                                "path": str(cache.path_for(model.head.filename)), "size": size,
+                                "files": model.filenames, "missing": missing}
                                for model, missing, size in rows],
                     "damaged": [{"record": str(d.path), "problem": d.problem} for d in scan.damaged],
                     "unrecorded": [str(p) for p in scan.unrecorded]})
         return
     if not rows and not scan.unrecorded and not scan.damaged:
-        echo(f"no models in {cache.root}", err=True)
+        _reporter(quiet).info(f"no models in {cache.root}")
         return
     echo(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
     for model, missing, size in rows:
@@ -156,7 +158,7 @@ def fetch(
 
 
 @app.command()
-def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """List the models of the registry, their size and whether they are cached.
 
     \b
@@ -166,24 +168,31 @@ def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
     from teadist.sources import registry
 
     cache = _cache(_settings(cache_dir))
+    from teadist.pipelines.fit import machine_memory, verdict
+
+    memory = machine_memory()
     rows: list[dict[str, Any]] = []
     for m in registry.entries():
         record = cache.read_record(m.file.name)
         cached = record is not None and cache.is_current(record) and m.file.sha256 in (None, record.sha256)
-        rows.append({"model": m.reference + (" (default)" if m.tag and m.default_tag else ""),
-                     "reference": m.reference, "file": m.file.name, "size": m.file.size,
-                     "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached})
+        rows.append({"name": m.reference, "default": bool(m.tag and m.default_tag), "file": m.file.name,
+                     "size": m.file.size, "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached,
+                     "fits": verdict(m.file.size, memory)})
     if as_json:
-        _emit_json(rows)
+        _emit_json({"models": rows, "memory": memory})
         return
-    echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} FILE")
+    echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} {'FITS':<8} FILE")
     for row in rows:
         size = format_size(row["size"]) if row["size"] is not None else "unpinned"
-        echo(f"{row['model']:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['file']}")
+        label = row["name"] + (" (default)" if row["default"] else "")
+        echo(f"{label:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['fits'] or '?':<8} {row['file']}")
+    if memory is not None and not quiet:
+        echo(f"FITS: the weights against this machine's {format_size(memory)} of memory (tight: over 3/4 of it); "
+             "`teadist inspect FILE --ctx N` adds the KV cache", err=True)
 
 
 @app.command()
-def du(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def du(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Show the space each cached model uses (kept shards included), downloads in flight, and free space.
 
     \b
@@ -215,6 +224,7 @@ def prune(
         "--max-size", help="Evict least recently used models until the cache fits, e.g. 20G.")] = None,
     partials: Annotated[bool, typer.Option("--partials", help="Remove stale partial downloads.")] = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Free space in the model cache; whatever another teadist is working on is left alone.
@@ -240,4 +250,4 @@ def prune(
     else:
         for path_ in removed:
             echo(path_)
-        echo(f"removed {len(removed)} files", err=True)
+        _reporter(quiet).info(f"removed {len(removed)} files")
