@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
@@ -42,6 +42,7 @@ from teadist.sources.download import Downloader
 from teadist.sources.http import Auth
 
 MANIFEST_FETCH_LIMIT = 16 * 1024 * 1024
+GGUF_MAGIC = b"GGUF"
 Origin = dict[str, str | None]
 
 
@@ -101,11 +102,15 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: Mode
         return Target(manifest, spec)
     if spec.startswith(("http://", "https://")):
         url, _, wanted = spec.partition("#")
+        if urlsplit(url).path.lower().endswith(".gguf"):
+            raise _model_not_manifest(url)
         if offline:
             return _installed_from(url, wanted or None, cache, spec)
         raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
         if raw is None:
             raise NotFoundError(f"manifest not found: {url}")
+        if raw.startswith(GGUF_MAGIC):
+            raise _model_not_manifest(url)
         if len(raw) > MANIFEST_FETCH_LIMIT:
             raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
@@ -124,6 +129,10 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: Mode
         return Target(registry.lookup(spec), f"registry:{spec}")
     path = Path(os.path.expanduser(path_text))
     if path.is_file():
+        from teadist.formats.gguf_info import looks_like_gguf
+
+        if looks_like_gguf(path):
+            raise _model_not_manifest(str(path))
         if path.stat().st_size > MANIFEST_FETCH_LIMIT:
             raise ManifestError(f"{path}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(path.read_bytes(), str(path), wanted or None), str(path),
@@ -131,6 +140,13 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: Mode
     if named is not None or "/" in spec or spec.endswith(".json"):
         raise NotFoundError(f"manifest not found: {spec}")
     return Target(registry.lookup(spec), f"registry:{spec}")
+
+
+def _model_not_manifest(where: str) -> UsageError:
+    return UsageError(f"{where} is a model file, not a manifest: teadist installs only what it can verify, "
+                      "and a model file carries no sha256 of its own",
+                      hint="fetch a Hub file as hf://ORG/REPO/FILE.gguf (the Hub gives its sha256), a registry "
+                           "name, or a manifest that lists the file's sha256 (`teadist split` writes one)")
 
 
 def _installed_from(url: str, wanted: str | None, cache: ModelCache | None, spec: str) -> Target:
