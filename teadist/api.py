@@ -136,7 +136,32 @@ def fetch_model(model: str, *, cache_dir: Path | str | None = None, offline: boo
     settings = settings or settings_for(cache_dir, offline)
     reporter = reporter_for(progress)
     options = fetch_options_for(settings, jobs, source, keep_shards)
-    return run_fetch(model, open_cache(settings), options, reporter, downloader_for(settings, reporter, jobs))
+    result = run_fetch(model, open_cache(settings), options, reporter, downloader_for(settings, reporter, jobs))
+    _warn_if_too_big(result.path, reporter)
+    return result
+
+
+def _warn_if_too_big(path: Path, reporter: Reporter) -> None:
+    """A warning when the model needs more memory than the machine has (weights + KV cache at its
+    own context length; what it needs at 4096 tokens is said too)."""
+    from teadist.base.sizes import format_size
+    from teadist.errors import TeadistError
+    from teadist.formats.gguf_info import looks_like_gguf, read_info
+    from teadist.pipelines.fit import machine_memory, memory_needed
+
+    memory = machine_memory()
+    if memory is None or not looks_like_gguf(path):
+        return
+    try:
+        info = read_info(path)
+    except TeadistError:
+        return  # kept shards and other layouts: the fetch itself verified the bytes
+    need = memory_needed(info)
+    if need.total > memory:
+        small = memory_needed(info, min(4096, need.context or 4096))
+        reporter.warn(f"{path.name} needs {format_size(need.total)} of memory at its full context "
+                      f"({need.context} tokens); this machine has {format_size(memory)} (at 4096 tokens it "
+                      f"needs {format_size(small.total)})")
 
 
 def fetch(model: str, *, cache_dir: Path | str | None = None, offline: bool | None = None,

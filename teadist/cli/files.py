@@ -151,20 +151,32 @@ def verify(
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file.")],
+    ctx: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--ctx", min=1, help="Context length (tokens) for the memory need [default: the model's own].")] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Tell what a GGUF file is, and check its structure (catches truncated downloads).
 
     \b
-    Example:
+    The memory it needs is its weights plus the KV cache (f16) at the model's own context
+    length, or at --ctx N, compared with this machine's memory.
+    \b
+    Examples:
       teadist inspect ~/.cache/tea/models/microsoft_Phi-4-mini-instruct-Q3_K_S.gguf --json
+      teadist inspect model.gguf --ctx 8192
     """
     from teadist.api import inspect as read_info
+    from teadist.pipelines.fit import machine_memory, memory_needed, verdict
 
     info = read_info(file)
+    need = memory_needed(info, ctx)
+    machine = machine_memory()
+    fits = verdict(need.total, machine)
     if as_json:
-        _emit_json(info.to_dict())
+        _emit_json({**info.to_dict(), "memory": {"weights": need.weights, "kv_cache": need.kv_cache,
+                                                 "context": need.context, "total": need.total,
+                                                 "machine": machine, "verdict": fits}})
         return
     rows = [
         ("file", info.path), ("size", f"{format_size(info.size)} ({info.size} bytes)"),
@@ -178,6 +190,11 @@ def inspect(
     ]
     if info.split_count is not None:
         rows.append(("split", f"shard {(info.split_no or 0) + 1} of {info.split_count}"))
+    kv = f" + KV cache {format_size(need.kv_cache)}" if need.kv_cache is not None else " (KV cache unknown)"
+    memory = f"{format_size(need.total)} (weights {format_size(need.weights)}{kv} at context {need.context})"
+    if machine is not None:
+        memory += f"; this machine has {format_size(machine)}: {fits}"
+    rows.append(("memory", memory))
     for key, value in rows:
         echo(f"{key + ':':<18}{'-' if value is None else value}")
     echo(f"{'structure:':<18}ok (header as llama.cpp reads it; every tensor in place inside the file)")

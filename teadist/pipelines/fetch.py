@@ -436,6 +436,7 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     local = target.base_dir
     if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
+    _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)
     dest.ensure_chunks(sha)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
@@ -446,6 +447,23 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     result = _install_from(manifest, dest.chunks(sha), dest, cache, reporter, target.origin, origin)
     dest.clear_work()
     return result
+
+
+def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget | None, sha: str | None,
+                 size: int, what: str) -> None:
+    """Before the first byte: room for every chunk still to download and (``dest``) the file they are
+    assembled into, which is written while the chunks still sit beside it."""
+    from teadist.base.fsutil import ensure_free_space
+
+    def have(chunk: ChunkRecord) -> int:
+        path = dest.chunk_files(sha, chunk.name).final if dest is not None and sha is not None \
+            else cache.path_for(chunk.name)
+        return chunk.size if is_plain_file(path) and path.stat().st_size == chunk.size else 0
+
+    needed = sum(c.size - have(c) for c in chunks) + (size if dest is not None else 0)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(cache.root, needed, f"{what} ({len(chunks)} chunks"
+                      + (" and the file they make)" if dest is not None else ")"))
 
 
 def _install_from(manifest: Manifest, folder: Path, dest: CacheTarget, cache: ModelCache, reporter: Reporter,
@@ -484,6 +502,7 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
             shard.clear_work()
             return True
 
+    _ensure_room(cache, manifest.chunks, None, None, 0, manifest.file.name)
     reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({options.jobs} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         fetched = list(pool.map(get, manifest.chunks))
