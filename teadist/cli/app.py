@@ -138,10 +138,11 @@ def _print_error(message: str, hint: str | None, code: int = EXIT_ERROR, kind: s
 
 
 def _error_kind(exc: TeadistError) -> str:
-    """``NotFoundError`` → ``not_found``: the class name as a stable, snake-case word."""
+    """``NotFoundError`` → ``not_found``: the nearest class of ``teadist.errors`` as a stable word."""
     import re
 
-    name = type(exc).__name__.removesuffix("Error") or "Teadist"
+    klass = next(k for k in type(exc).__mro__ if k.__module__ == TeadistError.__module__)
+    name = klass.__name__.removesuffix("Error") or "Teadist"
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 

@@ -63,6 +63,7 @@ def serve(
     cors: Annotated[bool, typer.Option("--cors", help="Let pages on other origins read the files "
                                                       "(a model origin): CORS headers, preflights.")] = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -116,7 +117,10 @@ def serve(
     if cors:
         reporter.warn(f"--cors: any web page open in a browser that can reach {server.url} may read every "
                       f"non-hidden file in {folder}; serve only what you would publish")
-    echo(server.url)
+    if as_json:
+        _emit_json({"url": server.url, "folder": str(folder)})
+    else:
+        echo(server.url)
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()

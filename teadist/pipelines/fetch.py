@@ -105,14 +105,21 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: Mode
         if urlsplit(url).path.lower().endswith(".gguf"):
             raise _model_not_manifest(url)
         if offline:
-            return _installed_from(url, wanted or None, cache, spec)
-        raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
-        if raw is None:
-            raise NotFoundError(f"manifest not found: {url}")
-        if raw.startswith(GGUF_MAGIC):
-            raise _model_not_manifest(url)
-        if len(raw) > MANIFEST_FETCH_LIMIT:
-            raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+            raw = _kept_manifest(url, cache)
+            if raw is None:
+                raise OfflineError(f"offline: nothing was ever fetched from {url}",
+                                   hint="fetch it once with the network")
+        else:
+            raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
+            if raw is None:
+                raise NotFoundError(f"manifest not found: {url}")
+            if raw.startswith(GGUF_MAGIC):
+                raise _model_not_manifest(url)
+            if len(raw) > MANIFEST_FETCH_LIMIT:
+                raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+            target = Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
+            _keep_manifest(url, raw, cache)
+            return target
         return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
     path_text, _, wanted = spec.partition("#")
     if named is not None and named.kind == "name":
@@ -149,23 +156,28 @@ def _model_not_manifest(where: str) -> UsageError:
                            "name, or a manifest that lists the file's sha256 (`teadist split` writes one)")
 
 
-def _installed_from(url: str, wanted: str | None, cache: ModelCache | None, spec: str) -> Target:
-    """Offline, a manifest URL names what an earlier fetch installed from it: its manifest is not
-    downloaded again; the cached model's record vouches for the file."""
-    if cache is not None:
-        for model in cache.scan().models:
-            seen = model.head.origin or {}
-            origin = str(seen.get("origin") or "")
-            if origin.partition("#")[0] != url:
-                continue
-            if wanted is not None and origin.partition("#")[2] not in ("", wanted) \
-                    and seen.get("reference") != wanted and model.head.name.partition(":")[0] != wanted:
-                continue
-            head = model.head
-            return Target(Manifest(name=head.name, file=FileRecord(head.filename, head.size, head.sha256),
-                                   format="single"), spec)
-    raise OfflineError(f"offline: nothing installed from {spec} is in the cache",
-                       hint="fetch it once with the network, or copy it into the cache")
+def _kept_manifest(url: str, cache: ModelCache | None) -> bytes | None:
+    """Offline: the manifest last read from ``url`` (what it names is then looked up in the cache as
+    usual: by sha256)."""
+    from teadist.base.fsutil import read_small_file
+
+    if cache is None:
+        return None
+    try:
+        raw = read_small_file(cache.layout.manifest_copy(url), MANIFEST_FETCH_LIMIT)
+    except OSError:
+        return None
+    return raw if len(raw) <= MANIFEST_FETCH_LIMIT else None
+
+
+def _keep_manifest(url: str, raw: bytes, cache: ModelCache | None) -> None:
+    """Keep a manifest that parsed, for ``fetch --offline URL`` (written whole or not at all)."""
+    from teadist.base.fsutil import write_bytes_atomic
+
+    if cache is None:
+        return
+    folder = cache.layout.ensure_manifests_dir()
+    write_bytes_atomic(cache.layout.manifest_copy(url), raw, folder=folder, stem=".")
 
 
 def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
