@@ -88,3 +88,13 @@ def test_a_transfer_cut_every_time_is_told_in_words(served: Path, mirror: Mirror
     assert mirror.applied_kinds() and set(mirror.applied_kinds()) == {"truncate"}
     assert "gave up" in result.err
     _clean(result.err)
+
+
+def test_verify_a_folder_of_chunks(tiny_model: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000)
+    result = cli("verify", tmp_path / "dist")
+    assert result.code == 0, result.err
+    assert result.out.count("OK") == 5
+    (tmp_path / "dist" / "other.manifest.json").write_text("{}")
+    two = cli("verify", tmp_path / "dist")
+    assert two.code == 2 and "--manifest" in two.err
