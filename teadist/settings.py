@@ -75,6 +75,31 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
     )
 
 
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """What ``package-wasm`` and ``release publish`` read from the environment (checked there)."""
+
+    github_token: str | None
+    github_api_url: str
+    write_interval: float
+    source_date_epoch: str
+
+
+def resolve_release_settings(env: Mapping[str, str] | None = None) -> ReleaseSettings:
+    env = os.environ if env is None else env
+    interval_text = env.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = float(interval_text)
+    except ValueError:
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    return ReleaseSettings(
+        github_token=env.get("GITHUB_TOKEN") or env.get("GH_TOKEN") or None,
+        github_api_url=env.get("GITHUB_API_URL") or "https://api.github.com",
+        write_interval=interval,
+        source_date_epoch=env.get("SOURCE_DATE_EPOCH", "0"),
+    )
+
+
 def _number(env: Mapping[str, str], name: str, default: float, whole: bool = False, least: float = 0.0) -> float:
     """A number from the environment, checked: a bad value is a usage error naming the variable."""
     text = env.get(name, "").strip()

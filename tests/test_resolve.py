@@ -44,6 +44,10 @@ def test_path_verify_rm_accept_every_name_of_a_fetched_model(name: str, phi_regi
     found = cli("path", name)
     assert found.code == 0, found.err
     assert found.out.strip() == str(models_dir / PHI_FILE)
+    listed = json.loads(cli("list", name, "--json").out)["models"]
+    assert [m["file"] for m in listed] == [PHI_FILE]
+    used = json.loads(cli("du", name, "--json").out)["models"]
+    assert [m["file"] for m in used] == [PHI_FILE]
     checked = cli("verify", name)
     assert checked.code == 0, checked.err
     assert "OK" in checked.out

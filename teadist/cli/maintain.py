@@ -146,12 +146,11 @@ def package_wasm_cmd(
     Example:
       teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
     """
-    import os
-
     from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
+    from teadist.settings import resolve_release_settings
     from teadist.web import asset_files
 
-    epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    epoch = parse_source_date_epoch(resolve_release_settings().source_date_epoch)
     report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch, bundled=asset_files())
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
@@ -242,21 +241,17 @@ def release_publish(
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
     """
-    import os
-
     from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
+    from teadist.settings import resolve_release_settings
 
     check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
-    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
-    try:
-        interval = float(interval_text)
-    except ValueError:
-        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    env = resolve_release_settings()
+    interval = env.write_interval
     check_write_interval(interval)
-    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    token = env.github_token
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
-    api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    api_url = env.github_api_url
     check_api_url(api_url)  # never echoed with a user name or password in it
     reporter = _reporter(quiet, as_json)
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,

@@ -12,25 +12,32 @@ from teadist.errors import NotFoundError, UsageError
 
 
 @app.command("list")
-def list_models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
+def list_models(
+    name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Only this model: registry name (with or without its tag), cached name, or file name.")] = None,
+    cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False,
+) -> None:
     """List the models in the TEA model cache, with size, last use and last verification.
 
     \b
     Files a model's record lists but that are gone are shown as missing; records that cannot be
     read are shown as damaged (`teadist rm FILE` removes them).
     \b
-    Example:
+    Examples:
       teadist list --json
+      teadist list phi-4-mini
     """
     from teadist.pipelines.prune import model_bytes
 
     cache = _cache(_settings(cache_dir))
     scan = cache.scan()
     rows = []
-    for model in scan.models:
+    for model in _only(cache, name, scan.models):
         missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
         size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
         rows.append((model, missing, size))
+    if name is not None:  # one model: nothing else in the cache is shown
+        scan.unrecorded, scan.damaged = [], []
     if as_json:
         _emit_json({"cache": str(cache.root),
                     "models": [{**model.head.to_dict(), "file": model.head.filename,
@@ -54,6 +61,19 @@ def list_models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json:
         echo(f"{'(not installed by teadist)':<28} {format_size(p.stat().st_size):>10}  {'-':<25} {'-':<25} {p.name}")
     for d in scan.damaged:
         echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {d.path.name}: {d.problem}")
+
+
+def _only(cache: Any, name: str | None, models: list[Any]) -> list[Any]:
+    """All ``models``, or the one ``name`` names (by the resolver's rules); not found is exit 1."""
+    if name is None:
+        return models
+    from teadist.pipelines.resolve import classify, find_cached
+
+    classify(name, cache, takes_paths=False)
+    found = find_cached(cache, name)
+    if found is None:
+        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+    return [m for m in models if m.head.filename == found.head.filename]
 
 
 @app.command()
@@ -192,18 +212,23 @@ def models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: Json
 
 
 @app.command()
-def du(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
+def du(
+    name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Only this model: registry name (with or without its tag), cached name, or file name.")] = None,
+    cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False,
+) -> None:
     """Show the space each cached model uses (kept shards included), downloads in flight, and free space.
 
     \b
-    Example:
+    Examples:
       teadist du
+      teadist du phi-4-mini
     """
     from teadist.base.fsutil import free_bytes
     from teadist.pipelines.prune import in_flight, model_bytes
 
     cache = _cache(_settings(cache_dir))
-    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in cache.scan().models]
+    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in _only(cache, name, cache.scan().models)]
     partial = sum(size for _, size in in_flight(cache))
     free = free_bytes(cache.root)
     total = sum(size for _, _, size in models_)
