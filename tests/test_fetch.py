@@ -319,8 +319,9 @@ def test_registry_lists_and_resolves_tags(cli: Callable[..., Result]) -> None:
     q3 = registry.lookup("phi-4-mini")
     assert q3.file.size == 1_897_332_096 and q3.file.size < 2 * 10**9
     listing = json.loads(cli("models", "--json").out)
-    assert {row["reference"] for row in listing} >= {"phi-4-mini:q3_k_s", "phi-4-mini:q4_k_m", "gemma-3n-e4b:q4_k_m",
-                                                   "stories260k", "stories15m", "qwen2.5-0.5b:q4_k_m"}
+    assert {row["name"] for row in listing["models"]} >= {"phi-4-mini:q3_k_s", "phi-4-mini:q4_k_m",
+                                                          "gemma-3n-e4b:q4_k_m", "stories260k", "stories15m",
+                                                          "qwen2.5-0.5b:q4_k_m"}
     unknown = cli("fetch", "no-such-model")
     assert unknown.code == 1 and "known models" in unknown.err
 

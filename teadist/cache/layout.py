@@ -96,6 +96,19 @@ class CacheLayout:
     def ensure_records_dir(self) -> Path:
         return ensure_private_dir(self.root, META_DIR, "records")
 
+    @property
+    def manifests_dir(self) -> Path:
+        return self.meta / "manifests"
+
+    def manifest_copy(self, url: str) -> Path:
+        """The last manifest read from ``url``, kept so ``fetch --offline URL`` knows what it names."""
+        import hashlib
+
+        return self.manifests_dir / (hashlib.sha256(url.encode("utf-8")).hexdigest()[:32] + ".json")
+
+    def ensure_manifests_dir(self) -> Path:
+        return ensure_private_dir(self.root, META_DIR, "manifests")
+
     # -- enumeration (no symlink inside the layout is ever followed) ----------------------------
     def record_files(self) -> list[Path]:
         return _entries(self.records_dir, RECORD_SUFFIX)

@@ -26,7 +26,7 @@ from teadist.base import jsonin
 from teadist.base.fsutil import plain_filename_problem, remove_quietly, write_bytes_atomic
 from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget
 from teadist.cache.lock import LOCK_TIMEOUT
-from teadist.errors import NotFoundError, TeadistError
+from teadist.errors import TeadistError
 
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_SIZE = 2**60
@@ -348,21 +348,3 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
-
-
-def runtime_model_path(filename: str, cache: ModelCache, tea_model_path: str | None,
-                       appdir: str | None) -> tuple[Path, str]:
-    """The path the TEA runtimes would load, in their order: TEA_MODEL_PATH, $APPDIR, the cache."""
-    if tea_model_path:
-        candidate = Path(tea_model_path)
-        if candidate.is_file():
-            return candidate, "TEA_MODEL_PATH"
-    if appdir:
-        candidate = Path(appdir) / "usr" / "share" / "models" / filename
-        if candidate.is_file():
-            return candidate, "APPDIR"
-    candidate = cache.path_for(filename)
-    if candidate.is_file():
-        return candidate, "cache"
-    raise NotFoundError(f"model file {filename} is not installed",
-                        hint=f"run `teadist fetch` for it, or place it in {cache.root}")

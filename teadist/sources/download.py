@@ -37,6 +37,7 @@ from teadist.sources.http import (
     StreamReader,
     check_status,
     checked_url,
+    does_not_resolve,
     host_of,
     new_session,
     origin,
@@ -201,6 +202,8 @@ class Downloader:
             except requests.exceptions.Timeout:
                 raise Retry(f"no answer from {host_of(url)} within {self.policy.stall_timeout:g}s") from None
             except requests.exceptions.ConnectionError as exc:
+                if does_not_resolve(exc):  # no retry: the next source may be reachable
+                    raise SourceError(f"cannot connect to {host_of(url)}: {short_reason(exc)}") from None
                 raise Retry(f"cannot connect to {host_of(url)} ({short_reason(exc)})") from None
             except requests.exceptions.RequestException as exc:
                 raise SourceError(f"request to {host_of(url)} failed ({short_reason(exc)})") from None

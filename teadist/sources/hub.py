@@ -107,7 +107,9 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         status = exc.response.status_code if exc.response is not None else "?"
         raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
     except _transport_errors() as exc:  # connection errors and timeouts of its HTTP client
-        raise SourceError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__})",
+        from teadist.sources.http import short_reason
+
+        raise SourceError(f"cannot reach the Hub at {endpoint} ({short_reason(exc)})",
                           hint="check the network, or use --offline for cached models") from None
     return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
 
