@@ -103,9 +103,10 @@ def assemble(
             merged_name = manifest.name.rsplit("-", 3)[0] + ".gguf"
             dest = out if out is not None else cache.path_for(merged_name)
             dest = dest / merged_name if dest.is_dir() else dest
-            sha, size = merge_foreign_shards(manifest, cache.layout.target_for(dest), _reporter(quiet, as_json))
+            sha, size = merge_foreign_shards(manifest, cache.layout.target_for(dest), _reporter(quiet, as_json),
+                                             cache=cache)
             if as_json:
-                _emit_json({"path": str(dest), "sha256": sha, "size": size, "merged": True})
+                _emit_json({"path": str(dest), "sha256": sha, "size": size, "merged": True, "verified": False})
             else:
                 echo(dest)
             return
