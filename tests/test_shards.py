@@ -257,6 +257,6 @@ def test_a_merge_of_foreign_shards_is_never_called_or_recorded_verified(tmp_path
     assert out["merged"] is True and out["verified"] is False
     assert "merged, not verified against a source hash" in result.err
     record = ModelCache(cache_dir).read_record("foreign.gguf")
-    assert record is None or record.sha256 == sha(cache_dir / "foreign.gguf") and record.verified_at is None
+    assert record is None or (record.sha256 == sha(cache_dir / "foreign.gguf") and record.verified_at is None)
     assert "verified" not in cli("assemble", tmp_path / "split" / "foreign-00001-of-00003.gguf",
                                  "--cache-dir", cache_dir).err.replace("not verified", "")
