@@ -92,7 +92,9 @@ def open_own_file(path: Path) -> int | None:
 
     None when nothing is there. Anything that is not a plain file — a symlink planted at the
     name, a folder, a fifo — is not ours: it is removed (the link itself, never its target) and
-    None returned, so the caller starts afresh with ``create_exclusive``.
+    None returned, so the caller starts afresh with ``create_exclusive``. So is a file with
+    another name (``st_nlink > 1``): teadist's own partials have one name, and writing or
+    truncating a hard-linked one would change bytes another name shares — only this name goes.
     """
     try:
         fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
@@ -101,7 +103,8 @@ def open_own_file(path: Path) -> int | None:
     except OSError:  # ELOOP (a symlink), EISDIR, ENXIO (a fifo without a writer), ...
         remove_foreign(path)
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
         remove_foreign(path)
         return None
