@@ -113,7 +113,7 @@ def test_a_record_naming_foreign_shards_never_makes_rm_or_verify_touch_them(tmp_
     report = cli("verify", "--cache-dir", cache_dir, "--json")
     names = {i["name"] for i in json.loads(report.out)["items"]}
     assert "notes.txt" not in names and list(names).count("b.gguf") <= 1, report.out
-    removed = cli("rm", "a", "--cache-dir", cache_dir)
+    removed = cli("rm", "a.gguf", "--cache-dir", cache_dir)
     assert removed.code == 0, removed.err
     assert users.read_text() == "mine" and other.is_file(), "rm deleted files another record or the user owns"
     assert not own.exists()

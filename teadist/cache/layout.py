@@ -38,6 +38,26 @@ LOCK_SUFFIX = ".lock"
 # Left by teadist before this layout: partials beside the models, locks beside them, a shared staging folder.
 _LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json(\.tmp)?)?$")
 _LEGACY_LOCK = re.compile(r"^\.(?P<name>.+)\.lock$")
+_SHARD = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")  # llama.cpp's shard names
+
+
+def kept_shards(first: str) -> list[str] | None:
+    """The names of the other shards of a model kept as llama.cpp shards whose first shard is
+    ``first`` (``<p>-00001-of-0000N.gguf``); None when ``first`` is not a first shard's name. A
+    model's record may list these and no others: it never vouches for, or removes, a foreign name."""
+    match = _SHARD.match(first)
+    if match is None or int(match["no"]) != 1 or int(match["count"]) < 1:
+        return None
+    count = int(match["count"])
+    return [f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(2, count + 1)]
+
+
+def first_shard(name: str) -> str | None:
+    """The first shard's name of the model whose shard ``name`` is; None when it is no shard name."""
+    match = _SHARD.match(name)
+    if match is None or not 1 <= int(match["no"]) <= int(match["count"]):
+        return None
+    return f"{match['prefix']}-00001-of-{match['count']}.gguf"
 
 
 class Target(Protocol):

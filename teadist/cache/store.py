@@ -24,7 +24,7 @@ from typing import Any
 
 from teadist.base import jsonin
 from teadist.base.fsutil import plain_filename_problem, remove_quietly, write_bytes_atomic
-from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget
+from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget, first_shard, kept_shards
 from teadist.cache.lock import LOCK_TIMEOUT
 from teadist.errors import NotFoundError, TeadistError
 
@@ -113,6 +113,13 @@ class CacheRecord:
                                                       for v in shard_sha.values()):
             raise RecordProblem("shard_sha256 is not an object of sha256 values")
         group = data.get("group")
+        if group is not None and group != filename and group != first_shard(filename):
+            raise RecordProblem(f"group {str(group)[:60]!r} is not the first shard of {filename}")
+        own = kept_shards(filename) or []
+        if shards and shards != own:
+            raise RecordProblem(f"shards are not the other shards of {filename} (a record lists only its own)")
+        if not set(shard_sha) <= set(own):
+            raise RecordProblem(f"shard_sha256 names files that are not shards of {filename}")
         return cls(
             filename=filename, name=text("name"), sha256=sha256, size=whole("size"), source=text("source"),
             origin=origin, installed_at=text("installed_at"), verified_at=text("verified_at", True),
