@@ -125,6 +125,8 @@ def test_a_symlinked_meta_folder_is_never_written_through(tmp_path: Path, cli: C
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "records").mkdir(parents=True)
     (elsewhere / "records" / "precious.json").write_text("{}")
+    (elsewhere / "work" / "m.gguf").mkdir(parents=True)
+    (elsewhere / "work" / "m.gguf" / "download.0123456789abcdef.part").write_text("not teadist's")
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     (cache_dir / ".teadist").symlink_to(elsewhere)
@@ -134,9 +136,13 @@ def test_a_symlinked_meta_folder_is_never_written_through(tmp_path: Path, cli: C
     result = cli("assemble", tmp_path / "split" / "m.gguf.manifest.json", "--cache-dir", cache_dir)
     assert result.code != 0 and "symlink" in result.err and "Traceback" not in result.err
     assert len(result.err.strip().splitlines()) <= 2, result.err
-    assert sorted(p.name for p in elsewhere.rglob("*")) == ["precious.json", "records"]
-    assert cli("prune", "--partials", "--cache-dir", cache_dir).code != 0
-    assert (elsewhere / "records" / "precious.json").exists()
+    before = sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*"))
+    assert before == ["records", "records/precious.json", "work", "work/m.gguf",
+                      "work/m.gguf/download.0123456789abcdef.part"]
+    for command in (["prune", "--partials"], ["prune", "--max-size", "0"], ["list"], ["du"], ["verify"]):
+        refused = cli(*command, "--cache-dir", cache_dir)
+        assert refused.code != 0 and "symlink" in refused.err and "Traceback" not in refused.err, command
+    assert sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*")) == before
 
 
 def test_a_hard_linked_cached_file_is_never_changed_in_place(tmp_path: Path, cli: Callable[..., Result]) -> None:

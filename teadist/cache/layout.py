@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, ensure_private_dir, remove_foreign, require_plain_filename
+from teadist.base.fsutil import (
+    MAX_MODEL_NAME_BYTES,
+    UnsafePathError,
+    ensure_private_dir,
+    remove_foreign,
+    require_plain_filename,
+)
 from teadist.base.workfiles import WorkFiles
 from teadist.cache.lock import LOCK_TIMEOUT, held, held_if_free
 from teadist.errors import ManifestError
@@ -118,13 +124,13 @@ class CacheLayout:
 
     # -- enumeration (no symlink inside the layout is ever followed) ----------------------------
     def record_files(self) -> list[Path]:
-        return _entries(self.records_dir, RECORD_SUFFIX)
+        return _entries(self.records_dir, RECORD_SUFFIX, below=self.root)
 
     def work_names(self) -> list[str]:
-        return [p.name for p in _entries(self.work_dir, "")]
+        return [p.name for p in _entries(self.work_dir, "", below=self.root)]
 
     def lock_names(self) -> list[str]:
-        return [p.name.removesuffix(LOCK_SUFFIX) for p in _entries(self.locks_dir, LOCK_SUFFIX)]
+        return [p.name.removesuffix(LOCK_SUFFIX) for p in _entries(self.locks_dir, LOCK_SUFFIX, below=self.root)]
 
     def legacy_partials(self) -> list[tuple[str, Path]]:
         """(target name, path) of partial files left beside the models by an older teadist."""
@@ -136,7 +142,7 @@ class CacheLayout:
                 if (m := _LEGACY_LOCK.match(p.name))]
 
     def legacy_staging(self) -> list[Path]:
-        return _entries(self.meta / "staging", "")
+        return _entries(self.meta / "staging", "", below=self.root)
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,11 @@ class CacheTarget:
     @property
     def record(self) -> Path:
         return self.layout.records_dir / (self.name + RECORD_SUFFIX)
+
+    def record_readable(self) -> bool:
+        """True when the records folder exists as a real folder (raise UnsafePathError when
+        ``.teadist`` or ``records`` is a symlink: a record is never read through one)."""
+        return real_folder(self.layout.root, self.layout.records_dir)
 
     @property
     def lock_path(self) -> Path:
@@ -177,7 +188,7 @@ class CacheTarget:
 
     def ensure_chunks(self, version: str) -> Path:
         """The chunk folder of ``version``; chunks of other versions are stale and removed (lock held)."""
-        for entry in _entries(self.work, ""):
+        for entry in _entries(self.work, "", below=self.layout.root):
             if entry.name.startswith("chunks-") and entry.name != self.chunks(version).name:
                 remove_foreign(entry)
         return ensure_private_dir(self.layout.root, META_DIR, "work", self.name, self.chunks(version).name)
@@ -185,7 +196,7 @@ class CacheTarget:
     def discard_stale(self, keep: Path) -> None:
         """Remove what a killed run left that nobody can resume: temp files, and download partials of
         another expected file than ``keep`` (with the lock held, nobody else is using them)."""
-        for entry in _entries(self.work, ""):
+        for entry in _entries(self.work, "", below=self.layout.root):
             stale_download = entry.name.startswith("download.") and not entry.name.startswith(keep.name)
             if stale_download or entry.name.startswith(("tmp.", ".")):
                 remove_foreign(entry)
@@ -197,14 +208,13 @@ class CacheTarget:
 
     @contextlib.contextmanager
     def lock_if_free(self) -> Iterator[bool]:
-        if not self.layout.locks_dir.is_dir():
-            ensure_private_dir(self.layout.root, META_DIR, "locks")
+        ensure_private_dir(self.layout.root, META_DIR, "locks")  # never a lock through a symlinked folder
         with held_if_free(self.lock_path) as got:
             yield got
 
     def clear_work(self) -> list[Path]:
         """Remove everything in flight for this target (call with its lock held)."""
-        if not os.path.lexists(self.work):
+        if not real_folder(self.layout.root, self.layout.work_dir) or not os.path.lexists(self.work):
             return []
         entries = [self.work]
         remove_foreign(self.work)
@@ -231,11 +241,33 @@ class OutsideTarget:
         return held(self.lock_path, self.final.name, timeout, on_wait)
 
 
-def _entries(folder: Path, suffix: str, follow: bool = False) -> list[Path]:
-    """Entries of ``folder`` ending with ``suffix``; nothing when it is missing, or is a symlink
-    and ``follow`` is False (the cache root may be a link to another disk; nothing inside it may)."""
+def real_folder(root: Path, folder: Path) -> bool:
+    """True when ``folder`` (below ``root``) exists with every step below ``root`` a real folder;
+    False when a step is missing. A step that is a symlink or a file raises UnsafePathError: the
+    cache root may be a link to another disk, nothing inside it may, and teadist never reads,
+    writes, locks or deletes through one."""
+    path = root
+    for part in folder.relative_to(root).parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(mode):
+            raise UnsafePathError(f"refusing to use {path}: it is a symlink or not a folder, and teadist keeps "
+                                  "its own files there", hint="remove it; teadist recreates the folder")
+    return True
+
+
+def _entries(folder: Path, suffix: str, follow: bool = False, below: Path | None = None) -> list[Path]:
+    """Entries of ``folder`` ending with ``suffix``; nothing when it is missing. With ``below``
+    (teadist's own folders), a symlink at any step from ``below`` to ``folder`` is refused; else
+    one at ``folder`` itself gives nothing unless ``follow``."""
     try:
-        if not follow and not stat.S_ISDIR(os.lstat(folder).st_mode):
+        if below is not None:
+            if not real_folder(below, folder):
+                return []
+        elif not follow and not stat.S_ISDIR(os.lstat(folder).st_mode):
             return []
         return sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
     except (FileNotFoundError, NotADirectoryError):

@@ -202,6 +202,8 @@ class ModelCache:
     def read_record(self, filename: str) -> CacheRecord | None:
         """The record of ``filename``; None when there is none or it is damaged."""
         target = self.target(filename)
+        if not target.record_readable():
+            return None
         try:
             return self._load(target.record, filename)
         except (FileNotFoundError, RecordProblem):
