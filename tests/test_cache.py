@@ -185,6 +185,10 @@ def test_prune_leaves_a_users_part_and_incomplete_files_alone(tmp_path: Path, cl
             cache_dir / "x.incomplete", cache_dir / ".backup.lock"]
     for path in mine:
         path.write_text("user data")
+    legacy = [cache_dir / ".old.gguf.0123456789abcdef.part", cache_dir / ".old.gguf.0123456789abcdef.part.json"]
+    legacy[0].write_bytes(b"\0" * 100)
+    legacy[1].write_text('{"url_host": "huggingface.co", "etag": null}')
     result = cli("prune", "--partials", "--cache-dir", cache_dir)
     assert result.code == 0, result.err
     assert [p.name for p in mine if not p.exists()] == []
+    assert [p.name for p in legacy if p.exists()] == [], "an older teadist's partial was left"

@@ -41,9 +41,11 @@ from teadist.errors import ManifestError
 META_DIR = ".teadist"
 RECORD_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
-# Left by teadist before this layout: partials beside the models, locks beside them, a shared staging folder.
-_LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8,16}\.part(\.json(\.tmp)?)?$")
+# Left by teadist before this layout: partials beside the models (``.<name>.<16 hex>.part`` with a
+# JSON sidecar naming the download's host), filelock locks beside them, a shared staging folder.
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<key>[0-9a-f]{16})\.part(?P<sidecar>\.json(\.tmp)?)?$")
 _LEGACY_LOCK = re.compile(r"^\.(?P<name>.+)\.lock$")
+_LEGACY_SIDECAR_BYTES = 64 * 1024
 _SHARD = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")  # llama.cpp's shard names
 
 
@@ -133,13 +135,37 @@ class CacheLayout:
         return [p.name.removesuffix(LOCK_SUFFIX) for p in _entries(self.locks_dir, LOCK_SUFFIX, below=self.root)]
 
     def legacy_partials(self) -> list[tuple[str, Path]]:
-        """(target name, path) of partial files left beside the models by an older teadist."""
-        return [(m.group("name"), p) for p in _entries(self.root, "", follow=True)
-                if (m := _LEGACY_PARTIAL.match(p.name))]
+        """(target name, path) of partial files left beside the models by an older teadist.
+
+        Only what that teadist wrote: a plain file named ``.<model name>.<16 hex>.part`` whose
+        sidecar (``….part.json``) is a JSON object naming the download's host, or that sidecar.
+        A user's ``.notes.<hex>.part`` without one is not teadist's and is never touched."""
+        out = []
+        for path in _entries(self.root, "", follow=True):
+            match = _LEGACY_PARTIAL.match(path.name)
+            if match is None or _target_or_none(match["name"]) is None or not _plain(path):
+                continue
+            sidecar = self.root / f".{match['name']}.{match['key']}.part.json"
+            if _legacy_sidecar(sidecar) or (match["sidecar"] and path != sidecar
+                                            and _legacy_sidecar(path)):
+                out.append((match["name"], path))
+        return out
 
     def legacy_locks(self) -> list[tuple[str, Path]]:
-        return [(m.group("name"), p) for p in _entries(self.root, LOCK_SUFFIX, follow=True)
-                if (m := _LEGACY_LOCK.match(p.name))]
+        """Empty ``.<model name>.lock`` files beside a model (or an older partial) of that name:
+        an older teadist's filelock locks. A user's file of that shape with content stays."""
+        partials = {name for name, _ in self.legacy_partials()}
+        out = []
+        for path in _entries(self.root, LOCK_SUFFIX, follow=True):
+            match = _LEGACY_LOCK.match(path.name)
+            if match is None or _target_or_none(match["name"]) is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_nlink == 1 \
+                        and (match["name"] in partials or _plain(self.root / match["name"])):
+                    out.append((match["name"], path))
+        return out
 
     def legacy_staging(self) -> list[Path]:
         return _entries(self.meta / "staging", "", below=self.root)
@@ -239,6 +265,36 @@ class OutsideTarget:
              on_wait: Callable[[str], None] | None = None) -> contextlib.AbstractContextManager[None]:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         return held(self.lock_path, self.final.name, timeout, on_wait)
+
+
+def _target_or_none(name: str) -> str | None:
+    try:
+        return target_name(name)
+    except ManifestError:
+        return None
+
+
+def _plain(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def _legacy_sidecar(path: Path) -> bool:
+    """True when ``path`` is an older teadist's download sidecar: a small JSON object with ``url_host``."""
+    from teadist.base import jsonin
+    from teadist.base.fsutil import read_small_file
+
+    if not _plain(path):
+        return False
+    try:
+        raw = read_small_file(path, _LEGACY_SIDECAR_BYTES)
+        data = jsonin.loads(raw) if len(raw) <= _LEGACY_SIDECAR_BYTES else None
+    except (OSError, jsonin.JsonInputError):
+        return False
+    return isinstance(data, dict) and "url_host" in data
 
 
 def real_folder(root: Path, folder: Path) -> bool:
