@@ -192,3 +192,24 @@ def test_prune_leaves_a_users_part_and_incomplete_files_alone(tmp_path: Path, cl
     assert result.code == 0, result.err
     assert [p.name for p in mine if not p.exists()] == []
     assert [p.name for p in legacy if p.exists()] == [], "an older teadist's partial was left"
+
+
+def test_folders_nested_where_records_belong_are_refused_not_followed(tmp_path: Path,
+                                                                     cli: Callable[..., Result]) -> None:
+    """Review finding 7: a folder (with folders inside) at a record's name is a damaged record:
+    reported by list/verify in one line each, never descended into, and the rest of the cache works."""
+    cache_dir = tmp_path / "cache"
+    _install(cli, tmp_path, cache_dir, "ok.gguf")
+    nested = cache_dir / ".teadist" / "records" / "x.gguf.json" / "deep"
+    nested.mkdir(parents=True)
+    (nested / "f").write_text("keep")
+    listing = cli("list", "--cache-dir", cache_dir, "--json")
+    assert listing.code == 0, listing.err
+    assert "ok.gguf" in listing.out
+    report = cli("verify", "--cache-dir", cache_dir, "--json")
+    assert report.code == 3, report.err
+    items = {i["name"]: i for i in json.loads(report.out)["items"]}
+    assert items["ok.gguf"]["status"] == "OK" and items["x.gguf.json"]["status"] == "DAMAGED"
+    removed = cli("rm", "x.gguf", "--cache-dir", cache_dir)
+    assert "Traceback" not in removed.err and "Is a directory" not in removed.err, removed.err
+    assert (nested / "f").read_text() == "keep"

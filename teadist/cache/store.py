@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from teadist.base import jsonin
-from teadist.base.fsutil import plain_filename_problem, remove_quietly, write_bytes_atomic
+from teadist.base.fsutil import UnsafePathError, plain_filename_problem, remove_quietly, write_bytes_atomic
 from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget, first_shard, kept_shards
 from teadist.cache.lock import LOCK_TIMEOUT
 from teadist.errors import NotFoundError, TeadistError
@@ -191,9 +191,11 @@ class ModelCache:
             raise
         except OSError as exc:
             raise RecordProblem(f"cannot be read ({exc.strerror})") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a folder (perhaps with folders inside) is never descended into
+            os.close(fd)
+            raise RecordProblem("is a folder, not a record file" if stat.S_ISDIR(mode) else "is not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RecordProblem("is not a regular file")
             raw = fh.read(MAX_RECORD_BYTES + 1)
         if len(raw) > MAX_RECORD_BYTES:
             raise RecordProblem(f"is larger than {MAX_RECORD_BYTES} bytes")
@@ -338,6 +340,9 @@ class ModelCache:
     def remove_damaged(self, damaged: DamagedRecord) -> list[Path]:
         """Remove a damaged record and the file it stood for (teadist installed it)."""
         removed = []
+        if os.path.isdir(damaged.path) and not os.path.islink(damaged.path):
+            raise UnsafePathError(f"{damaged.path} is a folder where teadist keeps a record; teadist does not "
+                                  "remove folders it did not make", hint="look inside, then remove it yourself")
         try:
             target = self.target(damaged.filename)
         except TeadistError:  # not even a valid file name: only the record file goes
