@@ -719,3 +719,28 @@ def test_a_manifest_cannot_take_over_another_models_file(tiny_model: Path, tmp_p
     assert cli("rm", "tiny-llama.gguf").code == 0
     assert cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json").code == 0
     assert sha(models_dir / "tiny-llama.gguf") == sha(other)
+
+
+@pytest.mark.parametrize("second", ["ignore_range", "etag"])
+def test_a_server_that_keeps_breaking_resumes_does_not_restart_forever(second: str, mirror: MirrorServer,
+                                                                       served: Path, tmp_path: Path) -> None:
+    """Review finding 8: every stream is cut, and every resume is answered with the whole file
+    (200 to a Range) or another ETag: restarts are bounded, then one clear error."""
+    from teadist.errors import SourceError
+    from teadist.sources.download import MAX_RESTARTS, Downloader
+    from teadist.sources.http import RetryPolicy
+
+    for _ in range(40):
+        mirror.add_fault(Fault("truncate", after=1000, path="tiny.gguf"))
+        mirror.add_fault(Fault(second, after=1000, path="tiny.gguf") if second == "ignore_range"
+                         else Fault("etag", path="tiny.gguf"))
+    size = (served / "tiny.gguf").stat().st_size
+    downloader = Downloader(NullReporter(), RetryPolicy(backoff=0.001, max_delay=0.01), sleep=lambda _: None,
+                            jobs=1)
+    with pytest.raises(SourceError) as caught:
+        downloader.fetch(f"{mirror.url}/tiny.gguf", tmp_path / "t.gguf", size, sha(served / "tiny.gguf"))
+    assert "giving up after restarting" in caught.value.message
+    applied = mirror.applied_kinds()
+    assert applied.count(second) >= MAX_RESTARTS, applied  # the fault really happened, more than once
+    assert len(applied) <= 4 * (MAX_RESTARTS + 2), f"{len(applied)} requests: the restarts were not bounded"
+    assert not (tmp_path / "t.gguf").exists()
