@@ -744,3 +744,28 @@ def test_a_server_that_keeps_breaking_resumes_does_not_restart_forever(second: s
     assert applied.count(second) >= MAX_RESTARTS, applied  # the fault really happened, more than once
     assert len(applied) <= 4 * (MAX_RESTARTS + 2), f"{len(applied)} requests: the restarts were not bounded"
     assert not (tmp_path / "t.gguf").exists()
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "ftp://example.org/x", "", "http://127.0.0.1/" + "a" * 10_000,
+                                      "../../../../etc/passwd", "http://127.0.0.1:99999/x", "http://:80/x",
+                                      "https://a\\@127.0.0.1/x", "//[fe80::1%25eth0/x", "\x01http://x/"])
+def test_malformed_redirects_end_in_one_clear_line(location: str, mirror: MirrorServer, served: Path,
+                                                   tmp_path: Path) -> None:
+    """Review finding 9: whatever a server puts in Location, the download ends in a SourceError
+    (one line), never another exception, and the token never follows to another origin."""
+    from teadist.errors import TeadistError
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import Auth, RetryPolicy, origin
+
+    mirror.add_fault(Fault("redirect", location=location, path="tiny.gguf", times=30))
+    size = (served / "tiny.gguf").stat().st_size
+    downloader = Downloader(NullReporter(), RetryPolicy(attempts=2, backoff=0.001, max_delay=0.01),
+                            sleep=lambda _: None, jobs=1)
+    url = f"{mirror.url}/tiny.gguf"
+    try:
+        downloader.fetch(url, tmp_path / "t.gguf", size, sha(served / "tiny.gguf"),
+                         auth=Auth(origin(url), "Bearer " + SECRET))
+    except TeadistError as exc:
+        assert "\n" not in exc.message and len(exc.message) < 400, exc.message
+    assert "redirect" in mirror.applied_kinds()
+    assert not (tmp_path / "t.gguf").exists() or sha(tmp_path / "t.gguf") == sha(served / "tiny.gguf")

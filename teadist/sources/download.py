@@ -212,9 +212,14 @@ class Downloader:
                 raise Retry(f"cannot connect to {host_of(url)} ({short_reason(exc)})") from None
             except requests.exceptions.RequestException as exc:
                 raise SourceError(f"request to {host_of(url)} failed ({short_reason(exc)})") from None
+            except ValueError:  # requests parses a redirect's Location even when it follows none
+                raise RefusedURL(f"{host_of(url)} redirected to a malformed URL") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.close()
-                url = urljoin(url, resp.headers["Location"])
+                try:
+                    url = urljoin(url, resp.headers["Location"])
+                except ValueError:
+                    raise RefusedURL(f"{host_of(str(request.url))} redirected to a malformed URL") from None
                 try:
                     if auth is not None and origin(url) != auth.origin:
                         left_origin = True
