@@ -769,3 +769,41 @@ def test_malformed_redirects_end_in_one_clear_line(location: str, mirror: Mirror
         assert "\n" not in exc.message and len(exc.message) < 400, exc.message
     assert "redirect" in mirror.applied_kinds()
     assert not (tmp_path / "t.gguf").exists() or sha(tmp_path / "t.gguf") == sha(served / "tiny.gguf")
+
+
+_NO_ETAG: dict[str, str | None] = {"ETag": None, "X-Linked-Etag": None}
+
+
+@pytest.mark.parametrize("headers,api", [
+    ({"X-Linked-Size": "1" + "0" * 40}, None),
+    ({"X-Linked-Size": "-5"}, None),
+    ({"X-Linked-Size": "12abc"}, None),
+    ({"ETag": '"' + "e" * 10_000 + '"', "X-Linked-Etag": None}, None),
+    ({"X-Repo-Commit": "../../../../x"}, None),
+    (_NO_ETAG, {"not": "a list"}),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": 5, "size": "big", "pointerSize": 1}}]),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": "a" * 64, "size": 10**30,
+                                                              "pointerSize": 1}}]),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": "a" * 64, "size": -1, "pointerSize": 1}}]),
+    (_NO_ETAG, [[1, 2, 3]]),
+    (_NO_ETAG, b"[" + b"[" * 100_000),
+], ids=["size-huge", "size-negative", "size-junk", "etag-huge", "commit-path", "api-object", "api-types",
+        "api-size-huge", "api-size-negative", "api-nested-list", "api-deep-junk"])
+def test_a_hostile_hub_gives_one_clear_line(headers: dict[str, str | None], api: object, hub: HubServer,
+                                            models_dir: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 10: absurd sizes, wrong JSON types, odd ETags, crafted commits from the Hub
+    end in one clear error line (no traceback), and nothing is installed."""
+    hub.header_overrides = headers
+    if isinstance(api, bytes):
+        hub.api_raw = api
+    else:
+        hub.api_override = api
+    result = cli("fetch", HF_SPEC)
+    assert "Traceback" not in result.err, result.err[-3000:]
+    if result.code == 0:  # it may refuse the bad metadata or fall back to what it can prove
+        assert sha(models_dir / "tiny.gguf") == sha(hub.repos["org/repo"].files["tiny.gguf"])
+        return
+    assert [line for line in result.err.splitlines() if line.startswith("error: ")] == \
+        [result.err.splitlines()[-1 if "hint: " not in result.err else -2]], result.err
+    assert "Hub" in result.err, result.err
+    assert not (models_dir / "tiny.gguf").exists()
