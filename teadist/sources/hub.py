@@ -57,6 +57,7 @@ def saved_token() -> str | None:
 def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float = 20.0) -> RemoteFile:
     """Resolve a Hub file to its commit, size and LFS sha256 (one HEAD, paths-info if needed)."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants as hf_constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -66,8 +67,6 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         RevisionNotFoundError,
     )
     from huggingface_hub.utils import logging as hf_logging
-
-    from huggingface_hub import constants as hf_constants
 
     # Its retry warnings print URLs on stderr; our own errors say what failed.
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
