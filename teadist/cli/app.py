@@ -80,7 +80,20 @@ def _reporter(quiet: bool, as_json: bool = False) -> Reporter:
 
 
 def _emit_json(data: Any) -> None:
-    echo(json.dumps(data, indent=2, default=str))
+    """Strict JSON on stdout: NaN and infinities (which JSON has no words for) become null."""
+    echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def echo(text: object = "", err: bool = False) -> None:
