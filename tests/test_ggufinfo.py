@@ -217,3 +217,18 @@ def test_nan_and_infinite_metadata_still_give_valid_json(tmp_path: Path, cli: Ca
         raise AssertionError(f"{name} in --json output")
 
     json.loads(result.out, parse_constant=refuse)
+
+
+def test_split_refuses_more_shards_than_llama_cpp_can_count_before_writing(tmp_path: Path,
+                                                                           cli: Callable[..., Result]) -> None:
+    """Review finding 14: split.count is a u16 — 70,000 tensors at --shard-size 1 would need
+    70,000 shards. One line up front, nothing written (it was a struct.error traceback)."""
+    from tests.ggufcraft import Crafted, Tensor, kv_str
+
+    crafted = Crafted(kvs=[kv_str("general.architecture", "llama")],
+                      tensors=[Tensor(f"t{i}", (0,), 0) for i in range(70_000)])
+    path = crafted.write(tmp_path / "many.gguf")
+    result = cli("split", path, "--format", "gguf", "--shard-size", "1", "--out", tmp_path / "out")
+    assert result.code == 2, result.err[-2000:]
+    assert "shards" in result.err and "Traceback" not in result.err and len(result.err.splitlines()) <= 2
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

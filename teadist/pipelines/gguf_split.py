@@ -72,6 +72,10 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
         kv_block = fh.read(layout.kv_end - layout.kv_start)
     shards = plan_shards(layout, len(kv_block), shard_size)
     build_headers(layout, kv_block, shards)
+    oversize = sum(1 for s in shards if s.size > shard_size)
+    if oversize:  # tensors are never cut (llama.cpp's rule): one larger than the size gets a shard of its own
+        reporter.warn(f"{oversize} of {len(shards)} shards are larger than --shard-size {shard_size}: "
+                      "they hold a tensor (or the metadata) that is larger on its own")
     names = shard_names(file_name.removesuffix(".gguf"), len(shards))
     usable_input_name(src, longest=names[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
