@@ -213,3 +213,25 @@ def test_folders_nested_where_records_belong_are_refused_not_followed(tmp_path: 
     removed = cli("rm", "x.gguf", "--cache-dir", cache_dir)
     assert "Traceback" not in removed.err and "Is a directory" not in removed.err, removed.err
     assert (nested / "f").read_text() == "keep"
+
+
+def test_commands_over_the_whole_cache_are_linear_in_its_size(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 17: grouping records into models compared each record with every head
+    (`record in heads`, a list of dataclasses): 4,000 records took 5 s, 20,000 about two minutes.
+    Generous bound: list and du over 20,000 records within 30 s each."""
+    from teadist.cache.store import CacheRecord
+
+    cache_dir = tmp_path / "cache"
+    records = cache_dir / ".teadist" / "records"
+    records.mkdir(parents=True)
+    for i in range(20_000):
+        name = f"m{i:05d}.gguf"
+        (cache_dir / name).write_bytes(b"x")
+        record = CacheRecord(filename=name, name=f"m{i}", sha256="a" * 64, size=1, source="test")
+        (records / f"{name}.json").write_text(json.dumps(record.to_dict()))
+    for command in ("list", "du"):
+        started = time.perf_counter()
+        result = cli(command, "--cache-dir", cache_dir, "--json")
+        assert result.code == 0, result.err
+        assert time.perf_counter() - started < 30, command
+    assert len(json.loads(cli("list", "--cache-dir", cache_dir, "--json").out)["models"]) == 20_000

@@ -235,6 +235,7 @@ class ModelCache:
             except RecordProblem as exc:
                 damaged.append(DamagedRecord(path, str(exc)))
         heads = [r for r in records.values() if r.group in (None, r.filename) or r.group not in records]
+        head_names = {r.filename for r in heads}  # a set: `record in heads` compared whole records, n² times
         claimed: set[str] = set()
         models = []
         for record in heads:
@@ -248,7 +249,7 @@ class ModelCache:
                 claimed.add(name)
             models.append(CachedModel(record, members))
         for record in records.values():  # shards their first shard does not list (yet): on their own
-            if record not in heads and record.filename not in claimed:
+            if record.filename not in head_names and record.filename not in claimed:
                 models.append(CachedModel(record, [Member(record.filename, record.sha256, record.size, record)]))
         known = set(records) | {d.filename for d in damaged} | claimed
         unrecorded = [p for p in sorted(self.root.glob("*.gguf")) if p.name not in known and _is_file(p)] \
