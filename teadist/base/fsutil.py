@@ -31,7 +31,10 @@ _WINDOWS_DEVICES = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, and the invisible format characters that reorder or hide text (bidi
+# overrides and isolates, zero-width marks, line/paragraph separators, BOM): a name holding one
+# displays as another name.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def plain_filename_problem(name: object) -> str | None:
@@ -41,7 +44,7 @@ def plain_filename_problem(name: object) -> str | None:
     if not name:
         return "is empty"
     if _CONTROL.search(name):
-        return "contains a control character"
+        return "contains a control or invisible formatting character"
     if "/" in name or "\\" in name:
         return "contains a path separator"
     if name in (".", ".."):

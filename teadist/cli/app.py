@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure, 130 interrupted.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -43,6 +44,18 @@ CacheDirOpt = Annotated[
 
 
 # -- output ------------------------------------------------------------------------------------
+# Controls (C0 but newline and tab, DEL, C1) and the format characters that reorder or hide text
+# (bidi overrides/isolates, zero-width marks, separators, BOM). Names and metadata come from files
+# and servers: an ESC sequence could drive the terminal, U+202E make one name read as another.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def shown(text: str) -> str:
+    """``text`` as it may reach the terminal: secrets masked, unprintable characters escaped."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                            mask_secrets(text))
+
+
 class _TqdmTask:
     def __init__(self, description: str, total: int | None) -> None:
         from tqdm import tqdm  # lazy: only when a bar is shown
@@ -66,10 +79,10 @@ class CliReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(mask_secrets(message), file=sys.stderr)
+            print(shown(message), file=sys.stderr)
 
     def warn(self, message: str) -> None:
-        print("warning: " + mask_secrets(message), file=sys.stderr)
+        print("warning: " + shown(message), file=sys.stderr)
 
     def task(self, description: str, total: int | None) -> ProgressTask:
         return _TqdmTask(description, total) if self.bars else NullTask()
@@ -98,7 +111,7 @@ def _finite(data: Any) -> Any:
 
 def echo(text: object = "", err: bool = False) -> None:
     """A line of output (stdout, or stderr with ``err``), secrets masked."""
-    print(mask_secrets(str(text)), file=sys.stderr if err else sys.stdout)
+    print(shown(str(text)), file=sys.stderr if err else sys.stdout)
 
 
 def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
@@ -139,16 +152,16 @@ def _root(
 
 # -- errors → exit codes ------------------------------------------------------------------------
 def _print_error(message: str, hint: str | None) -> None:
-    print("error: " + mask_secrets(message), file=sys.stderr)
+    print("error: " + shown(message), file=sys.stderr)
     if hint:
-        print("hint: " + mask_secrets(hint), file=sys.stderr)
+        print("hint: " + shown(hint), file=sys.stderr)
 
 
 def _print_traceback() -> None:
     """The current exception's traceback, secrets masked (never Python's own unmasked printing)."""
     import traceback
 
-    print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)
+    print(shown(traceback.format_exc()), end="", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

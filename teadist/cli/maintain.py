@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
 from teadist.cli.models import _downloader, _fetch_options
 from teadist.errors import NotFoundError, UsageError
 
@@ -47,7 +46,7 @@ def registry_pin(
         _emit_json(pinned)
     else:
         for key, value in pinned.items():
-            print(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
+            echo(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @app.command()
@@ -104,10 +103,10 @@ def serve(
     if manifest is not None:
         verdicts = server.verify_all()
         for name, good in sorted(verdicts.items()):
-            print(f"{'OK' if good else 'REFUSED':<9} {name}", file=sys.stderr)
+            echo(f"{'OK' if good else 'REFUSED':<9} {name}", err=True)
         for name in sorted(set(server.expected) - set(verdicts)):
             if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
-                print(f"{'MISSING':<9} {name}", file=sys.stderr)
+                echo(f"{'MISSING':<9} {name}", err=True)
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
@@ -149,13 +148,13 @@ def package_wasm_cmd(
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
         return
-    print("| file | size |")
-    print("|---|---:|")
+    echo("| file | size |")
+    echo("|---|---:|")
     for f in report.files:
-        print(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
-    print(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
-    print(f"| **{report.path.name}** | {format_size(report.size)} |")
-    print(f"sha256 {report.sha256}  {report.path}", file=sys.stderr)
+        echo(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
+    echo(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
+    echo(f"| **{report.path.name}** | {format_size(report.size)} |")
+    echo(f"sha256 {report.sha256}  {report.path}", err=True)
 
 
 release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
@@ -205,7 +204,7 @@ def release_prepare(
                     "removed": prepared.removed, "index": prepared.index})
         return
     for asset in prepared.assets:
-        print(asset)
+        echo(asset)
 
 
 @release_app.command("publish")
@@ -259,7 +258,7 @@ def release_publish(
         _emit_json(report.__dict__)
         return
     for line in report.plan if dry_run else []:
-        print(line)
+        echo(line)
     if not dry_run:
         reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there "
                       f"({len(report.downloaded)} checked by download), {len(report.deleted)} removed"
