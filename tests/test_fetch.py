@@ -330,13 +330,15 @@ def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_pa
     assert cli("fetch", HF_SPEC).code == 0
     split_file(tiny_model, tmp_path / "d", NullReporter(), chunk_size=100_000)
     assert cli("fetch", tmp_path / "d" / "tiny-llama.gguf.manifest.json").code == 0
-    stale = models_dir / ".old.gguf.0123456789abcdef.part"
+    stale = models_dir / ".old.gguf.0123456789abcdef.part"  # an older teadist's partial, with its sidecar
     stale.write_bytes(b"x" * 10)
+    sidecar = stale.with_name(stale.name + ".json")
+    sidecar.write_bytes(b'{"url_host": "huggingface.co", "etag": null}')
     usage = json.loads(cli("du", "--json").out)
     assert {m["file"] for m in usage["models"]} == {"tiny.gguf", "tiny-llama.gguf"}
-    assert usage["partials"] == 10 and usage["free"] > 0
+    assert usage["partials"] == 10 + sidecar.stat().st_size and usage["free"] > 0
     assert cli("prune", "--partials").code == 0
-    assert not stale.exists()
+    assert not stale.exists() and not sidecar.exists()
     cli("path", "tiny")  # a use: tiny becomes the most recently used
     size = (models_dir / "tiny.gguf").stat().st_size
     result = cli("prune", "--max-size", str(size), "--json")
