@@ -232,3 +232,16 @@ def test_split_refuses_more_shards_than_llama_cpp_can_count_before_writing(tmp_p
     assert result.code == 2, result.err[-2000:]
     assert "shards" in result.err and "Traceback" not in result.err and len(result.err.splitlines()) <= 2
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_huge_key_is_refused_before_it_is_read(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 12: a key is a short name; a 16 MiB one is refused from its length field,
+    not copied into memory first (llama.cpp only bounds strings at 1 GiB)."""
+    import struct
+
+    from tests.ggufcraft import STRING, good_two_tensors, gstr
+
+    crafted = good_two_tensors()
+    crafted.kvs.append(gstr(b"k" * (16 << 20)) + struct.pack("<I", STRING) + gstr("v"))
+    result = cli("inspect", crafted.write(tmp_path / "bigkey.gguf"))
+    assert result.code == 3 and "key" in result.err and "bytes" in result.err, result.err

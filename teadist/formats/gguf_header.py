@@ -73,6 +73,7 @@ class InvalidGGUFError(IntegrityError):
 
 
 MAX_DECODED_STRING = 4 * 1024 * 1024  # longer string values are checked but not kept
+MAX_NAME_BYTES = 64 * 1024  # a key is a name: longer ones are refused from their length field
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -181,7 +182,9 @@ class _Reader:
 
     def name(self, what: str) -> str:
         """A key or tensor name: UTF-8 text without NUL or control characters (it is printed, put
-        in JSON and handed to C code as a C string)."""
+        in JSON and handed to C code as a C string). Refused from its length, before it is read."""
+        if (length := self.peek_length(what)) > MAX_NAME_BYTES:
+            raise self.fail(f"{what} is {length} bytes long (a name takes at most {MAX_NAME_BYTES})")
         raw = self.string(what)
         try:
             text = raw.decode("utf-8")
