@@ -257,7 +257,7 @@ def assemble(manifest: Path | str, *, chunks: Path | str | None = None, out: Pat
         if looks_like_gguf(given):
             merged_name = given.name.rsplit("-", 3)[0] + ".gguf"
             dest = _destination(out, merged_name, cache)
-            sha, size = merge_foreign_shards(given, cache.layout.target_for(dest), reporter)
+            sha, size = merge_foreign_shards(given, cache.layout.target_for(dest), reporter, cache=cache)
             return Assembled(dest, sha, size, already_present=False, merged=True)
     _refuse_a_model_for_a_manifest(given)
     m = load_manifest(given)

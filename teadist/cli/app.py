@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -44,6 +45,18 @@ CacheDirOpt = Annotated[
 
 
 # -- output ------------------------------------------------------------------------------------
+# Controls (C0 but newline and tab, DEL, C1) and the format characters that reorder or hide text
+# (bidi overrides/isolates, zero-width marks, separators, BOM). Names and metadata come from files
+# and servers: an ESC sequence could drive the terminal, U+202E make one name read as another.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def shown(text: str) -> str:
+    """``text`` as it may reach the terminal: secrets masked, unprintable characters escaped."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                            mask_secrets(text))
+
+
 class _TqdmTask:
     def __init__(self, description: str, total: int | None) -> None:
         from tqdm import tqdm  # lazy: only when a bar is shown
@@ -67,11 +80,11 @@ class CliReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(mask_secrets(message), file=sys.stderr)
+            print(shown(message), file=sys.stderr)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            print("warning: " + mask_secrets(message), file=sys.stderr)
+            print("warning: " + shown(message), file=sys.stderr)
 
     def task(self, description: str, total: int | None) -> ProgressTask:
         return _TqdmTask(description, total) if self.bars else NullTask()
@@ -82,12 +95,25 @@ def _reporter(quiet: bool, as_json: bool = False) -> Reporter:
 
 
 def _emit_json(data: Any) -> None:
-    echo(json.dumps(data, indent=2, default=str))
+    """Strict JSON on stdout: NaN and infinities (which JSON has no words for) become null."""
+    echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def echo(text: object = "", err: bool = False) -> None:
     """A line of output (stdout, or stderr with ``err``), secrets masked."""
-    print(mask_secrets(str(text)), file=sys.stderr if err else sys.stdout)
+    print(shown(str(text)), file=sys.stderr if err else sys.stdout)
 
 
 def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
@@ -130,9 +156,9 @@ def _root(
 def _print_error(message: str, hint: str | None, code: int = EXIT_ERROR, kind: str = "error") -> None:
     """One line (and a hint) on stderr; with --json also the one JSON shape every command's errors
     take, on stdout: {"error": {"kind", "message", "hint", "exit_code"}}."""
-    print("error: " + mask_secrets(message), file=sys.stderr)
+    print("error: " + shown(message), file=sys.stderr)
     if hint:
-        print("hint: " + mask_secrets(hint), file=sys.stderr)
+        print("hint: " + shown(hint), file=sys.stderr)
     if _state["json"]:
         _emit_json({"error": {"kind": kind, "message": message, "hint": hint, "exit_code": code}})
 
@@ -150,7 +176,7 @@ def _print_traceback() -> None:
     """The current exception's traceback, secrets masked (never Python's own unmasked printing)."""
     import traceback
 
-    print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)
+    print(shown(traceback.format_exc()), end="", file=sys.stderr)
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -92,7 +92,8 @@ def assemble(
     result = run_assemble(manifest, chunks=chunks, out=out, progress=reporter, settings=_settings(cache_dir))
     if result.merged:
         if as_json:
-            _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size, "merged": True})
+            _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size, "merged": True,
+                        "verified": False})
         else:
             echo(result.path)
         return

@@ -26,7 +26,7 @@ from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
 from teadist.base.urls import origin_of, url_problem
 from teadist.base.workfiles import WorkFiles
-from teadist.cache.layout import CacheTarget
+from teadist.cache.layout import CacheTarget, kept_shards
 from teadist.cache.store import CacheRecord, ModelCache
 from teadist.errors import (
     IntegrityError,
@@ -331,6 +331,10 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     if options.keep_shards:
         if manifest.format != "gguf":
             raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
+        names = [c.name for c in manifest.chunks]
+        if kept_shards(names[0]) != names[1:]:
+            raise ManifestError(f"{manifest.reference}: --keep-shards needs shards named as llama.cpp names them "
+                                f"(<name>-00001-of-{len(names):05d}.gguf, …), not {names[0][:60]!r}, …")
         return _fetch_kept_shards(target, cache, options, reporter, downloader)
     dest = cache.target(manifest.file.name)
     with dest.lock(on_wait=reporter.info):

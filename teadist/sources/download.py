@@ -165,7 +165,9 @@ class Downloader:
 
     def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
                 advance: Callable[[int], None]) -> tuple[str, int]:
-        """One stream from where the proven prefix ends; a 200 to the resume starts from zero."""
+        """One stream from where the proven prefix ends; a 200 to the resume starts from zero —
+        at most MAX_RESTARTS times: a server that cuts every stream and ignores every resume (or
+        changes the file each time) would otherwise be downloaded from again forever."""
         hasher = hashlib.sha256()
         have = partial.length if partial.mode == STREAM else 0
         if partial.mode != STREAM:
@@ -175,12 +177,18 @@ class Downloader:
             with PipelinedCopier(n_sinks=1, depth=2) as copier:
                 copier.copy_file_range(partial.fd, 0, have, [hasher.update])
             advance(have)
+        restarts = 0
         while True:
             try:
                 result: tuple[str, int] = self.retrying(
                     label, functools.partial(self._attempt, url, partial, auth, hasher, advance))
                 return result
             except Restart as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceError(f"{label}: {exc}; giving up after restarting {MAX_RESTARTS} times",
+                                      hint="the server does not serve the file consistently; run the command "
+                                           "again later, or try another --source") from None
                 self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
                 partial.reset()
                 hasher = hashlib.sha256()
@@ -207,9 +215,14 @@ class Downloader:
                 raise Retry(f"cannot connect to {host_of(url)} ({short_reason(exc)})") from None
             except requests.exceptions.RequestException as exc:
                 raise SourceError(f"request to {host_of(url)} failed ({short_reason(exc)})") from None
+            except ValueError:  # requests parses a redirect's Location even when it follows none
+                raise RefusedURL(f"{host_of(url)} redirected to a malformed URL") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.close()
-                url = urljoin(url, resp.headers["Location"])
+                try:
+                    url = urljoin(url, resp.headers["Location"])
+                except ValueError:
+                    raise RefusedURL(f"{host_of(str(request.url))} redirected to a malformed URL") from None
                 try:
                     if auth is not None and origin(url) != auth.origin:
                         left_origin = True
