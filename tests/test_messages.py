@@ -94,7 +94,7 @@ def test_verify_a_folder_of_chunks(tiny_model: Path, tmp_path: Path, cli: Callab
     split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000)
     result = cli("verify", tmp_path / "dist")
     assert result.code == 0, result.err
-    assert result.out.count("OK") == 5
+    assert result.out.count("OK") == 6 and "(whole file)" in result.out  # 5 chunks and the file they make
     (tmp_path / "dist" / "other.manifest.json").write_text("{}")
     two = cli("verify", tmp_path / "dist")
     assert two.code == 2 and "--manifest" in two.err
