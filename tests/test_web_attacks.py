@@ -552,13 +552,31 @@ def test_a_lying_206_on_resume_never_reaches_the_cache(
     assert all(c is None and a is None for _, c, a in server.credentials), server.credentials[:3]
 
 
-def _chromium_rss() -> int:
-    total = 0
-    for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+def _browser_rss(profile: Path) -> int:
+    """Anonymous memory of this test's Chromium: the browser process started on ``profile`` and its
+    descendants (zygotes, renderers, utilities) — never another Chromium on the machine."""
+    procs: dict[int, tuple[int, bytes]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"chromium" not in fh.read(200):
-                    continue
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        procs[int(name)] = (ppid, cmdline)
+    members = {pid for pid, (_, cmdline) in procs.items()
+               if b"chromium" in cmdline[:200] and f"--user-data-dir={profile}".encode() in cmdline}
+    grown = True
+    while grown:
+        before = len(members)
+        members |= {pid for pid, (ppid, _) in procs.items() if ppid in members}
+        grown = len(members) > before
+    total = 0
+    for pid in members:
+        try:
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
                     if line.startswith("RssAnon:"):
@@ -593,12 +611,14 @@ def test_page_memory_does_not_grow_with_model_size(app: AppServer, storage: str,
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _chromium_rss())
+            peak[0] = max(peak[0], _browser_rss(profile))
             time.sleep(0.1)
 
-    with ModelServer(folder) as server, browser(tmp_path / "profile", app) as page:
+    profile = tmp_path / "profile"
+    with ModelServer(folder) as server, browser(profile, app) as page:
         page.run("async () => { await new Promise((r) => setTimeout(r, 1500)); }")
-        base = _chromium_rss()
+        base = _browser_rss(profile)
+        assert base > 0, "this test's Chromium was not found in /proc"
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
