@@ -7,7 +7,8 @@ What it will and will not serve:
 - only regular files under the folder, opened by walking the resolved path one component at a
   time without following any link (a link inside the folder is resolved first and must stay
   inside it); nothing hidden, neither by the requested name nor by where a link leads. A folder
-  means its index.html — never for a name the manifest lists: a listed name must be a regular
+  means its index.html (asked for without its trailing slash, a 301 to the slashed path, so the
+  page's relative URLs resolve inside the folder) — never for a name the manifest lists: a listed name must be a regular
   file (or a link to one), else it is refused (409).
 - with a manifest, a listed file (by the requested name *or* by where a link leads) is checked on
   the very descriptor that is then served: hashed once per (device, inode, size, mtime, ctime),
@@ -60,7 +61,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from teadist.base.progress import Reporter
 from teadist.formats.manifest import Manifest
@@ -95,6 +96,7 @@ PIECE = 1024 * 1024  # verified and sent in pieces of this size
 _DIGEST = 32
 # a start beyond 19 digits is past any file; an end of any length is clamped to the file's size
 _RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,40})")
+_PLAIN_QUERY = re.compile(r"[\x21-\x7e]*")  # a query copied into a redirect's Location as it came
 _QUIET_ERRORS = (ConnectionError, TimeoutError, OSError)
 MAX_REQUESTS_PER_CONNECTION = 1000
 MAX_CONNECTION_SECONDS = 600.0
@@ -302,10 +304,11 @@ class StaticServer:
             raise Refused(404, "not found")
         return parts
 
-    def open(self, parts: list[str], _index: bool = True) -> Opened:
+    def open(self, parts: list[str], _index: bool = True, slash: bool = True, query: str = "") -> Opened:
         """Open what ``parts`` names: links inside the root are resolved first, then the real path is
         opened one component at a time without following anything (a link swapped in meanwhile, or
-        a loop, ends in 404). A folder means its index.html."""
+        a loop, ends in 404). A folder means its index.html; asked for without its trailing slash
+        (``slash`` False) it is redirected to it (301)."""
         real = os.path.realpath(os.path.join(self.root, *parts))
         if real != self.root and not real.startswith(self.root + os.sep):
             raise Refused(404, "not found")
@@ -336,17 +339,23 @@ class StaticServer:
             raise Refused(409, f"refused: {names[0]} is listed in the manifest but is not a regular file")
         if stat.S_ISDIR(st.st_mode) and _index:
             os.close(fd)
+            if not slash:
+                raise folder_redirect(parts, query)
             return self.open([*parts, "index.html"], _index=False)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise Refused(404, "not found")
         return Opened(fd, st, names)
 
-    def open_asset(self, rest: list[str]) -> Opened:
+    def open_asset(self, rest: list[str], slash: bool = True, query: str = "") -> Opened:
         """One of teadist's own web assets (``rest``: the path below /_teadist/); a folder means its
-        index.html. Only the files listed in ``assets`` exist here, opened without following a link."""
+        index.html (without its trailing slash: a redirect to it, so the page's relative
+        ``../model-cache.js`` is teadist's). Only the files listed in ``assets`` exist here, opened
+        without following a link."""
         rel = "/".join(rest)
         if rel not in self.assets and f"{rel}/index.html" in self.assets and rel:
+            if not slash:
+                raise folder_redirect([ASSET_PREFIX, *rest], query)
             rel = f"{rel}/index.html"
         path = self.assets.get(rel)
         if path is None:
@@ -365,9 +374,11 @@ class StaticServer:
         """What a request target names: a web asset under /_teadist/ (when assets are served), else
         a file of the folder."""
         parts = self.parts_of(raw_path)
+        target = urlsplit(raw_path)
+        slash = target.path.endswith("/")
         if self.assets and parts[:1] == [ASSET_PREFIX]:
-            return self.open_asset(parts[1:])
-        return self.open(parts)
+            return self.open_asset(parts[1:], slash, target.query)
+        return self.open(parts, slash=slash, query=target.query)
 
     def listings(self, opened: Opened) -> list[Listed]:
         return [self.expected[n] for n in opened.names if n in self.expected]
@@ -458,6 +469,16 @@ class StaticServer:
             return  # clients hang up, time out, reset: part of serving
         if self.reporter is not None:
             self.reporter.warn(f"serve: a request failed: {type(exc).__name__}: {exc}")
+
+
+def folder_redirect(parts: list[str], query: str) -> Refused:
+    """301 to a folder's path with its trailing slash: relative URLs in its index.html then resolve
+    inside it. The Location is rebuilt from the checked segments (never '//host…'); the query is
+    kept when it is plain printable ASCII."""
+    location = "/" + "".join(quote(p, safe="") + "/" for p in parts)
+    if query and _PLAIN_QUERY.fullmatch(query):
+        location += "?" + query
+    return Refused(301, "moved to the folder's path with its trailing slash", {"Location": location})
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:

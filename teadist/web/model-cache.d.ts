@@ -11,14 +11,24 @@ export interface OpenOptions {
   /** Default 'opfs'. */
   storage?: StorageKind;
   /**
-   * Resume unit, in bytes, for shards whose manifest carries no block hashes (a power of two,
-   * 65536 to 67108864; default 8 MiB). Shards with block hashes use their block size.
+   * Size of a stored piece, in bytes (a power of two, 65536 to 67108864; default 8 MiB; at least
+   * the manifest's block size). Shards without block hashes resume at a piece boundary; shards
+   * with block hashes resume after their last verified block.
    */
   pieceSize?: number;
   /** Extra attempts per URL after a network error or a 5xx/429 answer (0 to 10; default 2). */
   retries?: number;
-  /** Milliseconds without a byte before an attempt is cut and resumed (100 to 3600000; default 30000). */
+  /**
+   * Milliseconds without a byte before the manifest request (then the copy kept from an earlier
+   * visit is used) or a shard attempt (then it is resumed) is cut (100 to 3600000; default 30000).
+   */
   stallTimeout?: number;
+  /**
+   * Default true: `blobs()` hashes every stored piece again (SubtleCrypto, one piece in memory at
+   * a time) and compares it with the digest recorded when it was verified, so bytes changed in
+   * storage are never handed out. False skips that read of the whole model.
+   */
+  verifyOnLoad?: boolean;
 }
 
 /** One model of the manifest, as `list()` gives it. */
@@ -37,7 +47,11 @@ export interface ModelListing {
 export interface ShardStatus {
   name: string;
   size: number;
-  /** Bytes of this shard already stored (verified, or hashed so far for shards without block hashes). */
+  /**
+   * Bytes of this shard already stored: verified block by block, or (shards without block hashes)
+   * kept, to be verified once the whole shard is in. `verified` is true only when the whole
+   * shard's SHA-256 matched.
+   */
   storedBytes: number;
   verified: boolean;
 }
@@ -137,11 +151,19 @@ export declare class ModelCache {
    * signal's reason (an AbortError).
    */
   download(id: string, options?: DownloadOptions): Promise<ModelStatus>;
-  /** The shards as disk-backed Blobs in order, for `wllama.loadModel(blobs, …)`; updates lastUsed. */
+  /**
+   * The shards as disk-backed Blobs in order, for `wllama.loadModel(blobs, …)` (a byte-chunk model
+   * as one Blob); updates lastUsed. Holds the model's lock meanwhile (an eviction passes it over);
+   * with `verifyOnLoad` each stored piece is hashed again first. Rejects with code
+   * 'not-downloaded' (and discards the shard) when a piece is missing or changed.
+   */
   blobs(id: string): Promise<Blob[]>;
   storageInfo(): Promise<StorageInfo>;
   evictLeastRecentlyUsed(targetBytes: number): Promise<EvictionResult>;
-  /** Removes every stored version of the model; true when something was removed. */
+  /**
+   * Removes every stored version of the model, and this manifest's version of it also when another
+   * model with the same bytes stored it; true when something was removed.
+   */
   delete(id: string): Promise<boolean>;
   /** Removes every stored model of this back end (manifest copies stay, for offline visits). */
   clear(): Promise<void>;

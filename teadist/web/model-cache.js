@@ -7,16 +7,21 @@
 // reloads, so a broken download resumes with `Range` from the last verified block.
 //
 // Storage design (both back ends): a shard is stored as a run of *pieces*, each its own record
-// (IndexedDB Blob) or file (OPFS). A piece is one manifest block where the manifest carries block
-// hashes (verified whole with SubtleCrypto before it is written); otherwise a fixed-size piece
-// whose bytes feed a streaming SHA-256 whose state is saved with every piece, and the shard
-// counts as verified only once the whole digest matches. `blobs()` builds each shard's Blob from
-// its disk-backed pieces: nothing is copied into memory, and no shard ever sits whole in memory.
+// (IndexedDB Blob) or file (OPFS), of `pieceSize` (default 8 MiB) whatever the manifest's block
+// size. Where the manifest carries block hashes, each block is verified whole with SubtleCrypto
+// as it arrives, and when a transfer breaks, the verified blocks of the unfinished piece are
+// stored as a shorter piece, so a resume repeats at most one block. Every shard's bytes also feed
+// a streaming SHA-256 (its state saved with every piece): a shard counts as verified only once
+// its whole digest matches the manifest's sha256 — block hashes alone never suffice. A byte-chunk
+// model is also checked against file.sha256 once, over the joined chunks. Each piece's own
+// SHA-256 is recorded, and `blobs()` hashes the pieces again before handing them out (option
+// `verifyOnLoad`), so bytes changed in storage are never given to wllama. `blobs()` builds each
+// shard's Blob from its disk-backed pieces: no shard ever sits whole in memory.
 // Bookkeeping (model entries, per-shard progress, the manifest copy for offline visits) lives in
 // IndexedDB for both back ends; a piece is written before the progress record that counts it, so
 // a record never claims bytes that are not stored. A model version is keyed by a digest of what
-// identifies its bytes (file and chunk sha256s, sizes, layout): a changed manifest sha256 is a new
-// version and the old pieces are never served for it.
+// identifies its bytes (file and chunk sha256s, sizes, layout, block maps): a changed manifest is
+// a new version and the old pieces are never served for it.
 
 const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 const MAX_CHUNKS = 10000;
@@ -289,8 +294,16 @@ function sha(value, field, { nullable = false } = {}) {
   return value;
 }
 
+// scheme://user:password@host…: what teadist refuses on the Python side too; never echoed.
+const USERINFO_RE = /^[A-Za-z][A-Za-z0-9+.-]*:[\\/]*[^/\\?#]*@/;
+const USERINFO_PROBLEM = 'the URL carries a user name or password in its host part';
+
 function httpUrl(value, field) {
   if (typeof value !== 'string' || value.length > 2048) throw new ManifestError(`${field}: not a URL`);
+  if (USERINFO_RE.test(value)) {
+    throw new ManifestError(`${field}: ${USERINFO_PROBLEM}; such a URL is never used or shown`,
+      { hint: 'list a URL without credentials (a browser sends none to another origin anyway)' });
+  }
   let url;
   try {
     url = new URL(value);
@@ -300,6 +313,7 @@ function httpUrl(value, field) {
   if (url.protocol !== 'https:' && url.protocol !== 'http:') {
     throw new ManifestError(`${field}: ${quoted(value)} is not an http(s) URL`);
   }
+  if (url.username || url.password) throw new ManifestError(`${field}: ${USERINFO_PROBLEM}; such a URL is never used or shown`);
   return url.href;
 }
 
@@ -451,6 +465,10 @@ function readModel(data, baseUrl, field) {
  * Throws ManifestError naming the field for anything malformed or unsafe.
  */
 export function parseManifest(text, manifestUrl) {
+  if (typeof manifestUrl !== 'string' || USERINFO_RE.test(manifestUrl)) {
+    throw new ManifestError(typeof manifestUrl === 'string' ? `manifest URL: ${USERINFO_PROBLEM}; it is never used or shown`
+      : 'manifest URL: must be a string');
+  }
   if (typeof text !== 'string') throw new ManifestError('manifest: not text');
   if (text.length > MAX_MANIFEST_BYTES) throw new ManifestError(`manifest: larger than ${MAX_MANIFEST_BYTES} bytes`);
   let data;
@@ -481,10 +499,14 @@ export function parseManifest(text, manifestUrl) {
   return models;
 }
 
-/** The digest that names a model version: everything that decides its bytes and their layout. */
+/**
+ * The digest that names a model version: everything that decides its bytes and how they were
+ * verified — block maps included, so bytes accepted under one manifest's block hashes never pass
+ * for another manifest's version with the same sha256s.
+ */
 async function versionKey(model) {
-  const identity = JSON.stringify(['teadist-model-v1', model.format, model.file.name, model.file.size, model.file.sha256,
-    model.shards.map((s) => [s.name, s.size, s.sha256, s.offset, s.layout ? s.layout.blockSize : null])]);
+  const identity = JSON.stringify(['teadist-model-v2', model.format, model.file.name, model.file.size, model.file.sha256,
+    model.shards.map((s) => [s.name, s.size, s.sha256, s.offset, s.layout ? [s.layout.blockSize, s.layout.blocks] : null])]);
   return subtleSha256(new TextEncoder().encode(identity));
 }
 
@@ -516,7 +538,8 @@ async function openDatabase(name) {
     const db = req.result;
     db.createObjectStore('manifests', { keyPath: 'url' });
     db.createObjectStore('entries', { keyPath: 'key' });
-    db.createObjectStore('progress'); // [key, shard] → { pieceSize, pieces, bytes, hashState, complete }
+    // [key, shard] → { pieceSize, pieces, bytes, sizes, digests, hashState, complete }
+    db.createObjectStore('progress');
     db.createObjectStore('pieces'); // [key, shard, piece] → Blob (IndexedDB back end only)
   };
   const db = await request(req);
@@ -541,6 +564,26 @@ class Bookkeeping {
     const tx = this.db.transaction(store, 'readwrite');
     tx.objectStore(store).put(value, key);
     return committed(tx);
+  }
+
+  /**
+   * Read-modify-write one record in one transaction: `change(record)` returns the new record, or
+   * undefined to leave it. A record that is gone stays gone. Resolves whether it was written.
+   */
+  async update(store, key, change) {
+    const tx = this.db.transaction(store, 'readwrite');
+    const objects = tx.objectStore(store);
+    let written = false;
+    const get = objects.get(key);
+    get.onsuccess = () => {
+      const next = get.result === undefined ? undefined : change(get.result);
+      if (next !== undefined) {
+        objects.put(next);
+        written = true;
+      }
+    };
+    await committed(tx);
+    return written;
   }
 
   async progressOf(key) {
@@ -855,6 +898,7 @@ export class ModelCache {
   #pieceSize;
   #retries;
   #stallTimeout;
+  #verifyOnLoad;
 
   constructor(secret, fields) {
     if (secret !== OPEN_TOKEN) throw new TypeError('use ModelCache.open({ manifestUrl, storage })');
@@ -865,18 +909,21 @@ export class ModelCache {
     this.#pieceSize = fields.pieceSize;
     this.#retries = fields.retries;
     this.#stallTimeout = fields.stallTimeout;
+    this.#verifyOnLoad = fields.verifyOnLoad;
     Object.freeze(this);
   }
 
   /**
    * Read the manifest (or, when it cannot be fetched, the copy kept from the last visit) and open
    * the chosen storage. Options: `manifestUrl` (relative URLs resolve against the page),
-   * `storage` ('opfs' | 'indexeddb'), and rarely `pieceSize` (resume unit of shards without block
-   * hashes, a power of two ≥ 64 KiB), `retries` (extra attempts per URL on a network error) and
-   * `stallTimeout` (ms without a byte before an attempt is given up and resumed; default 30 s).
+   * `storage` ('opfs' | 'indexeddb'), and rarely `pieceSize` (size of a stored piece, a power of
+   * two ≥ 64 KiB, default 8 MiB; shards without block hashes resume at a piece boundary), `retries`
+   * (extra attempts per URL on a network error), `stallTimeout` (ms without a byte before the
+   * manifest request or a shard attempt is given up; default 30 s) and `verifyOnLoad` (default
+   * true: `blobs()` hashes every stored piece again before handing it out).
    */
   static async open({ manifestUrl, storage = 'opfs', pieceSize = DEFAULT_PIECE_SIZE, retries = DEFAULT_RETRIES,
-    stallTimeout = DEFAULT_STALL_TIMEOUT_MS } = {}) {
+    stallTimeout = DEFAULT_STALL_TIMEOUT_MS, verifyOnLoad = true } = {}) {
     if (storage !== 'opfs' && storage !== 'indexeddb') {
       throw new ModelCacheError(`storage must be 'opfs' or 'indexeddb', not ${quoted(storage)}`, { code: 'usage' });
     }
@@ -889,14 +936,21 @@ export class ModelCache {
     if (!Number.isSafeInteger(stallTimeout) || stallTimeout < 100 || stallTimeout > 3600000) {
       throw new ModelCacheError('stallTimeout must be milliseconds from 100 to 3600000', { code: 'usage' });
     }
+    if (typeof verifyOnLoad !== 'boolean') throw new ModelCacheError('verifyOnLoad must be true or false', { code: 'usage' });
     if (manifestUrl === undefined || manifestUrl === null || manifestUrl === '') {
       throw new ModelCacheError('manifestUrl is required', { code: 'usage' });
+    }
+    if (USERINFO_RE.test(String(manifestUrl))) {
+      throw new ModelCacheError(`manifestUrl: ${USERINFO_PROBLEM}; it is never used or shown`, { code: 'usage' });
     }
     let url;
     try {
       url = new URL(String(manifestUrl), globalThis.location?.href).href;
     } catch {
       throw new ModelCacheError(`manifestUrl ${quoted(manifestUrl)} is not a URL`, { code: 'usage' });
+    }
+    if (new URL(url).username || new URL(url).password) {
+      throw new ModelCacheError(`manifestUrl: ${USERINFO_PROBLEM}; it is never used or shown`, { code: 'usage' });
     }
     if (typeof indexedDB === 'undefined') {
       throw new ModelCacheError('this browser offers no IndexedDB here (private mode?); the model cache cannot work', { code: 'unsupported' });
@@ -919,7 +973,7 @@ export class ModelCache {
       throw new ModelCacheError(`cannot open the ${storage} storage: ${err?.message ?? err}`,
         { code: 'unsupported', hint: storage === 'opfs' ? "try storage: 'indexeddb'" : null, cause: err });
     }
-    const { text, offline, problem } = await loadManifestText(url, book);
+    const { text, offline, problem } = await loadManifestText(url, book, stallTimeout);
     const parsed = parseManifest(text, url);
     const models = new Map();
     for (const model of parsed) {
@@ -929,7 +983,7 @@ export class ModelCache {
     await pieces.collectGarbage(async (key) => (await book.get('entries', key)) !== undefined);
     return new ModelCache(OPEN_TOKEN, {
       public: { manifestUrl: url, storage, offline, manifestProblem: problem },
-      book, pieces, models, pieceSize, retries, stallTimeout,
+      book, pieces, models, pieceSize, retries, stallTimeout, verifyOnLoad,
     });
   }
 
@@ -1053,7 +1107,7 @@ export class ModelCache {
         const needed = model.totalBytes - progress.loaded;
         throw await this.#quotaError(model, needed, 0,
           `storage is full: ${model.id} still needs ${formatBytes(needed)} (${needed} bytes); `
-          + `the ${formatBytes(progress.loaded)} verified so far are kept`, failure.cause);
+          + `the ${formatBytes(progress.loaded)} stored so far are kept`, failure.cause);
       }
       if (failure instanceof StorageWriteError) {
         throw new ModelCacheError(failure.message, { code: 'storage', cause: failure.cause });
@@ -1075,10 +1129,36 @@ export class ModelCache {
           { code: 'storage', hint: 'call download() again; if this repeats, the browser storage is failing' });
       }
     }
+    if (model.format === 'bytes') await this.#checkJoinedFile(model, done, progress);
     const now = Date.now();
     await this.#book.put('entries', { ...entry, complete: true, verifiedAt: now, lastUsed: now });
     progress.loaded = model.totalBytes;
     progress.emit('ready', `${model.id}: downloaded and verified`, true);
+  }
+
+  /**
+   * Byte chunks are handed out joined, as the file the manifest names: its sha256 must match the
+   * joined chunks too (a manifest whose chunk hashes disagree with its file hash is refused, and
+   * nothing of it is kept). One streaming pass over the stored pieces, one piece in memory at a
+   * time; skipped when the only chunk is the file itself.
+   */
+  async #checkJoinedFile(model, done, progress) {
+    if (model.shards.length === 1 && model.shards[0].sha256 === model.file.sha256) return;
+    progress.emit('verifying', `${model.id}: checking the joined chunks against file.sha256`, true);
+    const hasher = new Sha256();
+    for (const shard of model.shards) {
+      const p = done.get(shard.index);
+      for (const piece of await this.#pieces.read(model.key, shard.index, p.pieces)) {
+        hasher.update(new Uint8Array(await piece.arrayBuffer()));
+      }
+    }
+    if (hasher.digest() !== model.file.sha256) {
+      await this.#pieces.dropVersion(model.key);
+      throw new IntegrityError(`${quoted(model.id)}: the joined chunks (bytes 0-${model.file.size - 1}) do not match the `
+        + `manifest's file.sha256 although every chunk matched its own; nothing of it is cached`,
+      { shard: model.file.name, start: 0, end: Math.max(0, model.file.size - 1), url: null,
+        hint: 'the manifest contradicts itself: republish the release' });
+    }
   }
 
   async #dropStaleVersions(model) {
@@ -1114,8 +1194,11 @@ export class ModelCache {
   }
 
   async #downloadShard(model, shard, stored, progress, signal) {
-    const pieceSize = shard.layout ? shard.layout.blockSize : (stored?.pieceSize ?? this.#pieceSize);
-    let state = stored ?? { pieceSize, pieces: 0, bytes: 0, hashState: null, complete: false };
+    // Stored pieces are large (default 8 MiB, at least one block) whatever the manifest's block
+    // size: one file or record per 64 KiB block made storage the bottleneck.
+    const fresh = () => ({ pieceSize: shard.layout ? Math.max(shard.layout.blockSize, this.#pieceSize) : this.#pieceSize,
+      pieces: 0, bytes: 0, sizes: [], digests: [], hashState: null, complete: false });
+    let state = stored ?? fresh();
     if (shard.size === 0) {
       if (shard.sha256 !== EMPTY_SHA256) {
         throw new IntegrityError(`shard ${quoted(shard.name)} of ${quoted(model.id)}: the manifest gives an empty shard a non-empty SHA-256`,
@@ -1140,11 +1223,11 @@ export class ModelCache {
           state = err.state ?? state;
           if (err.integrity) {
             integrity ??= { ...err.integrity, url };
-            if (!shard.layout) {
-              // A whole-shard hash failed: every stored piece of it is suspect.
+            if (err.integrity.whole) {
+              // The whole shard's SHA-256 failed: every stored piece of it is suspect.
               await this.#pieces.dropShard(model.key, shard.index);
               progress.loaded -= state.bytes;
-              state = { pieceSize, pieces: 0, bytes: 0, hashState: null, complete: false };
+              state = fresh();
             }
             break;
           }
@@ -1171,19 +1254,27 @@ export class ModelCache {
         { shard: shard.name, start: integrity.start, end: integrity.end, url: integrity.url,
           hint: 'the server holds other bytes than the manifest describes: republish the release or fix the mirror' });
     }
+    // Without block hashes nothing is verified before the whole shard is: say so.
+    const kept = shard.layout ? 'verified and kept' : 'kept, to be verified once the whole shard is in';
     throw new SourceError(
       `shard ${quoted(shard.name)} of ${quoted(model.id)}: no source delivered bytes ${state.bytes}-${shard.size - 1} `
-      + `(${formatBytes(state.bytes)} verified and kept): ${detail}`,
+      + `(${formatBytes(state.bytes)} ${kept}): ${detail}`,
       { shard: shard.name, failures, hint: 'check the network or the server, then call download() again to resume' });
   }
 
-  /** One request to one URL; stores every verified piece as it completes. Returns the new state. */
+  /**
+   * One request to one URL, from the end of what is stored. With block hashes each block is
+   * checked (SubtleCrypto) as soon as it is whole and only then fed to the shard's streaming
+   * SHA-256; without, bytes feed that hasher as they arrive. A full piece is stored at once; when
+   * an attempt fails, the verified blocks of the unfinished piece are stored too, so the resume
+   * repeats at most one block. The last piece is stored only when the whole shard's SHA-256
+   * matches the manifest. Returns the new state.
+   */
   async #fetchInto(model, shard, state, url, progress, signal) {
-    const pieceSize = state.pieceSize;
-    const nPieces = Math.ceil(shard.size / pieceSize);
+    const layout = shard.layout;
     let current = state;
     const fail = (message, options = {}) => Object.assign(new AttemptError(message, options), { state: current });
-    const start = current.pieces * pieceSize;
+    const start = current.bytes;
     const requested = start > 0 ? ` (asked for bytes ${start}-${shard.size - 1})` : '';
     const headers = { Accept: 'application/octet-stream' };
     if (start > 0) headers.Range = `bytes=${start}-${shard.size - 1}`;
@@ -1219,7 +1310,7 @@ export class ModelCache {
       if (length !== null && Number(length) !== shard.size - start) throw refuse(`answered ${length} bytes${requested}`);
     } else if (response.status === 200) {
       if (length !== null && Number(length) !== shard.size) throw refuse(`has ${length} bytes, the manifest says ${shard.size}`);
-      skip = start; // the server ignored Range: read past what is already verified
+      skip = start; // the server ignored Range: read past what is already stored
     } else {
       const s = response.status;
       throw refuse(`HTTP ${s}${response.statusText ? ' ' + response.statusText : ''}${requested}`,
@@ -1227,13 +1318,14 @@ export class ModelCache {
     }
     if (!response.body) throw refuse('response has no body');
     const reader = response.body.getReader();
-    const hasher = shard.layout ? null : (current.hashState ? Sha256.restore(current.hashState) : new Sha256());
-    let piece = current.pieces;
-    let buffer = new Uint8Array(Math.min(pieceSize, shard.size - piece * pieceSize));
+    const hasher = current.hashState ? Sha256.restore(current.hashState) : new Sha256();
+    let pieceStart = start;
+    let buffer = new Uint8Array(Math.min(current.pieceSize, shard.size - pieceStart));
     let filled = 0;
+    let verified = 0; // bytes of the buffer whose blocks matched (layout only)
     let received = 0;
     try {
-      while (piece < nPieces) {
+      while (pieceStart < shard.size) {
         let chunk;
         try {
           chunk = await reader.read();
@@ -1252,29 +1344,39 @@ export class ModelCache {
           bytes = bytes.subarray(drop);
         }
         // Bytes past the manifest's size are not ours: once every piece is stored, stop reading.
-        while (bytes.length > 0 && piece < nPieces) {
+        while (bytes.length > 0 && pieceStart < shard.size) {
           const take = Math.min(buffer.length - filled, bytes.length);
           buffer.set(bytes.subarray(0, take), filled);
           // Hashed as it arrives (small steps keep the page responsive); the state saved with a
           // piece is always at its end, and a failed attempt restarts from that saved state.
-          hasher?.update(bytes.subarray(0, take));
+          if (!layout) hasher.update(bytes.subarray(0, take));
           filled += take;
           bytes = bytes.subarray(take);
           progress.loaded += take;
           progress.sessionBytes += take;
+          if (layout) verified = await checkBlocks(shard, buffer, pieceStart, verified, filled, hasher, fail);
           if (filled === buffer.length) {
-            current = await this.#commitPiece(model, shard, current, piece, buffer, hasher, url, progress);
+            current = await this.#commitPiece(model, shard, current, buffer, hasher);
             watch.reset(); // time spent storing is not the server's silence
-            piece += 1;
+            pieceStart += buffer.length;
             filled = 0;
-            if (piece < nPieces) buffer = new Uint8Array(Math.min(pieceSize, shard.size - piece * pieceSize));
+            verified = 0;
+            if (pieceStart < shard.size) buffer = new Uint8Array(Math.min(current.pieceSize, shard.size - pieceStart));
           }
           progress.emit('downloading');
         }
       }
       return current;
     } catch (err) {
-      progress.loaded -= filled; // an unfinished piece is not kept
+      if (verified > 0 && !err?.integrity && !(err instanceof StorageWriteError)) {
+        // Keep the verified blocks of the unfinished piece: the resume starts right after them.
+        try {
+          current = await this.#commitPiece(model, shard, current, buffer.subarray(0, verified), hasher);
+          filled -= verified;
+        } catch { /* storage failed too: the resume starts at the last stored piece */ }
+      }
+      progress.loaded -= filled; // bytes of an unfinished piece are not kept
+      if (err instanceof AttemptError) err.state = current;
       throw err;
     } finally {
       watch.close();
@@ -1282,32 +1384,29 @@ export class ModelCache {
     }
   }
 
-  async #commitPiece(model, shard, state, piece, bytes, hasher, url, progress) {
-    const pieceSize = state.pieceSize;
-    const start = piece * pieceSize;
+  /** Store one piece (`bytes`, which follow `state.bytes`) and the progress record counting it. */
+  async #commitPiece(model, shard, state, bytes, hasher) {
+    const start = state.bytes;
     const end = start + bytes.length - 1;
     const last = end === shard.size - 1;
     let hashState = null;
-    if (shard.layout) {
-      const digest = await subtleSha256(bytes);
-      if (digest !== shard.layout.blocks[piece]) {
-        throw Object.assign(new AttemptError(`bytes ${start}-${end} (block ${piece + 1} of ${shard.layout.blocks.length}) failed their SHA-256`,
-          { integrity: { start, end, what: `block ${piece + 1} of ${shard.layout.blocks.length}` } }), { state });
+    if (last) {
+      // The manifest vouches for the shard's sha256: block hashes alone never make it complete.
+      const digest = hasher.digest();
+      if (digest !== shard.sha256) {
+        throw Object.assign(new AttemptError(`the whole shard (bytes 0-${end}) failed its SHA-256`
+          + (shard.layout ? ' although every block matched its block hash (the manifest contradicts itself)' : ''),
+        { integrity: { start: 0, end, what: 'whole shard', whole: true } }), { state });
       }
     } else {
-      if (last) {
-        const digest = hasher.digest();
-        if (digest !== shard.sha256) {
-          throw Object.assign(new AttemptError(`the whole shard (bytes 0-${end}) failed its SHA-256`,
-            { integrity: { start: 0, end, what: 'whole shard' } }), { state });
-        }
-      } else {
-        hashState = hasher.save();
-      }
+      hashState = hasher.save();
     }
-    const next = { pieceSize, pieces: piece + 1, bytes: end + 1, hashState, complete: last };
+    // The stored piece's own digest: blobs() hashes the piece again and compares before handing it out.
+    const digest = await subtleSha256(bytes);
+    const next = { pieceSize: state.pieceSize, pieces: state.pieces + 1, bytes: end + 1, sizes: [...state.sizes, bytes.length],
+      digests: [...state.digests, digest], hashState, complete: last };
     try {
-      await this.#pieces.write(model.key, shard.index, piece, bytes, next);
+      await this.#pieces.write(model.key, shard.index, state.pieces, bytes, next);
     } catch (err) {
       throw new StorageWriteError(err, model, shard);
     }
@@ -1322,6 +1421,13 @@ export class ModelCache {
   async blobs(id) {
     const model = this.#model(id);
     checkLoadable(model);
+    // Held while the pieces are read, checked and lastUsed is written: an eviction or delete from
+    // another tab waits (or passes this version over) instead of leaving a complete entry behind
+    // whose pieces are gone.
+    return this.#lock(model.key, {}, () => this.#blobs(id, model));
+  }
+
+  async #blobs(id, model) {
     const entry = await this.#book.get('entries', model.key);
     if (!entry?.complete) {
       throw new ModelCacheError(`model ${quoted(id)} is not downloaded (this version, ${model.file.sha256.slice(0, 12)}…)`,
@@ -1329,19 +1435,40 @@ export class ModelCache {
     }
     const progress = await this.#book.progressOf(model.key);
     const shardBlobs = [];
+    const discard = async (shard, what) => {
+      // The browser evicted or damaged part of the store: make download() fetch this shard again.
+      await this.#pieces.dropShard(model.key, shard.index);
+      await this.#book.update('entries', model.key, (e) => ({ ...e, complete: false, verifiedAt: null }));
+      return new ModelCacheError(`the cached copy of ${quoted(id)} ${what} shard ${quoted(shard.name)}; it was discarded`,
+        { code: 'not-downloaded', hint: `call download(${quoted(id)}) to fetch it again` });
+    };
     for (const shard of model.shards) {
       const p = progress.get(shard.index);
       const parts = p?.complete ? await this.#pieces.read(model.key, shard.index, p.pieces) : [];
-      if (!p?.complete || !piecesIntact(parts, shard, p)) {
-        // The browser evicted or damaged part of the store: make download() fetch this shard again.
-        await this.#pieces.dropShard(model.key, shard.index);
-        await this.#book.put('entries', { ...entry, complete: false, verifiedAt: null });
-        throw new ModelCacheError(`the cached copy of ${quoted(id)} lost part of shard ${quoted(shard.name)}`,
-          { code: 'not-downloaded', hint: `call download(${quoted(id)}) to fetch it again` });
+      if (!p?.complete || !piecesIntact(parts, shard, p)) throw await discard(shard, 'lost part of');
+      if (this.#verifyOnLoad) {
+        // Each piece is hashed again (one at a time: memory stays at one piece) and compared with
+        // the digest recorded when it was verified: bytes changed in storage are never handed out.
+        let at = 0;
+        for (let i = 0; i < parts.length; i += 1) {
+          let digest;
+          try {
+            digest = await subtleSha256(new Uint8Array(await parts[i].arrayBuffer()));
+          } catch {
+            digest = null; // changed while read (OPFS refuses a File whose file changed)
+          }
+          if (digest !== p.digests[i]) throw await discard(shard, `has bytes ${at}-${at + parts[i].size - 1} changed in storage in`);
+          at += parts[i].size;
+        }
       }
       shardBlobs.push(new Blob(parts, { type: 'application/octet-stream' }));
     }
-    await this.#book.put('entries', { ...entry, lastUsed: Math.max(Date.now(), (entry.lastUsed ?? 0) + 1) });
+    const touched = await this.#book.update('entries', model.key,
+      (e) => (e.complete ? { ...e, lastUsed: Math.max(Date.now(), (e.lastUsed ?? 0) + 1) } : undefined));
+    if (!touched) {
+      throw new ModelCacheError(`model ${quoted(id)} was removed from the cache while it was being loaded`,
+        { code: 'not-downloaded', hint: `call download(${quoted(id)}) again` });
+    }
     if (model.format === 'bytes') return [new Blob(shardBlobs, { type: 'application/octet-stream' })];
     return shardBlobs;
   }
@@ -1390,10 +1517,15 @@ export class ModelCache {
     return { evicted, used };
   }
 
-  /** Remove every stored version of model `id`. Resolves true when something was removed. */
+  /**
+   * Remove every stored version of model `id`, and this manifest's version of it even when it was
+   * stored under another model's id (two models with the same bytes share one stored version).
+   * Resolves true when something was removed.
+   */
   async delete(id) {
     if (typeof id !== 'string') throw new ModelCacheError('delete(id) takes a model id', { code: 'usage' });
-    const entries = (await this.#book.all('entries')).filter((e) => e.id === id);
+    const key = this.#models.get(id)?.key;
+    const entries = (await this.#book.all('entries')).filter((e) => e.id === id || e.key === key);
     for (const e of entries) await this.#dropOrFail(e);
     return entries.length > 0;
   }
@@ -1421,10 +1553,36 @@ function byLeastRecentlyUsed(a, b) {
   return (a.lastUsed ?? -1) - (b.lastUsed ?? -1) || a.id.localeCompare(b.id);
 }
 
+/** Every piece the record counts is there at its recorded size (pieces from before 'sizes' never are). */
 function piecesIntact(blobs, shard, progress) {
-  const pieceSize = progress.pieceSize;
-  return blobs.length === progress.pieces && blobs.every((blob, i) => blob !== null
-    && blob.size === Math.min(pieceSize, shard.size - i * pieceSize));
+  const sizes = progress.sizes;
+  return Array.isArray(sizes) && Array.isArray(progress.digests) && sizes.length === progress.pieces
+    && blobs.length === progress.pieces && sizes.reduce((n, x) => n + x, 0) === progress.bytes
+    && blobs.every((blob, i) => blob !== null && blob.size === sizes[i]);
+}
+
+/**
+ * Check the blocks of a piece (`buffer`, starting at shard byte `pieceStart`) that became whole
+ * since the last call: from `verified` up to `filled`. A matching block feeds the shard's hasher;
+ * a block that differs throws (built by `fail`). Returns the new count of verified bytes.
+ */
+async function checkBlocks(shard, buffer, pieceStart, verified, filled, hasher, fail) {
+  const { blockSize, blocks } = shard.layout;
+  while (verified < filled) {
+    const at = pieceStart + verified;
+    const length = Math.min(blockSize, shard.size - at);
+    if (filled - verified < length) break;
+    const index = at / blockSize; // pieces start on block boundaries
+    const block = buffer.subarray(verified, verified + length);
+    if (await subtleSha256(block) !== blocks[index]) {
+      const end = at + length - 1;
+      throw fail(`bytes ${at}-${end} (block ${index + 1} of ${blocks.length}) failed their SHA-256`,
+        { integrity: { start: at, end, what: `block ${index + 1} of ${blocks.length}` } });
+    }
+    hasher.update(block);
+    verified += length;
+  }
+  return verified;
 }
 
 /** wllama takes GGUF shards or one file, each under 2 GiB: refuse anything it cannot load. */
@@ -1460,15 +1618,19 @@ function requestPersistence() {
  * later), otherwise the copy kept from an earlier visit. Falling back is safe: that copy was
  * valid, and every byte it lists is verified anyway. Without a copy, the network's problem is the error.
  */
-async function loadManifestText(url, book) {
+async function loadManifestText(url, book, stallTimeout) {
   let problem;
   let error;
+  // A server that answers nothing (or stops mid-way) must not hold open() forever: the same
+  // stall timeout as shard requests, then the copy kept from the last visit.
+  const watch = new StallWatch(stallTimeout, new AbortController().signal);
   try {
-    const response = await fetch(url, { cache: 'no-store', headers: { Accept: 'application/octet-stream' } });
+    const response = await fetch(url, { cache: 'no-store', headers: { Accept: 'application/octet-stream' }, signal: watch.signal });
+    watch.reset();
     if (response.ok) {
       const declared = Number(response.headers.get('Content-Length'));
       if (declared > MAX_MANIFEST_BYTES) throw new ManifestError(`manifest ${url}: larger than ${MAX_MANIFEST_BYTES} bytes`);
-      const text = await readLimited(response, url);
+      const text = await readLimited(response, url, watch);
       parseManifest(text, url);
       // The copy is for later visits; failing to keep it (a full disk) must not fail this one.
       await book.put('manifests', { url, text, savedAt: Date.now() }).catch(() => {});
@@ -1477,9 +1639,12 @@ async function loadManifestText(url, book) {
     response.body?.cancel().catch(() => {});
     problem = `HTTP ${response.status} from ${url}`;
   } catch (err) {
-    if (!(err instanceof ModelCacheError) && !(err instanceof TypeError) && err?.name !== 'AbortError') throw err;
+    if (!watch.stalled && !(err instanceof ModelCacheError) && !(err instanceof TypeError) && err?.name !== 'AbortError') throw err;
     error = err instanceof ModelCacheError ? err : null;
-    problem = error ? error.message : `cannot fetch ${url} (${err?.message ?? err})`;
+    problem = error ? error.message
+      : (watch.stalled ? `${watch.describe()} from ${url}` : `cannot fetch ${url} (${err?.message ?? err})`);
+  } finally {
+    watch.close();
   }
   const copy = await book.get('manifests', url);
   if (!copy) {
@@ -1490,12 +1655,13 @@ async function loadManifestText(url, book) {
   return { text: copy.text, offline: true, problem };
 }
 
-async function readLimited(response, url) {
+async function readLimited(response, url, watch) {
   const reader = response.body.getReader();
   const parts = [];
   let total = 0;
   for (;;) {
     const { done, value } = await reader.read();
+    watch.reset();
     if (done) break;
     total += value.length;
     if (total > MAX_MANIFEST_BYTES) {

@@ -8,7 +8,7 @@ import {
 
 export async function loadModel(manifestUrl: string, bar: HTMLProgressElement, line: HTMLElement): Promise<string> {
   const cache = await ModelCache.open({ manifestUrl, storage: 'opfs' });
-  const fallback: ModelCache = await ModelCache.open({ manifestUrl: new URL(manifestUrl), storage: 'indexeddb', retries: 1 });
+  const fallback: ModelCache = await ModelCache.open({ manifestUrl: new URL(manifestUrl), storage: 'indexeddb', retries: 1, verifyOnLoad: false });
   const models: ModelListing[] = await cache.list();
   const wanted = models.find((m) => m.format === 'gguf' && !m.cached) ?? models[0];
   const status: ModelStatus = await cache.status(wanted.id);
