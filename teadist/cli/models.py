@@ -120,16 +120,16 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
 
 
 # -- fetch and the registry ----------------------------------------------------------------------
-def _downloader(settings: Settings, reporter: Reporter, jobs: int = 4) -> Any:
+def _downloader(settings: Settings, reporter: Reporter, jobs: int | None = None) -> Any:
     from teadist.sources.download import Downloader
     from teadist.sources.http import RetryPolicy
 
     policy = RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
                          stall_timeout=settings.stall_timeout)
-    return Downloader(reporter, policy, jobs=jobs, segment_min=settings.parallel_min)
+    return Downloader(reporter, policy, jobs=jobs, cap=settings.max_connections, align=settings.range_align)
 
 
-def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
+def _fetch_options(settings: Settings, jobs: int | None, source: str | None) -> Any:
     from teadist.pipelines.fetch import FetchOptions
     from teadist.sources.hub import DEFAULT_ENDPOINT, is_official_endpoint
 
@@ -150,8 +150,10 @@ def fetch(
         help="Registry name (phi-4-mini, phi-4-mini:q4_k_m), hf://ORG/REPO/FILE[@REV], or a manifest URL/path.")],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--source", help="Use only this source: 1-based index, 'hf', 'url' or a URL prefix.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
-                                      help="Parallel downloads: chunks, or byte ranges of a large file.")] = 4,
+    jobs: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--jobs", "-j", min=1, max=32,
+        help="Connections per host, fixed (default: grows with the measured throughput, up to 16 "
+             "[env: TEADIST_MAX_CONNECTIONS]).")] = None,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Use the cache only [env: TEA_OFFLINE=1 or HF_HUB_OFFLINE=1].")] = False,
     keep_shards: Annotated[bool, typer.Option(
@@ -164,7 +166,9 @@ def fetch(
 
     \b
     Resumes after an interruption, retries with backoff, falls back to the next source on
-    a network error, a 404 or a hash mismatch, and prints the installed path.
+    a network error, a 404 or a hash mismatch, and prints the installed path. Large files
+    come as byte ranges on several connections: more while the throughput still grows, fewer
+    when the server says 429/503; the last ranges are split so no slow stream holds up the end.
     \b
     Examples:
       teadist fetch phi-4-mini

@@ -60,7 +60,7 @@ class FetchOptions:
     endpoint: str
     token: str | None = None
     offline: bool = False
-    jobs: int = 4
+    jobs: int | None = None  # connections per host, fixed; None: the scheduler decides
     source: str | None = None
     keep_shards: bool = False
 
@@ -263,7 +263,7 @@ def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
 # -- fetch ----------------------------------------------------------------------------------------
 def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
           downloader: Downloader | None = None) -> FetchResult:
-    downloader = downloader or Downloader(reporter)
+    downloader = downloader or Downloader(reporter, jobs=options.jobs)
     target = resolve_target(spec, downloader, options.offline)
     manifest = target.manifest
     if options.keep_shards:
@@ -387,8 +387,9 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
     dest.ensure_chunks(sha)
-    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({_how_many(downloader)})")
+    # every chunk takes its connections from the same per-host pool: the scheduler says how many
+    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         futures = [pool.submit(_get_chunk, target, chunk, dest.chunk_files(sha, chunk.name), options, reporter,
                                downloader) for chunk in manifest.chunks]
         for future in futures:
@@ -396,6 +397,11 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     result = _install_from(manifest, dest.chunks(sha), dest, cache, reporter, target.origin, origin)
     dest.clear_work()
     return result
+
+
+def _how_many(downloader: Downloader) -> str:
+    jobs = downloader.scheduler.jobs
+    return f"{jobs} connection(s) per host" if jobs else f"up to {downloader.scheduler.cap} connections per host"
 
 
 def _install_from(manifest: Manifest, folder: Path, dest: CacheTarget, cache: ModelCache, reporter: Reporter,
@@ -434,8 +440,8 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
             shard.clear_work()
             return True
 
-    reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({options.jobs} at a time)")
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+    reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({_how_many(downloader)})")
+    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         fetched = list(pool.map(get, manifest.chunks))
     head_target = cache.target(first.name)
     with head_target.lock(on_wait=reporter.info):

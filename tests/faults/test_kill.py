@@ -77,7 +77,7 @@ def test_kill_fetch(point: int, model: Path, tmp_path: Path, campaign: Callable[
         hub.add_repo("org/repo", {model.name: served / model.name})
         cdn.add_fault(Fault("stall", after=cut // (4 if parallel else 1), seconds=60, times=4 if parallel else 1))
         env = {**os.environ, "HF_ENDPOINT": hub.url, "TEA_MODELS_DIR": str(tmp_path / "models"),
-               "TEADIST_STALL_TIMEOUT": "60", "TEADIST_PARALLEL_MIN": "65536" if parallel else str(2**40)}
+               "TEADIST_STALL_TIMEOUT": "60", "TEADIST_RANGE_ALIGN": "65536" if parallel else str(2**40)}
         final = tmp_path / "models" / model.name
         target = cut // (4 if parallel else 1) * (3 if parallel else 1)
         killed = kill_when(["fetch", f"hf://org/repo/{model.name}", "-q"], env, lambda: cdn.bytes_sent >= target)
