@@ -60,31 +60,31 @@ def _fetch(server: MirrorServer, source: Path, tmp_path: Path, **kwargs: object)
 
 
 def test_connections_grow_while_throughput_grows_and_stop_at_the_cap(served: Path, tmp_path: Path) -> None:
-    """Every connection adds 2 MB/s: the lane starts with 4, doubles while the sum keeps growing,
-    and the server never sees more than the cap (8)."""
+    """Every connection adds 2 MB/s: the lane starts with 8, doubles while the sum keeps growing,
+    and the server never sees more than the cap (16)."""
     source = served / "model.bin"
     write_random(source, 24 * MIB, seed=1)
     with MirrorServer(served) as server:
         server.pace = 2_000_000
-        _fetch(server, source, tmp_path, cap=8)
+        _fetch(server, source, tmp_path, cap=16, align=128 * KIB)
         gets = server.file_gets()
         first = gets[0].at
-        assert server.concurrency(until=first + 0.25) <= 4  # a few to start with
-        assert server.concurrency() == 8  # grown to the cap, never past it
-        eight = next(r.at for r in gets if server.concurrency(until=r.at) == 8)
-        assert eight - first >= 0.25  # the growth came after a measured window, not at once
+        assert server.concurrency(until=first + 0.15) <= 8  # a few to start with
+        assert server.concurrency() == 16  # grown to the cap, never past it
+        grown = next(r.at for r in gets if server.concurrency(until=r.at) > 8)
+        assert grown - first >= 0.2  # the growth came after a measured window, not at once
         assert all(r.status == 206 for r in gets)
 
 
 def test_connections_stop_growing_when_throughput_stops_growing(served: Path, tmp_path: Path) -> None:
-    """A link of 4 MB/s in all, 2 MB/s a connection: the step from 4 to 8 connections brings
-    nothing, so the lane stays at 8 and never tries the cap of 16."""
+    """A link of 4 MB/s in all, 1 MB/s a connection: the step from 8 to 16 connections brings
+    nothing, so the lane stays at 16 and never tries the cap of 32."""
     source = served / "model.bin"
     write_random(source, 12 * MIB, seed=2)
     with MirrorServer(served) as server:
-        server.pace, server.total_pace = 2_000_000, 4_000_000
-        _fetch(server, source, tmp_path, cap=16)
-        assert 4 <= server.concurrency() <= 8
+        server.pace, server.total_pace = 1_000_000, 4_000_000
+        _fetch(server, source, tmp_path, cap=32, align=128 * KIB)
+        assert 8 <= server.concurrency() <= 16
 
 
 def test_a_429_brings_the_connections_down(served: Path, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_a_429_brings_the_connections_down(served: Path, tmp_path: Path) -> None
         assert refused, "the server never refused: the test proves nothing"
         assert refused[0].in_flight >= 4  # it asked for more than the server allows
         assert server.concurrency(since=refused[-1].ended or 0) <= 3  # and came down after
-        assert len(refused) <= 3
+        assert len(refused) <= 8  # at most the first round of connections, once
         assert any("down to" in m for m in reporter.messages), reporter.messages
 
 

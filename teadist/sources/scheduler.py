@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_CAP = 16  # connections per host, at most
-START_CONNECTIONS = 4  # "a few ranges" before anything is measured
+START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
 DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
-WINDOW = 0.3  # seconds of transfer behind each decision to grow
+WINDOW = 0.2  # seconds of transfer behind each decision to grow
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
 BACKOFF_QUIET = 1.0  # seconds: several refusals at once are one back-off
