@@ -311,7 +311,7 @@ class Downloader:
             raw = resp.raw
             raw.decode_content = False
             sink = PwriteSink(partial.fd, have)
-            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
+            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=4) as copier:
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
                                 [hasher.update, sink], advance)

@@ -76,6 +76,7 @@ class SegmentedFetch:
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
         self.live: dict[int, int] = {}  # start -> bytes written so far (ahead of the saved progress)
         self.connections = 0
+        self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
@@ -271,6 +272,7 @@ class SegmentedFetch:
         with self.cond:
             self.connections += 1
             count = self.connections
+            self.most_connections = max(self.most_connections, count)
         thread = threading.Thread(target=self._connection, args=(piece,), name=f"range-{piece[0]}", daemon=True)
         threads.append(thread)
         thread.start()
@@ -296,6 +298,7 @@ class SegmentedFetch:
                 self._fail(exc)
 
         hashing = threading.Thread(target=hash_all, name="hash", daemon=True)
+        began, before = time.monotonic(), self.partial.done_bytes()
         self.lane.acquire()  # the first connection waits for a slot in the host's shared pool
         with self.cond:
             first = self._take_piece()
@@ -346,4 +349,7 @@ class SegmentedFetch:
             with self.cond:
                 prefix = self._prefix()
             raise StreamFallback(f"{host_of(self.url)} stopped serving ranges", prefix)
+        elapsed = max(1e-6, time.monotonic() - began)
+        self.owner.reporter.info(f"{self.label}: {(self.size - before) / elapsed / 1e6:.1f} MB/s on up to "
+                                 f"{self.most_connections} connection(s)")
         return hasher.hexdigest(), self.size
