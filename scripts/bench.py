@@ -244,7 +244,7 @@ def _wan_link(b: Bench, pace: int, delay: float, size: int) -> None:
                                                      "-d", str(out), "-o", "aria2.bin", url])
             peers["hf_hub_download"] = lambda: b.run([sys.executable, "-c", hf_code], env=env)
         else:
-            peers["curl -o"] = lambda: b.run(["curl", "-sS", "-o", str(out / "curl.bin"), url])
+            peers["curl -o"] = lambda: b.run(["curl", "-sS", "--create-dirs", "-o", str(out / "curl.bin"), url])
         times: dict[str, list[float]] = {name: [] for name in peers}
         names = list(peers)
         for round_no in range(b.repeat):
@@ -259,6 +259,8 @@ def _wan_link(b: Bench, pace: int, delay: float, size: int) -> None:
              if pace else f"unpaced loopback, {size // 2**20} MiB")
     goals = [("aria2c -x8 -s8", "≥ 0.9× throughput", 1 / 0.9), ("hf_hub_download", "≥ 4× throughput", 0.25),
              ("curl -o", "≥ 1.0× throughput", 1.0)]
+    print(f"{where}: " + ", ".join(f"{name} {rate[name]} ({' '.join(f'{t:.2f}' for t in times[name])} s)"
+                                   for name in times), file=sys.stderr)
     for name, goal, limit in goals:
         if name in median:
             b.rows.append(Row(f"fetch, {where}", median["teadist"], f"{name} ({rate[name]}; teadist "
