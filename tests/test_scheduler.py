@@ -180,15 +180,19 @@ def test_a_github_asset_api_url_in_a_manifest_fetches_the_bytes(tiny_model: Path
     assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
 
 
-@pytest.mark.parametrize(("start", "live", "end", "align", "margin", "expected"), [
-    (0, 0, 100, 10, 0, 50),  # the middle, on a boundary
-    (0, 0, 95, 10, 0, 50),  # 47 is nearer to 50 than to 40
-    (0, 90, 100, 10, 0, None),  # no boundary left inside
-    (0, 0, 100, 10, 60, 60),  # the middle is too close to the running connection
-    (0, 0, 100, 10, 95, None),
-    (40, 40, 100, 10, 0, 70),
-    (0, 0, 10, 16, 0, None),  # smaller than a block: never cut
+@pytest.mark.parametrize(("start", "live", "end", "align", "margin", "near", "expected"), [
+    (0, 0, 100, 10, 0, None, 50),  # the middle, on a boundary
+    (0, 0, 95, 10, 0, None, 50),  # 47 is nearer to 50 than to 40
+    (0, 90, 100, 10, 0, None, None),  # no boundary left inside
+    (0, 0, 100, 10, 60, None, 60),  # the middle is too close to the running connection
+    (0, 0, 100, 10, 95, None, None),
+    (40, 40, 100, 10, 0, None, 70),
+    (0, 0, 10, 16, 0, None, None),  # smaller than a block: never cut
+    (0, 0, 1000, 10, 0, 20, 20),  # near: the running connection keeps two blocks, not half
+    (0, 33, 1000, 10, 0, 20, 50),
+    (0, 33, 1000, 10, 30, 20, 70),  # ... but never closer than the margin
+    (0, 0, 36, 10, 0, 30, 20),  # the middle (18) comes first
 ])
 def test_split_point_is_a_block_boundary_ahead_of_the_running_connection(
-        start: int, live: int, end: int, align: int, margin: int, expected: int | None) -> None:
-    assert split_point(start, live, end, align, margin) == expected
+        start: int, live: int, end: int, align: int, margin: int, near: int | None, expected: int | None) -> None:
+    assert split_point(start, live, end, align, margin, near) == expected

@@ -3,16 +3,18 @@ remaining bytes are cut into ranges for them.
 
 One ``Scheduler`` serves a whole fetch: a single large file, the chunks of a chunked manifest and
 the shards of a GGUF release all take their connections from the same ``HostLane`` per host, so
-the count is decided once for the link, not once per file. A lane starts with a few connections
-and doubles them while the aggregate throughput still grows by at least half of what the added
+the count is decided once for the link, not once per file. A lane starts with 8 connections
+(aria2's -x8) and doubles them while the aggregate throughput still grows by at least half of what the added
 connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
 503, reset or refused connection lowers the count to what the server was still serving, and the
 lane never grows past it again in this run.
 
-Cutting (``split_point``) only happens at multiples of ``align`` (the block size of block hashes),
-so every block is fetched by exactly one range and each finished block is proven on its own; and
-only where it pays: the piece handed to a new connection must take longer than that connection
-needs to get its first byte (measured), or a new connection would only add a round trip.
+Cutting (``split_point``) leaves the running connection ``CLAIM_BLOCKS`` blocks at most, so the
+file fills front to back and the in-order hash keeps up with the network. Cuts fall only on
+multiples of ``align`` (the block size of block hashes), so every block is fetched by exactly one
+range and each finished block is proven on its own; and only where it pays: the piece handed to
+a new connection must take longer than that connection needs to get its first byte (measured),
+or a new connection would only add a round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the blo
 WINDOW = 0.2  # seconds of transfer behind each decision to grow
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
+CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
 BACKOFF_QUIET = 1.0  # seconds: several refusals at once are one back-off
 
 
@@ -212,19 +215,26 @@ class Scheduler:
             return list(self._lanes.values())
 
 
-def split_point(start: int, live: int, end: int, align: int, margin: int) -> int | None:
+def split_point(start: int, live: int, end: int, align: int, margin: int, near: int | None = None) -> int | None:
     """Where to cut the range [``start``, ``end``) whose bytes have arrived up to ``live``: the
-    multiple of ``align`` nearest to the middle of what is left, at least ``margin`` bytes ahead
-    of ``live`` (the running connection keeps going while the new one starts), strictly inside
-    the range. None when no such point exists."""
+    multiple of ``align`` nearest to the middle of what is left — or, with ``near``, to ``near``
+    bytes past ``live`` when that comes first — at least ``margin`` bytes ahead of ``live`` (the
+    running connection keeps going while the new one starts), strictly inside the range. None
+    when no such point exists.
+
+    ``near`` keeps the running connection close to the front of the file: the in-order hasher
+    follows the contiguous prefix, so pieces finishing front to back keep hashing beside the
+    network instead of after it."""
     lowest = max(live + max(1, margin), start + 1)
     if lowest >= end:
         return None
-    middle = live + (end - live) // 2
-    down = middle - middle % align
+    target = live + (end - live) // 2
+    if near is not None:
+        target = min(target, live + near)
+    down = target - target % align
     up = down + align
-    for point in sorted((down, up), key=lambda p: abs(p - middle)):
+    for point in sorted((down, up), key=lambda p: abs(p - target)):
         if lowest <= point < end:
             return point
-    first = -(-lowest // align) * align  # the first allowed multiple, if the middle ones are not
+    first = -(-lowest // align) * align  # the first allowed multiple, if the nearest ones are not
     return first if first < end else None

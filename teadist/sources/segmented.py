@@ -29,7 +29,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import split_point
+from teadist.sources.scheduler import CLAIM_BLOCKS, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -111,7 +111,8 @@ class SegmentedFetch:
         best = max(running, key=lambda s: s[1] - self.live.get(s[0], s[2]))
         lane = self.lane
         margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
-        point = split_point(best[0], self.live.get(best[0], best[2]), best[1], self.align, margin)
+        point = split_point(best[0], self.live.get(best[0], best[2]), best[1], self.align, margin,
+                            near=CLAIM_BLOCKS * self.align)
         if point is None or not lane.worth_a_connection(best[1] - point):
             return None
         piece = [point, best[1], point]
