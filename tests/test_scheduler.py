@@ -51,6 +51,7 @@ def _fetch(server: MirrorServer, source: Path, tmp_path: Path, **kwargs: object)
     options: dict[str, Any] = {"align": 256 * KIB, "policy": RetryPolicy(backoff=0.05), **kwargs}
     downloader = Downloader(reporter, **options)
     dest = tmp_path / "out" / source.name
+    server.prepare(source.name)  # the first answer's delay is the link's, not the server's hashing
     began = time.monotonic()
     downloader.fetch(server.url_for(source.name), dest, source.stat().st_size, sha(source))
     elapsed = time.monotonic() - began
@@ -74,6 +75,21 @@ def test_connections_grow_while_throughput_grows_and_stop_at_the_cap(served: Pat
         grown = next(r.at for r in gets if server.concurrency(until=r.at) > 8)
         assert grown - first >= 0.2  # the growth came after a measured window, not at once
         assert all(r.status == 206 for r in gets)
+
+
+@pytest.mark.parametrize(("delay", "at_once"), [(0.03, 8), (0.0, 1)])
+def test_a_far_host_starts_with_eight_connections_a_near_one_with_one(delay: float, at_once: int, served: Path,
+                                                                       tmp_path: Path) -> None:
+    """The first answer's delay decides the start: 30 ms away, one TCP stream carries little, so
+    eight ranges go out at once (as aria2 -x8 does); on a near host one connection starts and
+    more come only after a measured window."""
+    source = served / "model.bin"
+    write_random(source, 8 * MIB, seed=6)
+    with MirrorServer(served) as server:
+        server.pace, server.delay = 2_000_000, delay
+        _fetch(server, source, tmp_path, cap=16, align=128 * KIB)
+        first = server.file_gets()[0].at
+        assert server.concurrency(until=first + delay + 0.18) == at_once  # before any window ended
 
 
 def test_connections_stop_growing_when_throughput_stops_growing(served: Path, tmp_path: Path) -> None:

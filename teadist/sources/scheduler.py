@@ -4,7 +4,8 @@ remaining bytes are cut into ranges for them.
 One ``Scheduler`` serves a whole fetch: a single large file, the chunks of a chunked manifest and
 the shards of a GGUF release all take their connections from the same ``HostLane`` per host, so
 the count is decided once for the link, not once per file. A lane starts with 8 connections
-(aria2's -x8) and doubles them while the aggregate throughput still grows by at least half of what the added
+(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay), and
+doubles them while the aggregate throughput still grows by at least half of what the added
 connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
 503, reset or refused connection lowers the count to what the server was still serving, and the
 lane never grows past it again in this run.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_CAP = 16  # connections per host, at most
+FAR_TTFB = 0.01  # seconds to a first answer from which a host counts as far (not LAN/loopback)
 START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
 DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
 WINDOW = 0.2  # seconds of transfer behind each decision to grow
@@ -108,11 +110,20 @@ class HostLane:
             return self.active < self.limit
 
     # -- measurements -----------------------------------------------------------------------
-    def started(self, ttfb: float) -> None:
-        """A connection got its first byte ``ttfb`` seconds after asking."""
+    def answered(self, ttfb: float) -> None:
+        """The host answered a request after ``ttfb`` seconds. The first answer sets the start:
+        a far host (a round trip of ``FAR_TTFB`` or more) gets ``START_CONNECTIONS`` at once, as
+        one TCP stream there carries only its window per round trip; a near one starts with a
+        single connection and grows only as far as the measured throughput says."""
+        with self.cond:
+            if self.ttfb is None and not self.fixed and self._prev is None and ttfb < FAR_TTFB:
+                self.limit = self.stats.limit = 1
+            self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
+
+    def started(self) -> None:
+        """A connection began receiving a body."""
         with self.cond:
             self.streaming += 1
-            self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
             if self._window_start is None and self.streaming >= self.limit:
                 self._open_window()
 

@@ -186,9 +186,11 @@ class SegmentedFetch:
 
     def _transfer(self, seg: list[int], view: memoryview) -> None:
         start, end, done = seg
+        _ = self.owner.session  # made (and requests imported) before the clock starts: TTFB is the host's
         asked = time.monotonic()
         resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
         with resp:
+            self.lane.answered(time.monotonic() - asked)  # before any cut: it may set the start
             check_status(resp, self.url)
             first, total = parse_content_range(resp.headers.get("Content-Range"))
             status = resp.status_code
@@ -218,8 +220,8 @@ class SegmentedFetch:
                     self.partial.save()
             raw = resp.raw
             raw.decode_content = False
-            reader = StreamReader(raw, min_fill=64 * 1024)  # small steps: a stalled range loses little
-            self.lane.started(time.monotonic() - asked)
+            reader = StreamReader(raw)  # steps of 256 KiB: a stalled range loses little
+            self.lane.started()
             began, pos, saved = time.monotonic(), done, done
             fd = self.partial.fd
             try:
