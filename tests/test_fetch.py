@@ -348,7 +348,7 @@ def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_pa
 # -- large single files as parallel byte ranges ---------------------------------------------------
 @pytest.fixture
 def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Treat the tiny model as 'large': fetched as 4 parallel ranges."""
+    """Cut ranges at 64 KiB blocks, so the tiny model can be fetched as parallel ranges."""
     monkeypatch.setenv("TEADIST_RANGE_ALIGN", "65536")
 
 
