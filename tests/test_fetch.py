@@ -359,19 +359,19 @@ def _ranges(server: MirrorServer) -> list[str]:
 def test_large_file_is_fetched_as_parallel_ranges(parallel: None, hub: HubServer, mirror: MirrorServer,
                                                   served: Path, models_dir: Path,
                                                   cli: Callable[..., Result]) -> None:
-    """--jobs 4 fixes four connections: the first range (the whole file, no probe) is cut at block
-    boundaries for the other three; the bytes sent twice are only what was in flight at a cut."""
+    """--jobs 4 fixes four connections: the first request (no probe) asks for two blocks, the
+    others take the following blocks, each request on a block boundary."""
     size = (served / "tiny.gguf").stat().st_size
     mirror.pace = 500_000  # ~1 s for the file on one connection: time for the cuts to matter
     result = cli("fetch", HF_SPEC, "--jobs", "4")
     assert result.code == 0, result.err
     assert sha(models_dir / "tiny.gguf") == sha(served / "tiny.gguf")
     ranges = [r.range for r in mirror.file_gets()]
-    assert ranges[0] == f"bytes=0-{size - 1}"
+    assert ranges[0] == f"bytes=0-{2 * 65536 - 1}"
     starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in ranges[1:] if r]
     assert starts and all(start % 65536 == 0 for start in starts)
     assert mirror.peak_in_flight == 4
-    assert mirror.bytes_sent <= 1.25 * size
+    assert mirror.bytes_sent <= 1.1 * size  # (a lagging tail request may be cut: a few KiB twice)
     assert not [p for p in models_dir.rglob("*") if ".part" in p.name]
 
 

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_CAP = 16  # connections per host, at most
-FAR_TTFB = 0.01  # seconds to a first answer from which a host counts as far (not LAN/loopback)
+FAR_TTFB = 0.03  # seconds to a first answer (handshakes included) from which a host counts as far
 START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
 DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
 WINDOW = 0.2  # seconds of transfer behind each decision to grow
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
 CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
+LAG_SECONDS = 0.5  # a request whose rest would take longer than this (and 4 first-byte waits) lags
 BACKOFF_QUIET = 1.0  # seconds: several refusals at once are one back-off
 
 
@@ -77,6 +78,7 @@ class HostLane:
         self._prev: tuple[int, float] | None = None  # (limit, aggregate bytes/s) of the last window
         self._last_backoff = -1e9
         self._busy_since: float | None = None
+        self._starts = 0  # answers begun since the limit last changed
 
     # -- slots ------------------------------------------------------------------------------
     def acquire(self, block: bool = True) -> bool:
@@ -121,10 +123,12 @@ class HostLane:
             self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
 
     def started(self) -> None:
-        """A connection began receiving a body."""
+        """A connection began receiving a body. A window opens once every slot is held and as many
+        answers have begun since the limit last changed (the new connections deliver)."""
         with self.cond:
             self.streaming += 1
-            if self._window_start is None and self.streaming >= self.limit:
+            self._starts += 1
+            if self._window_start is None and self.active >= self.limit and self._starts >= self.limit:
                 self._open_window()
 
     def stopped(self, nbytes: int, seconds: float) -> None:
@@ -168,6 +172,7 @@ class HostLane:
                 return
         self._prev = (self.limit, rate)
         self.limit = min(self.ceiling, self.limit * 2)
+        self._starts = 0
         self.stats.limit = self.limit
         self._waiting_fill_since = self._clock()
         self.cond.notify_all()

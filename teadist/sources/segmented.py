@@ -1,10 +1,12 @@
 """A file fetched as byte ranges on as many connections as pay, written in place, hashed in order.
 
-The file starts as one range on one connection; the host's lane (``scheduler``) says when another
-connection may open, and the range with the most bytes left is cut at a block boundary for it.
-A connection that finishes its range takes an abandoned one, or cuts the largest remaining one
-(so a lagging range never holds up the end). A server that answers the first request with the
-whole file (no ranges) is simply read in that one stream.
+Every request asks for ``CLAIM_BLOCKS`` blocks at most, on block boundaries. The host's lane
+(``scheduler``) says when another connection may open; it takes the blocks after the current
+request of the range with the most left, so nobody's answer is cut short and the file fills front
+to back (the in-order hasher keeps up). A connection that finishes takes an abandoned range, or
+the next blocks the same way; only a lagging request is cut in half for it, so a slow stream never
+holds up the end. A server that answers the first request with the whole file (no ranges) is
+simply read in that one stream.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import CLAIM_BLOCKS, split_point
+from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -75,6 +77,8 @@ class SegmentedFetch:
         self.ranges_ok: bool | None = self.lane.ranges
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
         self.live: dict[int, int] = {}  # start -> bytes written so far (ahead of the saved progress)
+        self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
+        self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
         self.connections = 0
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
@@ -95,6 +99,7 @@ class SegmentedFetch:
         if old is not None:
             self.owned.discard(old[0])
             self.live.pop(old[0], None)
+            self.asked.pop(old[0], None)
         if self.failed is not None:
             return None
         segments = self.partial.segments
@@ -106,14 +111,8 @@ class SegmentedFetch:
         if not self.ranges_ok:
             return None
         running = [s for s in segments if s[0] in self.owned and s[2] < s[1]]
-        if not running:
-            return None
-        best = max(running, key=lambda s: s[1] - self.live.get(s[0], s[2]))
-        lane = self.lane
-        margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
-        point = split_point(best[0], self.live.get(best[0], best[2]), best[1], self.align, margin,
-                            near=CLAIM_BLOCKS * self.align)
-        if point is None or not lane.worth_a_connection(best[1] - point):
+        point, best = self._cut(running)
+        if point is None or best is None or not self.lane.worth_a_connection(best[1] - point):
             return None
         piece = [point, best[1], point]
         best[1] = point  # its connection stops here (it reads the end again after every read)
@@ -122,6 +121,38 @@ class SegmentedFetch:
         self.live[point] = point
         self.partial.save()
         return piece
+
+    def _cut(self, running: list[list[int]]) -> tuple[int | None, list[int] | None]:
+        """Where to cut which running range. Preferably where its current request ends (the
+        connection finishes that answer and keeps its keep-alive connection; nothing is sent twice);
+        inside a request only when it lags — the rest of it would take longer at its measured rate
+        than a new connection needs to start — so a slow stream never holds up the end."""
+        near = CLAIM_BLOCKS * self.align
+        clean = [(s, self.asked.get(s[0], (s[2], s[2], 0.0))[1]) for s in running]
+        clean = [(s, until) for s, until in clean if s[1] > until]
+        if clean:
+            seg, until = max(clean, key=lambda c: c[0][1] - c[1])
+            point = split_point(seg[0], until - 1, seg[1], self.align, 1, near=near)
+            if point is not None:
+                return point, seg
+        lane, now = self.lane, time.monotonic()
+        lagging = []
+        for seg in running:
+            live = self.live.get(seg[0], seg[2])
+            began_at, _, t0 = self.asked.get(seg[0], (live, live, now))
+            if now - t0 < max(LAG_SECONDS / 2, 2 * (lane.ttfb or 0.0)):
+                continue  # too early to judge its rate
+            if live > began_at:
+                left = (seg[1] - live) / ((live - began_at) / (now - t0))
+            else:  # nothing written yet (a read gathers up to 256 KiB): lagging only when stalled
+                left = float("inf") if now - t0 > 2 * LAG_SECONDS else 0.0
+            if left > max(LAG_SECONDS, 4 * (lane.ttfb or 0.0)):
+                lagging.append((left, seg, live))
+        if not lagging:
+            return None, None
+        _, seg, live = max(lagging, key=lambda item: item[0])
+        margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
+        return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves: a tail, or a laggard
 
     def _mark(self, seg: list[int], pos: int) -> None:
         """Record progress after the bytes are written (so the sidecar never claims unwritten bytes)."""
@@ -149,6 +180,7 @@ class SegmentedFetch:
                     with self.cond:  # gave its slot up (back-off): the range waits for another
                         self.owned.discard(piece[0])
                         self.live.pop(piece[0], None)
+                        self.asked.pop(piece[0], None)
                     return
                 with self.cond:
                     piece = self._take_piece(piece)
@@ -185,16 +217,24 @@ class SegmentedFetch:
                 self.owner.sleep(delay)
 
     def _transfer(self, seg: list[int], view: memoryview) -> None:
-        start, end, done = seg
+        """One request for the next ``span`` bytes of ``seg`` (the whole file if the server has no
+        ranges), read to its end unless the range is cut inside it meanwhile."""
         _ = self.owner.session  # made (and requests imported) before the clock starts: TTFB is the host's
-        asked = time.monotonic()
-        resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
+        with self.cond:
+            start, end, done = seg
+            if done >= end:  # cut at its progress meanwhile: nothing left to ask for
+                return
+            until = self.size if self.ranges_ok is False else min(end, done + self.span)
+            asked = time.monotonic()
+            self.asked[start] = (done, until, asked)
+        resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{until - 1}"}, self.auth)
         with resp:
             self.lane.answered(time.monotonic() - asked)  # before any cut: it may set the start
             check_status(resp, self.url)
             first, total = parse_content_range(resp.headers.get("Content-Range"))
             status = resp.status_code
             if status == 200 and done == 0 and end == self.size and not self.ranges_ok:
+                until = self.size
                 declared = resp.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) != self.size:
                     raise Retry(f"{host_of(self.url)} announced {declared} bytes, expected {self.size}")
@@ -223,12 +263,14 @@ class SegmentedFetch:
             reader = StreamReader(raw)  # steps of 256 KiB: a stalled range loses little
             self.lane.started()
             began, pos, saved = time.monotonic(), done, done
+            with self.cond:
+                self.asked[start] = (done, until, began)
             fd = self.partial.fd
             try:
-                while pos < seg[1]:
+                while pos < min(seg[1], until):
                     if self.failed is not None:
                         return
-                    n = reader.readinto(view[:min(len(view), seg[1] - pos)])
+                    n = reader.readinto(view[:min(len(view), seg[1] - pos, until - pos)])
                     if not n:
                         raise Retry(f"connection to {host_of(self.url)} ended inside a range")
                     keep = min(n, seg[1] - pos)  # the range may have been cut while this read waited
@@ -239,7 +281,7 @@ class SegmentedFetch:
                     self.live[start] = pos
                     self.advance(keep)
                     self.lane.moved(keep)
-                    if pos - saved >= self.save_step or pos >= seg[1]:
+                    if pos - saved >= self.save_step or pos >= min(seg[1], until):
                         self._mark(seg, pos)
                         saved = pos
             except ReadFailed as exc:
