@@ -127,12 +127,11 @@ class SegmentedFetch:
         connection finishes that answer and keeps its keep-alive connection; nothing is sent twice);
         inside a request only when it lags — the rest of it would take longer at its measured rate
         than a new connection needs to start — so a slow stream never holds up the end."""
-        near = CLAIM_BLOCKS * self.align
         clean = [(s, self.asked.get(s[0], (s[2], s[2], 0.0))[1]) for s in running]
         clean = [(s, until) for s, until in clean if s[1] > until]
         if clean:
             seg, until = max(clean, key=lambda c: c[0][1] - c[1])
-            point = split_point(seg[0], until - 1, seg[1], self.align, 1, near=near)
+            point = split_point(seg[0], until - 1, seg[1], self.align, 1, near=1)  # right after it
             if point is not None:
                 return point, seg
         lane, now = self.lane, time.monotonic()
@@ -152,7 +151,7 @@ class SegmentedFetch:
             return None, None
         _, seg, live = max(lagging, key=lambda item: item[0])
         margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
-        return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves: a tail, or a laggard
+        return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves it
 
     def _mark(self, seg: list[int], pos: int) -> None:
         """Record progress after the bytes are written (so the sidecar never claims unwritten bytes)."""
