@@ -4,6 +4,7 @@
     python scripts/bench.py                 # split, assemble, verify on a 3 GiB file
     python scripts/bench.py --size 512MiB   # smaller
     python scripts/bench.py --all           # every section
+    python scripts/bench.py --only wan      # far-CDN rows: paced loopback vs aria2c and hf_hub_download
 
 Every timed command ends with the data on disk (`sync` after the peers; teadist fsyncs itself),
 so neither side wins by leaving dirty pages behind. Inputs are read once before timing, so both
@@ -204,6 +205,67 @@ def section_fetch(b: Bench, src: Path) -> None:
     shutil.rmtree(model.parent)
 
 
+WAN_LINKS = [(16_000_000, 0.05, 256 * 2**20), (8_000_000, 0.1, 128 * 2**20)]  # pace/connection, delay, size
+
+
+def section_wan(b: Bench, src: Path) -> None:
+    """Fetch over a far-CDN-like link: the loopback Hub paces every connection and answers each request
+    late (tests/servers.py). teadist vs `aria2c -x8 -s8` vs `hf_hub_download`, in alternated rounds
+    (teadist, aria2c, hf; then the next order), medians; then the unpaced loopback against `curl -o`."""
+    if shutil.which("aria2c") is None:
+        raise SystemExit("the wan section needs aria2c (Debian: apt-get install aria2)")
+    for pace, delay, size in [*WAN_LINKS, (0, 0.0, min(b.size, 2**30))]:
+        _wan_link(b, pace, delay, size)
+
+
+def _wan_link(b: Bench, pace: int, delay: float, size: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import HubServer
+
+    model = b.work / "wan-src" / "model.gguf"
+    model.parent.mkdir(exist_ok=True)
+    make_input(model, size)
+    out = b.work / "wan-out"
+    with HubServer() as hub:
+        assert isinstance(hub, HubServer)
+        hub.pace, hub.delay = (pace or None), delay
+        hub.add_repo("org/repo", {"model.gguf": model})
+        url = f"{hub.url}/org/repo/resolve/main/model.gguf"
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        hf_code = (f"from huggingface_hub import hf_hub_download; hf_hub_download('org/repo', 'model.gguf', "
+                   f"cache_dir={str(out / 'hf')!r}, endpoint={hub.url!r}, token=False)")
+        warm(model)
+        peers: dict[str, Callable[[], float]] = {
+            "teadist": lambda: b.teadist("fetch", "hf://org/repo/model.gguf", "--cache-dir", str(out / "models"),
+                                         label="fetch (wan)", env=env)}
+        if pace:
+            peers["aria2c -x8 -s8"] = lambda: b.run(["aria2c", "-x8", "-s8", "-q", "--allow-overwrite=true",
+                                                     "-d", str(out), "-o", "aria2.bin", url])
+            peers["hf_hub_download"] = lambda: b.run([sys.executable, "-c", hf_code], env=env)
+        else:
+            peers["curl -o"] = lambda: b.run(["curl", "-sS", "--create-dirs", "-o", str(out / "curl.bin"), url])
+        times: dict[str, list[float]] = {name: [] for name in peers}
+        names = list(peers)
+        for round_no in range(b.repeat):
+            turn = round_no % len(names)
+            for name in names[turn:] + names[:turn]:  # alternate who goes first
+                times[name].append(peers[name]())
+                shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(model.parent)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    rate = {name: f"{size / t / 1e6:.0f} MB/s" for name, t in median.items()}
+    where = (f"{pace / 1e6:.0f} MB/s a connection + {delay * 1000:.0f} ms a request, {size // 2**20} MiB"
+             if pace else f"unpaced loopback, {size // 2**20} MiB")
+    goals = [("aria2c -x8 -s8", "≥ 0.9× throughput", 1 / 0.9), ("hf_hub_download", "≥ 4× throughput", 0.25),
+             ("curl -o", "≥ 1.0× throughput", 1.0)]
+    print(f"{where}: " + ", ".join(f"{name} {rate[name]} ({' '.join(f'{t:.2f}' for t in times[name])} s)"
+                                   for name in times), file=sys.stderr)
+    for name, goal, limit in goals:
+        if name in median:
+            b.rows.append(Row(f"fetch, {where}", median["teadist"], f"{name} ({rate[name]}; teadist "
+                              f"{rate['teadist']})", median[name], goal, limit))
+
 def section_gguf(b: Bench, src: Path) -> None:
     """GGUF shards of a generated ~1 GiB llama GGUF: split --format gguf and the lossless rebuild,
     against a plain copy of the same file."""
@@ -250,6 +312,7 @@ def section_startup(b: Bench, src: Path) -> None:
 SECTIONS: dict[str, Callable[[Bench, Path], None]] = {
     "split-assemble-verify": section_split_assemble_verify,
     "fetch": section_fetch,
+    "wan": section_wan,
     "gguf": section_gguf,
     "startup": section_startup,
 }

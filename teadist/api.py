@@ -60,6 +60,9 @@ class _CallbackTask:
         self._done += n
         self._callback(self._description, self._done, self._total)
 
+    def note(self, text: str) -> None:
+        pass  # the callback carries counts only
+
     def close(self) -> None:
         pass
 
@@ -97,16 +100,16 @@ def open_cache(settings: Settings) -> ModelCache:
     return ModelCache(settings.models_dir)
 
 
-def downloader_for(settings: Settings, reporter: Reporter, jobs: int = 4) -> Downloader:
+def downloader_for(settings: Settings, reporter: Reporter, jobs: int | None = None) -> Downloader:
     from teadist.sources.download import Downloader
     from teadist.sources.http import RetryPolicy
 
     policy = RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
                          stall_timeout=settings.stall_timeout)
-    return Downloader(reporter, policy, jobs=jobs, segment_min=settings.parallel_min)
+    return Downloader(reporter, policy, jobs=jobs, cap=settings.max_connections, align=settings.range_align)
 
 
-def fetch_options_for(settings: Settings, jobs: int = 4, source: str | None = None,
+def fetch_options_for(settings: Settings, jobs: int | None = None, source: str | None = None,
                       keep_shards: bool = False) -> FetchOptions:
     """The token policy: HF_TOKEN, else the saved login, and only for the official Hub endpoint."""
     from teadist.pipelines.fetch import FetchOptions
@@ -126,12 +129,12 @@ def fetch_options_for(settings: Settings, jobs: int = 4, source: str | None = No
 
 # -- fetch and names -----------------------------------------------------------------------------
 def fetch_model(model: str, *, cache_dir: Path | str | None = None, offline: bool | None = None,
-                source: str | None = None, progress: Progress = None, jobs: int = 4,
+                source: str | None = None, progress: Progress = None, jobs: int | None = None,
                 keep_shards: bool = False, settings: Settings | None = None) -> FetchResult:
     """``fetch`` with the whole result: path, name, sha256, size, whether it was already there."""
     from teadist.pipelines.fetch import fetch as run_fetch
 
-    if not 1 <= jobs <= 32:
+    if jobs is not None and not 1 <= jobs <= 32:
         raise UsageError(f"jobs must be between 1 and 32, not {jobs}")
     settings = settings or settings_for(cache_dir, offline)
     reporter = reporter_for(progress)

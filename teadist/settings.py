@@ -31,7 +31,8 @@ class Settings:
     retries: int = 6
     retry_backoff: float = 0.5
     stall_timeout: float = 30.0
-    parallel_min: int = 256 * 1024 * 1024
+    max_connections: int = 16  # per host, when --jobs does not fix the count
+    range_align: int = 16 * 1024 * 1024  # byte ranges are cut at multiples of this
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -71,7 +72,8 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
         retries=int(_number(env, "TEADIST_RETRIES", 6, whole=True, least=1)),
         retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, least=0.0),
         stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, least=0.001),
-        parallel_min=int(_number(env, "TEADIST_PARALLEL_MIN", 256 * 1024 * 1024, whole=True, least=1)),
+        max_connections=int(_number(env, "TEADIST_MAX_CONNECTIONS", 16, whole=True, least=1)),
+        range_align=int(_number(env, "TEADIST_RANGE_ALIGN", 16 * 1024 * 1024, whole=True, least=4096)),
     )
 
 

@@ -1,9 +1,16 @@
 """Loopback test servers: a Range-capable mirror, a Hub-compatible and a GitHub-API-compatible server.
 
 Used by ``scripts/bench.py`` and the tests. They bind 127.0.0.1 only. Each
-records the requests it saw (method, path, headers) and the body bytes it sent, and can be told
+records the requests it saw (method, path, headers, Range, the connection it came on, how many
+requests were in flight when it arrived, its status) and the body bytes it sent, and can be told
 to misbehave: truncate a body, reset the connection, answer 500 or 429 with Retry-After, stall,
-declare a wrong Content-Length, ignore Range, flip a byte, or serve another file after a resume.
+declare a wrong Content-Length, ignore Range, flip a byte, serve one request slowly, or serve
+another file after a resume.
+
+A WAN-like link, without any network: ``pace`` (bytes/s each connection may send), ``delay``
+(seconds before each request is answered: a round trip plus the server's think time),
+``total_pace`` (bytes/s for all connections together: a saturated link) and ``max_in_flight``
+(more requests than this at once are answered 429, as a rate-limiting CDN does).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import socket
 import struct
 import threading
@@ -31,7 +39,8 @@ _SEND_BLOCK = 1024 * 1024
 class Fault:
     """One misbehaviour, applied to the next matching GET (``times`` of them)."""
 
-    kind: str  # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag
+    # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag | slow
+    kind: str
     after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
     retry_after: float | None = None
@@ -41,6 +50,7 @@ class Fault:
     times: int = 1
     skip: int = 0  # let this many matching requests through untouched first
     location: str = ""  # redirect: the Location sent (302)
+    pace: float = 0.0  # slow: this request's body is sent at this many bytes/s
 
 
 @dataclass
@@ -57,6 +67,15 @@ class SeenRequest:
     method: str
     path: str
     headers: dict[str, str]
+    conn: int = 0  # which TCP connection (numbered in accept order)
+    in_flight: int = 0  # requests being answered when this one arrived, itself included
+    at: float = 0.0  # time.monotonic() when it arrived
+    status: int | None = None
+    ended: float | None = None  # time.monotonic() when its answer was sent
+
+    @property
+    def range(self) -> str | None:
+        return self.headers.get("Range")
 
 
 @dataclass
@@ -88,6 +107,16 @@ class LoopbackServer:
         self.faults: list[Fault] = []
         self.applied: list[AppliedFault] = []
         self.bytes_sent = 0
+        self.pace: float | None = None  # bytes/s per connection
+        self.delay = 0.0  # seconds before each request is answered
+        self.total_pace: float | None = None  # bytes/s for all connections together
+        self.max_in_flight: int | None = None  # beyond this, GETs of files are answered 429
+        self.connections = 0  # TCP connections accepted so far
+        self.open_connections = 0
+        self.peak_connections = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._link_free_at = 0.0  # total_pace: when the shared link can send again
         self._lock = threading.Lock()
         self._httpd = _Server(self, host, port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback", daemon=True)
@@ -136,9 +165,56 @@ class LoopbackServer:
         with self._lock:
             return [a.kind for a in self.applied]
 
-    def record(self, method: str, path: str, headers: dict[str, str]) -> None:
+    def record(self, method: str, path: str, headers: dict[str, str], conn: int = 0) -> SeenRequest:
         with self._lock:
-            self.requests.append(SeenRequest(method, path, headers))
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            seen = SeenRequest(method, path, headers, conn, self.in_flight, time.monotonic())
+            self.requests.append(seen)
+            return seen
+
+    def finished(self, seen: SeenRequest) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            seen.ended = time.monotonic()
+
+    def connection_opened(self) -> int:
+        with self._lock:
+            self.connections += 1
+            self.open_connections += 1
+            self.peak_connections = max(self.peak_connections, self.open_connections)
+            return self.connections
+
+    def connection_closed(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
+
+    def concurrency(self, since: float = 0.0, until: float = float("inf"), slack: float = 0.01) -> int:
+        """The most file GETs answered at once (from the log) among those that arrived between
+        ``since`` and ``until``; a request counts until its answer ended (less ``slack`` seconds:
+        a client that hangs up and asks again on another connection is not two at once)."""
+        spans = [(r.at, (r.ended or time.monotonic()) - slack) for r in self.file_gets() if since <= r.at <= until]
+        events = sorted([(a, 1) for a, _ in spans] + [(max(a, e), -1) for a, e in spans], key=lambda x: (x[0], x[1]))
+        peak = now = 0
+        for _, step in events:
+            now += step
+            peak = max(peak, now)
+        return peak
+
+    def file_gets(self) -> list[SeenRequest]:
+        """The GETs that asked for a file's bytes (any status), in arrival order."""
+        with self._lock:
+            return [r for r in self.requests if r.method == "GET" and r.status in (200, 206, 429, 503)]
+
+    def wait_for_link(self, n: int) -> float:
+        """With ``total_pace``: reserve the shared link for ``n`` bytes; the seconds to wait first."""
+        if not self.total_pace:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._link_free_at)
+            self._link_free_at = start + n / self.total_pace
+            return self._link_free_at - now
 
     def count_bytes(self, n: int) -> None:
         with self._lock:
@@ -160,13 +236,34 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.conn_id = self.server.owner.connection_opened()
+        self.seen: SeenRequest | None = None
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner.connection_closed()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.seen is not None and self.seen.status is None:
+            self.seen.status = code
+        super().send_response(code, message)
+
     def _dispatch(self, method: str) -> None:
         owner = self.server.owner
-        owner.record(method, self.path, {k: v for k, v in self.headers.items()})
+        self.seen = owner.record(method, self.path, {k: v for k, v in self.headers.items()}, self.conn_id)
         try:
+            if owner.delay:
+                time.sleep(owner.delay)
             owner.route(self, method)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        finally:
+            owner.finished(self.seen)
+            self.seen = None
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -210,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_file(self, served: _Served, extra_headers: dict[str, str] | None = None) -> None:
         owner = self.server.owner
+        if self.command == "GET" and owner.max_in_flight is not None and owner.in_flight > owner.max_in_flight:
+            self.send_error_code(429, retry_after=0.2)  # a CDN limiting connections per client
+            return
         fault = owner.take_fault(self.path, self.headers.get("Range")) if self.command == "GET" else None
         if fault is not None and fault.kind == "status":
             self.send_error_code(fault.status, retry_after=fault.retry_after)
@@ -263,9 +363,14 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind in ("truncate", "reset", "stall", "pause"):
             limit = min(length, fault.after)
         sock = self.connection
+        pace = fault.pace if fault is not None and fault.kind == "slow" else owner.pace
+        step = _SEND_BLOCK * 8
+        if pace or owner.total_pace:  # small slices, each sent on time: a steady paced stream
+            step = max(4096, min(_SEND_BLOCK, int(min(pace or 1e18, owner.total_pace or 1e18) / 50)))
+        began = time.monotonic()
         with open(path, "rb") as fh:
             if fault is None or fault.kind in ("ignore_range", "wrong_length", "truncate", "reset", "stall", "pause",
-                                               "etag"):
+                                               "etag", "slow"):
                 sent = 0
                 while sent < length:
                     if sent == limit and fault is not None and fault.kind == "pause":
@@ -273,7 +378,13 @@ class _Handler(BaseHTTPRequestHandler):
                         limit = length
                     if sent >= limit:
                         break
-                    n = os.sendfile(sock.fileno(), fh.fileno(), start + sent, min(_SEND_BLOCK * 8, limit - sent))
+                    want = min(step, limit - sent)
+                    wait = owner.wait_for_link(want)
+                    if pace:
+                        wait = max(wait, began + sent / pace - time.monotonic())
+                    if wait > 0 and self._peer_left(wait):
+                        break  # the client closed (a cut range): stop now, as a real server would
+                    n = os.sendfile(sock.fileno(), fh.fileno(), start + sent, want)
                     if n == 0:
                         break
                     sent += n
@@ -295,6 +406,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort(reset=False)
         else:
             self._abort(reset=fault.kind == "reset")
+
+    def _peer_left(self, wait: float) -> bool:
+        """Wait ``wait`` seconds, or less if the client hangs up meanwhile (True then)."""
+        readable, _, _ = select.select([self.connection], [], [], wait)
+        if not readable:
+            return False
+        try:
+            return bool(self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _abort(self, reset: bool) -> None:
         self.close_connection = True
@@ -323,6 +446,10 @@ class MirrorServer(LoopbackServer):
 
     def url_for(self, name: str) -> str:
         return f"{self.url}/{quote(name)}"
+
+    def prepare(self, name: str) -> None:
+        """Hash ``name`` now, so its first request is answered without that delay (timing tests)."""
+        self._lookup(name)
 
     def _lookup(self, name: str) -> _Served | None:
         path = self.swapped.get(name) or (self.root / name)

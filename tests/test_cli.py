@@ -243,7 +243,7 @@ def test_debug_tracebacks_mask_secrets(tmp_path: Path, console: Callable[..., Re
 
 @pytest.mark.parametrize(("variable", "value"), [("TEADIST_STALL_TIMEOUT", "-1"), ("TEADIST_STALL_TIMEOUT", "abc"),
                                                  ("TEADIST_STALL_TIMEOUT", "nan"), ("TEADIST_RETRY_BACKOFF", "-1"),
-                                                 ("TEADIST_RETRIES", "0"), ("TEADIST_PARALLEL_MIN", "-5")])
+                                                 ("TEADIST_RETRIES", "0"), ("TEADIST_RANGE_ALIGN", "-5")])
 def test_bad_numbers_in_the_environment_are_usage_errors(variable: str, value: str, tmp_path: Path,
                                                          console: Callable[..., Result]) -> None:
     """Issue 10, defect 9: one line naming the variable, exit 2, before any work."""

@@ -12,6 +12,9 @@ from typing import Protocol
 class ProgressTask(Protocol):
     def advance(self, n: int) -> None: ...
 
+    def note(self, text: str) -> None:
+        """A short status beside the bar (e.g. the connections in use)."""
+
     def close(self) -> None: ...
 
 
@@ -31,6 +34,9 @@ class NullTask:
     """A progress task that shows nothing."""
 
     def advance(self, n: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
     def close(self) -> None:

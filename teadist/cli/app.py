@@ -67,6 +67,9 @@ class _TqdmTask:
     def advance(self, n: int) -> None:
         self._bar.update(n)
 
+    def note(self, text: str) -> None:
+        self._bar.set_postfix_str(text, refresh=False)
+
     def close(self) -> None:
         self._bar.close()
 

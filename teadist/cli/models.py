@@ -136,8 +136,10 @@ def fetch(
         help="Registry name (phi-4-mini, phi-4-mini:q4_k_m), hf://ORG/REPO/FILE[@REV], or a manifest URL/path.")],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--source", help="Use only this source: 1-based index, 'hf', 'url' or a URL prefix.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32,
-                                      help="Parallel downloads: chunks, or byte ranges of a large file.")] = 4,
+    jobs: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--jobs", "-j", min=1, max=32,
+        help="Connections per host, fixed (default: grows with the measured throughput, up to 16 "
+             "[env: TEADIST_MAX_CONNECTIONS]).")] = None,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Use the cache only [env: TEA_OFFLINE=1 or HF_HUB_OFFLINE=1].")] = False,
     keep_shards: Annotated[bool, typer.Option(
@@ -151,7 +153,9 @@ def fetch(
     \b
     Resumes after an interruption, retries with backoff, falls back to the next source on
     a network error, a 404 or a hash mismatch, and prints the installed path. A bare word
-    is a model's name; write ./NAME for a file of that name in the current folder.
+    is a model's name; write ./NAME for a file of that name in the current folder. Large files
+    come as byte ranges on several connections: more while the throughput still grows, fewer
+    when the server says 429/503; the last ranges are split so no slow stream holds up the end.
     \b
     Examples:
       teadist fetch phi-4-mini

@@ -61,7 +61,7 @@ class FetchOptions:
     endpoint: str
     token: str | None = None
     offline: bool = False
-    jobs: int = 4
+    jobs: int | None = None  # connections per host, fixed; None: the scheduler decides
     source: str | None = None
     keep_shards: bool = False
 
@@ -325,7 +325,7 @@ def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
 # -- fetch ----------------------------------------------------------------------------------------
 def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
           downloader: Downloader | None = None) -> FetchResult:
-    downloader = downloader or Downloader(reporter)
+    downloader = downloader or Downloader(reporter, jobs=options.jobs)
     target = resolve_target(spec, downloader, options.offline, cache)
     manifest = target.manifest
     if options.keep_shards:
@@ -454,8 +454,9 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
     _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)
     dest.ensure_chunks(sha)
-    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+    reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({_how_many(downloader)})")
+    # every chunk takes its connections from the same per-host pool: the scheduler says how many
+    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         futures = [pool.submit(_get_chunk, target, chunk, dest.chunk_files(sha, chunk.name), options, reporter,
                                downloader) for chunk in manifest.chunks]
         for future in futures:
@@ -480,6 +481,9 @@ def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget
     cache.root.mkdir(parents=True, exist_ok=True)
     ensure_free_space(cache.root, needed, f"{what} ({len(chunks)} chunks"
                       + (" and the file they make)" if dest is not None else ")"))
+def _how_many(downloader: Downloader) -> str:
+    jobs = downloader.scheduler.jobs
+    return f"{jobs} connection(s) per host" if jobs else f"up to {downloader.scheduler.cap} connections per host"
 
 
 def _install_from(manifest: Manifest, folder: Path, dest: CacheTarget, cache: ModelCache, reporter: Reporter,
@@ -519,8 +523,8 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
             return True
 
     _ensure_room(cache, manifest.chunks, None, None, 0, manifest.file.name)
-    reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({options.jobs} at a time)")
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+    reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({_how_many(downloader)})")
+    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         fetched = list(pool.map(get, manifest.chunks))
     head_target = cache.target(first.name)
     with head_target.lock(on_wait=reporter.info):

@@ -3,7 +3,9 @@
 A download grows in a partial file with a sidecar (``partial``) named by the destination's work
 files (``base.workfiles``; in the cache, its target's work folder). A re-run resumes only what the
 sidecar proves: a stream partial with ``Range`` after re-hashing its prefix locally, a segmented one
-range by range. ``Content-Range`` is checked; a server that answers 200 to a range keeps the proven
+range by range. Every transfer takes a connection slot from its host's lane (``scheduler``): one
+pool of keep-alive connections per host, shared by everything one fetch downloads, whose size
+follows the measured throughput. ``Content-Range`` is checked; a server that answers 200 to a range keeps the proven
 prefix and goes on in one stream; a changed ETag or a 416 restarts from zero. SHA-256 is computed
 while writing. Only a file whose size and hash match is renamed into place.
 """
@@ -13,16 +15,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from teadist.base.fsutil import PwriteSink, ensure_free_space, is_disk_full
 from teadist.base.hashing import PipelinedCopier, TruncatedInput
-from teadist.base.progress import Reporter
+from teadist.base.progress import ProgressTask, Reporter
 from teadist.base.workfiles import WorkFiles
 from teadist.errors import IntegrityError, SourceError
 from teadist.sources.http import (
@@ -45,28 +48,58 @@ from teadist.sources.http import (
     short_reason,
 )
 from teadist.sources.partial import SEGMENTS, STREAM, Partial, bytes_done, raise_if_disk_full
+from teadist.sources.scheduler import DEFAULT_ALIGN, DEFAULT_CAP, Scheduler
 from teadist.sources.segmented import SegmentedFetch, StreamFallback
 
-SEGMENTED_MIN_SIZE = 256 * 1024 * 1024  # single files this large are fetched as parallel ranges
 MAX_RESTARTS = 2
+# GitHub's REST URL of a release asset answers with JSON unless asked for the bytes
+_GITHUB_ASSET_PATH = re.compile(r"/repos/[^/]+/[^/]+/releases/assets/\d+/?$")
+
+
+def wants_octet_stream(url: str) -> bool:
+    """A GitHub release asset's API URL (``…/repos/O/R/releases/assets/ID``): it gives the bytes
+    (through a redirect to the CDN) only with ``Accept: application/octet-stream``."""
+    return bool(_GITHUB_ASSET_PATH.search(urlsplit(url).path))
 
 
 class Downloader:
+    """Downloads for one command. ``jobs`` fixes the connections per host; None lets each host's
+    lane grow them with the throughput, up to ``cap``. Ranges are cut at multiples of ``align``."""
+
     def __init__(self, reporter: Reporter, policy: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep, jobs: int = 4,
-                 segment_min: int = SEGMENTED_MIN_SIZE) -> None:
+                 sleep: Callable[[float], None] = time.sleep, jobs: int | None = None,
+                 cap: int = DEFAULT_CAP, align: int = DEFAULT_ALIGN) -> None:
         self.reporter = reporter
         self.policy = policy or RetryPolicy()
-        self.jobs = jobs
-        self.segment_min = segment_min
+        self.scheduler = Scheduler(jobs, cap, align)
         self._sleep = sleep
-        self._local = threading.local()
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+
+    @property
+    def jobs(self) -> int | None:
+        return self.scheduler.jobs
 
     @property
     def session(self) -> Any:
-        if not hasattr(self._local, "session"):
-            self._local.session = new_session()
-        return self._local.session
+        """One session for every thread: its pool keeps the connections to each host alive between
+        ranges, files and shards (sized to the most connections a host may get)."""
+        with self._session_lock:
+            if self._session is None:
+                import requests.adapters
+
+                session = new_session()
+                size = self.scheduler.most + 4
+                for prefix in ("http://", "https://"):
+                    session.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=size))
+                self._session = session
+            return self._session
+
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def backoff_delay(self, attempt: int, hinted: float | None) -> float:
+        return self._delay(attempt, hinted)
 
     def _delay(self, attempt: int, hinted: float | None) -> float:
         if hinted is not None:
@@ -91,7 +124,7 @@ class Downloader:
             partial = Partial.open(path, sidecar, key, size)
             task = self.reporter.task(label, size)
             try:
-                digest, total = self._download(url, partial, auth, label, task.advance)
+                digest, total = self._download(url, partial, auth, label, task)
             except OSError as exc:
                 raise_if_disk_full(exc, partial, label)
                 partial.close()
@@ -119,21 +152,21 @@ class Downloader:
 
     # -- modes ------------------------------------------------------------------------------
     def _download(self, url: str, partial: Partial, auth: Auth | None, label: str,
-                  advance: Callable[[int], None]) -> tuple[str, int]:
-        """Fill ``partial`` in the mode its sidecar proves (whatever ``jobs`` is now), or a fresh one."""
+                  task: ProgressTask) -> tuple[str, int]:
+        """Fill ``partial`` in the mode its sidecar proves (whatever ``jobs`` is now), or a fresh one.
+
+        A fresh file of known size with a block boundary inside it goes in ranges (the lane decides
+        from the measured speed whether it gets more than one connection); ``--jobs 1`` and files
+        of unknown size go in one stream."""
         restarts = 0
+        advance = task.advance
         while True:
             segmented = partial.mode == SEGMENTS or (
-                partial.mode is None and partial.size is not None and partial.size >= self.segment_min
-                and self.jobs >= 2)
+                partial.mode is None and partial.size is not None and partial.size > self.scheduler.align
+                and self.jobs != 1)
             try:
                 if segmented:
-                    result = SegmentedFetch(self, url, partial, auth, label, advance).run()
-                    if result is not None:
-                        return result
-                    self.reporter.info(f"{host_of(url)} does not serve byte ranges; downloading in one stream")
-                    partial.reset()
-                    partial.start(STREAM, None)
+                    return SegmentedFetch(self, url, partial, auth, label, advance, task.note).run()
                 return self._stream(url, partial, auth, label, advance)
             except StreamFallback as fallback:
                 self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} proven bytes "
@@ -177,21 +210,31 @@ class Downloader:
             with PipelinedCopier(n_sinks=1, depth=2) as copier:
                 copier.copy_file_range(partial.fd, 0, have, [hasher.update])
             advance(have)
+        lane = self.scheduler.lane(url)
+        lane.acquire()  # one stream is one connection of the host's shared pool
+
+        def counted(n: int) -> None:
+            advance(n)
+            lane.moved(n)
+
         restarts = 0
-        while True:
-            try:
-                result: tuple[str, int] = self.retrying(
-                    label, functools.partial(self._attempt, url, partial, auth, hasher, advance))
-                return result
-            except Restart as exc:
-                restarts += 1
-                if restarts > MAX_RESTARTS:
-                    raise SourceError(f"{label}: {exc}; giving up after restarting {MAX_RESTARTS} times",
-                                      hint="the server does not serve the file consistently; run the command "
-                                           "again later, or try another --source") from None
-                self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
-                partial.reset()
-                hasher = hashlib.sha256()
+        try:
+            while True:
+                try:
+                    result: tuple[str, int] = self.retrying(
+                        label, functools.partial(self._attempt, url, partial, auth, hasher, counted))
+                    return result
+                except Restart as exc:
+                    restarts += 1
+                    if restarts > MAX_RESTARTS:
+                        raise SourceError(f"{label}: {exc}; giving up after restarting {MAX_RESTARTS} times",
+                                          hint="the server does not serve the file consistently; run the command "
+                                               "again later, or try another --source") from None
+                    self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
+                    partial.reset()
+                    hasher = hashlib.sha256()
+        finally:
+            lane.release()
 
     def open_url(self, url: str, headers: dict[str, str], auth: Auth | None) -> Any:
         """GET with manual redirects: each hop is checked (http(s) only, no userinfo or backslash in
@@ -201,7 +244,8 @@ class Downloader:
 
         left_origin = False
         for _ in range(MAX_REDIRECTS):
-            request = self.session.prepare_request(requests.Request("GET", checked_url(url), headers=headers))
+            hop = {"Accept": "application/octet-stream", **headers} if wants_octet_stream(url) else headers
+            request = self.session.prepare_request(requests.Request("GET", checked_url(url), headers=hop))
             if auth is not None and auth.allows(str(request.url), left_origin):
                 request.headers["Authorization"] = auth.authorization
             try:
@@ -283,7 +327,7 @@ class Downloader:
             raw = resp.raw
             raw.decode_content = False
             sink = PwriteSink(partial.fd, have)
-            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
+            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=4) as copier:
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
                                 [hasher.update, sink], advance)

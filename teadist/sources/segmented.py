@@ -1,10 +1,20 @@
-"""A large file fetched as parallel byte ranges written in place, hashed in order as they land."""
+"""A file fetched as byte ranges on as many connections as pay, written in place, hashed in order.
+
+Every request asks for ``CLAIM_BLOCKS`` blocks at most, on block boundaries. The host's lane
+(``scheduler``) says when another connection may open; it takes the blocks after the current
+request of the range with the most left, so nobody's answer is cut short and the file fills front
+to back (the in-order hasher keeps up). A connection that finishes takes an abandoned range, or
+the next blocks the same way; only a lagging request is cut in half for it, so a slow stream never
+holds up the end. A server that answers the first request with the whole file (no ranges) is
+simply read in that one stream.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +31,15 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
+from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
 
-HASH_STEP = 8 * 1024 * 1024
+HASH_STEP = 2 * 1024 * 1024  # read-back buffer of the in-order hasher (one per file)
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
+SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
+new_hasher: Callable[[], Any] = hashlib.sha256  # the in-order hasher: update() / hexdigest()
 
 
 class StreamFallback(Exception):
@@ -40,124 +53,247 @@ class StreamFallback(Exception):
 
 
 class SegmentedFetch:
-    """One large file as parallel byte ranges written in place, hashed in order as they land.
+    """One file as byte ranges written in place, hashed in order as they land.
 
     The partial is created at full size; each range's progress is saved in the sidecar every few
     MiB (after its bytes are written), so a killed run resumes each range where it was — with
-    any number of workers. A hasher follows the contiguous downloaded prefix, reading it back
-    through the same descriptor: the SHA-256 is done when the last byte lands. ``run`` returns
-    None when the server does not do ranges (the caller then streams it whole).
+    any number of connections. Ranges are cut only at multiples of the scheduler's ``align`` (the
+    block size), so the sidecar's ranges always tile the file in block-aligned pieces. A hasher
+    follows the contiguous downloaded prefix, reading it back through the same descriptor: the
+    SHA-256 is done when the last byte lands.
     """
 
     def __init__(self, owner: Downloader, url: str, partial: Partial, auth: Auth | None, label: str,
-                 advance: Callable[[int], None]) -> None:
+                 advance: Callable[[int], None], note: Callable[[str], None] | None = None) -> None:
         assert partial.size is not None
         self.owner, self.url, self.partial = owner, url, partial
         self.size: int = partial.size
         self.auth, self.label, self.advance = auth, label, advance
+        self.note = note or (lambda text: None)
+        self.lane = owner.scheduler.lane(url)
+        self.align = owner.scheduler.align
         self.cond = threading.Condition()
         self.failed: BaseException | None = None
+        self.ranges_ok: bool | None = self.lane.ranges
+        self.owned: set[int] = set()  # starts of the ranges a connection is working on
+        self.live: dict[int, int] = {}  # start -> bytes written so far (ahead of the saved progress)
+        self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
+        self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
+        self.connections = 0
+        self.most_connections = 0
+        self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
 
-    # -- state ------------------------------------------------------------------------------
-    def _load_or_plan(self) -> bool:
-        if self.partial.mode == SEGMENTS:
-            done = self.partial.done_bytes()
-            self.owner.reporter.info(f"{self.label}: resuming {len(self.partial.segments)} ranges after "
-                                     f"{done} bytes")
-            self.advance(done)
-            return True
-        probe = self._probe()
-        if probe is None:
-            return False
-        step = -(-self.size // max(2, self.owner.jobs))
-        step = -(-step // 65536) * 65536
-        self.partial.start(SEGMENTS, probe or None,
-                           [[a, min(a + step, self.size), a] for a in range(0, self.size, step)])
-        return True
-
+    # -- ranges (all under self.cond) -----------------------------------------------------------
     def _prefix(self) -> int:
         for _, end, done in self.partial.segments:
             if done < end:
                 return done
         return self.size
 
-    def _probe(self) -> str | None:
-        """One-byte range request: does the server do ranges? Its ETag pins the file for resumes."""
-        def attempt() -> str | None:
-            resp = self.owner.open_url(self.url, {"Range": "bytes=0-0"}, self.auth)
-            with resp:
-                check_status(resp, self.url)
-                if resp.status_code != 206:
-                    return None
-                _, total = parse_content_range(resp.headers.get("Content-Range"))
-                if total is not None and total != self.size:
-                    raise SourceError(f"{host_of(self.url)} has {total} bytes, expected {self.size}")
-                return str(resp.headers.get("ETag") or "")
-        result: str | None = self.owner.retrying(self.label, attempt)
-        return result
+    def _finished(self) -> bool:
+        return all(done >= end for _, end, done in self.partial.segments)
 
-    # -- workers ----------------------------------------------------------------------------
-    def _download_segment(self, index: int) -> None:
-        buf = bytearray(NET_BUFFER)
-        view = memoryview(buf)
-        fd = self.partial.fd
+    def _take_piece(self, old: list[int] | None = None) -> list[int] | None:
+        """The next range for a connection: an abandoned one first, else a cut of the range with
+        the most bytes left (once the server has shown it serves ranges)."""
+        if old is not None:
+            self.owned.discard(old[0])
+            self.live.pop(old[0], None)
+            self.asked.pop(old[0], None)
+        if self.failed is not None:
+            return None
+        segments = self.partial.segments
+        for seg in segments:
+            if seg[0] not in self.owned and seg[2] < seg[1]:
+                self.owned.add(seg[0])
+                self.live[seg[0]] = seg[2]
+                return seg
+        if not self.ranges_ok:
+            return None
+        running = [s for s in segments if s[0] in self.owned and s[2] < s[1]]
+        point, best = self._cut(running)
+        if point is None or best is None or not self.lane.worth_a_connection(best[1] - point):
+            return None
+        piece = [point, best[1], point]
+        best[1] = point  # its connection stops here (it reads the end again after every read)
+        segments.insert(segments.index(best) + 1, piece)
+        self.owned.add(point)
+        self.live[point] = point
+        self.partial.save()
+        return piece
 
-        def attempt() -> None:
-            start, end, done = self.partial.segments[index]
-            if done >= end or self.failed is not None:
-                return
-            resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{end - 1}"}, self.auth)
-            with resp:
-                check_status(resp, self.url)
-                first, total = parse_content_range(resp.headers.get("Content-Range"))
-                if resp.status_code != 206 or first != done or total not in (None, self.size):
-                    with self.cond:
-                        prefix = self._prefix()
-                    what = "answered a range request with the whole file" if resp.status_code == 200 \
-                        else "sent another range than the one asked for"
-                    raise StreamFallback(f"{host_of(self.url)} {what}", prefix)
-                etag = resp.headers.get("ETag")
-                if self.partial.etag and etag and etag != self.partial.etag:
-                    raise Restart("the file changed on the server since the download started (ETag)")
-                raw = resp.raw
-                raw.decode_content = False
-                reader = StreamReader(raw, min_fill=64 * 1024)  # small steps: a stalled range loses little
-                pos, saved = done, done
-                save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, (end - start) // 16))
-                try:
-                    while pos < end:
-                        if self.failed is not None:
-                            return
-                        n = reader.readinto(view[:min(len(buf), end - pos)])
-                        if not n:
-                            raise Retry(f"connection to {host_of(self.url)} ended inside a range")
-                        written = 0
-                        while written < n:
-                            written += os.pwrite(fd, view[written:n], pos + written)
-                        pos += n
-                        self.advance(n)
-                        if pos - saved >= save_step or pos == end:
-                            self._mark(index, pos)
-                            saved = pos
-                except ReadFailed as exc:
-                    raise Retry(f"transfer from {host_of(self.url)} failed ({exc})") from None
-                finally:
-                    self._mark(index, pos)
+    def _cut(self, running: list[list[int]]) -> tuple[int | None, list[int] | None]:
+        """Where to cut which running range. Preferably where its current request ends (the
+        connection finishes that answer and keeps its keep-alive connection; nothing is sent twice);
+        inside a request only when it lags — the rest of it would take longer at its measured rate
+        than a new connection needs to start — so a slow stream never holds up the end."""
+        clean = [(s, self.asked.get(s[0], (s[2], s[2], 0.0))[1]) for s in running]
+        clean = [(s, until) for s, until in clean if s[1] > until]
+        if clean:
+            seg, until = max(clean, key=lambda c: c[0][1] - c[1])
+            point = split_point(seg[0], until - 1, seg[1], self.align, 1, near=1)  # right after it
+            if point is not None:
+                return point, seg
+        lane, now = self.lane, time.monotonic()
+        lagging = []
+        for seg in running:
+            live = self.live.get(seg[0], seg[2])
+            began_at, _, t0 = self.asked.get(seg[0], (live, live, now))
+            if now - t0 < max(LAG_SECONDS / 2, 2 * (lane.ttfb or 0.0)):
+                continue  # too early to judge its rate
+            if live > began_at:
+                left = (seg[1] - live) / ((live - began_at) / (now - t0))
+            else:  # nothing written yet (a read gathers up to 256 KiB): lagging only when stalled
+                left = float("inf") if now - t0 > 2 * LAG_SECONDS else 0.0
+            if left > max(LAG_SECONDS, 4 * (lane.ttfb or 0.0)):
+                lagging.append((left, seg, live))
+        if not lagging:
+            return None, None
+        _, seg, live = max(lagging, key=lambda item: item[0])
+        margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
+        return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves it
 
-        self.owner.retrying(f"{self.label} (range {index + 1})", attempt)
-
-    def _mark(self, index: int, pos: int) -> None:
+    def _mark(self, seg: list[int], pos: int) -> None:
         """Record progress after the bytes are written (so the sidecar never claims unwritten bytes)."""
         with self.cond:
-            if pos > self.partial.segments[index][2]:
-                self.partial.segments[index][2] = pos
+            done = min(pos, seg[1])
+            if done > seg[2]:
+                seg[2] = done
                 self.partial.save()
             self.cond.notify_all()
 
+    def _fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.failed is None:
+                self.failed = exc
+            self.cond.notify_all()
+
+    # -- connections ----------------------------------------------------------------------------
+    def _connection(self, piece: list[int] | None) -> None:
+        """One connection (its slot already taken): ranges one after another, until none is left."""
+        buf = bytearray(NET_BUFFER)  # fixed per connection: memory does not grow with the file
+        view = memoryview(buf)
+        try:
+            while piece is not None:
+                if not self._fetch_piece(piece, view):
+                    with self.cond:  # gave its slot up (back-off): the range waits for another
+                        self.owned.discard(piece[0])
+                        self.live.pop(piece[0], None)
+                        self.asked.pop(piece[0], None)
+                    return
+                with self.cond:
+                    piece = self._take_piece(piece)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self.lane.release()
+            with self.cond:
+                self.connections -= 1
+                self.cond.notify_all()
+
+    def _fetch_piece(self, seg: list[int], view: memoryview) -> bool:
+        """Fill ``seg`` (retrying with backoff); False when this connection should close instead."""
+        failures = 0
+        while True:
+            if self.failed is not None or seg[2] >= seg[1]:
+                return True
+            try:
+                self._transfer(seg, view)
+                continue
+            except Retry as exc:
+                failures += 1
+                if failures >= self.owner.policy.attempts:
+                    raise SourceError(f"{self.label}: {exc.reason} (gave up after {failures} attempts)",
+                                      hint="check the network or try another --source") from None
+                if self.lane.back_off():
+                    self.owner.reporter.warn(f"{host_of(self.url)}: {exc.reason}; down to {self.lane.limit} "
+                                             "connection(s)")
+                if self.lane.over_limit():
+                    return False
+                delay = self.owner.backoff_delay(failures - 1, exc.delay)
+                self.owner.reporter.warn(f"{self.label}: {exc.reason}; retrying in {delay:.1f}s "
+                                         f"(attempt {failures + 1} of {self.owner.policy.attempts})")
+                self.owner.sleep(delay)
+
+    def _transfer(self, seg: list[int], view: memoryview) -> None:
+        """One request for the next ``span`` bytes of ``seg`` (the whole file if the server has no
+        ranges), read to its end unless the range is cut inside it meanwhile."""
+        _ = self.owner.session  # made (and requests imported) before the clock starts: TTFB is the host's
+        with self.cond:
+            start, end, done = seg
+            if done >= end:  # cut at its progress meanwhile: nothing left to ask for
+                return
+            until = self.size if self.ranges_ok is False else min(end, done + self.span)
+            asked = time.monotonic()
+            self.asked[start] = (done, until, asked)
+        resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{until - 1}"}, self.auth)
+        with resp:
+            self.lane.answered(time.monotonic() - asked)  # before any cut: it may set the start
+            check_status(resp, self.url)
+            first, total = parse_content_range(resp.headers.get("Content-Range"))
+            status = resp.status_code
+            if status == 200 and done == 0 and end == self.size and not self.ranges_ok:
+                until = self.size
+                declared = resp.headers.get("Content-Length")
+                if declared is not None and declared.isdigit() and int(declared) != self.size:
+                    raise Retry(f"{host_of(self.url)} announced {declared} bytes, expected {self.size}")
+                with self.cond:
+                    self.ranges_ok = False  # the whole file, in this one stream
+                self.owner.reporter.info(f"{host_of(self.url)} does not serve byte ranges; downloading "
+                                         f"{self.label} in one stream")
+            elif status != 206 or first != done or total not in (None, self.size):
+                with self.cond:
+                    prefix = self._prefix()
+                what = "answered a range request with the whole file" if status == 200 \
+                    else "sent another range than the one asked for"
+                raise StreamFallback(f"{host_of(self.url)} {what}", prefix)
+            elif not self.ranges_ok:
+                with self.cond:
+                    self.ranges_ok = self.lane.ranges = True
+            etag = resp.headers.get("ETag")
+            with self.cond:
+                if self.partial.etag and etag and etag != self.partial.etag:
+                    raise Restart("the file changed on the server since the download started (ETag)")
+                if etag and not self.partial.etag:
+                    self.partial.etag = etag  # the version every later range must come from
+                    self.partial.save()
+            raw = resp.raw
+            raw.decode_content = False
+            reader = StreamReader(raw)  # steps of 256 KiB: a stalled range loses little
+            self.lane.started()
+            began, pos, saved = time.monotonic(), done, done
+            with self.cond:
+                self.asked[start] = (done, until, began)
+            fd = self.partial.fd
+            try:
+                while pos < min(seg[1], until):
+                    if self.failed is not None:
+                        return
+                    n = reader.readinto(view[:min(len(view), seg[1] - pos, until - pos)])
+                    if not n:
+                        raise Retry(f"connection to {host_of(self.url)} ended inside a range")
+                    keep = min(n, seg[1] - pos)  # the range may have been cut while this read waited
+                    written = 0
+                    while written < keep:
+                        written += os.pwrite(fd, view[written:keep], pos + written)
+                    pos += keep
+                    self.live[start] = pos
+                    self.advance(keep)
+                    self.lane.moved(keep)
+                    if pos - saved >= self.save_step or pos >= min(seg[1], until):
+                        self._mark(seg, pos)
+                        saved = pos
+            except ReadFailed as exc:
+                raise Retry(f"transfer from {host_of(self.url)} failed ({exc})") from None
+            finally:
+                self._mark(seg, pos)
+                self.lane.stopped(pos - done, time.monotonic() - began)
+            # a range cut short leaves its answer unread: closing drops that connection, not the pool
+
+    # -- in-order hashing -----------------------------------------------------------------------
     def _hash(self, hasher: Any) -> None:
         hashed = 0
-        buf = bytearray(HASH_STEP)
-        view = memoryview(buf)
+        buf: bytearray | None = None
         while hashed < self.size:
             with self.cond:
                 while self._prefix() <= hashed and self.failed is None:
@@ -165,6 +301,9 @@ class SegmentedFetch:
                 if self.failed is not None:
                     return
                 limit = self._prefix()
+            if buf is None:
+                buf = bytearray(HASH_STEP)
+            view = memoryview(buf)
             while hashed < limit:
                 got = os.preadv(self.partial.fd, [view[:min(len(buf), limit - hashed)]], hashed)
                 if not got:
@@ -172,29 +311,89 @@ class SegmentedFetch:
                 hasher.update(view[:got])
                 hashed += got
 
-    def run(self) -> tuple[str, int] | None:
-        from concurrent.futures import ThreadPoolExecutor
+    def _start_connection(self, piece: list[int], threads: list[threading.Thread]) -> None:
+        """Run ``piece`` on a new connection (its lane slot is already held)."""
+        with self.cond:
+            self.connections += 1
+            count = self.connections
+            self.most_connections = max(self.most_connections, count)
+        thread = threading.Thread(target=self._connection, args=(piece,), name=f"range-{piece[0]}", daemon=True)
+        threads.append(thread)
+        thread.start()
+        self.note(f"{count} conn")
 
-        if not self._load_or_plan():
-            return None
-        hasher = hashlib.sha256()
-        segments = len(self.partial.segments)
-        workers_n = max(1, min(self.owner.jobs, segments))
-        with ThreadPoolExecutor(workers_n + 1) as pool:
-            hashing = pool.submit(self._hash, hasher)
-            workers = [pool.submit(self._download_segment, i) for i in range(segments)]
+    def run(self) -> tuple[str, int]:
+        if self.partial.mode == SEGMENTS:
+            done = self.partial.done_bytes()
+            self.owner.reporter.info(f"{self.label}: resuming {len(self.partial.segments)} ranges after "
+                                     f"{done} bytes")
+            self.advance(done)
+        else:
+            self.partial.start(SEGMENTS, None, [[0, self.size, 0]])
+        hasher = new_hasher()
+        threads: list[threading.Thread] = []
+        hash_error: list[BaseException] = []
+
+        def hash_all() -> None:
             try:
-                for worker in workers:
-                    worker.result()
+                self._hash(hasher)
             except BaseException as exc:
+                hash_error.append(exc)
+                self._fail(exc)
+
+        hashing = threading.Thread(target=hash_all, name="hash", daemon=True)
+        began, before = time.monotonic(), self.partial.done_bytes()
+        self.lane.acquire()  # the first connection waits for a slot in the host's shared pool
+        with self.cond:
+            first = self._take_piece()
+        if first is None:
+            self.lane.release()
+        else:
+            self._start_connection(first, threads)
+        hashing.start()
+        try:
+            while True:
                 with self.cond:
-                    self.failed = exc
-                    self.cond.notify_all()
-                for worker in workers:  # let the others stop before the caller touches the partial
-                    worker.exception()
-                if isinstance(exc, StreamFallback):
+                    if self.failed is not None or (self.connections == 0 and self._finished()):
+                        break
+                    self.cond.wait(SPAWN_POLL)
+                    # a connection that gave its slot up (back-off) may leave a range nobody holds
+                    orphan = self.connections == 0 and not self._finished() and self.failed is None
+                    may_cut = self.ranges_ok is True and self.failed is None
+                if orphan:
+                    self.lane.acquire()
+                elif not (may_cut and self.lane.has_room() and self.lane.acquire(block=False)):
+                    continue
+                while True:  # every free slot at once: a grown limit is filled in one step
                     with self.cond:
-                        exc.prefix = self._prefix()
-                raise
-            hashing.result()
+                        piece = self._take_piece()
+                    if piece is None:
+                        self.lane.release()
+                        break
+                    self._start_connection(piece, threads)
+                    if not self.lane.acquire(block=False):
+                        break
+        except BaseException as exc:
+            self._fail(exc)
+        for thread in threads:  # let every connection stop before the caller touches the partial
+            thread.join()
+        if self.failed is not None:
+            with self.cond:
+                self.cond.notify_all()
+            hashing.join()
+            failure = self.failed
+            if isinstance(failure, StreamFallback):
+                with self.cond:
+                    failure.prefix = self._prefix()
+            raise failure
+        hashing.join()
+        if hash_error:
+            raise hash_error[0]
+        if not self._finished():  # the server stopped serving ranges before the end
+            with self.cond:
+                prefix = self._prefix()
+            raise StreamFallback(f"{host_of(self.url)} stopped serving ranges", prefix)
+        elapsed = max(1e-6, time.monotonic() - began)
+        self.owner.reporter.info(f"{self.label}: {(self.size - before) / elapsed / 1e6:.1f} MB/s on up to "
+                                 f"{self.most_connections} connection(s)")
         return hasher.hexdigest(), self.size

@@ -75,12 +75,15 @@ def test_kill_fetch(point: int, model: Path, tmp_path: Path, campaign: Callable[
     with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:  # type: ignore[arg-type]
         assert isinstance(hub, HubServer) and isinstance(cdn, MirrorServer)
         hub.add_repo("org/repo", {model.name: served / model.name})
-        cdn.add_fault(Fault("stall", after=cut // (4 if parallel else 1), seconds=60, times=4 if parallel else 1))
+        # ranges: 1 MiB blocks, so each request (two blocks) holds its stall point; four connections
+        cdn.add_fault(Fault("stall", after=cut // (8 if parallel else 1), seconds=60, times=4 if parallel else 1))
         env = {**os.environ, "HF_ENDPOINT": hub.url, "TEA_MODELS_DIR": str(tmp_path / "models"),
-               "TEADIST_STALL_TIMEOUT": "60", "TEADIST_PARALLEL_MIN": "65536" if parallel else str(2**40)}
+               "TEADIST_STALL_TIMEOUT": "60", "TEADIST_RANGE_ALIGN": str(2**20 if parallel else 2**40)}
         final = tmp_path / "models" / model.name
-        target = cut // (4 if parallel else 1) * (3 if parallel else 1)
-        killed = kill_when(["fetch", f"hf://org/repo/{model.name}", "-q"], env, lambda: cdn.bytes_sent >= target)
+        target = cut // (8 if parallel else 1) * (3 if parallel else 1)
+        jobs = ["--jobs", "4"] if parallel else []
+        killed = kill_when(["fetch", f"hf://org/repo/{model.name}", "-q", *jobs], env,
+                           lambda: cdn.bytes_sent >= target)
         clean_after_kill = not final.exists()
         cdn.faults.clear()
         env["TEADIST_STALL_TIMEOUT"] = "5"

@@ -1,0 +1,256 @@
+"""How many connections a host gets, judged from the measured throughput, and where a file's
+remaining bytes are cut into ranges for them.
+
+One ``Scheduler`` serves a whole fetch: a single large file, the chunks of a chunked manifest and
+the shards of a GGUF release all take their connections from the same ``HostLane`` per host, so
+the count is decided once for the link, not once per file. A lane starts with 8 connections
+(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay), and
+doubles them while the aggregate throughput still grows by at least half of what the added
+connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
+503, reset or refused connection lowers the count to what the server was still serving, and the
+lane never grows past it again in this run.
+
+Cutting (``split_point``) leaves the running connection ``CLAIM_BLOCKS`` blocks at most, so the
+file fills front to back and the in-order hash keeps up with the network. Cuts fall only on
+multiples of ``align`` (the block size of block hashes), so every block is fetched by exactly one
+range and each finished block is proven on its own; and only where it pays: the piece handed to
+a new connection must take longer than that connection needs to get its first byte (measured),
+or a new connection would only add a round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_CAP = 16  # connections per host, at most
+FAR_TTFB = 0.03  # seconds to a first answer (handshakes included) from which a host counts as far
+START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
+DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
+WINDOW = 0.2  # seconds of transfer behind each decision to grow
+FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
+GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
+CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
+LAG_SECONDS = 0.5  # a request whose rest would take longer than this (and 4 first-byte waits) lags
+BACKOFF_QUIET = 1.0  # seconds: several refusals at once are one back-off
+
+
+def host_key(url: str) -> str:
+    """Connections are shared per scheme, host and port."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+
+
+@dataclass
+class LaneStats:
+    """What a lane did, for the closing line and for tests."""
+
+    peak: int = 0  # most connections in use at once
+    limit: int = 0
+    backoffs: int = 0
+    bytes: int = 0
+    seconds: float = 0.0  # time with at least one connection in use
+
+
+class HostLane:
+    """The connections to one host: a slot per connection, a limit that follows the throughput."""
+
+    def __init__(self, cap: int, fixed: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap = max(1, fixed or cap)
+        self.fixed = fixed is not None
+        self.limit = self.cap if self.fixed else min(self.cap, START_CONNECTIONS)
+        self.ceiling = self.cap
+        self.growing = not self.fixed
+        self.active = 0  # slots held
+        self.streaming = 0  # connections receiving a body right now
+        self.ranges: bool | None = None  # does the host answer Range with 206 (learnt once)
+        self.ttfb: float | None = None  # seconds from request to first byte (moving average)
+        self.conn_rate: float | None = None  # bytes/s of one connection (moving average)
+        self.cond = threading.Condition()
+        self.stats = LaneStats(limit=self.limit)
+        self._clock = clock
+        self._window_start: float | None = None
+        self._window_bytes = 0
+        self._waiting_fill_since: float | None = clock()
+        self._prev: tuple[int, float] | None = None  # (limit, aggregate bytes/s) of the last window
+        self._last_backoff = -1e9
+        self._busy_since: float | None = None
+        self._starts = 0  # answers begun since the limit last changed
+
+    # -- slots ------------------------------------------------------------------------------
+    def acquire(self, block: bool = True) -> bool:
+        """Take a connection slot (waiting for one when ``block``)."""
+        with self.cond:
+            while self.active >= self.limit:
+                if not block:
+                    return False
+                self.cond.wait()
+            self.active += 1
+            if self._busy_since is None:
+                self._busy_since = self._clock()
+            self.stats.peak = max(self.stats.peak, self.active)
+            return True
+
+    def release(self) -> None:
+        with self.cond:
+            self.active -= 1
+            if self.active == 0 and self._busy_since is not None:
+                self.stats.seconds += self._clock() - self._busy_since
+                self._busy_since = None
+            self.cond.notify_all()
+
+    def over_limit(self) -> bool:
+        """More slots are held than allowed (after a back-off): a connection should give its up."""
+        with self.cond:
+            return self.active > self.limit
+
+    def has_room(self) -> bool:
+        with self.cond:
+            return self.active < self.limit
+
+    # -- measurements -----------------------------------------------------------------------
+    def answered(self, ttfb: float) -> None:
+        """The host answered a request after ``ttfb`` seconds. The first answer sets the start:
+        a far host (a round trip of ``FAR_TTFB`` or more) gets ``START_CONNECTIONS`` at once, as
+        one TCP stream there carries only its window per round trip; a near one starts with a
+        single connection and grows only as far as the measured throughput says."""
+        with self.cond:
+            if self.ttfb is None and not self.fixed and self._prev is None and ttfb < FAR_TTFB:
+                self.limit = self.stats.limit = 1
+            self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
+
+    def started(self) -> None:
+        """A connection began receiving a body. A window opens once every slot is held and as many
+        answers have begun since the limit last changed (the new connections deliver)."""
+        with self.cond:
+            self.streaming += 1
+            self._starts += 1
+            if self._window_start is None and self.active >= self.limit and self._starts >= self.limit:
+                self._open_window()
+
+    def stopped(self, nbytes: int, seconds: float) -> None:
+        """A connection's transfer ended after ``nbytes`` in ``seconds`` (from its first byte)."""
+        with self.cond:
+            self.streaming -= 1
+            if nbytes >= 256 * 1024 and seconds > 0:
+                rate = nbytes / seconds
+                self.conn_rate = rate if self.conn_rate is None else 0.7 * self.conn_rate + 0.3 * rate
+
+    def moved(self, n: int) -> None:
+        """``n`` bytes arrived on some connection of this lane."""
+        with self.cond:
+            self.stats.bytes += n
+            if self._window_start is None:
+                if (self.growing and self._waiting_fill_since is not None
+                        and self._clock() - self._waiting_fill_since > FILL_TIMEOUT):
+                    self.growing = False  # the slots stay empty: nothing more to split
+                return
+            self._window_bytes += n
+            elapsed = self._clock() - self._window_start
+            if elapsed >= WINDOW:
+                self._decide(self._window_bytes / elapsed)
+
+    def _open_window(self) -> None:
+        self._window_start = self._clock()
+        self._window_bytes = 0
+        self._waiting_fill_since = None
+
+    def _decide(self, rate: float) -> None:
+        """End of a window at ``rate`` bytes/s with ``limit`` connections: grow again, or stay."""
+        self._window_start = None
+        if not self.growing or self.limit >= self.ceiling:
+            self.growing = False
+            return
+        if self._prev is not None:
+            prev_limit, prev_rate = self._prev
+            promised = (self.limit - prev_limit) / prev_limit
+            if rate < prev_rate * (1 + GAIN * promised):
+                self.growing = False  # the link (or the server, or the CPU) is full
+                return
+        self._prev = (self.limit, rate)
+        self.limit = min(self.ceiling, self.limit * 2)
+        self._starts = 0
+        self.stats.limit = self.limit
+        self._waiting_fill_since = self._clock()
+        self.cond.notify_all()
+
+    def back_off(self) -> bool:
+        """The host refused (429/503) or dropped a connection: come down to what it was still
+        serving and never grow past that again. True when this call lowered the limit."""
+        with self.cond:
+            now = self._clock()
+            if now - self._last_backoff < BACKOFF_QUIET or (self.limit <= 1 and not self.growing):
+                return False
+            self._last_backoff = now
+            serving = max(1, self.streaming)
+            new = max(1, min(self.limit - 1, serving)) if self.limit > 1 else 1
+            self.limit = self.ceiling = new
+            self.growing = False
+            self._window_start = None
+            self.stats.backoffs += 1
+            self.stats.limit = new
+            return True
+
+    def worth_a_connection(self, piece: int) -> bool:
+        """Handing ``piece`` bytes to a new connection pays: at the measured rate it takes longer
+        than the new connection waits for its first byte (unknown rates: assume it pays)."""
+        with self.cond:
+            if self.ttfb is None or self.conn_rate is None:
+                return True
+            return piece / self.conn_rate > self.ttfb
+
+
+class Scheduler:
+    """The lanes of one fetch, by host; ``jobs`` fixes the connection count, else up to ``cap``."""
+
+    def __init__(self, jobs: int | None = None, cap: int = DEFAULT_CAP, align: int = DEFAULT_ALIGN) -> None:
+        self.jobs = jobs
+        self.cap = cap
+        self.align = max(1, align)
+        self._lanes: dict[str, HostLane] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def most(self) -> int:
+        """Connections one host may ever get (the size of the shared connection pool)."""
+        return max(1, self.jobs or self.cap)
+
+    def lane(self, url: str) -> HostLane:
+        key = host_key(url)
+        with self._lock:
+            found = self._lanes.get(key)
+            if found is None:
+                found = self._lanes[key] = HostLane(self.cap, self.jobs)
+            return found
+
+    def lanes(self) -> list[HostLane]:
+        with self._lock:
+            return list(self._lanes.values())
+
+
+def split_point(start: int, live: int, end: int, align: int, margin: int, near: int | None = None) -> int | None:
+    """Where to cut the range [``start``, ``end``) whose bytes have arrived up to ``live``: the
+    multiple of ``align`` nearest to the middle of what is left — or, with ``near``, to ``near``
+    bytes past ``live`` when that comes first — at least ``margin`` bytes ahead of ``live`` (the
+    running connection keeps going while the new one starts), strictly inside the range. None
+    when no such point exists.
+
+    ``near`` keeps the running connection close to the front of the file: the in-order hasher
+    follows the contiguous prefix, so pieces finishing front to back keep hashing beside the
+    network instead of after it."""
+    lowest = max(live + max(1, margin), start + 1)
+    if lowest >= end:
+        return None
+    target = live + (end - live) // 2
+    if near is not None:
+        target = min(target, live + near)
+    down = target - target % align
+    up = down + align
+    for point in sorted((down, up), key=lambda p: abs(p - target)):
+        if lowest <= point < end:
+            return point
+    first = -(-lowest // align) * align  # the first allowed multiple, if the nearest ones are not
+    return first if first < end else None
