@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -41,9 +40,10 @@ class PipelinedCopier:
 
     Sinks in the same position across calls share a worker thread, so ordering within a
     position holds; every call drains before returning, so callers may close files after it.
-    Files are read through short-lived mmap windows (no copy into user buffers; each window is
-    unmapped once its sinks are done, so resident memory stays at ``depth * window``); streams
-    are read into a ring of fixed buffers.
+    Files and streams alike are read into a ring of private, reused buffers (``depth *
+    buffer_size`` bytes whatever the file size). Never mmap: a file truncated by someone else
+    while mapped kills the process with SIGBUS, and a mapping shows later changes to bytes
+    already checked; a read copies the bytes once, and what was hashed is what gets written.
     """
 
     def __init__(self, n_sinks: int, buffer_size: int = BUFFER_SIZE, depth: int = PIPELINE_DEPTH) -> None:
@@ -52,7 +52,6 @@ class PipelinedCopier:
         self._buffers: list[bytearray] = []
         self._depth = depth
         self._pending: list[list[Future[object]]] = [[] for _ in range(depth)]
-        self._held: list[list[memoryview | mmap.mmap]] = [[] for _ in range(depth)]
         self._slot = 0
 
     def __enter__(self) -> PipelinedCopier:
@@ -75,16 +74,15 @@ class PipelinedCopier:
                 fut.result()  # re-raises a sink's failure (e.g. disk full) in the caller
         finally:
             wait(futures)
-            held, self._held[slot] = self._held[slot], []
-            for resource in held:  # views first, then their mapping
-                if isinstance(resource, memoryview):
-                    resource.release()
-                else:
-                    resource.close()
 
     def _drain_all(self) -> None:
         for slot in range(self._depth):
             self._drain(slot)
+
+    def _buffer(self, slot: int) -> bytearray:
+        if not self._buffers:
+            self._buffers = [bytearray(self._buffer_size) for _ in range(self._depth)]
+        return self._buffers[slot]
 
     def _submit(self, slot: int, view: memoryview, sinks: Sequence[Sink]) -> None:
         if len(sinks) > len(self._executors):
@@ -101,28 +99,24 @@ class PipelinedCopier:
         advance: Callable[[int], None] | None = None,
     ) -> int:
         """Feed ``length`` bytes of file ``fd`` from ``offset``; raise TruncatedInput if it is shorter."""
-        available = max(0, min(length, os.fstat(fd).st_size - offset))
-        pos, end = offset, offset + available
+        pos, end = offset, offset + length
         try:
             while pos < end:
                 slot = self._slot
                 self._drain(slot)
-                n = min(self._buffer_size, end - pos)
-                aligned = pos - pos % mmap.ALLOCATIONGRANULARITY
-                mapping = mmap.mmap(fd, n + pos - aligned, flags=mmap.MAP_SHARED,
-                                    prot=mmap.PROT_READ, offset=aligned)
-                whole_view = memoryview(mapping)
-                view = whole_view[pos - aligned:]
-                self._held[slot] = [view, whole_view, mapping]
-                self._submit(slot, view, sinks)
-                pos += n
+                view = memoryview(self._buffer(slot))[:min(self._buffer_size, end - pos)]
+                got = os.preadv(fd, [view], pos)
+                if not got:
+                    break
+                self._submit(slot, view[:got], sinks)
+                pos += got
                 if advance is not None:
-                    advance(n)
+                    advance(got)
         finally:
             self._drain_all()
-        if available < length:
-            raise TruncatedInput(available)
-        return available
+        if pos < end:
+            raise TruncatedInput(pos - offset)
+        return length
 
     def copy(
         self,
@@ -132,14 +126,12 @@ class PipelinedCopier:
         advance: Callable[[int], None] | None = None,
     ) -> int:
         """Read exactly ``length`` bytes from stream ``src`` into every sink; raise TruncatedInput if short."""
-        if not self._buffers:
-            self._buffers = [bytearray(self._buffer_size) for _ in range(self._depth)]
         copied = 0
         try:
             while copied < length:
                 slot = self._slot
                 self._drain(slot)
-                buf = self._buffers[slot]
+                buf = self._buffer(slot)
                 want = min(len(buf), length - copied)
                 view = memoryview(buf)[:want]
                 got = src.readinto(view)
@@ -157,24 +149,88 @@ class PipelinedCopier:
 
 
 def hash_range(path: Path, offset: int = 0, length: int | None = None,
-               advance: Callable[[int], None] | None = None) -> tuple[str, int]:
+               advance: Callable[[int], None] | None = None,
+               extra_sinks: Sequence[Sink] = ()) -> tuple[str, int]:
     """SHA-256 of ``length`` bytes of ``path`` from ``offset`` (to EOF if None): (hex, bytes read).
 
-    Reading and hashing overlap (a one-sink pipeline), so this runs at hashing speed.
+    Reading and hashing overlap (a one-sink pipeline), so this runs at hashing speed;
+    ``extra_sinks`` (a block hasher) get the same bytes in the same pass, each on its own thread.
     """
     digest = hashlib.sha256()
-    # Depth 2 suffices for one sink (map the next window while hashing this one) and keeps
-    # parallel verification's resident memory low.
+    # Depth 2 suffices for one sink (read the next buffer while hashing this one) and keeps
+    # resident memory low.
     with (open(path, "rb", buffering=0) as fh,
-          PipelinedCopier(n_sinks=1, buffer_size=HASH_BUFFER_SIZE, depth=2) as copier):
+          PipelinedCopier(n_sinks=1 + len(extra_sinks), buffer_size=HASH_BUFFER_SIZE, depth=2) as copier):
         if length is None:
             length = max(0, os.fstat(fh.fileno()).st_size - offset)
         with_fadvise(fh.fileno(), offset, length)
         try:
-            read = copier.copy_file_range(fh.fileno(), offset, length, [digest.update], advance)
+            read = copier.copy_file_range(fh.fileno(), offset, length, [digest.update, *extra_sinks], advance)
         except TruncatedInput as exc:
             read = exc.copied
     return digest.hexdigest(), read
+
+
+# Each block-hashing thread reads its block in pieces of this size into its own reused buffer:
+# memory is ``threads * READ_PIECE``, whatever the block size or the number of cores.
+READ_PIECE = 2 * 1024 * 1024
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def hash_blocks(path: Path, block_size: int, indices: Sequence[int], size: int,
+                advance: Callable[[int], None] | None = None, threads: int | None = None) -> list[str]:
+    """SHA-256 of each listed block of ``path`` (a file of ``size`` bytes), on every usable core.
+
+    hashlib releases the GIL on large buffers, so threads hash in parallel; each reads with
+    ``preadv`` into its own buffer. A block the file no longer fully holds hashes what is there
+    (it then fails to match)."""
+    import threading
+
+    local = threading.local()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    lock = threading.Lock()
+
+    def one(index: int) -> str:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = memoryview(bytearray(min(READ_PIECE, block_size)))
+        digest = hashlib.sha256()
+        pos = index * block_size
+        end = min(size, pos + block_size)
+        while pos < end:
+            got = os.preadv(fd, [buf[:min(len(buf), end - pos)]], pos)
+            if not got:
+                break
+            digest.update(buf[:got])
+            pos += got
+            if advance is not None:
+                with lock:
+                    advance(got)
+        return digest.hexdigest()
+
+    try:
+        with_fadvise(fd, 0, size)
+        workers = max(1, min(threads or usable_cores(), len(indices)))
+        if workers == 1:
+            return [one(i) for i in indices]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, indices))
+    finally:
+        os.close(fd)
+
+
+def bad_blocks(path: Path, block_size: int, hashes: Sequence[str], size: int,
+               advance: Callable[[int], None] | None = None, threads: int | None = None) -> list[int]:
+    """Indices of the blocks of ``path`` whose SHA-256 is not the expected one (in parallel)."""
+    got = hash_blocks(path, block_size, range(len(hashes)), size, advance, threads)
+    return [i for i, (have, want) in enumerate(zip(got, hashes, strict=True)) if have != want]
 
 
 def with_fadvise(fd: int, offset: int, length: int) -> None:

@@ -1,8 +1,10 @@
-"""Check files against a manifest or the cache's record: per chunk OK / MISSING / MISMATCH.
+"""Check files against a manifest or the cache's record: per item OK / MISSING / MISMATCH.
 
-Chunks (or chunk-sized ranges of an assembled file) are hashed in parallel so both cores work;
-matching chunk hashes of a bytes manifest vouch for the whole file, so no second sequential pass
-over it is needed.
+A file with a block map (in its record or its manifest) is checked block by block on every core
+the process may use, and a mismatch names the damaged byte ranges (``repair`` acts on them). A file
+without one is hashed whole (one core per file; several files in parallel); a cached file checked
+that way gets its block map from the same pass, kept once its whole sha256 has matched. The exact
+size is always checked.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
 from teadist.base.fsutil import is_plain_file
-from teadist.base.hashing import hash_range
+from teadist.base.hashing import bad_blocks, hash_range, usable_cores
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
 from teadist.errors import NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
-VERIFY_WORKERS = 2
 OK, MISSING, MISMATCH, DAMAGED = "OK", "MISSING", "MISMATCH", "DAMAGED"
 
 
@@ -30,6 +32,14 @@ class CheckRow:
     name: str
     status: str
     detail: str = ""
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # damaged bytes [start, end), when known
+    learned: BlockMap | None = field(default=None, repr=False)  # a block map computed while it matched
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "status": self.status, "detail": self.detail}
+        if self.ranges:
+            out["damaged"] = [{"start": a, "end": b} for a, b in self.ranges]
+        return out
 
 
 @dataclass
@@ -42,7 +52,7 @@ class VerifyReport:
         return all(row.status == OK for row in self.rows)
 
     def to_dict(self) -> dict[str, object]:
-        return {"target": self.target, "ok": self.ok, "items": [asdict(r) for r in self.rows]}
+        return {"target": self.target, "ok": self.ok, "items": [r.to_dict() for r in self.rows]}
 
 
 @dataclass
@@ -53,9 +63,39 @@ class _Job:
     length: int | None
     sha256: str
     whole: bool = True  # the job covers the whole file: its size must still be ``length`` afterwards
+    blocks: BlockMap | None = None  # check block by block (whole files only)
+    learn: bool = False  # no block map yet: compute one while hashing the whole file
+
+
+def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
+    assert job.blocks is not None and job.length is not None
+    bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance)
+    now = job.path.stat().st_size
+    if bad:
+        ranges = damaged_ranges(bad, job.blocks.block_size, job.length)
+        return CheckRow(job.name, MISMATCH, f"{len(bad)} of {len(job.blocks.hashes)} blocks damaged: "
+                        f"{describe_ranges(ranges)}", ranges)
+    if now != job.length:
+        return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
+    return CheckRow(job.name, OK)
+
+
+def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
+    learner = BlockHasher() if job.learn else None
+    digest, read = hash_range(job.path, job.offset, job.length, advance,
+                              extra_sinks=[learner] if learner is not None else [])
+    if job.length is not None and read != job.length:
+        return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
+    if digest != job.sha256:
+        return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
+    if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
+        return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
+    return CheckRow(job.name, OK, learned=learner.finish() if learner is not None else None)
 
 
 def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow]:
+    """Rows in job order. Block-mapped files one after another, each on every core; the others
+    hashed whole, as many at once as there are cores."""
     total = sum(j.length if j.length is not None else j.path.stat().st_size for j in jobs)
     task = reporter.task(label, total)
     lock = threading.Lock()
@@ -64,21 +104,19 @@ def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow
         with lock:
             task.advance(n)
 
-    def run(job: _Job, advance: Callable[[int], None] = advance) -> CheckRow:
-        digest, read = hash_range(job.path, job.offset, job.length, advance)
-        if job.length is not None and read != job.length:
-            return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
-        if digest != job.sha256:
-            return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
-        if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
-            return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
-        return CheckRow(job.name, OK)
-
+    rows: dict[int, CheckRow] = {}
     try:
-        with ThreadPoolExecutor(max_workers=VERIFY_WORKERS) as pool:
-            return list(pool.map(run, jobs))
+        whole = [i for i, job in enumerate(jobs) if job.blocks is None]
+        if whole:
+            with ThreadPoolExecutor(max_workers=min(len(whole), usable_cores())) as pool:
+                for i, row in zip(whole, pool.map(lambda i: _check_whole(jobs[i], advance), whole), strict=True):
+                    rows[i] = row
+        for i, job in enumerate(jobs):
+            if job.blocks is not None:
+                rows[i] = _check_blocks(job, advance)
     finally:
         task.close()
+    return [rows[i] for i in range(len(jobs))]
 
 
 def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) -> VerifyReport:
@@ -91,7 +129,7 @@ def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) ->
         elif (actual := path.stat().st_size) != chunk.size:
             rows[chunk.name] = CheckRow(chunk.name, MISMATCH, f"size {actual}, expected {chunk.size}")
         else:
-            jobs.append(_Job(chunk.name, path, 0, None, chunk.sha256))
+            jobs.append(_Job(chunk.name, path, 0, chunk.size, chunk.sha256, blocks=chunk.blocks))
     for row in _run_jobs(jobs, reporter, f"verify {folder.name or folder}"):
         rows[row.name] = row
     return VerifyReport(str(folder), [rows[c.name] for c in manifest.chunks])
@@ -107,7 +145,10 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     rows: list[CheckRow] = []
     if actual != size:
         rows.append(CheckRow(path.name, MISMATCH, f"size {actual}, expected {size}"))
-    if manifest.format == "bytes":
+    if manifest.file.blocks is not None and actual == size:
+        rows += _run_jobs([_Job(path.name, path, 0, size, sha256, blocks=manifest.file.blocks)], reporter,
+                          f"verify {path.name}")
+    elif manifest.format == "bytes":
         # Each chunk is a byte range of the original: equal ranges prove an equal file.
         jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False) for c in manifest.chunks]
         rows += _run_jobs(jobs, reporter, f"verify {path.name}")
@@ -129,7 +170,9 @@ def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], li
         elif member.size is not None and (actual := path.stat().st_size) != member.size:
             rows.append(CheckRow(member.filename, MISMATCH, f"size {actual}, expected {member.size}"))
         else:
-            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256))
+            blocks = member.record.block_map if member.record is not None else None
+            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256, blocks=blocks,
+                             learn=blocks is None and member.record is not None))
     return jobs, rows
 
 
@@ -149,7 +192,7 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
     rows += _run_jobs(jobs, reporter, f"verify {model.head.filename}")
     report = VerifyReport(str(cache.path_for(model.head.filename)), rows)
     if report.ok:
-        _mark(cache, model)
+        _mark(cache, model, rows)
     return report
 
 
@@ -162,13 +205,14 @@ def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
     for model, (jobs, known) in zip(scan.models, checks, strict=True):
         own = known + [next(results) for _ in jobs]
         if all(row.status == OK for row in own):
-            _mark(cache, model)
+            _mark(cache, model, own)
         rows += own
     rows += [_damaged_row(d) for d in scan.damaged]
     return VerifyReport(str(cache.root), rows)
 
 
-def _mark(cache: ModelCache, model: CachedModel) -> None:
+def _mark(cache: ModelCache, model: CachedModel, rows: list[CheckRow]) -> None:
+    learned = {row.name: row.learned for row in rows}
     for member in model.members:
         if member.record is not None:
-            cache.mark_verified(member.record)
+            cache.mark_verified(member.record, learned.get(member.filename))
