@@ -90,6 +90,17 @@ class PipelinedCopier:
         self._pending[slot] = [ex.submit(sink, view) for ex, sink in zip(self._executors, sinks, strict=False)]
         self._slot = (slot + 1) % self._depth
 
+    def feed(self, data: bytes, sinks: Sequence[Sink]) -> None:
+        """Feed a small immutable piece (a header, padding) in order with the ranges around it."""
+        if data:
+            slot = self._slot
+            self._drain(slot)
+            self._submit(slot, memoryview(data), sinks)
+
+    def flush(self) -> None:
+        """Wait until every sink has taken everything fed so far (re-raising a sink's failure)."""
+        self._drain_all()
+
     def copy_file_range(
         self,
         fd: int,
@@ -185,16 +196,28 @@ def usable_cores() -> int:
 
 
 def hash_blocks(path: Path, block_size: int, indices: Sequence[int], size: int,
-                advance: Callable[[int], None] | None = None, threads: int | None = None) -> list[str]:
-    """SHA-256 of each listed block of ``path`` (a file of ``size`` bytes), on every usable core.
+                advance: Callable[[int], None] | None = None, threads: int | None = None,
+                base: int = 0) -> list[str]:
+    """SHA-256 of each listed block of ``path`` (a file of ``size`` bytes, or a ``size``-byte region
+    of it from ``base``), on every usable core.
 
     hashlib releases the GIL on large buffers, so threads hash in parallel; each reads with
     ``preadv`` into its own buffer. A block the file no longer fully holds hashes what is there
     (it then fails to match)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return hash_blocks_fd(fd, block_size, indices, size, advance, threads, base)
+    finally:
+        os.close(fd)
+
+
+def hash_blocks_fd(fd: int, block_size: int, indices: Sequence[int], size: int,
+                   advance: Callable[[int], None] | None = None, threads: int | None = None,
+                   base: int = 0) -> list[str]:
+    """``hash_blocks`` on an open descriptor (a partial file held by descriptor)."""
     import threading
 
     local = threading.local()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     lock = threading.Lock()
 
     def one(index: int) -> str:
@@ -202,8 +225,8 @@ def hash_blocks(path: Path, block_size: int, indices: Sequence[int], size: int,
         if buf is None:
             buf = local.buf = memoryview(bytearray(min(READ_PIECE, block_size)))
         digest = hashlib.sha256()
-        pos = index * block_size
-        end = min(size, pos + block_size)
+        pos = base + index * block_size
+        end = base + min(size, index * block_size + block_size)
         while pos < end:
             got = os.preadv(fd, [buf[:min(len(buf), end - pos)]], pos)
             if not got:
@@ -215,21 +238,31 @@ def hash_blocks(path: Path, block_size: int, indices: Sequence[int], size: int,
                     advance(got)
         return digest.hexdigest()
 
-    try:
-        with_fadvise(fd, 0, size)
-        workers = max(1, min(threads or usable_cores(), len(indices)))
-        if workers == 1:
-            return [one(i) for i in indices]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, indices))
-    finally:
-        os.close(fd)
+    with_fadvise(fd, base, size)
+    workers = max(1, min(threads or usable_cores(), len(indices)))
+    if workers == 1:
+        return [one(i) for i in indices]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, indices))
+
+
+def proven_blocks(fd: int, expected: Sequence[str], block_size: int, size: int, have: int) -> int:
+    """How many leading blocks of the file open as ``fd`` (``have`` bytes of a ``size``-byte file)
+    match ``expected``: a resume keeps exactly these and refetches the rest."""
+    complete = [i for i in range(len(expected)) if min(size, (i + 1) * block_size) <= have]
+    got = hash_blocks_fd(fd, block_size, complete, size) if complete else []
+    for i, digest in enumerate(got):
+        if digest != expected[i]:
+            return i
+    return len(got)
 
 
 def bad_blocks(path: Path, block_size: int, hashes: Sequence[str], size: int,
-               advance: Callable[[int], None] | None = None, threads: int | None = None) -> list[int]:
-    """Indices of the blocks of ``path`` whose SHA-256 is not the expected one (in parallel)."""
-    got = hash_blocks(path, block_size, range(len(hashes)), size, advance, threads)
+               advance: Callable[[int], None] | None = None, threads: int | None = None,
+               base: int = 0) -> list[int]:
+    """Indices of the blocks of ``path`` (or of its region from ``base``) whose SHA-256 is not the
+    expected one (in parallel)."""
+    got = hash_blocks(path, block_size, range(len(hashes)), size, advance, threads, base)
     return [i for i, (have, want) in enumerate(zip(got, hashes, strict=True)) if have != want]
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from teadist.base.fsutil import atomic_write, ensure_free_space
+from teadist.base.fsutil import WriteSink, atomic_write, ensure_free_space
+from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.errors import TeadistError, UsageError
 from teadist.formats.gguf_layout import (
@@ -65,8 +66,11 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
                          "write those keys twice", hint="assemble the shards first, then split the whole model")
     from concurrent.futures import ThreadPoolExecutor
 
-    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
-    original_sha_future = hasher.submit(hash_range, src)
+    from teadist.base.blocks import BLOCK_SIZE, BlockHasher
+
+    original_blocks = BlockHasher(BLOCK_SIZE)
+    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256 and block map, on the other core meanwhile
+    original_sha_future = hasher.submit(hash_range, src, extra_sinks=[original_blocks])
     with open(src, "rb") as fh:
         fh.seek(layout.kv_start)
         kv_block = fh.read(layout.kv_end - layout.kv_start)
@@ -78,41 +82,42 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     manifest_path = out_dir / manifest_filename(file_name)
     manifest_path.unlink(missing_ok=True)
     ensure_free_space(out_dir, sum(s.size for s in shards), "the shards")
-    with open(src, "rb") as original:
+    with open(src, "rb", buffering=0) as original:
         pieces = make_recipe(layout, original, shards)
         literal_bytes = sum(piece_length(p) for p in pieces if "literal" in p)
         if literal_bytes > MAX_LITERAL_BYTES:
             raise UsageError(f"{file_name}: {literal_bytes} bytes would have to be stored in the manifest")
         records = []
         task = reporter.task(f"shard {file_name}", sum(s.size for s in shards))
+        # Reads, the shard's hashes and the write overlap: one thread per sink, a bounded ring of buffers.
         try:
-            for shard, shard_name in zip(shards, names, strict=True):
-                digest = hashlib.sha256()
-                with atomic_write(out_dir / shard_name) as out:
-                    def emit(data: bytes, out: BinaryIO = out, digest: Any = digest) -> None:
-                        out.write(data)
-                        digest.update(data)
-                        task.advance(len(data))
-
-                    emit(shard.header)
-                    pos = len(shard.header)
-                    for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
-                        emit(bytes(at - pos))
-                        original.seek(tensor.data_offset)
-                        left = tensor.n_bytes
-                        while left:
-                            block = original.read(min(left, COPY_BLOCK))
-                            emit(block)
-                            left -= len(block)
-                        pos = at + tensor.n_bytes
-                url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
-                records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url))
+            with PipelinedCopier(n_sinks=3, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
+                for shard, shard_name in zip(shards, names, strict=True):
+                    digest = hashlib.sha256()
+                    blocks = BlockHasher(BLOCK_SIZE)
+                    with atomic_write(out_dir / shard_name) as out:
+                        sinks = [digest.update, WriteSink(out), blocks]
+                        copier.feed(shard.header, sinks)
+                        task.advance(len(shard.header))
+                        pos = len(shard.header)
+                        for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
+                            copier.feed(bytes(at - pos), sinks)
+                            task.advance(at - pos)
+                            copier.copy_file_range(original.fileno(), tensor.data_offset, tensor.n_bytes, sinks,
+                                                   task.advance)
+                            pos = at + tensor.n_bytes
+                        copier.flush()
+                    url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
+                    records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url, blocks.finish()))
+        except TruncatedInput:
+            raise TeadistError(f"{src} shrank while it was being split; run split again") from None
         finally:
             task.close()
     original_sha = original_sha_future.result()[0]
     hasher.shutdown()
     manifest = Manifest(name=name or default_model_name(file_name),
-                        file=FileRecord(file_name, layout.size, original_sha), format="gguf", chunks=records,
+                        file=FileRecord(file_name, layout.size, original_sha, original_blocks.finish()),
+                        format="gguf", chunks=records,
                         rebuild={"method": "pieces-v1", "pieces": pieces}, model=describe_model(src, reporter))
     check_recipe(manifest)
     _prove_rebuild(manifest, out_dir, names)

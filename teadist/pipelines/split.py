@@ -1,7 +1,7 @@
 """Cut a file into byte-range chunks under the GitHub/browser 2 GiB limit, with a manifest.
 
-One pass over the input: each chunk's SHA-256 and the whole file's are computed while the chunk
-is written. Each chunk goes to a temp name and is renamed; the manifest is written last, so its
+One pass over the input: each chunk's SHA-256 and the whole file's, and the block maps of both
+(``base.blocks``), are computed while the chunk is written. Each chunk goes to a temp name and is renamed; the manifest is written last, so its
 presence means the split is complete. A re-run keeps chunks that are already right (size and
 hash of the matching input range) and rewrites the rest.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.base.fsutil import (
     MAX_MODEL_NAME_BYTES,
     WriteSink,
@@ -133,23 +134,25 @@ def split_file(
     _remove_stale_temps(out_dir, names)
 
     whole = hashlib.sha256()
+    whole_blocks = BlockHasher(BLOCK_SIZE)
     chunks: list[ChunkRecord] = []
     written = reused = 0
     task = reporter.task(f"split {file_name}", size)
     try:
-        with (open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=3) as copier,
+        with (open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=5) as copier,
               ThreadPoolExecutor(max_workers=1) as checker):
             for index, chunk_name in enumerate(names):
                 offset = index * chunk_size
                 length = min(chunk_size, size - offset)
                 dest = out_dir / chunk_name
                 digest = hashlib.sha256()
+                blocks = BlockHasher(BLOCK_SIZE)
                 whole_fed = False
                 if dest.is_file() and dest.stat().st_size == length:
                     # Hash the existing chunk while reading the input range: keep it if they agree.
                     existing = checker.submit(hash_range, dest)
-                    copier.copy_file_range(fin.fileno(), offset, length, [whole.update, digest.update],
-                                           task.advance)
+                    copier.copy_file_range(fin.fileno(), offset, length,
+                                           [whole.update, digest.update, whole_blocks, blocks], task.advance)
                     whole_fed = True
                     if existing.result()[0] == digest.hexdigest():
                         reused += 1
@@ -162,11 +165,12 @@ def split_file(
                     ensure_free_space(out_dir, length, f"chunk {chunk_name}")
                     with atomic_write(dest) as fout:
                         copier.copy_file_range(fin.fileno(), offset, length,
-                                               [whole.update, digest.update, WriteSink(fout)], task.advance)
+                                               [whole.update, digest.update, WriteSink(fout), whole_blocks, blocks],
+                                               task.advance)
                     written += 1
                 chunk_url = (base_url.rstrip("/") + "/" + quote(chunk_name)) if base_url else None
                 chunks.append(ChunkRecord(chunk_name, length, digest.hexdigest(), offset,
-                                          (chunk_url,) if chunk_url else ()))
+                                          (chunk_url,) if chunk_url else (), blocks.finish()))
             if os.fstat(fin.fileno()).st_size != size:
                 raise TeadistError(f"{src} changed size while it was being split; run split again")
     except TruncatedInput as exc:
@@ -186,7 +190,7 @@ def split_file(
                              hint="remove it from the cache (teadist rm) and fetch it again")
     manifest = Manifest(
         name=name or default_model_name(file_name),
-        file=FileRecord(file_name, size, whole.hexdigest()),
+        file=FileRecord(file_name, size, whole.hexdigest(), whole_blocks.finish()),
         format="bytes",
         chunks=chunks,
         model=model,

@@ -68,14 +68,15 @@ class _Job:
 
 
 def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
+    """Block by block on every core; damaged ranges are given in the file's own offsets."""
     assert job.blocks is not None and job.length is not None
-    bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance)
+    bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance, base=job.offset)
     now = job.path.stat().st_size
     if bad:
-        ranges = damaged_ranges(bad, job.blocks.block_size, job.length)
+        ranges = [(a + job.offset, b + job.offset) for a, b in damaged_ranges(bad, job.blocks.block_size, job.length)]
         return CheckRow(job.name, MISMATCH, f"{len(bad)} of {len(job.blocks.hashes)} blocks damaged: "
                         f"{describe_ranges(ranges)}", ranges)
-    if now != job.length:
+    if job.whole and now != job.length:
         return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
     return CheckRow(job.name, OK)
 
@@ -145,13 +146,14 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     rows: list[CheckRow] = []
     if actual != size:
         rows.append(CheckRow(path.name, MISMATCH, f"size {actual}, expected {size}"))
-    if manifest.file.blocks is not None and actual == size:
+    if manifest.format == "bytes":
+        # Each chunk is a byte range of the original: equal ranges prove an equal file.
+        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks)
+                for c in manifest.chunks]
+        rows += _run_jobs(jobs, reporter, f"verify {path.name}")
+    elif manifest.file.blocks is not None and actual == size:
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256, blocks=manifest.file.blocks)], reporter,
                           f"verify {path.name}")
-    elif manifest.format == "bytes":
-        # Each chunk is a byte range of the original: equal ranges prove an equal file.
-        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False) for c in manifest.chunks]
-        rows += _run_jobs(jobs, reporter, f"verify {path.name}")
     elif actual == size:
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256)], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)
