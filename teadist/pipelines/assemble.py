@@ -3,8 +3,9 @@
 The output grows in a stable partial file named by the destination's work files (in the cache:
 its target's work folder), under the target's lock; an interrupted run resumes after the last
 proven block (with the manifest's block map; else after the last complete, re-verified chunk).
-The file's block map is computed in the same pass and recorded with it. Only a file whose whole SHA-256 matches is renamed into place: on any
-mismatch or missing chunk nothing is left at the destination.
+The file's block map is computed in the same pass and recorded with it. Only a file whose whole
+SHA-256 matches is renamed into place: on any mismatch or missing chunk nothing is left at the
+destination.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from teadist.base.progress import Reporter
 from teadist.cache.layout import OutsideTarget, Target
 from teadist.cache.store import ModelCache
 from teadist.errors import IntegrityError, TeadistError, UsageError
-from teadist.formats.manifest import ChunkRecord, Manifest
+from teadist.formats.manifest import Manifest
 
 Origin = dict[str, str | None]
 

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.base.fsutil import PwriteSink, ensure_free_space
-from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, TruncatedInput
+from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.cache.layout import Target
 from teadist.cache.store import ModelCache
@@ -113,7 +113,7 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target
     try:
         with PipelinedCopier(n_sinks=4, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
             readers = [_VerifiedShard(shards_dir / c.name, c, copier) for c in manifest.chunks]
-            out = [PwriteSink(fd, 0), whole.update, blocks]
+            out: list[Sink] = [PwriteSink(fd, 0), whole.update, blocks]
 
             def literal(data: bytes) -> None:
                 copier.feed(data, out)

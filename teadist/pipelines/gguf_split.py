@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from teadist.base.fsutil import WriteSink, atomic_write, ensure_free_space
-from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, TruncatedInput
+from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.errors import TeadistError, UsageError
 from teadist.formats.gguf_layout import (
@@ -96,7 +96,7 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
                     digest = hashlib.sha256()
                     blocks = BlockHasher(BLOCK_SIZE)
                     with atomic_write(out_dir / shard_name) as out:
-                        sinks = [digest.update, WriteSink(out), blocks]
+                        sinks: list[Sink] = [digest.update, WriteSink(out), blocks]
                         copier.feed(shard.header, sinks)
                         task.advance(len(shard.header))
                         pos = len(shard.header)

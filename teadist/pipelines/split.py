@@ -1,9 +1,9 @@
 """Cut a file into byte-range chunks under the GitHub/browser 2 GiB limit, with a manifest.
 
 One pass over the input: each chunk's SHA-256 and the whole file's, and the block maps of both
-(``base.blocks``), are computed while the chunk is written. Each chunk goes to a temp name and is renamed; the manifest is written last, so its
-presence means the split is complete. A re-run keeps chunks that are already right (size and
-hash of the matching input range) and rewrites the rest.
+(``base.blocks``), are computed while the chunk is written. Each chunk goes to a temp name and is
+renamed; the manifest is written last, so its presence means the split is complete. A re-run keeps
+chunks that are already right (size and hash of the matching input range) and rewrites the rest.
 """
 
 from __future__ import annotations
