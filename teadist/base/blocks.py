@@ -107,6 +107,10 @@ class BlockHasher:
                 self._current = hashlib.sha256()
                 self._fill = 0
 
+    def tail(self) -> tuple[int, str]:
+        """(bytes, SHA-256) of the block in progress: proof of a partial's last, incomplete block."""
+        return self._fill, self._current.copy().hexdigest()
+
     def finish(self) -> BlockMap:
         """The map of everything fed (the last block may be short)."""
         if self._fill:

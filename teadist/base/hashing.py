@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
+
 # Many small windows smooth over the writer's bursts (dirty-page throttling) at fixed memory.
 BUFFER_SIZE = 4 * 1024 * 1024
 PIPELINE_DEPTH = 12
@@ -274,18 +276,19 @@ def with_fadvise(fd: int, offset: int, length: int) -> None:
 
 
 def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str, folder: Path | None = None,
-                  stem: str | None = None) -> None:
+                  stem: str | None = None) -> BlockMap:
     """Copy ``src`` to ``dest`` hashing while copying (one pass), temp-then-rename (temp created in
     ``folder`` as ``stem…``); raise IntegrityError naming ``label`` and leave nothing at ``dest``
-    when size or sha256 differ."""
+    when size or sha256 differ. Returns the copy's block map (from the same pass)."""
     from teadist.base.fsutil import WriteSink, atomic_write
     from teadist.errors import IntegrityError
 
     digest = hashlib.sha256()
+    blocks = BlockHasher(BLOCK_SIZE)
     with open(src, "rb", buffering=0) as fin, atomic_write(dest, folder, stem) as out, \
-            PipelinedCopier(n_sinks=2) as copier:
+            PipelinedCopier(n_sinks=3) as copier:
         try:
-            copier.copy_file_range(fin.fileno(), 0, size, [digest.update, WriteSink(out)])
+            copier.copy_file_range(fin.fileno(), 0, size, [digest.update, WriteSink(out), blocks])
         except TruncatedInput as exc:
             raise IntegrityError(f"{label} has {exc.copied} bytes, expected {size}") from None
         if os.fstat(fin.fileno()).st_size != size:
@@ -293,3 +296,4 @@ def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str, fol
         if digest.hexdigest() != sha256:
             raise IntegrityError(f"{label} does not match its sha256 in the manifest",
                                  hint="download it again")
+    return blocks.finish()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 from teadist.base.fsutil import PwriteSink, ensure_free_space, is_disk_full
 from teadist.base.hashing import PipelinedCopier, TruncatedInput
 from teadist.base.progress import Reporter
@@ -48,6 +49,7 @@ from teadist.sources.segmented import SegmentedFetch, StreamFallback
 
 SEGMENTED_MIN_SIZE = 256 * 1024 * 1024  # single files this large are fetched as parallel ranges
 MAX_RESTARTS = 2
+SAVE_PROOF_STEP = 4 * 1024 * 1024  # a stream partial's sidecar proves its bytes at least every 4 MiB
 
 
 class Downloader:
@@ -77,6 +79,15 @@ class Downloader:
               auth: Auth | None = None, label: str | None = None) -> tuple[str, int]:
         """Download ``url`` to ``dest`` (a path, or a target's work files); verify ``size``/``sha256``
         when given. Returns (sha256, size)."""
+        digest, total, _ = self.fetch_with_blocks(url, dest, size, sha256, auth=auth, label=label)
+        return digest, total
+
+    def fetch_with_blocks(self, url: str, dest: Path | WorkFiles, size: int | None, sha256: str | None, *,
+                          auth: Auth | None = None, label: str | None = None,
+                          expected: BlockMap | None = None) -> tuple[str, int, BlockMap]:
+        """``fetch``, also returning the file's block map (computed in the pass that hashes it, so it
+        is as good as the sha256 it came with). ``expected``: the source's block map, if known; a
+        resume keeps the blocks it proves."""
         files = dest if isinstance(dest, WorkFiles) else WorkFiles.beside(dest)
         label = label or files.final.name
         checked_url(url)
@@ -87,10 +98,13 @@ class Downloader:
         if size is not None:
             ensure_free_space(files.folder, max(0, size - bytes_done(path, sidecar)), label)
         for attempt in (1, 2):  # a hash mismatch gets one fresh download before it counts
-            partial = Partial.open(path, sidecar, key, size)
+            partial = Partial.open(path, sidecar, key, size, expected)
+            if partial.dropped:
+                self.reporter.info(f"{label}: {partial.dropped} bytes at the end of the partial download are not "
+                                   "proven by a block hash; fetching them again")
             task = self.reporter.task(label, size)
             try:
-                digest, total = self._download(url, partial, auth, label, task.advance)
+                digest, total, blocks = self._download(url, partial, auth, label, task.advance)
             except OSError as exc:
                 raise_if_disk_full(exc, partial, label)
                 partial.close()
@@ -109,7 +123,7 @@ class Downloader:
                                          hint="the source is corrupt or was changed; try another --source")
             if problem is None:
                 partial.commit(files.final)
-                return digest, total
+                return digest, total, blocks
             partial.discard()
             if attempt == 2:
                 raise problem
@@ -118,7 +132,7 @@ class Downloader:
 
     # -- modes ------------------------------------------------------------------------------
     def _download(self, url: str, partial: Partial, auth: Auth | None, label: str,
-                  advance: Callable[[int], None]) -> tuple[str, int]:
+                  advance: Callable[[int], None]) -> tuple[str, int, BlockMap]:
         """Fill ``partial`` in the mode its sidecar proves (whatever ``jobs`` is now), or a fresh one."""
         restarts = 0
         while True:
@@ -127,9 +141,10 @@ class Downloader:
                 and self.jobs >= 2)
             try:
                 if segmented:
-                    result = SegmentedFetch(self, url, partial, auth, label, advance).run()
+                    ranges = SegmentedFetch(self, url, partial, auth, label, advance)
+                    result = ranges.run()
                     if result is not None:
-                        return result
+                        return result[0], result[1], ranges.blocks.finish()
                     self.reporter.info(f"{host_of(url)} does not serve byte ranges; downloading in one stream")
                     partial.reset()
                     partial.start(STREAM, None)
@@ -163,26 +178,31 @@ class Downloader:
                 self._sleep(delay)
 
     def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
-                advance: Callable[[int], None]) -> tuple[str, int]:
+                advance: Callable[[int], None]) -> tuple[str, int, BlockMap]:
         """One stream from where the proven prefix ends; a 200 to the resume starts from zero."""
         hasher = hashlib.sha256()
         have = partial.length if partial.mode == STREAM else 0
         if partial.mode != STREAM:
             partial.reset()
+        known = partial.blocks[:have // BLOCK_SIZE]
+        blocks = BlockHasher(BLOCK_SIZE, known)
         if have:
             self.reporter.info(f"{label}: resuming after {have} bytes")
-            with PipelinedCopier(n_sinks=1, depth=2) as copier:
-                copier.copy_file_range(partial.fd, 0, have, [hasher.update])
+            known_end = len(known) * BLOCK_SIZE
+            with PipelinedCopier(n_sinks=2, depth=2) as copier:
+                copier.copy_file_range(partial.fd, 0, known_end, [hasher.update])
+                copier.copy_file_range(partial.fd, known_end, have - known_end, [hasher.update, blocks])
             advance(have)
         while True:
             try:
-                result: tuple[str, int] = self.retrying(
-                    label, functools.partial(self._attempt, url, partial, auth, hasher, advance))
-                return result
+                digest, total = self.retrying(
+                    label, functools.partial(self._attempt, url, partial, auth, hasher, blocks, advance))
+                return digest, total, blocks.finish()
             except Restart as exc:
                 self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
                 partial.reset()
                 hasher = hashlib.sha256()
+                blocks = BlockHasher(BLOCK_SIZE)
 
     def open_url(self, url: str, headers: dict[str, str], auth: Auth | None) -> Any:
         """GET with manual redirects: each hop is checked (http(s) only, no userinfo or backslash in
@@ -229,7 +249,7 @@ class Downloader:
             except (OSError, ValueError) as exc:
                 raise SourceError(f"reading the manifest from {host_of(url)} failed ({short_reason(exc)})") from None
 
-    def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any,
+    def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any, blocks: BlockHasher,
                  advance: Callable[[int], None]) -> tuple[str, int]:
         import requests
 
@@ -267,10 +287,23 @@ class Downloader:
             raw = resp.raw
             raw.decode_content = False
             sink = PwriteSink(partial.fd, have)
-            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=8) as copier:
+            fed = saved = have
+            step = max(64 * 1024, min(SAVE_PROOF_STEP, (size or 0) // 16))
+
+            def block_sink(view: memoryview) -> None:
+                # The sidecar proves the bytes hashed so far, block by block; a resume re-checks them
+                # against the partial (bytes that never reached the disk fail and are fetched again).
+                nonlocal fed, saved
+                blocks(view)
+                fed += len(view)
+                if fed - saved >= step:
+                    saved = fed
+                    partial.proven_blocks(list(blocks.hashes), blocks.tail())
+
+            with PipelinedCopier(n_sinks=3, buffer_size=NET_BUFFER, depth=8) as copier:
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
-                                [hasher.update, sink], advance)
+                                [hasher.update, sink, block_sink], advance)
                 except TruncatedInput as exc:
                     if remaining is not None:
                         raise Retry(f"connection to {host_of(url)} ended after {exc.copied} of "

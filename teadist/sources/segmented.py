@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -57,6 +58,7 @@ class SegmentedFetch:
         self.auth, self.label, self.advance = auth, label, advance
         self.cond = threading.Condition()
         self.failed: BaseException | None = None
+        self.blocks = BlockHasher(BLOCK_SIZE)  # the file's block map, from the same in-order pass as its sha256
 
     # -- state ------------------------------------------------------------------------------
     def _load_or_plan(self) -> bool:
@@ -170,6 +172,7 @@ class SegmentedFetch:
                 if not got:
                     raise SourceError(f"{self.label}: partial file shrank during the download")
                 hasher.update(view[:got])
+                self.blocks(view[:got])
                 hashed += got
 
     def run(self) -> tuple[str, int] | None:
