@@ -275,6 +275,15 @@ def with_fadvise(fd: int, offset: int, length: int) -> None:
 
 
 
+def copy_into(src: Path, fd: int, length: int) -> None:
+    """Copy the first ``length`` bytes of ``src`` into the empty file open as ``fd`` (a temp copy
+    to be checked afterwards)."""
+    from teadist.base.fsutil import PwriteSink
+
+    with open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=1) as copier:
+        copier.copy_file_range(fin.fileno(), 0, length, [PwriteSink(fd, 0)])
+
+
 def copy_verified(src: Path, dest: Path, size: int, sha256: str, label: str, folder: Path | None = None,
                   stem: str | None = None) -> BlockMap:
     """Copy ``src`` to ``dest`` hashing while copying (one pass), temp-then-rename (temp created in

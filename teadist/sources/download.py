@@ -236,6 +236,40 @@ class Downloader:
             return resp
         raise SourceError(f"too many redirects from {host_of(url)}")
 
+    def get_range(self, url: str, start: int, length: int, auth: Auth | None = None,
+                  label: str | None = None) -> bytes:
+        """Exactly ``length`` bytes of ``url`` from ``start``, by ``Range`` (a 206 with the right
+        ``Content-Range``), with bounded retries. At most ``length`` bytes are held: one block."""
+        label = label or url
+
+        def attempt() -> bytes:
+            resp = self.open_url(url, {"Range": f"bytes={start}-{start + length - 1}"}, auth)
+            with resp:
+                check_status(resp, url)
+                first, _ = parse_content_range(resp.headers.get("Content-Range"))
+                if resp.status_code != 206 or first != start:
+                    raise SourceError(f"{host_of(url)} does not serve the byte range {start}-{start + length - 1}")
+                raw = resp.raw
+                raw.decode_content = False
+                buf = bytearray(length)
+                view = memoryview(buf)
+                reader = StreamReader(raw)
+                got = 0
+                try:
+                    while got < length:
+                        n = reader.readinto(view[got:])
+                        if not n:
+                            break
+                        got += n
+                except ReadFailed as exc:
+                    raise Retry(f"transfer from {host_of(url)} failed ({exc})") from None
+                if got < length:
+                    raise Retry(f"connection to {host_of(url)} ended after {got} of {length} bytes")
+                return bytes(buf)
+
+        data: bytes = self.retrying(label, attempt)
+        return data
+
     def get_small(self, url: str, limit: int) -> bytes | None:
         """A small document (a manifest) without credentials; None on 404. At most ``limit`` + 1 bytes."""
         resp = self.retrying(url, functools.partial(self.open_url, url, {}, None))
