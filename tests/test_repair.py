@@ -259,3 +259,50 @@ def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path
     assembled = cli("assemble", result.manifest_path, "--json")
     assert json.loads(assembled.out)["resumed_bytes"] == 2 * BLOCK_SIZE  # inside chunk 1: blocks prove it
     assert sha(models_dir / "asm.gguf") == sha(src)
+
+
+def test_a_model_rebuilt_from_gguf_shards_is_repaired_from_its_shards(tmp_path: Path, models_dir: Path,
+                                                                     cli: Callable[..., Result]) -> None:
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "shardy.gguf", seed=11)
+    split_gguf(src, tmp_path / "web", NullReporter(), shard_size=100_000)
+    with MirrorServer(tmp_path / "web") as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("shardy.gguf.manifest.json")).code == 0
+        cached = models_dir / "shardy.gguf"
+        flip(cached, cached.stat().st_size - 10)  # tensor data, at the end of the last shard
+        mirror.requests.clear()
+        repaired = cli("repair", "shardy.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        report = json.loads(repaired.out)
+        assert (report["blocks_bad"], report["blocks_refetched"]) == (1, 1)  # a tiny model is one block
+        gets = [r for r in mirror.requests if r.method == "GET" and r.path != "/shardy.gguf.manifest.json"]
+        assert gets and all(r.path.startswith("/shardy-0000") and "Range" in r.headers for r in gets)
+        assert 0 < report["bytes_fetched"] < cached.stat().st_size  # headers and padding come from the recipe
+    assert sha(cached) == sha(src)
+    assert cli("verify", "shardy.gguf").code == 0
+
+
+def test_a_kept_shard_is_repaired_by_one_range_request(tmp_path: Path, models_dir: Path,
+                                                       cli: Callable[..., Result]) -> None:
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "kept.gguf", seed=12)
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=100_000)
+    second = result.manifest.chunks[1]
+    with MirrorServer(tmp_path / "web") as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("kept.gguf.manifest.json"), "--keep-shards").code == 0
+        flip(models_dir / second.name, 50)
+        checked = cli("verify", "kept")
+        assert checked.code == 3 and f"bytes 0-{second.size - 1}" in checked.out
+        mirror.requests.clear()
+        repaired = cli("repair", "kept", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["bytes_fetched"] == second.size
+        assert ranged_gets(mirror) == [(f"/{second.name}", f"bytes=0-{second.size - 1}")]
+    assert sha(models_dir / second.name) == second.sha256
+    assert cli("verify", "kept").code == 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 BLOCK_SIZE = 8 * 1024 * 1024
 MIN_BLOCK_SIZE = 64 * 1024  # small enough for tests and tiny files, large enough to stay a short list
-MAX_BLOCK_SIZE = 256 * 1024 * 1024  # a browser must hold one block in memory to digest it
+MAX_BLOCK_SIZE = 64 * 1024 * 1024  # a browser holds one block in memory to digest it (model-cache.js: the same bounds)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
