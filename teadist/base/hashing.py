@@ -18,8 +18,8 @@ from typing import Protocol
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 
 # Many small windows smooth over the writer's bursts (dirty-page throttling) at fixed memory.
-BUFFER_SIZE = 4 * 1024 * 1024
-PIPELINE_DEPTH = 12
+BUFFER_SIZE = 2 * 1024 * 1024
+PIPELINE_DEPTH = 16
 HASH_BUFFER_SIZE = 8 * 1024 * 1024
 
 Sink = Callable[[memoryview], object]
