@@ -93,19 +93,39 @@ except TruncatedInput as exc:
 
 
 # -- manifest 1.1 -------------------------------------------------------------------------------
-def test_split_writes_block_maps_of_the_file_and_each_chunk(tmp_path: Path) -> None:
+def test_split_writes_the_file_block_map_and_chunk_maps_when_chunks_fall_on_block_boundaries(tmp_path: Path) -> None:
     from teadist.base.blocks import BLOCK_SIZE
 
     src = tmp_path / "m.bin"
-    data = os.urandom(BLOCK_SIZE * 2 + 1000)
+    data = os.urandom(BLOCK_SIZE * 4 + 1000)
     src.write_bytes(data)
-    result = split_file(src, tmp_path / "out", NullReporter(), chunk_size=BLOCK_SIZE + 7)
-    manifest = load_manifest(result.manifest_path)
-    assert manifest.schema_version == "1.1"
-    assert manifest.file.blocks == BlockMap(BLOCK_SIZE, tuple(_blocks_of(data, BLOCK_SIZE)))
-    for chunk in manifest.chunks:
+    unaligned = load_manifest(split_file(src, tmp_path / "a", NullReporter(), chunk_size=BLOCK_SIZE + 7).manifest_path)
+    assert unaligned.schema_version == "1.1"
+    assert unaligned.file.blocks == BlockMap(BLOCK_SIZE, tuple(_blocks_of(data, BLOCK_SIZE)))
+    assert all(chunk.blocks is None for chunk in unaligned.chunks)  # covered by the file's map
+    aligned = load_manifest(split_file(src, tmp_path / "b", NullReporter(), chunk_size=2 * BLOCK_SIZE).manifest_path)
+    assert aligned.file.blocks == unaligned.file.blocks
+    for chunk in aligned.chunks:
         offset = chunk.offset or 0
         assert chunk.blocks == BlockMap(BLOCK_SIZE, tuple(_blocks_of(data[offset:offset + chunk.size], BLOCK_SIZE)))
+
+
+def test_a_damaged_chunk_range_without_its_own_map_is_narrowed_by_the_file_map(tmp_path: Path,
+                                                                              cli: Callable[..., Result]) -> None:
+    from teadist.base.blocks import BLOCK_SIZE
+
+    src = tmp_path / "n.bin"
+    with open(src, "wb") as fh:
+        fh.write(os.urandom(3 * BLOCK_SIZE))
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE + BLOCK_SIZE // 2)
+    with open(src, "r+b") as fh:
+        fh.seek(BLOCK_SIZE + 10)
+        fh.write(b"\xff\x00")
+    checked = cli("verify", src, "--manifest", result.manifest_path, "--json")
+    assert checked.code == 3
+    items = json.loads(checked.out)["items"]
+    assert [i["status"] for i in items] == ["MISMATCH", "OK"]
+    assert items[0]["damaged"] == [{"start": BLOCK_SIZE, "end": 2 * BLOCK_SIZE}]
 
 
 def _main_manifest(tmp_path: Path) -> tuple[Path, bytes]:
@@ -116,8 +136,8 @@ def _main_manifest(tmp_path: Path) -> tuple[Path, bytes]:
     raw = json.loads(result.manifest_path.read_text())
     raw["schema_version"] = "1.0"
     for item in [raw["file"], *raw["chunks"]]:
-        item.pop("block_size")
-        item.pop("blocks")
+        item.pop("block_size", None)
+        item.pop("blocks", None)
     result.manifest_path.write_text(json.dumps(raw))
     return result.manifest_path, data
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
 from teadist.base.fsutil import is_plain_file
-from teadist.base.hashing import bad_blocks, hash_range, usable_cores
+from teadist.base.hashing import bad_blocks, hash_blocks, hash_range, usable_cores
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
 from teadist.errors import NotFoundError, UsageError
@@ -63,8 +63,9 @@ class _Job:
     length: int | None
     sha256: str
     whole: bool = True  # the job covers the whole file: its size must still be ``length`` afterwards
-    blocks: BlockMap | None = None  # check block by block (whole files only)
+    blocks: BlockMap | None = None  # check block by block
     learn: bool = False  # no block map yet: compute one while hashing the whole file
+    narrow: tuple[BlockMap, int] | None = None  # (the file's map, its size): on a mismatch, name damaged blocks
 
 
 def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
@@ -88,10 +89,27 @@ def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
     if job.length is not None and read != job.length:
         return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
     if digest != job.sha256:
+        if job.narrow is not None:
+            return _narrowed(job, *job.narrow)
         return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
     if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
         return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
     return CheckRow(job.name, OK, learned=learner.finish() if learner is not None else None)
+
+
+def _narrowed(job: _Job, blocks: BlockMap, size: int) -> CheckRow:
+    """A range of a file (of ``size`` bytes) that failed its hash: which of the file's blocks
+    overlapping it are damaged."""
+    assert job.length is not None
+    first = job.offset // blocks.block_size
+    last = min(len(blocks.hashes) - 1, (job.offset + max(1, job.length) - 1) // blocks.block_size)
+    indices = list(range(first, last + 1))
+    got = hash_blocks(job.path, blocks.block_size, indices, size)
+    bad = [i for i, digest in zip(indices, got, strict=True) if digest != blocks.hashes[i]]
+    if not bad:
+        return CheckRow(job.name, MISMATCH, f"sha256 does not match, expected {job.sha256[:16]}…")
+    ranges = damaged_ranges(bad, blocks.block_size, size)
+    return CheckRow(job.name, MISMATCH, f"sha256 does not match; damaged: {describe_ranges(ranges)}", ranges)
 
 
 def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow]:
@@ -148,7 +166,8 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
         rows.append(CheckRow(path.name, MISMATCH, f"size {actual}, expected {size}"))
     if manifest.format == "bytes":
         # Each chunk is a byte range of the original: equal ranges prove an equal file.
-        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks)
+        narrow = (manifest.file.blocks, size) if manifest.file.blocks is not None else None
+        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks, narrow=narrow)
                 for c in manifest.chunks]
         rows += _run_jobs(jobs, reporter, f"verify {path.name}")
     elif manifest.file.blocks is not None and actual == size:
