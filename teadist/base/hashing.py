@@ -110,8 +110,11 @@ class PipelinedCopier:
         length: int,
         sinks: Sequence[Sink],
         advance: Callable[[int], None] | None = None,
+        drain: bool = True,
     ) -> int:
-        """Feed ``length`` bytes of file ``fd`` from ``offset``; raise TruncatedInput if it is shorter."""
+        """Feed ``length`` bytes of file ``fd`` from ``offset``; raise TruncatedInput if it is shorter.
+        ``drain=False`` returns while sinks still work on the last buffers (the next call continues
+        the pipeline without a stall; ``flush`` before the sinks' files are closed)."""
         pos, end = offset, offset + length
         try:
             while pos < end:
@@ -125,7 +128,10 @@ class PipelinedCopier:
                 pos += got
                 if advance is not None:
                     advance(got)
-        finally:
+        except BaseException:
+            self._drain_all()
+            raise
+        if drain or pos < end:
             self._drain_all()
         if pos < end:
             raise TruncatedInput(pos - offset)

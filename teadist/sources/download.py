@@ -10,6 +10,7 @@ while writing. Only a file whose size and hash match is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import random
@@ -334,7 +335,10 @@ class Downloader:
                     saved = fed
                     partial.proven_blocks(list(blocks.hashes), blocks.tail())
 
-            with PipelinedCopier(n_sinks=3, buffer_size=NET_BUFFER, depth=8) as copier:
+            with contextlib.ExitStack() as proof, PipelinedCopier(n_sinks=3, buffer_size=NET_BUFFER, depth=8) as copier:
+                # However the transfer ends, once every byte fed is written (the copier has drained),
+                # the sidecar proves all of them: a kill before the next attempt loses nothing.
+                proof.callback(lambda: partial.proven_blocks(list(blocks.hashes), blocks.tail()))
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
                                 [hasher.update, sink, block_sink], advance)
