@@ -16,6 +16,7 @@ from teadist.errors import UsageError
 DEFAULT_MODELS_DIR = Path("~/.cache/tea/models")
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,24 @@ class Settings:
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in _TRUE
+    """A yes/no variable: 1/true/yes/on or 0/false/no/off (or unset); anything else is a usage error,
+    as a bad flag would be."""
+    text = env.get(name, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), not {env.get(name, '')[:40]!r}",
+                     hint=f"unset {name}, or set it to 1 or 0")
 
 
 def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None, debug: bool = False,
                      env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     models_dir = cache_dir or (Path(env["TEA_MODELS_DIR"]) if env.get("TEA_MODELS_DIR") else DEFAULT_MODELS_DIR)
+    offline_env = env_flag(env, "TEA_OFFLINE") | env_flag(env, "HF_HUB_OFFLINE")  # both checked, always
     if offline is None:
-        offline = env_flag(env, "TEA_OFFLINE") or env_flag(env, "HF_HUB_OFFLINE")
+        offline = offline_env
     endpoint = env.get("HF_ENDPOINT") or None
     if endpoint is not None:
         from teadist.base.urls import url_problem
@@ -56,12 +66,37 @@ def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None,
         tea_model_path=env.get("TEA_MODEL_PATH") or None,
         appdir=env.get("APPDIR") or None,
         hf_endpoint=endpoint.rstrip("/") if endpoint else None,
-        debug=debug or env_flag(env, "TEADIST_DEBUG"),
+        debug=env_flag(env, "TEADIST_DEBUG") or debug,
         hf_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
         retries=int(_number(env, "TEADIST_RETRIES", 6, whole=True, least=1)),
         retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, least=0.0),
         stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, least=0.001),
         parallel_min=int(_number(env, "TEADIST_PARALLEL_MIN", 256 * 1024 * 1024, whole=True, least=1)),
+    )
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """What ``package-wasm`` and ``release publish`` read from the environment (checked there)."""
+
+    github_token: str | None
+    github_api_url: str
+    write_interval: float
+    source_date_epoch: str
+
+
+def resolve_release_settings(env: Mapping[str, str] | None = None) -> ReleaseSettings:
+    env = os.environ if env is None else env
+    interval_text = env.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
+    try:
+        interval = float(interval_text)
+    except ValueError:
+        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    return ReleaseSettings(
+        github_token=env.get("GITHUB_TOKEN") or env.get("GH_TOKEN") or None,
+        github_api_url=env.get("GITHUB_API_URL") or "https://api.github.com",
+        write_interval=interval,
+        source_date_epoch=env.get("SOURCE_DATE_EPOCH", "0"),
     )
 
 

@@ -368,6 +368,10 @@ class HubServer(LoopbackServer):
         self.cdn = cdn
         self.lie_sha256 = lie_sha256
         self._meta: dict[Path, tuple[str, int]] = {}
+        # A hostile Hub: headers replaced (None drops one) on resolve answers; API bodies replaced.
+        self.header_overrides: dict[str, str | None] = {}
+        self.api_override: Any = None
+        self.api_raw: bytes | None = None
 
     def add_repo(self, repo: str, files: dict[str, Path], commit: str | None = None) -> HubRepo:
         commit = commit or hashlib.sha1(repo.encode()).hexdigest()
@@ -411,6 +415,10 @@ class HubServer(LoopbackServer):
         sha, size = self._file_meta(file)
         headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
                    "X-Linked-Size": str(size)}
+        for key, value in self.header_overrides.items():
+            headers.pop(key, None)
+            if value is not None:
+                headers[key] = value
         if self.cdn is not None and method == "GET":
             target = self.cdn.url_for(file.name)
             handler.send_response(302)
@@ -431,6 +439,16 @@ class HubServer(LoopbackServer):
         for name, file in repo.files.items():
             sha, size = self._file_meta(file)
             entries.append((name, sha, size))
+        if self.api_raw is not None:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(self.api_raw)))
+            handler.end_headers()
+            handler.wfile.write(self.api_raw)
+            return
+        if self.api_override is not None:
+            handler.send_json(200, self.api_override)
+            return
         if kind == "paths-info":
             length = int(handler.headers.get("Content-Length") or 0)
             body = handler.rfile.read(length).decode() if length else ""

@@ -280,3 +280,30 @@ def test_demo_keep_writes_only_into_a_new_or_empty_folder(tmp_path: Path, consol
         result = console("demo", "--keep", folder, "--json")
         assert result.code == 0, result.err
         assert (folder / ".cache" / "tea" / "models" / "tiny-llama.gguf").is_file()
+
+
+def test_control_and_bidi_characters_are_escaped_in_every_printed_line(tmp_path: Path,
+                                                                       cli: Callable[..., Result]) -> None:
+    """Review finding 19: metadata and records are input; an ESC sequence, a C1 control or a bidi
+    override (U+202E) in them must never reach the terminal raw — in results or in messages."""
+    import struct
+
+    from tests.ggufcraft import STRING, good_two_tensors, gstr
+
+    hostile = "evil\x1b]0;title\x07\x1b[31m\x9b2J\u202egguf.exe"
+    crafted = good_two_tensors()
+    crafted.kvs.append(gstr("general.name") + struct.pack("<I", STRING) + gstr(hostile))
+    result = cli("inspect", crafted.write(tmp_path / "h.gguf"))
+    assert result.code == 0, result.err
+    assert "evil" in result.out
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in result.out + result.err, repr(raw)
+    assert "\\u202e" in result.out
+
+
+@pytest.mark.parametrize("name", ["a\u202egguf.exe", "a\x85b.gguf", "x\u2066y.gguf", "z\x9b.gguf"])
+def test_c1_controls_and_bidi_overrides_are_refused_in_file_names(name: str) -> None:
+    """Review finding 19: such names display as something else; they are never file names."""
+    from teadist.base.fsutil import plain_filename_problem
+
+    assert plain_filename_problem(name) is not None

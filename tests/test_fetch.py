@@ -319,8 +319,9 @@ def test_registry_lists_and_resolves_tags(cli: Callable[..., Result]) -> None:
     q3 = registry.lookup("phi-4-mini")
     assert q3.file.size == 1_897_332_096 and q3.file.size < 2 * 10**9
     listing = json.loads(cli("models", "--json").out)
-    assert {row["reference"] for row in listing} >= {"phi-4-mini:q3_k_s", "phi-4-mini:q4_k_m", "gemma-3n-e4b:q4_k_m",
-                                                   "stories260k", "stories15m", "qwen2.5-0.5b:q4_k_m"}
+    assert {row["name"] for row in listing["models"]} >= {"phi-4-mini:q3_k_s", "phi-4-mini:q4_k_m",
+                                                          "gemma-3n-e4b:q4_k_m", "stories260k", "stories15m",
+                                                          "qwen2.5-0.5b:q4_k_m"}
     unknown = cli("fetch", "no-such-model")
     assert unknown.code == 1 and "known models" in unknown.err
 
@@ -330,13 +331,15 @@ def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_pa
     assert cli("fetch", HF_SPEC).code == 0
     split_file(tiny_model, tmp_path / "d", NullReporter(), chunk_size=100_000)
     assert cli("fetch", tmp_path / "d" / "tiny-llama.gguf.manifest.json").code == 0
-    stale = models_dir / ".old.gguf.0123456789abcdef.part"
+    stale = models_dir / ".old.gguf.0123456789abcdef.part"  # an older teadist's partial, with its sidecar
     stale.write_bytes(b"x" * 10)
+    sidecar = stale.with_name(stale.name + ".json")
+    sidecar.write_bytes(b'{"url_host": "huggingface.co", "etag": null}')
     usage = json.loads(cli("du", "--json").out)
     assert {m["file"] for m in usage["models"]} == {"tiny.gguf", "tiny-llama.gguf"}
-    assert usage["partials"] == 10 and usage["free"] > 0
+    assert usage["partials"] == 10 + sidecar.stat().st_size and usage["free"] > 0
     assert cli("prune", "--partials").code == 0
-    assert not stale.exists()
+    assert not stale.exists() and not sidecar.exists()
     cli("path", "tiny")  # a use: tiny becomes the most recently used
     size = (models_dir / "tiny.gguf").stat().st_size
     result = cli("prune", "--max-size", str(size), "--json")
@@ -719,3 +722,91 @@ def test_a_manifest_cannot_take_over_another_models_file(tiny_model: Path, tmp_p
     assert cli("rm", "tiny-llama.gguf").code == 0
     assert cli("fetch", tmp_path / "b" / "tiny-llama.gguf.manifest.json").code == 0
     assert sha(models_dir / "tiny-llama.gguf") == sha(other)
+
+
+@pytest.mark.parametrize("second", ["ignore_range", "etag"])
+def test_a_server_that_keeps_breaking_resumes_does_not_restart_forever(second: str, mirror: MirrorServer,
+                                                                       served: Path, tmp_path: Path) -> None:
+    """Review finding 8: every stream is cut, and every resume is answered with the whole file
+    (200 to a Range) or another ETag: restarts are bounded, then one clear error."""
+    from teadist.errors import SourceError
+    from teadist.sources.download import MAX_RESTARTS, Downloader
+    from teadist.sources.http import RetryPolicy
+
+    for _ in range(40):
+        mirror.add_fault(Fault("truncate", after=1000, path="tiny.gguf"))
+        mirror.add_fault(Fault(second, after=1000, path="tiny.gguf") if second == "ignore_range"
+                         else Fault("etag", path="tiny.gguf"))
+    size = (served / "tiny.gguf").stat().st_size
+    downloader = Downloader(NullReporter(), RetryPolicy(backoff=0.001, max_delay=0.01), sleep=lambda _: None,
+                            jobs=1)
+    with pytest.raises(SourceError) as caught:
+        downloader.fetch(f"{mirror.url}/tiny.gguf", tmp_path / "t.gguf", size, sha(served / "tiny.gguf"))
+    assert "giving up after restarting" in caught.value.message
+    applied = mirror.applied_kinds()
+    assert applied.count(second) >= MAX_RESTARTS, applied  # the fault really happened, more than once
+    assert len(applied) <= 4 * (MAX_RESTARTS + 2), f"{len(applied)} requests: the restarts were not bounded"
+    assert not (tmp_path / "t.gguf").exists()
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "ftp://example.org/x", "", "http://127.0.0.1/" + "a" * 10_000,
+                                      "../../../../etc/passwd", "http://127.0.0.1:99999/x", "http://:80/x",
+                                      "https://a\\@127.0.0.1/x", "//[fe80::1%25eth0/x", "\x01http://x/"])
+def test_malformed_redirects_end_in_one_clear_line(location: str, mirror: MirrorServer, served: Path,
+                                                   tmp_path: Path) -> None:
+    """Review finding 9: whatever a server puts in Location, the download ends in a SourceError
+    (one line), never another exception, and the token never follows to another origin."""
+    from teadist.errors import TeadistError
+    from teadist.sources.download import Downloader
+    from teadist.sources.http import Auth, RetryPolicy, origin
+
+    mirror.add_fault(Fault("redirect", location=location, path="tiny.gguf", times=30))
+    size = (served / "tiny.gguf").stat().st_size
+    downloader = Downloader(NullReporter(), RetryPolicy(attempts=2, backoff=0.001, max_delay=0.01),
+                            sleep=lambda _: None, jobs=1)
+    url = f"{mirror.url}/tiny.gguf"
+    try:
+        downloader.fetch(url, tmp_path / "t.gguf", size, sha(served / "tiny.gguf"),
+                         auth=Auth(origin(url), "Bearer " + SECRET))
+    except TeadistError as exc:
+        assert "\n" not in exc.message and len(exc.message) < 400, exc.message
+    assert "redirect" in mirror.applied_kinds()
+    assert not (tmp_path / "t.gguf").exists() or sha(tmp_path / "t.gguf") == sha(served / "tiny.gguf")
+
+
+_NO_ETAG: dict[str, str | None] = {"ETag": None, "X-Linked-Etag": None}
+
+
+@pytest.mark.parametrize("headers,api", [
+    ({"X-Linked-Size": "1" + "0" * 40}, None),
+    ({"X-Linked-Size": "-5"}, None),
+    ({"X-Linked-Size": "12abc"}, None),
+    ({"ETag": '"' + "e" * 10_000 + '"', "X-Linked-Etag": None}, None),
+    ({"X-Repo-Commit": "../../../../x"}, None),
+    (_NO_ETAG, {"not": "a list"}),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": 5, "size": "big", "pointerSize": 1}}]),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": "a" * 64, "size": 10**30,
+                                                              "pointerSize": 1}}]),
+    (_NO_ETAG, [{"type": "file", "path": "tiny.gguf", "lfs": {"oid": "a" * 64, "size": -1, "pointerSize": 1}}]),
+    (_NO_ETAG, [[1, 2, 3]]),
+    (_NO_ETAG, b"[" + b"[" * 100_000),
+], ids=["size-huge", "size-negative", "size-junk", "etag-huge", "commit-path", "api-object", "api-types",
+        "api-size-huge", "api-size-negative", "api-nested-list", "api-deep-junk"])
+def test_a_hostile_hub_gives_one_clear_line(headers: dict[str, str | None], api: object, hub: HubServer,
+                                            models_dir: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 10: absurd sizes, wrong JSON types, odd ETags, crafted commits from the Hub
+    end in one clear error line (no traceback), and nothing is installed."""
+    hub.header_overrides = headers
+    if isinstance(api, bytes):
+        hub.api_raw = api
+    else:
+        hub.api_override = api
+    result = cli("fetch", HF_SPEC)
+    assert "Traceback" not in result.err, result.err[-3000:]
+    if result.code == 0:  # it may refuse the bad metadata or fall back to what it can prove
+        assert sha(models_dir / "tiny.gguf") == sha(hub.repos["org/repo"].files["tiny.gguf"])
+        return
+    assert [line for line in result.err.splitlines() if line.startswith("error: ")] == \
+        [result.err.splitlines()[-1 if "hint: " not in result.err else -2]], result.err
+    assert "Hub" in result.err, result.err
+    assert not (models_dir / "tiny.gguf").exists()

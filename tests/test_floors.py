@@ -46,4 +46,6 @@ def test_the_constraints_file_pins_exactly_the_floors() -> None:
 
 def test_ci_runs_the_tests_against_the_floors() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "constraints/floors.txt" in ci and "pytest" in ci.split("constraints/floors.txt", 1)[1]
+    assert "bash scripts/test.sh" in ci  # the README's second command, which runs the floors job
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert "constraints/floors.txt" in test_sh and "pytest" in test_sh.split("constraints/floors.txt", 1)[1]

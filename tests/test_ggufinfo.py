@@ -152,3 +152,96 @@ def test_a_good_crafted_header_is_accepted(tmp_path: Path, cli: Callable[..., Re
     result = cli("inspect", path, "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["tensor_count"] == 2
+
+
+def test_q8_1_blocks_are_36_bytes_as_in_ggml(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 12: ggml's block_q8_1 is two halves and 32 quants (36 bytes); gguf-py 0.19's
+    table still says 40 (the old float layout). A Q8_1 tensor of 32 weights fills 36 bytes."""
+    from tests.ggufcraft import Crafted, Tensor, kv_str
+
+    crafted = Crafted(kvs=[kv_str("general.architecture", "llama")], tensors=[Tensor("q", (32,), 0, ggml_type=9)],
+                      data=bytes(36))
+    result = cli("inspect", crafted.write(tmp_path / "q81.gguf"), "--json")
+    assert result.code == 0, result.err
+
+
+def test_every_ggml_type_size_matches_gguf_py_but_q8_1() -> None:
+    from gguf import GGML_QUANT_SIZES
+
+    from teadist.formats.gguf_header import GGML_TYPES
+
+    for qtype, (block, type_size) in GGML_QUANT_SIZES.items():
+        if int(qtype) in GGML_TYPES:
+            expected = (32, 36) if int(qtype) == 9 else (block, type_size)
+            assert GGML_TYPES[int(qtype)][1:] == expected, qtype
+
+
+@pytest.mark.parametrize("key", [b"general.a\x00b", b"general.\xff\xfe", b"\x1b[31mred"], ids=["nul", "utf8", "esc"])
+def test_keys_with_nul_invalid_utf8_or_control_characters_are_refused(key: bytes, tmp_path: Path,
+                                                                      cli: Callable[..., Result]) -> None:
+    """Review finding 12: a key is a name: NUL, invalid UTF-8 or control characters are refused."""
+    import struct
+
+    from tests.ggufcraft import STRING, good_two_tensors, gstr
+
+    crafted = good_two_tensors()
+    crafted.kvs.append(gstr(key) + struct.pack("<I", STRING) + gstr("v"))
+    result = cli("inspect", crafted.write(tmp_path / "k.gguf"))
+    assert result.code == 3 and "key" in result.err and "Traceback" not in result.err, result.err
+    assert "\x1b" not in result.err and "\x00" not in result.err
+
+
+def test_inspect_of_a_fifo_does_not_hang(tmp_path: Path, console: Callable[..., Result]) -> None:
+    """Review finding 13: opening a FIFO for reading waits for a writer forever."""
+    import os
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    result = console("inspect", fifo, timeout=30)
+    assert result.code != 0 and "Traceback" not in result.err and len(result.err.splitlines()) <= 2, result.err
+
+
+def test_nan_and_infinite_metadata_still_give_valid_json(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 13: JSON has no NaN; `inspect --json` must stay strict JSON."""
+    import struct
+
+    from tests.ggufcraft import F32, good_two_tensors, gstr
+
+    crafted = good_two_tensors()
+    crafted.kvs.append(gstr("llama.rope.freq_base") + struct.pack("<If", F32, float("nan")))
+    crafted.kvs.append(gstr("llama.context_length") + struct.pack("<If", F32, float("inf")))
+    result = cli("inspect", crafted.write(tmp_path / "nan.gguf"), "--json")
+    assert result.code == 0, result.err
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in --json output")
+
+    json.loads(result.out, parse_constant=refuse)
+
+
+def test_split_refuses_more_shards_than_llama_cpp_can_count_before_writing(tmp_path: Path,
+                                                                           cli: Callable[..., Result]) -> None:
+    """Review finding 14: split.count is a u16 — 70,000 tensors at --shard-size 1 would need
+    70,000 shards. One line up front, nothing written (it was a struct.error traceback)."""
+    from tests.ggufcraft import Crafted, Tensor, kv_str
+
+    crafted = Crafted(kvs=[kv_str("general.architecture", "llama")],
+                      tensors=[Tensor(f"t{i}", (0,), 0) for i in range(70_000)])
+    path = crafted.write(tmp_path / "many.gguf")
+    result = cli("split", path, "--format", "gguf", "--shard-size", "1", "--out", tmp_path / "out")
+    assert result.code == 2, result.err[-2000:]
+    assert "shards" in result.err and "Traceback" not in result.err and len(result.err.splitlines()) <= 2
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_huge_key_is_refused_before_it_is_read(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 12: a key is a short name; a 16 MiB one is refused from its length field,
+    not copied into memory first (llama.cpp only bounds strings at 1 GiB)."""
+    import struct
+
+    from tests.ggufcraft import STRING, good_two_tensors, gstr
+
+    crafted = good_two_tensors()
+    crafted.kvs.append(gstr(b"k" * (16 << 20)) + struct.pack("<I", STRING) + gstr("v"))
+    result = cli("inspect", crafted.write(tmp_path / "bigkey.gguf"))
+    assert result.code == 3 and "key" in result.err and "bytes" in result.err, result.err

@@ -239,3 +239,33 @@ def test_a_fifo_given_as_a_manifest_is_refused_not_waited_on(tmp_path: Path) -> 
                               stdin=subprocess.DEVNULL)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert "not a regular file" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("raw", [b"[" + b'"\\' * 100_000, b'"' + b'\\"' * 100_000, b"[" * 200_000,
+                                 b"{" + b",".join(b'"k%d":1' % i for i in range(100_000)) + b"}"],
+                         ids=["open-strings", "escaped-quotes", "deep", "many-keys"])
+def test_json_input_is_parsed_in_linear_time(raw: bytes) -> None:
+    """Review finding 11: the nesting pre-check retried an unterminated string from every later
+    quote — 200 KB of crafted JSON took over a minute. Generous bound: 2 s for a few hundred KB."""
+    import contextlib
+    import time
+
+    from teadist.base import jsonin
+
+    started = time.perf_counter()
+    with contextlib.suppress(jsonin.JsonInputError):
+        jsonin.loads(raw)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_a_number_with_too_many_digits_is_one_clear_error(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 11: Python refuses to read integers over 4300 digits with a bare ValueError."""
+    from teadist.base import jsonin
+
+    with pytest.raises(jsonin.JsonInputError, match="digits"):
+        jsonin.loads(b'{"size": ' + b"7" * 5000 + b"}")
+    manifest = tmp_path / "m.manifest.json"
+    manifest.write_bytes(b'{"schema_version": "1.0", "name": "m", "file": {"name": "m.gguf", "size": '
+                         + b"9" * 5000 + b', "sha256": null}, "format": "single"}')
+    result = cli("verify", tmp_path / "m.gguf", "--manifest", manifest)
+    assert result.code == 3 and "digits" in result.err and "Traceback" not in result.err, result.err

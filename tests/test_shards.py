@@ -234,3 +234,29 @@ def test_splitting_a_shard_again_is_refused(models: list[Path], tmp_path: Path, 
     assert again.code == 2, again.err
     assert "already a shard" in again.err and "Traceback" not in again.err
     assert not (tmp_path / "again").exists() or not list((tmp_path / "again").iterdir())
+
+
+def test_a_merge_of_foreign_shards_is_never_called_or_recorded_verified(tmp_path: Path,
+                                                                        cli: Callable[..., Result]) -> None:
+    """Review finding 2: shards without a recipe have no source hash; merging them into the cache
+    over a recorded model must not leave that model's record vouching for the merge, and the
+    result says it is a merge, not verified against a source hash."""
+    from teadist.cache.store import ModelCache
+
+    cache_dir = tmp_path / "cache"
+    old = make_tiny_model(tmp_path / "old" / "foreign.gguf", seed=9)
+    assert cli("split", old, "--out", tmp_path / "old" / "split", "--chunk-size", "100000").code == 0
+    assert cli("assemble", tmp_path / "old" / "split" / "foreign.gguf.manifest.json",
+               "--cache-dir", cache_dir).code == 0
+    assert ModelCache(cache_dir).read_record("foreign.gguf") is not None
+    make_tiny_model(tmp_path / "split" / "foreign.gguf", seed=5, split_max_tensors=8)
+    result = cli("assemble", tmp_path / "split" / "foreign-00001-of-00003.gguf", "--cache-dir", cache_dir,
+                 "--json")
+    assert result.code == 0, result.err
+    out = json.loads(result.out)
+    assert out["merged"] is True and out["verified"] is False
+    assert "merged, not verified against a source hash" in result.err
+    record = ModelCache(cache_dir).read_record("foreign.gguf")
+    assert record is None or (record.sha256 == sha(cache_dir / "foreign.gguf") and record.verified_at is None)
+    assert "verified" not in cli("assemble", tmp_path / "split" / "foreign-00001-of-00003.gguf",
+                                 "--cache-dir", cache_dir).err.replace("not verified", "")

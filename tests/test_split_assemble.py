@@ -335,3 +335,28 @@ def test_multi_block_copies_in_shards_rebuild_and_merge(tmp_path: Path, monkeypa
             m.seek(a.data_offset + ta.offset)
             w.seek(b.data_offset + tb.offset)
             assert m.read(ta.n_bytes) == w.read(tb.n_bytes)
+
+
+@pytest.mark.parametrize("fmt", ["bytes", "gguf"])
+def test_folders_fifos_and_files_where_they_do_not_belong_are_named_as_such(fmt: str, tmp_path: Path,
+                                                                           cli: Callable[..., Result]) -> None:
+    """Review finding 16: a folder given as the model was 'input file not found', a file given as
+    --out a bare 'File exists', a FIFO as the model 'not found' — each now says what it is."""
+    import os
+
+    folder = tmp_path / "dir.gguf"
+    folder.mkdir()
+    fifo = tmp_path / "fifo.gguf"
+    os.mkfifo(fifo)
+    from teadist.formats.tinymodel import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m.gguf", seed=11)
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("mine")
+    cases = [([folder, "--out", tmp_path / "o"], "is a folder"),
+             ([fifo, "--out", tmp_path / "o"], "not a regular file"),
+             ([model, "--out", not_a_folder], "is a file, not a folder")]
+    for args, said in cases:
+        result = cli("split", *args, "--format", fmt)
+        assert result.code == 2 and said in result.err and "Traceback" not in result.err, (args, result.err)
+    assert not_a_folder.read_text() == "mine"

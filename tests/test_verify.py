@@ -117,3 +117,52 @@ def test_a_model_deleted_by_hand_is_reported_and_its_record_removable(split_mode
     assert cli("verify", "--cache-dir", cache).code == 0
     leftovers = [p.relative_to(cache) for p in cache.rglob("*") if p.is_file()]
     assert leftovers == [], leftovers
+
+
+def _rewrite(manifest: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    data = json.loads(manifest.read_text())
+    change(data)
+    manifest.write_text(json.dumps(data))
+
+
+def test_a_chunk_folder_whose_manifest_lies_about_the_whole_file_fails(split_model: tuple[Path, Path],
+                                                                       cli: Callable[..., Result]) -> None:
+    """Review finding 1: every chunk matches, but the manifest's whole-file sha256 was altered —
+    what assemble would build is not the file the manifest names, so verify must fail."""
+    src, manifest = split_model
+    assert cli("verify", manifest).code == 0
+    _rewrite(manifest, lambda d: d["file"].update(sha256="0" * 64))
+    folder = cli("verify", manifest, "--json")
+    assert folder.code == 3, folder.out
+    bad = [i for i in json.loads(folder.out)["items"] if i["status"] != "OK"]
+    assert [i["name"] for i in bad] == ["model.gguf"] and "whole file" in bad[0]["detail"]
+    against = cli("verify", src, "--manifest", manifest)
+    assert against.code == 3, against.out
+
+
+def test_gguf_shards_whose_recipe_or_whole_hash_was_altered_fail(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Review finding 1: for GGUF shards the recipe is part of what is verified: shards that all
+    match, with a rebuild recipe altered, would rebuild another file."""
+    import base64
+
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "t.gguf", seed=7)
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=60_000)
+    manifest = result.manifest_path
+    assert cli("verify", manifest).code == 0
+    original = manifest.read_text()
+
+    def flip_literal(d: dict) -> None:  # type: ignore[type-arg]
+        piece = next(p for p in d["rebuild"]["pieces"] if "literal" in p)
+        raw = bytearray(base64.b64decode(piece["literal"]))
+        raw[0] ^= 1
+        piece["literal"] = base64.b64encode(bytes(raw)).decode()
+
+    _rewrite(manifest, flip_literal)
+    altered = cli("verify", manifest, "--json")
+    assert altered.code == 3, altered.out
+    manifest.write_text(original)
+    _rewrite(manifest, lambda d: d["file"].update(sha256="f" * 64))
+    assert cli("verify", manifest).code == 3

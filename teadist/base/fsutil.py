@@ -31,7 +31,10 @@ _WINDOWS_DEVICES = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, and the invisible format characters that reorder or hide text (bidi
+# overrides and isolates, zero-width marks, line/paragraph separators, BOM): a name holding one
+# displays as another name.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def plain_filename_problem(name: object) -> str | None:
@@ -41,7 +44,7 @@ def plain_filename_problem(name: object) -> str | None:
     if not name:
         return "is empty"
     if _CONTROL.search(name):
-        return "contains a control character"
+        return "contains a control or invisible formatting character"
     if "/" in name or "\\" in name:
         return "contains a path separator"
     if name in (".", ".."):
@@ -92,7 +95,9 @@ def open_own_file(path: Path) -> int | None:
 
     None when nothing is there. Anything that is not a plain file — a symlink planted at the
     name, a folder, a fifo — is not ours: it is removed (the link itself, never its target) and
-    None returned, so the caller starts afresh with ``create_exclusive``.
+    None returned, so the caller starts afresh with ``create_exclusive``. So is a file with
+    another name (``st_nlink > 1``): teadist's own partials have one name, and writing or
+    truncating a hard-linked one would change bytes another name shares — only this name goes.
     """
     try:
         fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
@@ -101,7 +106,8 @@ def open_own_file(path: Path) -> int | None:
     except OSError:  # ELOOP (a symlink), EISDIR, ENXIO (a fifo without a writer), ...
         remove_foreign(path)
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
         remove_foreign(path)
         return None

@@ -20,7 +20,10 @@ class JsonInputError(ValueError):
     """The document is not acceptable input; the message says why, in one line."""
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# A string, or an unterminated one up to the end: the match never fails, so the engine never
+# retries an unterminated string from each later quote (that was quadratic in the input size).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+MAX_DIGITS = 4300  # Python refuses to read longer integers (sys.get_int_max_str_digits)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
@@ -32,6 +35,12 @@ def nesting_depth(text: str) -> int:
 
 def _no_float(text: str) -> Any:
     raise JsonInputError(f"the number {text[:30]} is not an integer (only whole numbers are allowed)")
+
+
+def _whole(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise JsonInputError(f"the number {text[:20]}… has {len(text)} digits (at most {MAX_DIGITS})")
+    return int(text)
 
 
 def _no_constant(text: str) -> Any:
@@ -56,7 +65,7 @@ def loads(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
     if nesting_depth(text) > max_depth:
         raise JsonInputError(f"nested more than {max_depth} levels deep")
     try:
-        return json.loads(text, parse_float=_no_float, parse_constant=_no_constant,
+        return json.loads(text, parse_float=_no_float, parse_int=_whole, parse_constant=_no_constant,
                           object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise JsonInputError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None

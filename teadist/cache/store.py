@@ -24,10 +24,10 @@ from typing import Any
 
 from teadist.base import jsonin
 from teadist.base.blocks import BlockMap
-from teadist.base.fsutil import plain_filename_problem, remove_quietly, write_bytes_atomic
-from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget
+from teadist.base.fsutil import UnsafePathError, plain_filename_problem, remove_quietly, write_bytes_atomic
+from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget, first_shard, kept_shards
 from teadist.cache.lock import LOCK_TIMEOUT
-from teadist.errors import NotFoundError, TeadistError
+from teadist.errors import TeadistError
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # block maps: ~70 bytes per 8 MiB block
 MAX_SIZE = 2**60
@@ -130,6 +130,13 @@ class CacheRecord:
                                                       for v in shard_sha.values()):
             raise RecordProblem("shard_sha256 is not an object of sha256 values")
         group = data.get("group")
+        if group is not None and group != filename and group != first_shard(filename):
+            raise RecordProblem(f"group {str(group)[:60]!r} is not the first shard of {filename}")
+        own = kept_shards(filename) or []
+        if shards and shards != own:
+            raise RecordProblem(f"shards are not the other shards of {filename} (a record lists only its own)")
+        if not set(shard_sha) <= set(own):
+            raise RecordProblem(f"shard_sha256 names files that are not shards of {filename}")
         blocks = data.get("blocks", [])
         if not isinstance(blocks, list) or not all(isinstance(v, str) and _SHA256.match(v) for v in blocks):
             raise RecordProblem("blocks is not a list of sha256 values")
@@ -211,9 +218,11 @@ class ModelCache:
             raise
         except OSError as exc:
             raise RecordProblem(f"cannot be read ({exc.strerror})") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a folder (perhaps with folders inside) is never descended into
+            os.close(fd)
+            raise RecordProblem("is a folder, not a record file" if stat.S_ISDIR(mode) else "is not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RecordProblem("is not a regular file")
             raw = fh.read(MAX_RECORD_BYTES + 1)
         if len(raw) > MAX_RECORD_BYTES:
             raise RecordProblem(f"is larger than {MAX_RECORD_BYTES} bytes")
@@ -222,6 +231,8 @@ class ModelCache:
     def read_record(self, filename: str) -> CacheRecord | None:
         """The record of ``filename``; None when there is none or it is damaged."""
         target = self.target(filename)
+        if not target.record_readable():
+            return None
         try:
             return self._load(target.record, filename)
         except (FileNotFoundError, RecordProblem):
@@ -251,6 +262,7 @@ class ModelCache:
             except RecordProblem as exc:
                 damaged.append(DamagedRecord(path, str(exc)))
         heads = [r for r in records.values() if r.group in (None, r.filename) or r.group not in records]
+        head_names = {r.filename for r in heads}  # a set: `record in heads` compared whole records, n² times
         claimed: set[str] = set()
         models = []
         for record in heads:
@@ -264,7 +276,7 @@ class ModelCache:
                 claimed.add(name)
             models.append(CachedModel(record, members))
         for record in records.values():  # shards their first shard does not list (yet): on their own
-            if record not in heads and record.filename not in claimed:
+            if record.filename not in head_names and record.filename not in claimed:
                 models.append(CachedModel(record, [Member(record.filename, record.sha256, record.size, record)]))
         known = set(records) | {d.filename for d in damaged} | claimed
         unrecorded = [p for p in sorted(self.root.glob("*.gguf")) if p.name not in known and _is_file(p)] \
@@ -362,6 +374,9 @@ class ModelCache:
     def remove_damaged(self, damaged: DamagedRecord) -> list[Path]:
         """Remove a damaged record and the file it stood for (teadist installed it)."""
         removed = []
+        if os.path.isdir(damaged.path) and not os.path.islink(damaged.path):
+            raise UnsafePathError(f"{damaged.path} is a folder where teadist keeps a record; teadist does not "
+                                  "remove folders it did not make", hint="look inside, then remove it yourself")
         try:
             target = self.target(damaged.filename)
         except TeadistError:  # not even a valid file name: only the record file goes
@@ -381,21 +396,3 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
-
-
-def runtime_model_path(filename: str, cache: ModelCache, tea_model_path: str | None,
-                       appdir: str | None) -> tuple[Path, str]:
-    """The path the TEA runtimes would load, in their order: TEA_MODEL_PATH, $APPDIR, the cache."""
-    if tea_model_path:
-        candidate = Path(tea_model_path)
-        if candidate.is_file():
-            return candidate, "TEA_MODEL_PATH"
-    if appdir:
-        candidate = Path(appdir) / "usr" / "share" / "models" / filename
-        if candidate.is_file():
-            return candidate, "APPDIR"
-    candidate = cache.path_for(filename)
-    if candidate.is_file():
-        return candidate, "cache"
-    raise NotFoundError(f"model file {filename} is not installed",
-                        hint=f"run `teadist fetch` for it, or place it in {cache.root}")

@@ -7,6 +7,8 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure, 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,7 +22,7 @@ from teadist.errors import (
     EXIT_INTERRUPTED,
     TeadistError,
 )
-from teadist.settings import Settings, mask_secrets, resolve_settings
+from teadist.settings import Settings, env_flag, mask_secrets, resolve_settings
 
 app = typer.Typer(
     name="teadist",
@@ -31,7 +33,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state: dict[str, bool] = {"debug": False}
+_state: dict[str, bool] = {"debug": False, "json": False}
 
 # -- options shared by commands ----------------------------------------------------------------
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")]
@@ -43,6 +45,18 @@ CacheDirOpt = Annotated[
 
 
 # -- output ------------------------------------------------------------------------------------
+# Controls (C0 but newline and tab, DEL, C1) and the format characters that reorder or hide text
+# (bidi overrides/isolates, zero-width marks, separators, BOM). Names and metadata come from files
+# and servers: an ESC sequence could drive the terminal, U+202E make one name read as another.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def shown(text: str) -> str:
+    """``text`` as it may reach the terminal: secrets masked, unprintable characters escaped."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                            mask_secrets(text))
+
+
 class _TqdmTask:
     def __init__(self, description: str, total: int | None) -> None:
         from tqdm import tqdm  # lazy: only when a bar is shown
@@ -66,10 +80,11 @@ class CliReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(mask_secrets(message), file=sys.stderr)
+            print(shown(message), file=sys.stderr)
 
     def warn(self, message: str) -> None:
-        print("warning: " + mask_secrets(message), file=sys.stderr)
+        if not self.quiet:
+            print("warning: " + shown(message), file=sys.stderr)
 
     def task(self, description: str, total: int | None) -> ProgressTask:
         return _TqdmTask(description, total) if self.bars else NullTask()
@@ -80,12 +95,25 @@ def _reporter(quiet: bool, as_json: bool = False) -> Reporter:
 
 
 def _emit_json(data: Any) -> None:
-    echo(json.dumps(data, indent=2, default=str))
+    """Strict JSON on stdout: NaN and infinities (which JSON has no words for) become null."""
+    echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def echo(text: object = "", err: bool = False) -> None:
     """A line of output (stdout, or stderr with ``err``), secrets masked."""
-    print(mask_secrets(str(text)), file=sys.stderr if err else sys.stdout)
+    print(shown(str(text)), file=sys.stderr if err else sys.stdout)
 
 
 def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
@@ -93,9 +121,9 @@ def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Set
 
 
 def _cache(settings: Settings) -> Any:
-    from teadist.cache.store import ModelCache
+    from teadist.api import open_cache
 
-    return ModelCache(settings.models_dir)
+    return open_cache(settings)
 
 
 # -- global options ----------------------------------------------------------------------------
@@ -120,25 +148,49 @@ def _root(
       teadist verify ~/.cache/tea/models/model.gguf
       teadist inspect model.gguf
     """
-    _state["debug"] = debug
+    _state["debug"] = _state["debug"] or debug
 
 
 
 # -- errors → exit codes ------------------------------------------------------------------------
-def _print_error(message: str, hint: str | None) -> None:
-    print("error: " + mask_secrets(message), file=sys.stderr)
+def _print_error(message: str, hint: str | None, code: int = EXIT_ERROR, kind: str = "error") -> None:
+    """One line (and a hint) on stderr; with --json also the one JSON shape every command's errors
+    take, on stdout: {"error": {"kind", "message", "hint", "exit_code"}}."""
+    print("error: " + shown(message), file=sys.stderr)
     if hint:
-        print("hint: " + mask_secrets(hint), file=sys.stderr)
+        print("hint: " + shown(hint), file=sys.stderr)
+    if _state["json"]:
+        _emit_json({"error": {"kind": kind, "message": message, "hint": hint, "exit_code": code}})
+
+
+def _error_kind(exc: TeadistError) -> str:
+    """``NotFoundError`` → ``not_found``: the nearest class of ``teadist.errors`` as a stable word."""
+    import re
+
+    klass = next(k for k in type(exc).__mro__ if k.__module__ == TeadistError.__module__)
+    name = klass.__name__.removesuffix("Error") or "Teadist"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _print_traceback() -> None:
     """The current exception's traceback, secrets masked (never Python's own unmasked printing)."""
     import traceback
 
-    print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)
+    print(shown(traceback.format_exc()), end="", file=sys.stderr)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """--json anywhere before a ``--`` (parsed again here: an error can come before typer parses)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    _state["json"] = _wants_json(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _state["debug"] = env_flag(os.environ, "TEADIST_DEBUG")  # --debug (parsed below) may add to it
+    except TeadistError as exc:
+        _print_error(exc.message, exc.hint, exc.exit_code, _error_kind(exc))
+        sys.exit(exc.exit_code)
     try:
         rv = app(args=argv, prog_name="teadist", standalone_mode=False)
     except typer.Exit as exc:
@@ -149,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     except TeadistError as exc:
         if _state["debug"]:
             _print_traceback()
-        _print_error(exc.message, exc.hint)
+        _print_error(exc.message, exc.hint, exc.exit_code, _error_kind(exc))
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(EXIT_ERROR)
@@ -157,13 +209,17 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             _print_traceback()
         _print_error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-                     None if _state["debug"] else "run with --debug for details")
+                     None if _state["debug"] else "run with --debug for details", EXIT_ERROR, "os")
         sys.exit(EXIT_ERROR)
     except Exception as exc:
         # Click's own usage errors (typer vendors click, so match by shape, not by class).
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
+            if _state["json"]:
+                format_message = getattr(exc, "format_message", None)
+                text = format_message() if callable(format_message) else str(exc)
+                _emit_json({"error": {"kind": "usage", "message": text, "hint": "see --help", "exit_code": code}})
             sys.exit(code)
         _print_traceback()  # a bug: shown whole (masked), never turned into a user error
         sys.exit(EXIT_ERROR)

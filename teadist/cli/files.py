@@ -8,21 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import EXIT_INTEGRITY, UsageError
 
 
 @app.command()
 def split(
     file: Annotated[Path, typer.Argument(help="The file to cut (usually a .gguf).")],
-    chunk_size: Annotated[str, typer.Option("--chunk-size", "-s",
-                                            help="Largest chunk: bytes or 512M, 1.9G, 1GiB (< 2 GiB).")] = "1900000000",
+    chunk_size: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--chunk-size", "-s", help="Largest chunk: bytes or 512M, 1.9G, 1GiB (< 2 GiB) [default: 1900000000].")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the chunks and manifest.")] = Path("."),
     name: Annotated[Optional[str], typer.Option("--name", help="Model name in the manifest.")] = None,  # noqa: UP045
     base_url: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--base-url", help="Record download URLs <base-url>/<chunk> in the manifest.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="bytes (byte ranges) or gguf (llama.cpp shards).")] = "bytes",
-    shard_size: Annotated[str, typer.Option("--shard-size", help="Target shard size for --format gguf.")] = "512M",
+    shard_size: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--shard-size", help="Target shard size for --format gguf [default: 512M].")] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -41,23 +42,20 @@ def split(
       teadist split phi.gguf --out dist/ --base-url https://example.org/models
       teadist split phi.gguf --format gguf --shard-size 512M --out web/
     """
+    from teadist.api import split as run_split
     from teadist.base.sizes import parse_size
 
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise UsageError("--base-url must start with http:// or https://")
-    if fmt not in ("bytes", "gguf"):
-        raise UsageError(f"--format must be bytes or gguf, not {fmt!r}")
+    if fmt == "gguf" and chunk_size is not None:
+        raise UsageError("--chunk-size applies to byte chunks, not to --format gguf",
+                         hint="use --shard-size with --format gguf")
+    if fmt != "gguf" and shard_size is not None:
+        raise UsageError("--shard-size applies to --format gguf, not to byte chunks",
+                         hint="use --chunk-size for byte chunks, or add --format gguf")
     reporter = _reporter(quiet, as_json)
-    if fmt == "gguf":
-        from teadist.pipelines.gguf_split import split_gguf
-
-        sharded = split_gguf(file, out, reporter, shard_size=parse_size(shard_size), name=name, base_url=base_url)
-        m, manifest_path, written, kept = sharded.manifest, sharded.manifest_path, len(sharded.manifest.chunks), 0
-    else:
-        from teadist.pipelines.split import split_file
-
-        result = split_file(file, out, reporter, chunk_size=parse_size(chunk_size), name=name, base_url=base_url)
-        m, manifest_path, written, kept = result.manifest, result.manifest_path, result.written, result.reused
+    result = run_split(file, out, format=fmt, name=name, base_url=base_url, progress=reporter,
+                       chunk_size=None if chunk_size is None else parse_size(chunk_size),
+                       shard_size=None if shard_size is None else parse_size(shard_size))
+    m, manifest_path, written, kept = result.manifest, result.manifest_path, result.written, result.reused
     if as_json:
         _emit_json({"manifest": str(manifest_path), "written": written, "kept": kept, **m.to_dict()})
         return
@@ -73,8 +71,8 @@ def assemble(
         help="A manifest written by `teadist split`, or the first of llama.cpp shards to merge.")],
     chunks: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--chunks", help="Folder holding the chunks [default: the manifest's folder].")] = None,
-    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        "--out", "-o", help="Destination file [default: <cache>/<upstream filename>].")] = None,
+    out: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--out", "-o", help="Destination file, or folder (existing, or ending in /) [default: the cache].")] = None,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -88,42 +86,17 @@ def assemble(
     Example:
       teadist assemble dist/phi.gguf.manifest.json
     """
-    from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.assemble import assemble_chunks
+    from teadist.api import assemble as run_assemble
 
-    settings = _settings(cache_dir)
-    cache = _cache(settings)
-    from teadist.pipelines.gguf_merge import is_shard_name
-
-    if is_shard_name(manifest.name) and manifest.is_file():
-        from teadist.formats.gguf_info import looks_like_gguf
-        from teadist.pipelines.gguf_merge import merge_foreign_shards
-
-        if looks_like_gguf(manifest):
-            merged_name = manifest.name.rsplit("-", 3)[0] + ".gguf"
-            dest = out if out is not None else cache.path_for(merged_name)
-            dest = dest / merged_name if dest.is_dir() else dest
-            sha, size = merge_foreign_shards(manifest, cache.layout.target_for(dest), _reporter(quiet, as_json))
-            if as_json:
-                _emit_json({"path": str(dest), "sha256": sha, "size": size, "merged": True})
-            else:
-                echo(dest)
-            return
-    m = load_manifest(manifest)
-    dest = out if out is not None else cache.path_for(m.file.name)
-    if dest.is_dir():
-        dest = dest / m.file.name
     reporter = _reporter(quiet, as_json)
-    folder = chunks if chunks is not None else manifest.parent
-    source = f"manifest:{manifest.resolve()}"
-    if m.format == "gguf":
-        from teadist.pipelines.assemble import AssembleResult
-        from teadist.pipelines.gguf_rebuild import rebuild_original
-
-        sha, size, present = rebuild_original(m, folder, dest, reporter, cache=cache, source=source)
-        result = AssembleResult(dest, sha, size, already_present=present)
-    else:
-        result = assemble_chunks(m, folder, dest, reporter, cache=cache, source=source)
+    result = run_assemble(manifest, chunks=chunks, out=out, progress=reporter, settings=_settings(cache_dir))
+    if result.merged:
+        if as_json:
+            _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size, "merged": True,
+                        "verified": False})
+        else:
+            echo(result.path)
+        return
     if as_json:
         _emit_json({"path": str(result.path), "sha256": result.sha256, "size": result.size,
                     "already_present": result.already_present, "resumed_bytes": result.resumed_bytes})
@@ -157,27 +130,11 @@ def verify(
       teadist verify phi-4-mini                          # a cached model, by name
       teadist verify                                     # the whole cache
     """
-    from teadist.formats.manifest import MANIFEST_SUFFIX, load_manifest
+    from teadist.api import verify as run_verify
     from teadist.pipelines import verify as v
 
     reporter = _reporter(quiet, as_json)
-    cache = _cache(_settings(cache_dir))
-    path = Path(target) if target is not None else None
-    if path is None:
-        report = v.verify_whole_cache(cache, reporter)
-    elif manifest is None and path.name.endswith(MANIFEST_SUFFIX) and path.is_file():
-        report = v.verify_chunk_folder(path.parent, load_manifest(path), reporter)
-    elif manifest is not None:
-        m = load_manifest(manifest)
-        report = (v.verify_chunk_folder(path, m, reporter) if path.is_dir()
-                  else v.verify_file_against_manifest(path, m, reporter))
-    elif path.is_file() and cache.contains(path):
-        report = v.verify_cached(cache, path.name, reporter)
-    elif path.exists():
-        raise UsageError(f"nothing to verify {target} against: it is not in the cache",
-                     hint="pass its manifest with --manifest")
-    else:
-        report = v.verify_cached(cache, str(target), reporter)
+    report = run_verify(target, manifest=manifest, progress=reporter, settings=_settings(cache_dir))
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -195,19 +152,32 @@ def verify(
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file.")],
+    ctx: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--ctx", min=1, help="Context length (tokens) for the memory need [default: the model's own].")] = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Tell what a GGUF file is, and check its structure (catches truncated downloads).
 
     \b
-    Example:
+    The memory it needs is its weights plus the KV cache (f16) at the model's own context
+    length, or at --ctx N, compared with this machine's memory.
+    \b
+    Examples:
       teadist inspect ~/.cache/tea/models/microsoft_Phi-4-mini-instruct-Q3_K_S.gguf --json
+      teadist inspect model.gguf --ctx 8192
     """
-    from teadist.formats.gguf_info import read_info
+    from teadist.api import inspect as read_info
+    from teadist.pipelines.fit import machine_memory, memory_needed, verdict
 
     info = read_info(file)
+    need = memory_needed(info, ctx)
+    machine = machine_memory()
+    fits = verdict(need.total, machine)
     if as_json:
-        _emit_json(info.to_dict())
+        _emit_json({**info.to_dict(), "memory": {"weights": need.weights, "kv_cache": need.kv_cache,
+                                                 "context": need.context, "total": need.total,
+                                                 "machine": machine, "verdict": fits}})
         return
     rows = [
         ("file", info.path), ("size", f"{format_size(info.size)} ({info.size} bytes)"),
@@ -221,6 +191,11 @@ def inspect(
     ]
     if info.split_count is not None:
         rows.append(("split", f"shard {(info.split_no or 0) + 1} of {info.split_count}"))
+    kv = f" + KV cache {format_size(need.kv_cache)}" if need.kv_cache is not None else " (KV cache unknown)"
+    memory = f"{format_size(need.total)} (weights {format_size(need.weights)}{kv} at context {need.context})"
+    if machine is not None:
+        memory += f"; this machine has {format_size(machine)}: {fits}"
+    rows.append(("memory", memory))
     for key, value in rows:
         echo(f"{key + ':':<18}{'-' if value is None else value}")
     echo(f"{'structure:':<18}ok (header as llama.cpp reads it; every tensor in place inside the file)")

@@ -10,8 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app
-from teadist.cli.models import _downloader, _fetch_options
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
 
 registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
@@ -26,6 +25,7 @@ def registry_pin(
     registry_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--registry-dir", help="The registry folder to read and write (a checkout's manifests/models; "
                                "default: found from the working folder).")] = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fill a registry entry's missing revision, size and sha256 from the Hub API.
@@ -39,15 +39,16 @@ def registry_pin(
     Example:
       teadist registry pin gemma-3n-e4b --write
     """
+    from teadist.api import fetch_options_for
     from teadist.release.pin import pin_entry
 
     settings = _settings()
-    pinned = pin_entry(name, _fetch_options(settings, 1, None), write=write, force=force, registry_dir=registry_dir)
+    pinned = pin_entry(name, fetch_options_for(settings, 1), write=write, force=force, registry_dir=registry_dir)
     if as_json:
         _emit_json(pinned)
     else:
         for key, value in pinned.items():
-            print(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
+            echo(f"{key + ':':<10}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @app.command()
@@ -61,6 +62,8 @@ def serve(
                                                              "(0.1 <= s <= 3600).")] = 30.0,
     cors: Annotated[bool, typer.Option("--cors", help="Let pages on other origins read the files "
                                                       "(a model origin): CORS headers, preflights.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Serve a folder for local browser work: Range, HEAD, COOP/COEP, .wasm/.js MIME types.
 
@@ -97,24 +100,28 @@ def serve(
         if not regular:
             raise UsageError(f"--verify {verify_manifest} is not a regular file")
     manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
-    reporter = _reporter(False)
+    reporter = _reporter(quiet)
     server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
                           manifest_dir=verify_manifest.parent if verify_manifest is not None else None,
                           assets=asset_files(), cors=cors)
     if manifest is not None:
         verdicts = server.verify_all()
         for name, good in sorted(verdicts.items()):
-            print(f"{'OK' if good else 'REFUSED':<9} {name}", file=sys.stderr)
+            reporter.info(f"{'OK' if good else 'REFUSED':<9} {name}")
         for name in sorted(set(server.expected) - set(verdicts)):
             if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
-                print(f"{'MISSING':<9} {name}", file=sys.stderr)
+                reporter.info(f"{'MISSING':<9} {name}")
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
     if cors:
         reporter.warn(f"--cors: any web page open in a browser that can reach {server.url} may read every "
                       f"non-hidden file in {folder}; serve only what you would publish")
-    print(server.url, flush=True)
+    if as_json:
+        _emit_json({"url": server.url, "folder": str(folder)})
+    else:
+        echo(server.url)
+    sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: exit 0
         server.serve_forever()
 
@@ -126,6 +133,7 @@ def package_wasm_cmd(
     version: Annotated[str, typer.Option("--version", help="Version in the tarball name, e.g. 1.2.0.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tarball.")] = Path("dist"),
     js: Annotated[Optional[Path], typer.Option("--js", help="Extra JS folder, packed under js/.")] = None,  # noqa: UP045
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pack a reproducible tea-wasm-llm-VERSION.tar.gz (same inputs, same bytes).
@@ -138,24 +146,23 @@ def package_wasm_cmd(
     Example:
       teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
     """
-    import os
-
     from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
+    from teadist.settings import resolve_release_settings
     from teadist.web import asset_files
 
-    epoch = parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    epoch = parse_source_date_epoch(resolve_release_settings().source_date_epoch)
     report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch, bundled=asset_files())
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
         return
-    print("| file | size |")
-    print("|---|---:|")
+    echo("| file | size |")
+    echo("|---|---:|")
     for f in report.files:
-        print(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
-    print(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
-    print(f"| **{report.path.name}** | {format_size(report.size)} |")
-    print(f"sha256 {report.sha256}  {report.path}", file=sys.stderr)
+        echo(f"| {f['path']} | {format_size(int(str(f['size'])))} |")
+    echo(f"| **total (unpacked)** | {format_size(report.unpacked)} |")
+    echo(f"| **{report.path.name}** | {format_size(report.size)} |")
+    _reporter(quiet).info(f"sha256 {report.sha256}  {report.path}")
 
 
 release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
@@ -188,15 +195,14 @@ def release_prepare(
     Example:
       teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
     """
-    from teadist.pipelines.fetch import fetch as run_fetch
+    from teadist.api import fetch_model
     from teadist.release.prepare import prepare_release
 
     settings = _settings(cache_dir)
     reporter = _reporter(quiet, as_json)
 
     def get_model(name: str) -> tuple[Path, str | None]:
-        result = run_fetch(name, _cache(settings), _fetch_options(settings, 4, None), reporter,
-                           _downloader(settings, reporter))
+        result = fetch_model(name, progress=reporter, settings=settings)
         return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
 
     prepared = prepare_release(tag, repo, config, out, reporter, get_model)
@@ -205,7 +211,7 @@ def release_prepare(
                     "removed": prepared.removed, "index": prepared.index})
         return
     for asset in prepared.assets:
-        print(asset)
+        echo(asset)
 
 
 @release_app.command("publish")
@@ -235,21 +241,17 @@ def release_publish(
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
     """
-    import os
-
     from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
+    from teadist.settings import resolve_release_settings
 
     check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
-    interval_text = os.environ.get("TEADIST_GITHUB_WRITE_INTERVAL", "1")
-    try:
-        interval = float(interval_text)
-    except ValueError:
-        raise UsageError(f"TEADIST_GITHUB_WRITE_INTERVAL must be seconds, not {interval_text[:40]!r}") from None
+    env = resolve_release_settings()
+    interval = env.write_interval
     check_write_interval(interval)
-    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    token = env.github_token
     if not token:
         raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
-    api_url = os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+    api_url = env.github_api_url
     check_api_url(api_url)  # never echoed with a user name or password in it
     reporter = _reporter(quiet, as_json)
     publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
@@ -259,7 +261,7 @@ def release_publish(
         _emit_json(report.__dict__)
         return
     for line in report.plan if dry_run else []:
-        print(line)
+        echo(line)
     if not dry_run:
         reporter.info(f"{len(report.uploaded)} uploaded, {len(report.skipped)} already there "
                       f"({len(report.downloaded)} checked by download), {len(report.deleted)} removed"
@@ -285,5 +287,5 @@ def demo(
     if as_json:
         _emit_json(result.__dict__)
     else:
-        print(f"demo ok: {len(result.steps)} steps")
+        echo(f"demo ok: {len(result.steps)} steps")
 

@@ -6,42 +6,49 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
 from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
-from teadist.settings import Settings
 
 
 @app.command("list")
-def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def list_models(
+    name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Only this model: registry name (with or without its tag), cached name, or file name.")] = None,
+    cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False,
+) -> None:
     """List the models in the TEA model cache, with size, last use and last verification.
 
     \b
     Files a model's record lists but that are gone are shown as missing; records that cannot be
     read are shown as damaged (`teadist rm FILE` removes them).
     \b
-    Example:
+    Examples:
       teadist list --json
+      teadist list phi-4-mini
     """
     from teadist.pipelines.prune import model_bytes
 
     cache = _cache(_settings(cache_dir))
     scan = cache.scan()
     rows = []
-    for model in scan.models:
+    for model in _only(cache, name, scan.models):
         missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
         size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
         rows.append((model, missing, size))
+    if name is not None:  # one model: nothing else in the cache is shown
+        scan.unrecorded, scan.damaged = [], []
     if as_json:
         _emit_json({"cache": str(cache.root),
-                    "models": [{**model.head.to_dict(), "size": size, "files": model.filenames, "missing": missing}
+                    "models": [{**model.head.to_dict(), "file": model.head.filename,
+                                "path": str(cache.path_for(model.head.filename)), "size": size,
+                                "files": model.filenames, "missing": missing}
                                for model, missing, size in rows],
                     "damaged": [{"record": str(d.path), "problem": d.problem} for d in scan.damaged],
                     "unrecorded": [str(p) for p in scan.unrecorded]})
         return
     if not rows and not scan.unrecorded and not scan.damaged:
-        echo(f"no models in {cache.root}", err=True)
+        _reporter(quiet).info(f"no models in {cache.root}")
         return
     echo(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
     for model, missing, size in rows:
@@ -56,36 +63,36 @@ def list_models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
         echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {d.path.name}: {d.problem}")
 
 
-def _filename_for(name: str, cache: Any) -> str:
-    model = cache.find(name)
-    if model is not None:
-        return str(model.head.filename)
-    from teadist.sources.registry import lookup_filename
+def _only(cache: Any, name: str | None, models: list[Any]) -> list[Any]:
+    """All ``models``, or the one ``name`` names (by the resolver's rules); not found is exit 1."""
+    if name is None:
+        return models
+    from teadist.pipelines.resolve import classify, find_cached
 
-    filename = lookup_filename(name)
-    if filename is None:
-        raise NotFoundError(f"unknown model {name!r}: not in the cache, not in the registry",
-                            hint="see `teadist list` and `teadist models`")
-    return filename
+    classify(name, cache, takes_paths=False)
+    found = find_cached(cache, name)
+    if found is None:
+        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+    return [m for m in models if m.head.filename == found.head.filename]
 
 
 @app.command()
-def path(name: Annotated[str, typer.Argument(help="Model name, registry name or file name.")],
-         cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def path(name: Annotated[str, typer.Argument(help="Registry name (with or without its tag), cached model name, "
+                                              "or file name.")],
+         cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Print the model path the TEA runtimes would use: TEA_MODEL_PATH, $APPDIR, then the cache.
 
     \b
-    Exits 1 if the model is in none of them.
+    From the cache only a model teadist installed and that is unchanged since it was verified;
+    each lookup counts as a use (`teadist prune` evicts least recently used first). Exits 1 if
+    the model is in none of them.
     \b
     Example:
       llama-cli -m "$(teadist path phi-4-mini)"
     """
-    from teadist.cache.store import runtime_model_path
+    from teadist.api import find_model
 
-    settings = _settings(cache_dir)
-    cache = _cache(settings)
-    found, origin = runtime_model_path(_filename_for(name, cache), cache, settings.tea_model_path,
-                                       settings.appdir)
+    found, origin = find_model(name, settings=_settings(cache_dir))
     if as_json:
         _emit_json({"path": str(found), "from": origin})
     else:
@@ -93,8 +100,8 @@ def path(name: Annotated[str, typer.Argument(help="Model name, registry name or 
 
 
 @app.command()
-def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the cache.")],
-       cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def rm(name: Annotated[str, typer.Argument(help="Registry name, cached model name, or file name in the cache.")],
+       cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Remove a model (all its files, and teadist's record of it) from the cache.
 
     \b
@@ -103,8 +110,11 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
     Example:
       teadist rm phi-4-mini
     """
+    from teadist.pipelines.resolve import classify, find_cached
+
     cache = _cache(_settings(cache_dir))
-    model = cache.find(name)
+    classify(name, cache, takes_paths=False)
+    model = find_cached(cache, name)
     if model is not None:
         removed = cache.remove(model) or []
     else:
@@ -117,31 +127,7 @@ def rm(name: Annotated[str, typer.Argument(help="Model name or file name in the 
     else:
         for p in removed:
             echo(p)
-
-
-# -- fetch and the registry ----------------------------------------------------------------------
-def _downloader(settings: Settings, reporter: Reporter, jobs: int = 4) -> Any:
-    from teadist.sources.download import Downloader
-    from teadist.sources.http import RetryPolicy
-
-    policy = RetryPolicy(attempts=max(1, settings.retries), backoff=settings.retry_backoff,
-                         stall_timeout=settings.stall_timeout)
-    return Downloader(reporter, policy, jobs=jobs, segment_min=settings.parallel_min)
-
-
-def _fetch_options(settings: Settings, jobs: int, source: str | None) -> Any:
-    from teadist.pipelines.fetch import FetchOptions
-    from teadist.sources.hub import DEFAULT_ENDPOINT, is_official_endpoint
-
-    endpoint = settings.hf_endpoint or DEFAULT_ENDPOINT
-    token = settings.hf_token
-    if token is None and is_official_endpoint(endpoint) and not settings.offline:
-        from teadist.settings import register_secret
-        from teadist.sources.hub import saved_token
-
-        token = saved_token()
-        register_secret(token)
-    return FetchOptions(endpoint=endpoint, token=token, offline=settings.offline, jobs=jobs, source=source)
+        _reporter(quiet).info(f"removed {len(removed)} files")
 
 
 @app.command()
@@ -164,7 +150,8 @@ def fetch(
 
     \b
     Resumes after an interruption, retries with backoff, falls back to the next source on
-    a network error, a 404 or a hash mismatch, and prints the installed path.
+    a network error, a 404 or a hash mismatch, and prints the installed path. A bare word
+    is a model's name; write ./NAME for a file of that name in the current folder.
     \b
     Examples:
       teadist fetch phi-4-mini
@@ -172,16 +159,16 @@ def fetch(
       teadist fetch hf://ggml-org/tiny-llamas/stories260K.gguf
       teadist fetch https://github.com/OWNER/REPO/releases/download/v1.0.0/model-manifest.json
     """
-    from teadist.pipelines.fetch import fetch as run_fetch
+    from teadist.api import fetch_model
 
     settings = _settings(cache_dir, offline=True if offline else None)
     reporter = _reporter(quiet, as_json)
-    options = _fetch_options(settings, jobs, source)
-    options.keep_shards = keep_shards
-    result = run_fetch(model, _cache(settings), options, reporter, _downloader(settings, reporter, jobs))
+    result = fetch_model(model, source=source, progress=reporter, jobs=jobs, keep_shards=keep_shards,
+                         settings=settings)
     if as_json:
-        _emit_json({"path": str(result.path), "name": result.name, "sha256": result.sha256, "size": result.size,
-                    "already_present": result.already_present, "source": result.source})
+        _emit_json({"name": result.name, "file": result.path.name, "path": str(result.path),
+                    "size": result.size, "sha256": result.sha256, "already_present": result.already_present,
+                    "source": result.source})
         return
     if result.already_present:
         reporter.info(f"{result.name} is already in the cache (verified {result.sha256[:16]}…)")
@@ -191,7 +178,7 @@ def fetch(
 
 
 @app.command()
-def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """List the models of the registry, their size and whether they are cached.
 
     \b
@@ -201,35 +188,47 @@ def models(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
     from teadist.sources import registry
 
     cache = _cache(_settings(cache_dir))
+    from teadist.pipelines.fit import machine_memory, verdict
+
+    memory = machine_memory()
     rows: list[dict[str, Any]] = []
     for m in registry.entries():
         record = cache.read_record(m.file.name)
         cached = record is not None and cache.is_current(record) and m.file.sha256 in (None, record.sha256)
-        rows.append({"model": m.reference + (" (default)" if m.tag and m.default_tag else ""),
-                     "reference": m.reference, "file": m.file.name, "size": m.file.size,
-                     "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached})
+        rows.append({"name": m.reference, "default": bool(m.tag and m.default_tag), "file": m.file.name,
+                     "size": m.file.size, "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached,
+                     "fits": verdict(m.file.size, memory)})
     if as_json:
-        _emit_json(rows)
+        _emit_json({"models": rows, "memory": memory})
         return
-    echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} FILE")
+    echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} {'FITS':<8} FILE")
     for row in rows:
         size = format_size(row["size"]) if row["size"] is not None else "unpinned"
-        echo(f"{row['model']:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['file']}")
+        label = row["name"] + (" (default)" if row["default"] else "")
+        echo(f"{label:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['fits'] or '?':<8} {row['file']}")
+    if memory is not None and not quiet:
+        echo(f"FITS: the weights against this machine's {format_size(memory)} of memory (tight: over 3/4 of it); "
+             "`teadist inspect FILE --ctx N` adds the KV cache", err=True)
 
 
 @app.command()
-def du(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+def du(
+    name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Only this model: registry name (with or without its tag), cached name, or file name.")] = None,
+    cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: JsonOpt = False,
+) -> None:
     """Show the space each cached model uses (kept shards included), downloads in flight, and free space.
 
     \b
-    Example:
+    Examples:
       teadist du
+      teadist du phi-4-mini
     """
     from teadist.base.fsutil import free_bytes
     from teadist.pipelines.prune import in_flight, model_bytes
 
     cache = _cache(_settings(cache_dir))
-    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in cache.scan().models]
+    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in _only(cache, name, cache.scan().models)]
     partial = sum(size for _, size in in_flight(cache))
     free = free_bytes(cache.root)
     total = sum(size for _, _, size in models_)
@@ -250,6 +249,7 @@ def prune(
         "--max-size", help="Evict least recently used models until the cache fits, e.g. 20G.")] = None,
     partials: Annotated[bool, typer.Option("--partials", help="Remove stale partial downloads.")] = False,
     cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Free space in the model cache; whatever another teadist is working on is left alone.
@@ -275,4 +275,4 @@ def prune(
     else:
         for path_ in removed:
             echo(path_)
-        echo(f"removed {len(removed)} files", err=True)
+        _reporter(quiet).info(f"removed {len(removed)} files")

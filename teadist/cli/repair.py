@@ -33,15 +33,15 @@ def repair(
       teadist repair phi-4-mini
       teadist repair --json          # every cached model: {blocks_bad, blocks_refetched, bytes_fetched}
     """
-    from teadist.cli.models import _downloader, _fetch_options
+    from teadist.api import downloader_for, fetch_options_for
     from teadist.pipelines.repair import RepairOptions, repair_cached
 
     settings = _settings(cache_dir, offline=True if offline else None)
     cache = _cache(settings)
     reporter = _reporter(quiet, as_json)
-    fetch_options = _fetch_options(settings, 1, None)
+    fetch_options = fetch_options_for(settings, jobs=1)
     options = RepairOptions(endpoint=fetch_options.endpoint, token=fetch_options.token, offline=settings.offline)
-    downloader = _downloader(settings, reporter, 1)
+    downloader = downloader_for(settings, reporter, 1)
     names = [name] if name is not None else [m.head.filename for m in cache.scan().models]
     results = [repair_cached(cache, n, options, reporter, downloader) for n in names]
     if as_json:

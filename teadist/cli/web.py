@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from teadist.cli.app import JsonOpt, QuietOpt, _emit_json, _reporter, app
+from teadist.cli.app import JsonOpt, QuietOpt, _emit_json, _reporter, app, echo
 
 
 @app.command("web-assets")
@@ -35,6 +35,6 @@ def web_assets(
         _emit_json({"folder": str(folder), "files": [c.__dict__ for c in copied]})
         return
     for c in copied:
-        print(folder / c.path)
+        echo(folder / c.path)
     changed = sum(c.action != "unchanged" for c in copied)
     _reporter(quiet).info(f"{changed} file(s) written, {len(copied) - changed} already up to date in {folder}")

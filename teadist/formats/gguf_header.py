@@ -15,8 +15,11 @@ every tensor's data inside the file.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +43,12 @@ _SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: 
 _SCALAR_SIZE = {t: struct.calcsize(f) for t, f in _SCALAR.items()}
 
 # ggml types llama.cpp (0.3.36) can load: id -> (name, block size, bytes per block). Ids it has
-# removed (4, 5, 31-33, 36-38) have block size 0 there and are refused, as are unknown ids.
+# removed (4, 5, 31-33, 36-38) have block size 0 there and are refused, as are unknown ids. The
+# sizes are ggml's (ggml-common.h): they equal gguf-py's GGML_QUANT_SIZES except Q8_1, whose block
+# is two halves and 32 quants (36 bytes) — gguf-py 0.19 still has the old float layout (40).
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
     12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
     16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
     20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
@@ -68,6 +73,8 @@ class InvalidGGUFError(IntegrityError):
 
 
 MAX_DECODED_STRING = 4 * 1024 * 1024  # longer string values are checked but not kept
+MAX_NAME_BYTES = 64 * 1024  # a key is a name: longer ones are refused from their length field
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -173,6 +180,20 @@ class _Reader:
             raise self.fail(f"{what}: an array of type {item} (arrays of arrays or unknown types are refused)")
         return first, item, count
 
+    def name(self, what: str) -> str:
+        """A key or tensor name: UTF-8 text without NUL or control characters (it is printed, put
+        in JSON and handed to C code as a C string). Refused from its length, before it is read."""
+        if (length := self.peek_length(what)) > MAX_NAME_BYTES:
+            raise self.fail(f"{what} is {length} bytes long (a name takes at most {MAX_NAME_BYTES})")
+        raw = self.string(what)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not valid UTF-8 ({raw[:40]!r})") from None
+        if _CONTROL.search(text):
+            raise self.fail(f"{what} contains NUL or a control character ({raw[:40]!r})")
+        return text
+
     def peek_length(self, what: str) -> int:
         self.need(8, what)
         return int(struct.unpack_from("<Q", self.view, self.pos)[0])
@@ -184,14 +205,23 @@ def _pad(n: int, alignment: int) -> int:
 
 def read_header(path: Path, tensors: bool = False) -> GGUFHeader:
     """Read and check a GGUF header; keep the tensor list only when ``tensors`` (for sharding)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # O_NONBLOCK: a FIFO given for a model is refused at once, never waited on
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise NotFoundError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise NotFoundError(f"{path} is a folder, not a GGUF file") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.EACCES, errno.EPERM, errno.ELOOP):
+            raise InvalidGGUFError(f"{path}: cannot be read as a file ({exc.strerror})") from None
+        raise
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotFoundError(f"{path} is a folder, not a GGUF file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidGGUFError(f"{path}: not a regular file (a FIFO, socket or device is not a model)")
+        size = st.st_size
         if size < 4:
             raise InvalidGGUFError(f"{path}: not a GGUF file ({size} bytes)")
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapping:
@@ -221,10 +251,10 @@ def _parse(r: _Reader, keep_tensors: bool) -> GGUFHeader:
     raw_keys: set[bytes] = set()
     for i in range(n_kv):
         start = r.pos
-        raw_key = r.string(f"key {i}")
+        key = r.name(f"key {i}")
+        raw_key = key.encode("utf-8")
         if not raw_key:
             raise r.fail(f"key {i} is empty")
-        key = raw_key.decode("utf-8", "replace")
         if raw_key in raw_keys or key in kv:
             raise r.fail(f"duplicate key {key[:60]!r}")
         raw_keys.add(raw_key)
@@ -247,7 +277,7 @@ def _parse(r: _Reader, keep_tensors: bool) -> GGUFHeader:
     entries = []
     for i in range(n_tensors):
         info_start = r.pos
-        name = r.string(f"the name of tensor {i}")
+        name = r.name(f"the name of tensor {i}").encode("utf-8")
         if len(name) >= MAX_NAME:
             raise r.fail(f"tensor {i}'s name is {len(name)} bytes (llama.cpp allows fewer than {MAX_NAME})")
         if name in names:

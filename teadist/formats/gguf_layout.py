@@ -11,6 +11,8 @@ from teadist.errors import UsageError
 
 DEFAULT_SHARD_SIZE = 512_000_000  # wllama's recommendation
 SHARD_LIMIT = 2**31  # no shard may reach 2 GiB (browsers, GitHub, ftell())
+MAX_SHARDS = 2**16 - 1  # split.count is a u16 in llama.cpp's split format
+MAX_SPLIT_TENSORS = 2**31 - 1  # split.tensors.count is an i32
 
 _UINT16, _UINT32, _INT32 = 2, 4, 5
 
@@ -79,6 +81,8 @@ def _kv(key: str, vtype: int, fmt: str, value: int) -> bytes:
 
 def plan_shards(layout: GGUFLayout, kv_bytes: int, shard_size: int) -> list[ShardPlan]:
     """Tensors in order into shards of at most ``shard_size`` bytes (one pass: sizes kept running)."""
+    if len(layout.tensors) > MAX_SPLIT_TENSORS:
+        raise UsageError(f"{len(layout.tensors)} tensors: llama.cpp's split format counts at most {MAX_SPLIT_TENSORS}")
     split_bytes = [len(split_kvs(layout, 0, 1, 0)), len(split_kvs(layout, 0, 1, 1))]
 
     def shard_bytes(index: int, infos: int, data: int) -> int:
@@ -92,6 +96,10 @@ def plan_shards(layout: GGUFLayout, kv_bytes: int, shard_size: int) -> list[Shar
         grown = data + pad_to(data, layout.alignment) + tensor.n_bytes
         size = shard_bytes(len(shards) - 1, infos + info, grown)
         if shards[-1].tensors and size > shard_size:
+            if len(shards) == MAX_SHARDS:
+                raise UsageError(f"--shard-size {shard_size} would need more than {MAX_SHARDS} shards "
+                                 "(llama.cpp's split format counts at most that many)",
+                                 hint="choose a larger --shard-size")
             shards.append(ShardPlan())
             infos, grown = 0, tensor.n_bytes
             size = shard_bytes(len(shards) - 1, info, grown)

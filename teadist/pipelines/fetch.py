@@ -20,14 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 from teadist.base.blocks import BlockMap
 from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
 from teadist.base.urls import origin_of, url_problem
 from teadist.base.workfiles import WorkFiles
-from teadist.cache.layout import CacheTarget
+from teadist.cache.layout import CacheTarget, kept_shards
 from teadist.cache.store import CacheRecord, ModelCache
 from teadist.errors import (
     IntegrityError,
@@ -43,6 +43,7 @@ from teadist.sources.download import Downloader
 from teadist.sources.http import Auth
 
 MANIFEST_FETCH_LIMIT = 16 * 1024 * 1024
+GGUF_MAGIC = b"GGUF"
 Origin = dict[str, str | None]
 
 
@@ -87,10 +88,13 @@ def parse_hf_spec(spec: str) -> HfSource:
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 
 
-def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
+def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: ModelCache | None = None) -> Target:
+    """What ``spec`` names, by the rules of ``pipelines.resolve`` (a local file never takes over a name)."""
+    from teadist.pipelines.resolve import classify, registry_manifest
     from teadist.pipelines.split import default_model_name
     from teadist.sources import registry
 
+    named = classify(spec, cache) if cache is not None else None
     if spec.startswith("hf://"):
         source = parse_hf_spec(spec)
         file_name = source.path.rsplit("/", 1)[-1]
@@ -98,25 +102,83 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool) -> Target:
                             format="single", sources=[source])
         return Target(manifest, spec)
     if spec.startswith(("http://", "https://")):
-        if offline:
-            raise OfflineError(f"offline: cannot download the manifest {spec}")
         url, _, wanted = spec.partition("#")
-        raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
-        if raw is None:
-            raise NotFoundError(f"manifest not found: {url}")
-        if len(raw) > MANIFEST_FETCH_LIMIT:
-            raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+        if urlsplit(url).path.lower().endswith(".gguf"):
+            raise _model_not_manifest(url)
+        if offline:
+            raw = _kept_manifest(url, cache)
+            if raw is None:
+                raise OfflineError(f"offline: nothing was ever fetched from {url}",
+                                   hint="fetch it once with the network")
+        else:
+            raw = downloader.get_small(url, MANIFEST_FETCH_LIMIT)
+            if raw is None:
+                raise NotFoundError(f"manifest not found: {url}")
+            if raw.startswith(GGUF_MAGIC):
+                raise _model_not_manifest(url)
+            if len(raw) > MANIFEST_FETCH_LIMIT:
+                raise ManifestError(f"{url}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
+            target = Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
+            _keep_manifest(url, raw, cache)
+            return target
         return Target(_parse_any(raw, url, wanted or None), spec, base_url=urljoin(url, "."))
     path_text, _, wanted = spec.partition("#")
-    path = Path(path_text)
+    if named is not None and named.kind == "name":
+        entry = registry_manifest(spec)
+        if entry is not None:
+            return Target(entry, f"registry:{spec}")
+        from teadist.pipelines.resolve import find_cached
+
+        model = find_cached(cache, spec) if cache is not None else None
+        if model is not None and cache is not None and cache.is_current(model.head):
+            head = model.head  # a cached model's own name: handed out as it is, never fetched again
+            return Target(Manifest(name=head.name, file=FileRecord(head.filename, head.size, head.sha256),
+                                   format="single"), f"cache:{spec}")
+        return Target(registry.lookup(spec), f"registry:{spec}")
+    path = Path(os.path.expanduser(path_text))
     if path.is_file():
+        from teadist.formats.gguf_info import looks_like_gguf
+
+        if looks_like_gguf(path):
+            raise _model_not_manifest(str(path))
         if path.stat().st_size > MANIFEST_FETCH_LIMIT:
             raise ManifestError(f"{path}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(path.read_bytes(), str(path), wanted or None), str(path),
                       base_dir=path.parent.resolve())
-    if "/" in spec or spec.endswith(".json"):
+    if named is not None or "/" in spec or spec.endswith(".json"):
         raise NotFoundError(f"manifest not found: {spec}")
     return Target(registry.lookup(spec), f"registry:{spec}")
+
+
+def _model_not_manifest(where: str) -> UsageError:
+    return UsageError(f"{where} is a model file, not a manifest: teadist installs only what it can verify, "
+                      "and a model file carries no sha256 of its own",
+                      hint="fetch a Hub file as hf://ORG/REPO/FILE.gguf (the Hub gives its sha256), a registry "
+                           "name, or a manifest that lists the file's sha256 (`teadist split` writes one)")
+
+
+def _kept_manifest(url: str, cache: ModelCache | None) -> bytes | None:
+    """Offline: the manifest last read from ``url`` (what it names is then looked up in the cache as
+    usual: by sha256)."""
+    from teadist.base.fsutil import read_small_file
+
+    if cache is None:
+        return None
+    try:
+        raw = read_small_file(cache.layout.manifest_copy(url), MANIFEST_FETCH_LIMIT)
+    except OSError:
+        return None
+    return raw if len(raw) <= MANIFEST_FETCH_LIMIT else None
+
+
+def _keep_manifest(url: str, raw: bytes, cache: ModelCache | None) -> None:
+    """Keep a manifest that parsed, for ``fetch --offline URL`` (written whole or not at all)."""
+    from teadist.base.fsutil import write_bytes_atomic
+
+    if cache is None:
+        return
+    folder = cache.layout.ensure_manifests_dir()
+    write_bytes_atomic(cache.layout.manifest_copy(url), raw, folder=folder, stem=".")
 
 
 def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
@@ -265,11 +327,15 @@ def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:
 def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporter,
           downloader: Downloader | None = None) -> FetchResult:
     downloader = downloader or Downloader(reporter)
-    target = resolve_target(spec, downloader, options.offline)
+    target = resolve_target(spec, downloader, options.offline, cache)
     manifest = target.manifest
     if options.keep_shards:
         if manifest.format != "gguf":
             raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
+        names = [c.name for c in manifest.chunks]
+        if kept_shards(names[0]) != names[1:]:
+            raise ManifestError(f"{manifest.reference}: --keep-shards needs shards named as llama.cpp names them "
+                                f"(<name>-00001-of-{len(names):05d}.gguf, …), not {names[0][:60]!r}, …")
         return _fetch_kept_shards(target, cache, options, reporter, downloader)
     dest = cache.target(manifest.file.name)
     with dest.lock(on_wait=reporter.info):
@@ -391,6 +457,7 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     local = target.base_dir
     if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
+    _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)
     dest.ensure_chunks(sha)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({options.jobs} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
@@ -401,6 +468,23 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     result = _install_from(manifest, dest.chunks(sha), dest, cache, reporter, target.origin, origin)
     dest.clear_work()
     return result
+
+
+def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget | None, sha: str | None,
+                 size: int, what: str) -> None:
+    """Before the first byte: room for every chunk still to download and (``dest``) the file they are
+    assembled into, which is written while the chunks still sit beside it."""
+    from teadist.base.fsutil import ensure_free_space
+
+    def have(chunk: ChunkRecord) -> int:
+        path = dest.chunk_files(sha, chunk.name).final if dest is not None and sha is not None \
+            else cache.path_for(chunk.name)
+        return chunk.size if is_plain_file(path) and path.stat().st_size == chunk.size else 0
+
+    needed = sum(c.size - have(c) for c in chunks) + (size if dest is not None else 0)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(cache.root, needed, f"{what} ({len(chunks)} chunks"
+                      + (" and the file they make)" if dest is not None else ")"))
 
 
 def _install_from(manifest: Manifest, folder: Path, dest: CacheTarget, cache: ModelCache, reporter: Reporter,
@@ -440,6 +524,7 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
             shard.clear_work()
             return True
 
+    _ensure_room(cache, manifest.chunks, None, None, 0, manifest.file.name)
     reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({options.jobs} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         fetched = list(pool.map(get, manifest.chunks))

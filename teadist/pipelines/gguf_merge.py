@@ -12,6 +12,7 @@ from typing import BinaryIO
 from teadist.base.fsutil import ensure_free_space
 from teadist.base.progress import Reporter
 from teadist.cache.layout import Target
+from teadist.cache.store import ModelCache
 from teadist.errors import IntegrityError, UsageError
 from teadist.formats.gguf_layout import pad_to
 
@@ -22,17 +23,22 @@ def is_shard_name(name: str) -> bool:
     return _SHARD_NAME.match(name) is not None
 
 
-def merge_foreign_shards(first: Path, target: Target, reporter: Reporter) -> tuple[str, int]:
+def merge_foreign_shards(first: Path, target: Target, reporter: Reporter,
+                         cache: ModelCache | None = None) -> tuple[str, int]:
     """Merge shards that came without a teadist manifest (``llama-gguf-split``, gguf-py) into one GGUF.
 
     Without a rebuild recipe the original's exact bytes are unknown: the result is a *merge* —
     the same metadata (minus ``split.*``) and the same tensors, in shard order — whose sha256
-    need not match any published one. Written under ``target``'s lock. Returns (sha256, size)."""
+    need not match any published one. Written under ``target``'s lock. Returns (sha256, size).
+
+    Nothing vouches for a merge, so it is never recorded as verified: when it lands in ``cache``
+    over a recorded file, that file's record goes (before the file is replaced)."""
     with target.lock(on_wait=reporter.info):
-        return _merge_locked(first, target, reporter)
+        return _merge_locked(first, target, reporter, cache)
 
 
-def _merge_locked(first: Path, target: Target, reporter: Reporter) -> tuple[str, int]:
+def _merge_locked(first: Path, target: Target, reporter: Reporter,
+                  cache: ModelCache | None) -> tuple[str, int]:
     from teadist.base.fsutil import commit_fd, remove_quietly
     from teadist.formats.gguf_header import GGUFHeader, read_header
     from teadist.formats.gguf_recipe import COPY_BLOCK
@@ -98,12 +104,15 @@ def _merge_locked(first: Path, target: Target, reporter: Reporter) -> tuple[str,
                         left -= len(block)
                 pos = off + t.n_bytes
             out.flush()
+            if cache is not None and cache.contains(dest):
+                remove_quietly(cache.target(dest.name).record)  # it vouched for the file replaced now
             commit_fd(out.fileno(), tmp, dest)
     except BaseException:
         remove_quietly(tmp)
         raise
-    reporter.warn(f"merged {count} shards without a teadist manifest into {dest.name}: this is a merge "
-                  "(same metadata and tensors), not a verified copy of any original file")
+    reporter.warn(f"{dest.name}: merged, not verified against a source hash — {count} shards without a "
+                  "teadist manifest; this is a merge (same metadata and tensors), not a copy of any "
+                  "original file")
     return digest.hexdigest(), len(header_bytes) + rel
 
 

@@ -49,8 +49,9 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
 
     if shard_size <= 0 or shard_size >= SHARD_LIMIT:
         raise UsageError(f"shard size {shard_size} must be positive and below 2 GiB")
-    from teadist.pipelines.split import usable_input_name
+    from teadist.pipelines.split import ensure_out_dir, require_input_file, usable_input_name
 
+    require_input_file(src)
     file_name = usable_input_name(src)
     if not file_name.endswith(".gguf"):
         raise UsageError(f"{file_name}: --format gguf needs a .gguf file")
@@ -76,9 +77,13 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
         kv_block = fh.read(layout.kv_end - layout.kv_start)
     shards = plan_shards(layout, len(kv_block), shard_size)
     build_headers(layout, kv_block, shards)
+    oversize = sum(1 for s in shards if s.size > shard_size)
+    if oversize:  # tensors are never cut (llama.cpp's rule): one larger than the size gets a shard of its own
+        reporter.warn(f"{oversize} of {len(shards)} shards are larger than --shard-size {shard_size}: "
+                      "they hold a tensor (or the metadata) that is larger on its own")
     names = shard_names(file_name.removesuffix(".gguf"), len(shards))
     usable_input_name(src, longest=names[-1])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_out_dir(out_dir)
     manifest_path = out_dir / manifest_filename(file_name)
     manifest_path.unlink(missing_ok=True)
     ensure_free_space(out_dir, sum(s.size for s in shards), "the shards")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,6 +81,27 @@ def describe_model(path: Path, reporter: Reporter) -> dict[str, object] | None:
     return read_info(path).manifest_model()
 
 
+def require_input_file(src: Path) -> None:
+    """``src`` is a regular file (a folder, FIFO or device where the model belongs is named as such)."""
+    try:
+        mode = src.stat().st_mode
+    except FileNotFoundError:
+        raise NotFoundError(f"input file not found: {src}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the input {src} ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"the input {src} is a folder; give the model file itself")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"the input {src} is not a regular file (a FIFO or device is not a model)")
+
+
+def ensure_out_dir(out_dir: Path) -> None:
+    """Create the output folder; one usage line when a file already sits at its name."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder", hint="name a folder for the chunks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def usable_input_name(src: Path, longest: str | None = None) -> str:
     """The input's file name, if a manifest can carry it (and ``longest``, the longest name derived
     from it): a usage error otherwise, before anything is written."""
@@ -117,8 +139,7 @@ def split_file(
     (what a fetch verified) the input is held to it: bytes that changed since are never described
     by a manifest (IntegrityError, the manifest is not written)."""
     check_chunk_size(chunk_size)
-    if not src.is_file():
-        raise NotFoundError(f"input file not found: {src}")
+    require_input_file(src)
     file_name = usable_input_name(src)
     size = src.stat().st_size
     count = max(1, -(-size // chunk_size))
@@ -128,7 +149,7 @@ def split_file(
     names = chunk_names(file_name, count)
     usable_input_name(src, longest=names[-1])
     model = describe_model(src, reporter)  # before anything is written: a broken GGUF is refused
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_out_dir(out_dir)
     manifest_path = out_dir / manifest_filename(file_name)
     if manifest_path.resolve() == src.resolve() or any((out_dir / n).resolve() == src.resolve() for n in names):
         raise UsageError("the output folder would overwrite the input file; choose another --out")

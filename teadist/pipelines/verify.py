@@ -5,23 +5,30 @@ the process may use, and a mismatch names the damaged byte ranges (``repair`` ac
 without one is hashed whole (one core per file; several files in parallel); a cached file checked
 that way gets its block map from the same pass, kept once its whole sha256 has matched. The exact
 size is always checked.
+
+A manifest is checked as a whole too: matching chunks (or blocks) only vouch for what ``assemble``
+would build if the manifest's own whole-file sha256 (and, for GGUF shards, its rebuild recipe) is
+true, so the original's bytes — the chunks in order, or the recipe replayed over the shards — are
+hashed once more, beside the other checks, against ``file.sha256``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
 from teadist.base.fsutil import is_plain_file
 from teadist.base.hashing import bad_blocks, hash_blocks, hash_range, usable_cores
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
-from teadist.errors import NotFoundError, UsageError
+from teadist.errors import IntegrityError, ManifestError, NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
 OK, MISSING, MISMATCH, DAMAGED = "OK", "MISSING", "MISMATCH", "DAMAGED"
@@ -112,10 +119,89 @@ def _narrowed(job: _Job, blocks: BlockMap, size: int) -> CheckRow:
     return CheckRow(job.name, MISMATCH, f"sha256 does not match; damaged: {describe_ranges(ranges)}", ranges)
 
 
-def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow]:
-    """Rows in job order. Block-mapped files one after another, each on every core; the others
-    hashed whole, as many at once as there are cores."""
+@dataclass
+class _WholeJob:
+    """The original file a manifest describes, as ``feed`` produces it, against ``file.sha256``."""
+
+    name: str
+    length: int
+    sha256: str
+    feed: Callable[[Callable[[bytes], object]], None]
+
+
+_READ_BLOCK = 8 * 1024 * 1024
+
+
+def _feed_files(parts: list[Path]) -> Callable[[Callable[[bytes], object]], None]:
+    """The files ``parts`` one after another (a bytes manifest's chunks in order)."""
+
+    def feed(sink: Callable[[bytes], object]) -> None:
+        for part in parts:
+            with open(part, "rb", buffering=0) as fh:
+                while block := fh.read(_READ_BLOCK):
+                    sink(block)
+
+    return feed
+
+
+def _feed_recipe(manifest: Manifest, folder: Path) -> Callable[[Callable[[bytes], object]], None]:
+    """The original rebuilt from GGUF shards by the manifest's recipe (nothing written)."""
+    from teadist.formats.gguf_recipe import check_recipe, replay
+
+    pieces = check_recipe(manifest)
+
+    def feed(sink: Callable[[bytes], object]) -> None:
+        handles: dict[int, BinaryIO] = {}
+        try:
+            def open_shard(index: int) -> BinaryIO:
+                if index not in handles:
+                    handles[index] = open(folder / manifest.chunks[index].name, "rb")  # noqa: SIM115
+                return handles[index]
+
+            replay(pieces, open_shard, [sink])
+        finally:
+            for fh in handles.values():
+                fh.close()
+
+    return feed
+
+
+def _run_whole(job: _WholeJob, advance: Callable[[int], None]) -> CheckRow:
+    digest = hashlib.sha256()
+    seen = 0
+
+    def sink(block: bytes) -> None:
+        nonlocal seen
+        digest.update(block)
+        seen += len(block)
+        advance(len(block))
+
+    try:
+        job.feed(sink)
+    except (IntegrityError, ManifestError) as exc:
+        return CheckRow(job.name, MISMATCH, f"whole file: {exc.message}")
+    if seen != job.length:
+        return CheckRow(job.name, MISMATCH, f"whole file: {seen} bytes, the manifest says {job.length}")
+    if digest.hexdigest() != job.sha256:
+        return CheckRow(job.name, MISMATCH, f"whole file: sha256 {digest.hexdigest()[:16]}…, "
+                                            f"the manifest says {job.sha256[:16]}…")
+    return CheckRow(job.name, OK, "whole file")
+
+
+def _whole_of(manifest: Manifest, feed: Callable[[Callable[[bytes], object]], None]) -> _WholeJob | None:
+    size, sha256 = manifest.file.size, manifest.file.sha256
+    if size is None or sha256 is None:
+        return None
+    return _WholeJob(manifest.file.name, size, sha256, feed)
+
+
+def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str,
+              whole: _WholeJob | None = None) -> list[CheckRow]:
+    """Rows in job order; with ``whole``, its row last — left out when a job is already bad (the
+    whole is then bad for a reason those rows name). Block-mapped files one after another, each
+    on every core; the others hashed whole, as many at once as there are cores; ``whole`` beside them."""
     total = sum(j.length if j.length is not None else j.path.stat().st_size for j in jobs)
+    total += whole.length if whole is not None else 0
     task = reporter.task(label, total)
     lock = threading.Lock()
 
@@ -125,17 +211,23 @@ def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str) -> list[CheckRow
 
     rows: dict[int, CheckRow] = {}
     try:
-        whole = [i for i, job in enumerate(jobs) if job.blocks is None]
-        if whole:
-            with ThreadPoolExecutor(max_workers=min(len(whole), usable_cores())) as pool:
-                for i, row in zip(whole, pool.map(lambda i: _check_whole(jobs[i], advance), whole), strict=True):
-                    rows[i] = row
-        for i, job in enumerate(jobs):
-            if job.blocks is not None:
-                rows[i] = _check_blocks(job, advance)
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            whole_row = beside.submit(_run_whole, whole, advance) if whole is not None else None
+            plain = [i for i, job in enumerate(jobs) if job.blocks is None]
+            if plain:
+                with ThreadPoolExecutor(max_workers=min(len(plain), usable_cores())) as pool:
+                    for i, row in zip(plain, pool.map(lambda i: _check_whole(jobs[i], advance), plain),
+                                      strict=True):
+                        rows[i] = row
+            for i, job in enumerate(jobs):
+                if job.blocks is not None:
+                    rows[i] = _check_blocks(job, advance)
+            out = [rows[i] for i in range(len(jobs))]
+            if whole_row is not None and all(row.status == OK for row in out):
+                out.append(whole_row.result())
+            return out
     finally:
         task.close()
-    return [rows[i] for i in range(len(jobs))]
 
 
 def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) -> VerifyReport:
@@ -149,9 +241,16 @@ def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) ->
             rows[chunk.name] = CheckRow(chunk.name, MISMATCH, f"size {actual}, expected {chunk.size}")
         else:
             jobs.append(_Job(chunk.name, path, 0, chunk.size, chunk.sha256, blocks=chunk.blocks))
-    for row in _run_jobs(jobs, reporter, f"verify {folder.name or folder}"):
+    whole = None
+    if len(jobs) == len(manifest.chunks) and manifest.format != "single":
+        paths = [folder / c.name for c in manifest.chunks]
+        whole = _whole_of(manifest, _feed_recipe(manifest, folder) if manifest.format == "gguf"
+                          else _feed_files(paths))
+    checked = _run_jobs(jobs, reporter, f"verify {folder.name or folder}", whole)
+    for row in checked[:len(jobs)]:
         rows[row.name] = row
-    return VerifyReport(str(folder), [rows[c.name] for c in manifest.chunks])
+    extra = checked[len(jobs):]
+    return VerifyReport(str(folder), [rows[c.name] for c in manifest.chunks] + extra)
 
 
 def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Reporter) -> VerifyReport:
@@ -165,14 +264,17 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     if actual != size:
         rows.append(CheckRow(path.name, MISMATCH, f"size {actual}, expected {size}"))
     if manifest.format == "bytes":
-        # Each chunk is a byte range of the original: equal ranges prove an equal file.
+        # Each chunk is a byte range of the original: equal ranges prove the file equals the chunks;
+        # the whole hash proves the chunks are the original the manifest names.
         narrow = (manifest.file.blocks, size) if manifest.file.blocks is not None else None
         jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks, narrow=narrow)
                 for c in manifest.chunks]
-        rows += _run_jobs(jobs, reporter, f"verify {path.name}")
+        whole = _whole_of(manifest, _feed_files([path])) if actual == size else None
+        rows += _run_jobs(jobs, reporter, f"verify {path.name}", whole)
     elif manifest.file.blocks is not None and actual == size:
+        # The manifest's block map names damaged ranges; its whole sha256 vouches for the map.
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256, blocks=manifest.file.blocks)], reporter,
-                          f"verify {path.name}")
+                          f"verify {path.name}", _whole_of(manifest, _feed_files([path])))
     elif actual == size:
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256)], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)

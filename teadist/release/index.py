@@ -7,8 +7,10 @@ import json
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +99,34 @@ def tarball_version(tag: str) -> str:
     return tag[1:] if tag.startswith("v") else tag
 
 
+INDEX_SCHEMA = "release-index-v1.schema.json"
+
+
+@cache
+def index_validator() -> Any:
+    """The release index's own JSON Schema (in the wheel), its models checked by the manifest schema."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    from teadist.formats.manifest import resource_dir
+
+    folder = resource_dir() / "schema"
+    schemas = [json.loads((folder / name).read_text("utf-8")) for name in (INDEX_SCHEMA, "manifest-v1.schema.json")]
+    registry: Registry[Any] = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas)
+    return jsonschema.Draft202012Validator(schemas[0], registry=registry)
+
+
 def validate_index(data: Any) -> None:
-    """A release index: every model a valid v1 manifest, every name safe, every file hashed."""
+    """A release index: its schema, every model a valid v1 manifest, every name safe, every file hashed."""
     if not isinstance(data, dict) or data.get("kind") != INDEX_KIND or not isinstance(data.get("models"), list):
         raise ManifestError("release index: needs kind 'release-index' and a 'models' list")
+    from jsonschema.exceptions import best_match
+
+    error = best_match(index_validator().iter_errors(data))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise ManifestError(f"release index{where}: {error.message[:160]}")
     if not data["models"]:
         raise ManifestError("release index: lists no model")
     for i, model in enumerate(data["models"]):
@@ -121,7 +147,8 @@ def validate_index(data: Any) -> None:
         if not isinstance(sha, str) or not _SHA256_RE.match(sha):
             raise ManifestError(f"release index files[{i}].sha256: must be 64 lowercase hex digits")
     names = [a.name for a in listed_assets(data)]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(names)  # one pass: names.count(n) per name was quadratic in the index's size
+    duplicates = sorted(n for n, seen in counts.items() if seen > 1)
     if duplicates or RELEASE_MANIFEST in names:
         raise ManifestError(f"release index: a name is listed twice: {(duplicates or [RELEASE_MANIFEST])[0]}")
 

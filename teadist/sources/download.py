@@ -39,6 +39,7 @@ from teadist.sources.http import (
     StreamReader,
     check_status,
     checked_url,
+    does_not_resolve,
     host_of,
     new_session,
     origin,
@@ -180,7 +181,9 @@ class Downloader:
 
     def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
                 advance: Callable[[int], None]) -> tuple[str, int, BlockMap]:
-        """One stream from where the proven prefix ends; a 200 to the resume starts from zero."""
+        """One stream from where the proven prefix ends; a 200 to the resume starts from zero —
+        at most MAX_RESTARTS times: a server that cuts every stream and ignores every resume (or
+        changes the file each time) would otherwise be downloaded from again forever."""
         hasher = hashlib.sha256()
         have = partial.length if partial.mode == STREAM else 0
         if partial.mode != STREAM:
@@ -194,12 +197,18 @@ class Downloader:
                 copier.copy_file_range(partial.fd, 0, known_end, [hasher.update])
                 copier.copy_file_range(partial.fd, known_end, have - known_end, [hasher.update, blocks])
             advance(have)
+        restarts = 0
         while True:
             try:
                 digest, total = self.retrying(
                     label, functools.partial(self._attempt, url, partial, auth, hasher, blocks, advance))
                 return digest, total, blocks.finish()
             except Restart as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceError(f"{label}: {exc}; giving up after restarting {MAX_RESTARTS} times",
+                                      hint="the server does not serve the file consistently; run the command "
+                                           "again later, or try another --source") from None
                 self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
                 partial.reset()
                 hasher = hashlib.sha256()
@@ -222,12 +231,19 @@ class Downloader:
             except requests.exceptions.Timeout:
                 raise Retry(f"no answer from {host_of(url)} within {self.policy.stall_timeout:g}s") from None
             except requests.exceptions.ConnectionError as exc:
+                if does_not_resolve(exc):  # no retry: the next source may be reachable
+                    raise SourceError(f"cannot connect to {host_of(url)}: {short_reason(exc)}") from None
                 raise Retry(f"cannot connect to {host_of(url)} ({short_reason(exc)})") from None
             except requests.exceptions.RequestException as exc:
                 raise SourceError(f"request to {host_of(url)} failed ({short_reason(exc)})") from None
+            except ValueError:  # requests parses a redirect's Location even when it follows none
+                raise RefusedURL(f"{host_of(url)} redirected to a malformed URL") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.close()
-                url = urljoin(url, resp.headers["Location"])
+                try:
+                    url = urljoin(url, resp.headers["Location"])
+                except ValueError:
+                    raise RefusedURL(f"{host_of(str(request.url))} redirected to a malformed URL") from None
                 try:
                     if auth is not None and origin(url) != auth.origin:
                         left_origin = True

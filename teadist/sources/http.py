@@ -185,13 +185,43 @@ def host_of(url: str) -> str:
     return host_label(url)
 
 
-def short_reason(exc: BaseException) -> str:
-    """A short cause without URLs or headers (which could carry secrets)."""
-    text = type(exc).__name__
-    root = exc.__cause__ or exc.__context__
-    while root is not None and root.__cause__ is not None:
-        root = root.__cause__
-    if root is not None:
-        text += f": {type(root).__name__}"
-    return text
+_CAUSES = (  # a cause in words, by the name of an exception in the chain (requests, urllib3, http.client, ssl)
+    (("gaierror", "NameResolutionError"), "the host name does not resolve"),
+    (("ConnectionRefusedError",), "connection refused"),
+    (("ConnectionResetError",), "connection reset"),
+    (("IncompleteRead", "RemoteDisconnected", "ChunkedEncodingError", "ProtocolError"),
+     "the connection closed before the transfer ended"),
+    (("SSLError", "SSLCertVerificationError"), "TLS failure"),
+    (("TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout"), "timed out"),
+    (("OSError",), "network error"),
+)
 
+
+def _chain(exc: BaseException) -> list[str]:
+    names: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        names += [klass.__name__ for klass in type(item).__mro__]
+        todo += [item.__cause__, item.__context__, *[a for a in item.args if isinstance(a, BaseException)]]
+        reason = getattr(item, "reason", None)
+        todo.append(reason if isinstance(reason, BaseException) else None)
+    return names
+
+
+def does_not_resolve(exc: BaseException) -> bool:
+    """A DNS failure: retrying will not help, the next source might."""
+    return short_reason(exc) == _CAUSES[0][1]
+
+
+def short_reason(exc: BaseException) -> str:
+    """A short cause in words, without URLs or headers (which could carry secrets) or class names."""
+    names = set(_chain(exc))
+    for kinds, words in _CAUSES:
+        if names.intersection(kinds):
+            return words
+    return "network error"

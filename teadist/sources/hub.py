@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from teadist.base.urls import Origin, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
-from teadist.formats.manifest import HfSource
+from teadist.formats.manifest import MAX_FILE_SIZE, HfSource
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFICIAL_ORIGIN = Origin("https", "huggingface.co", 443)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def saved_token() -> str | None:
 def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float = 20.0) -> RemoteFile:
     """Resolve a Hub file to its commit, size and LFS sha256 (one HEAD, paths-info if needed)."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants as hf_constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -68,6 +70,7 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
 
     # Its retry warnings print URLs on stderr; our own errors say what failed.
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_constants.HF_HUB_DISABLE_TELEMETRY = True  # no request to any host but the endpoint
     configured = endpoint.rstrip("/")
     endpoint = (source.endpoint or configured).rstrip("/")
     problem = url_problem(endpoint)
@@ -83,13 +86,23 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
                                     retry_on_errors=True)
         sha256 = meta.etag if meta.etag and _SHA256_RE.match(meta.etag) else None
         size = meta.size
+        commit = meta.commit_hash
+        if commit is not None and not _COMMIT_RE.match(commit):
+            raise SourceError(f"the Hub answered a malformed commit {commit[:50]!r} for {where}")
         if sha256 is None:  # not an LFS etag: ask the LFS metadata
             api = HfApi(endpoint=endpoint, token=send_token or False)
-            for info in api.get_paths_info(source.repo, [source.path], revision=meta.commit_hash or revision):
-                lfs = getattr(info, "lfs", None)
-                if getattr(info, "path", None) == source.path and lfs is not None:
-                    sha256, size = lfs.sha256, lfs.size
-        commit = meta.commit_hash
+            try:
+                infos = list(api.get_paths_info(source.repo, [source.path], revision=commit or revision))
+                for info in infos:
+                    lfs = getattr(info, "lfs", None)
+                    if getattr(info, "path", None) == source.path and lfs is not None:
+                        sha256, size = lfs.sha256, lfs.size
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+                raise SourceError(f"the Hub sent malformed file metadata for {where}") from None
+            if sha256 is not None and not (isinstance(sha256, str) and _SHA256_RE.match(sha256)):
+                raise SourceError(f"the Hub sent a malformed LFS sha256 for {where}")
+        if size is not None and not (type(size) is int and 0 <= size <= MAX_FILE_SIZE):
+            raise SourceError(f"the Hub announced an impossible size {str(size)[:40]} for {where}")
         pinned = hf_hub_url(source.repo, source.path, revision=commit or revision, endpoint=endpoint)
     except GatedRepoError:
         raise SourceError(f"{source.repo} is gated on the Hub and needs an accepted licence and a token",
@@ -107,7 +120,9 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         status = exc.response.status_code if exc.response is not None else "?"
         raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
     except _transport_errors() as exc:  # connection errors and timeouts of its HTTP client
-        raise SourceError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__})",
+        from teadist.sources.http import short_reason
+
+        raise SourceError(f"cannot reach the Hub at {endpoint} ({short_reason(exc)})",
                           hint="check the network, or use --offline for cached models") from None
     return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
 

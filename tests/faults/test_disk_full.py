@@ -127,3 +127,38 @@ def test_disk_filling_up_mid_write_is_a_clear_error(small_disk: Path, tmp_path: 
     campaign("disk full (3 MB tmpfs)", "disk fills during a download", ok and clean and recovered, 0)
     assert ok, err
     assert clean and recovered, again.stderr
+
+
+@pytest.mark.parametrize("command", ["split-gguf", "split-bytes", "assemble", "rebuild"])
+def test_a_write_that_fails_leaves_no_temp_file(command: str, tmp_path: Path,
+                                                campaign: Callable[..., None]) -> None:
+    """Review finding 15: every writer removes its temp file when a write fails. The fault: a file
+    size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes the kernel fail the write with EFBIG in the
+    middle of the first output file; the folder is listed afterwards."""
+    import resource
+    import signal
+
+    from teadist.pipelines.gguf_split import split_gguf
+    from tests.conftest import TEADIST_BIN
+
+    model = make_tiny_model(tmp_path / "m.gguf", seed=3)
+    split_file(model, tmp_path / "bytes", NullReporter(), chunk_size=200_000)
+    split_gguf(model, tmp_path / "gguf", NullReporter(), shard_size=60_000)
+    out = tmp_path / "out"
+    args = {"split-gguf": ["split", model, "--format", "gguf", "--shard-size", "60000", "--out", out],
+            "split-bytes": ["split", model, "--chunk-size", "200000", "--out", out],
+            "assemble": ["assemble", tmp_path / "bytes" / "m.gguf.manifest.json", "--out", out / "m.gguf"],
+            "rebuild": ["assemble", tmp_path / "gguf" / "m.gguf.manifest.json", "--out", out / "m.gguf"]}[command]
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    proc = subprocess.run([str(TEADIST_BIN), *map(str, args)], preexec_fn=limit, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "File too large" in proc.stderr, proc.stderr  # the fault happened
+    left = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    clean = [n for n in left if "tmp." in n or (n.endswith(".part") and "assemble." not in n)] == []
+    campaign("write error (EFBIG)", command, clean and "Traceback" not in proc.stderr, 0)
+    assert clean, left
+    assert "Traceback" not in proc.stderr
