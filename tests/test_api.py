@@ -88,7 +88,8 @@ def test_errors_are_the_teadist_family(tmp_path: Path) -> None:
 
 # -- the CLI presents what the API decides -------------------------------------------------------
 COMMANDS = ["split", "assemble", "verify", "inspect", "list", "path", "rm", "fetch", "models", "du", "prune",
-            "demo", "registry pin", "serve", "package-wasm", "release prepare", "release publish", "web-assets"]
+            "repair", "demo", "registry pin", "serve", "package-wasm", "release prepare", "release publish",
+            "web-assets"]
 
 
 def test_every_command_is_listed_here() -> None:

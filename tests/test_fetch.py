@@ -224,7 +224,10 @@ def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorS
     partials: list[Path] = []
     while time.monotonic() < deadline:
         partials = [p for p in models_dir.rglob("*.part") if p.stat().st_size >= size // 2]
-        if partials:
+        # the sidecar proves what was hashed (a block hash or the incomplete block's state): the
+        # hasher may lag the writes on a loaded machine, and unproven bytes are rightly fetched again
+        if partials and any('"tail"' in p.read_text() or '"blocks": ["' in p.read_text()
+                            for p in models_dir.rglob("*.part.json")):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -666,8 +669,8 @@ def test_symlinks_planted_at_partial_and_temp_names_are_never_written_through(
     """Defect 12: learn the names a fetch gives its partial files (kill one mid-way), then plant a
     symlink to a victim at each of them (and at each sidecar's temp name) and fetch again."""
     mirror.add_fault(Fault("stall", after=100_000, seconds=30, times=4))
-    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q"], env={**os.environ,
-                                                                               "TEADIST_STALL_TIMEOUT": "60"})
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q", "--jobs", "4"],  # four ranges at once
+                            env={**os.environ, "TEADIST_STALL_TIMEOUT": "60"})
     assert _wait_for(lambda: mirror.applied_kinds().count("stall") == 4)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)

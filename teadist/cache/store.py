@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from teadist.base import jsonin
+from teadist.base.blocks import BlockMap
 from teadist.base.fsutil import UnsafePathError, plain_filename_problem, remove_quietly, write_bytes_atomic
 from teadist.cache.layout import RECORD_SUFFIX, CacheLayout, CacheTarget, first_shard, kept_shards
 from teadist.cache.lock import LOCK_TIMEOUT
 from teadist.errors import TeadistError
 
-MAX_RECORD_BYTES = 1024 * 1024
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # block maps: ~70 bytes per 8 MiB block
 MAX_SIZE = 2**60
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -60,9 +61,25 @@ class CacheRecord:
     group: str | None = None  # kept shards: the first shard's file name, on every shard
     shards: list[str] = field(default_factory=list)  # on the first shard: the other shards, in order
     shard_sha256: dict[str, str] = field(default_factory=dict)  # records of older teadist: shards' sha256
+    # The SHA-256 of each block, computed from bytes whose whole sha256 matched the source's; records
+    # of older teadist have none until their next full verify.
+    block_size: int | None = None
+    blocks: list[str] = field(default_factory=list)
+    repairing: bool = False  # blocks are being rewritten in place: nothing vouches for the file now
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def block_map(self) -> BlockMap | None:
+        if self.block_size is None:
+            return None
+        blocks = BlockMap(self.block_size, tuple(self.blocks))
+        return blocks if blocks.problem(self.size) is None else None
+
+    def set_blocks(self, blocks: BlockMap | None) -> None:
+        self.block_size = blocks.block_size if blocks is not None else None
+        self.blocks = list(blocks.hashes) if blocks is not None else []
 
     @classmethod
     def parse(cls, raw: bytes, filename: str) -> CacheRecord:
@@ -120,7 +137,13 @@ class CacheRecord:
             raise RecordProblem(f"shards are not the other shards of {filename} (a record lists only its own)")
         if not set(shard_sha) <= set(own):
             raise RecordProblem(f"shard_sha256 names files that are not shards of {filename}")
-        return cls(
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(v, str) and _SHA256.match(v) for v in blocks):
+            raise RecordProblem("blocks is not a list of sha256 values")
+        repairing = data.get("repairing", False)
+        if type(repairing) is not bool:
+            raise RecordProblem("repairing is not true or false")
+        record = cls(
             filename=filename, name=text("name"), sha256=sha256, size=whole("size"), source=text("source"),
             origin=origin, installed_at=text("installed_at"), verified_at=text("verified_at", True),
             last_used=text("last_used", True), mtime_ns=whole("mtime_ns", True, 2**63 - 1),
@@ -128,7 +151,11 @@ class CacheRecord:
             group=None if group is None else file_name(group, "group"),
             shards=[file_name(s, "shards") for s in shards],
             shard_sha256={file_name(k, "shard_sha256"): v for k, v in shard_sha.items()},
+            block_size=whole("block_size", True, 2**40), blocks=blocks, repairing=repairing,
         )
+        if record.block_size is not None and record.block_map is None:
+            raise RecordProblem("blocks do not describe a file of its size")
+        return record
 
 
 @dataclass
@@ -273,19 +300,22 @@ class ModelCache:
             st = os.lstat(self.path_for(record.filename))
         except FileNotFoundError:
             return False
-        return (stat.S_ISREG(st.st_mode) and st.st_size == record.size and record.mtime_ns == st.st_mtime_ns
+        return (not record.repairing and stat.S_ISREG(st.st_mode) and st.st_size == record.size
+                and record.mtime_ns == st.st_mtime_ns
                 and record.ctime_ns in (None, st.st_ctime_ns) and record.inode in (None, st.st_ino))
 
     def record_install(self, filename: str, name: str, sha256: str, size: int, source: str,
                        origin: dict[str, str | None] | None = None, group: str | None = None,
-                       shards: list[str] | None = None) -> CacheRecord:
-        """Record a file just installed and verified. Hold the target's lock."""
+                       shards: list[str] | None = None, blocks: BlockMap | None = None) -> CacheRecord:
+        """Record a file just installed and verified (``blocks``: its block map, computed from the
+        bytes whose sha256 matched). Hold the target's lock."""
         st = os.lstat(self.path_for(filename))
         stamp = now_iso()
         record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source, origin=origin,
                              installed_at=stamp, verified_at=stamp, last_used=stamp, mtime_ns=st.st_mtime_ns,
                              ctime_ns=st.st_ctime_ns, inode=st.st_ino,
                              group=group, shards=shards or [])
+        record.set_blocks(blocks)
         self.write_record(record)
         return record
 
@@ -294,14 +324,17 @@ class ModelCache:
         record.last_used = now_iso()
         self.write_record(record)
 
-    def mark_verified(self, record: CacheRecord) -> None:
-        """Stamp a record verified — only if nobody changed it or its file meanwhile."""
+    def mark_verified(self, record: CacheRecord, blocks: BlockMap | None = None) -> None:
+        """Stamp a record verified — only if nobody changed it or its file meanwhile; ``blocks`` (from
+        the pass whose whole sha256 just matched) fills in a block map the record lacks."""
         target = self.target(record.filename)
         with target.lock_if_free() as got:
             current = self.read_record(record.filename) if got else None
             if current is not None and current.sha256 == record.sha256 and current.mtime_ns == record.mtime_ns \
                     and self.is_current(current):
                 current.verified_at = now_iso()
+                if blocks is not None and current.block_map is None and blocks.problem(current.size) is None:
+                    current.set_blocks(blocks)
                 self.write_record(current)
 
     # -- removal --------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Manifest format v1: the one JSON format for registry entries, split output and releases.
 
+1.1 adds optional block maps: ``block_size`` and ``blocks`` (the SHA-256 of each block, in order)
+on the file and on each chunk or shard. A 1.0 manifest (no block maps) reads as before.
+
 Every read and write is validated twice: against the JSON Schema shipped in the wheel, then by
 checks a schema cannot express (safe names, contiguous offsets, sizes adding up). Each
 rejection is a ManifestError with one line that names the field, raised before anything is
@@ -18,11 +21,12 @@ from typing import Any, Literal
 
 from teadist import __version__
 from teadist.base import jsonin
+from teadist.base.blocks import BlockMap
 from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, read_small_file, require_plain_filename, write_bytes_atomic
 from teadist.base.urls import url_problem
 from teadist.errors import ManifestError, NotFoundError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SUPPORTED_MAJOR = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MANIFEST_SUFFIX = ".manifest.json"
@@ -38,6 +42,7 @@ class FileRecord:
     name: str
     size: int | None
     sha256: str | None
+    blocks: BlockMap | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ChunkRecord:
     sha256: str
     offset: int | None = None
     urls: tuple[str, ...] = ()
+    blocks: BlockMap | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ class Manifest:
             if value is not None:
                 out[key] = value
         out["file"] = {"name": self.file.name, "size": self.file.size, "sha256": self.file.sha256}
+        if self.file.blocks is not None:
+            out["file"].update(self.file.blocks.to_dict())
         out["format"] = self.format
         if self.chunks or self.format != "single":
             out["chunks"] = [_chunk_to_dict(c) for c in self.chunks]
@@ -120,6 +128,8 @@ def _chunk_to_dict(chunk: ChunkRecord) -> dict[str, Any]:
     out["sha256"] = chunk.sha256
     if chunk.urls:
         out["urls"] = list(chunk.urls)
+    if chunk.blocks is not None:
+        out.update(chunk.blocks.to_dict())
     return out
 
 
@@ -217,11 +227,29 @@ def _check_urls(data: dict[str, Any]) -> None:
             raise ManifestError(f"manifest field {where_}: the URL {problem}")
 
 
+def _block_map(item: dict[str, Any], field: str) -> BlockMap | None:
+    """The block map of a file or chunk object, or None; ManifestError when it cannot describe it."""
+    if "block_size" not in item and "blocks" not in item:
+        return None
+    if "block_size" not in item or "blocks" not in item:
+        raise ManifestError(f"manifest field {field}: block_size and blocks go together")
+    if item.get("size") is None:
+        raise ManifestError(f"manifest field {field}.blocks: a file of unknown size has no block map")
+    blocks = BlockMap(item["block_size"], tuple(item["blocks"]))
+    problem = blocks.problem(item["size"])
+    if problem is not None:
+        raise ManifestError(f"manifest field {field}.blocks: {problem}")
+    return blocks
+
+
 def _check_semantics(data: dict[str, Any]) -> None:
     fmt = data["format"]
     file = data["file"]
     _plain_name(file["name"], "manifest field file.name")
     _check_urls(data)
+    _block_map(file, "file")
+    for i, chunk in enumerate(data.get("chunks", [])):
+        _block_map(chunk, f"chunks[{i}]")
     chunks: list[dict[str, Any]] = data.get("chunks", [])
     if fmt == "single":
         if chunks:
@@ -285,11 +313,12 @@ def manifest_from_dict(data: Any) -> Manifest:
             sources.append(HfSource(src["repo"], src["path"], src.get("revision"), src.get("endpoint")))
     return Manifest(
         name=data["name"],
-        file=FileRecord(file["name"], file["size"], file["sha256"]),
+        file=FileRecord(file["name"], file["size"], file["sha256"], _block_map(file, "file")),
         format=data["format"],
         chunks=[
-            ChunkRecord(c["name"], c["size"], c["sha256"], c.get("offset"), tuple(c.get("urls", ())))
-            for c in data.get("chunks", [])
+            ChunkRecord(c["name"], c["size"], c["sha256"], c.get("offset"), tuple(c.get("urls", ())),
+                        _block_map(c, f"chunks[{i}]"))
+            for i, c in enumerate(data.get("chunks", []))
         ],
         sources=sources,
         model=data.get("model"),

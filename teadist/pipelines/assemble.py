@@ -2,8 +2,10 @@
 
 The output grows in a stable partial file named by the destination's work files (in the cache:
 its target's work folder), under the target's lock; an interrupted run resumes after the last
-complete, re-verified chunk. Only a file whose whole SHA-256 matches is renamed into place: on any
-mismatch or missing chunk nothing is left at the destination.
+proven block (with the manifest's block map; else after the last complete, re-verified chunk).
+The file's block map is computed in the same pass and recorded with it. Only a file whose whole
+SHA-256 matches is renamed into place: on any mismatch or missing chunk nothing is left at the
+destination.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 from teadist.base.fsutil import (
     PwriteSink,
     commit_fd,
@@ -22,12 +25,12 @@ from teadist.base.fsutil import (
     open_own_file,
     remove_quietly,
 )
-from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range
+from teadist.base.hashing import PipelinedCopier, TruncatedInput, hash_range, proven_blocks
 from teadist.base.progress import Reporter
 from teadist.cache.layout import OutsideTarget, Target
 from teadist.cache.store import ModelCache
 from teadist.errors import IntegrityError, TeadistError, UsageError
-from teadist.formats.manifest import ChunkRecord, Manifest
+from teadist.formats.manifest import Manifest
 
 Origin = dict[str, str | None]
 
@@ -76,21 +79,43 @@ def _check_chunks_present(manifest: Manifest, chunks_dir: Path) -> None:
                 hint="download that chunk again")
 
 
-def _resume_point(fd: int, chunks: list[ChunkRecord], whole: hashlib._Hash) -> tuple[int, int]:
-    """Re-verify the chunks already in the partial open as ``fd``; return (chunks kept, bytes kept)."""
+def _resume_point(fd: int, manifest: Manifest) -> tuple[int, int]:
+    """(bytes, blocks) of the partial open as ``fd`` a resume may keep: up to the last block proven
+    by the manifest's block map (checked on every core), or further up to the last chunk that
+    re-verifies, whichever ends later. Bytes after it are written again, never trusted."""
     have = os.fstat(fd).st_size
-    kept_chunks = kept_bytes = 0
-    for chunk in chunks:
-        if kept_bytes + chunk.size > have:
+    size = manifest.file.size
+    assert size is not None
+    blocks = manifest.file.blocks
+    proven = kept = 0
+    if blocks is not None and blocks.block_size == BLOCK_SIZE:
+        proven = proven_blocks(fd, blocks.hashes, blocks.block_size, size, have)
+        kept = min(size, proven * BLOCK_SIZE)
+    end = 0
+    for chunk in manifest.chunks:
+        if end + chunk.size > have:
             break
-        digest = hashlib.sha256()
-        with PipelinedCopier(n_sinks=2) as copier:
-            copier.copy_file_range(fd, kept_bytes, chunk.size, [whole.update, digest.update])
-        if digest.hexdigest() != chunk.sha256:
-            break
-        kept_chunks += 1
-        kept_bytes += chunk.size
-    return kept_chunks, kept_bytes
+        if end + chunk.size > kept:  # not already proven by its blocks
+            digest = hashlib.sha256()
+            with PipelinedCopier(n_sinks=1, depth=2) as copier:
+                copier.copy_file_range(fd, end, chunk.size, [digest.update])
+            if digest.hexdigest() != chunk.sha256:
+                break
+        end += chunk.size
+    return max(kept, end), proven
+
+
+def check_block_map(manifest: Manifest, computed: BlockMap) -> None:
+    """A manifest's block map must be the one of the file its sha256 vouches for (just matched)."""
+    listed = manifest.file.blocks
+    if listed is None or listed.block_size != computed.block_size:
+        return
+    for index, (want, have) in enumerate(zip(listed.hashes, computed.hashes, strict=True)):
+        if want != have:
+            start, end = listed.span(index, manifest.file.size or 0)
+            raise IntegrityError(f"the manifest's block hash {index} (bytes {start}-{end - 1}) of "
+                                 f"{manifest.file.name} is not the one of the file its sha256 vouches for",
+                                 hint="the manifest was altered; get it again from its source")
 
 
 def assemble_chunks(manifest: Manifest, chunks_dir: Path, dest: Path, reporter: Reporter,
@@ -122,11 +147,11 @@ def assemble_chunks_locked(manifest: Manifest, chunks_dir: Path, target: Target,
     partial = files.partial(sha256, kind="assemble")
     fd = open_own_file(partial)
     whole = hashlib.sha256()
-    start_chunk = resumed = 0
+    resumed = known_blocks = 0
     if fd is not None:
-        start_chunk, resumed = _resume_point(fd, manifest.chunks, whole)
+        resumed, known_blocks = _resume_point(fd, manifest)
         if resumed:
-            reporter.info(f"resuming {dest.name} after {start_chunk} verified chunks ({resumed} bytes)")
+            reporter.info(f"resuming {dest.name} after {resumed} proven bytes")
     try:
         ensure_free_space(dest.parent, size - resumed, dest.name)
     except BaseException:
@@ -138,22 +163,34 @@ def assemble_chunks_locked(manifest: Manifest, chunks_dir: Path, target: Target,
     try:
         os.ftruncate(fd, resumed)
         task = reporter.task(f"assemble {dest.name}", size)
-        task.advance(resumed)
+        # The kept prefix is proven; the whole hash (and the block map, past the blocks the manifest's
+        # map proved) still need its bytes once.
+        known = manifest.file.blocks.hashes[:known_blocks] if manifest.file.blocks is not None else ()
+        blocks = BlockHasher(BLOCK_SIZE, known)
+        known_end = min(resumed, len(known) * BLOCK_SIZE)
         verified_end = resumed
         try:
             sink = PwriteSink(fd, resumed)
-            with PipelinedCopier(n_sinks=3) as copier:
-                for chunk in manifest.chunks[start_chunk:]:
+            with PipelinedCopier(n_sinks=4) as copier:
+                copier.copy_file_range(fd, 0, known_end, [whole.update], task.advance)
+                copier.copy_file_range(fd, known_end, resumed - known_end, [whole.update, blocks], task.advance)
+                for chunk in manifest.chunks:
+                    start = chunk.offset or 0
+                    if start + chunk.size <= resumed:
+                        continue
                     digest = hashlib.sha256()
+                    inside = max(0, resumed - start)  # the chunk's bytes already kept in the partial
+                    if inside:
+                        copier.copy_file_range(fd, start, inside, [_skip, digest.update])
                     with open(chunks_dir / chunk.name, "rb", buffering=0) as fin:
-                        copier.copy_file_range(fin.fileno(), 0, chunk.size,
-                                               [whole.update, digest.update, sink], task.advance)
+                        copier.copy_file_range(fin.fileno(), inside, chunk.size - inside,
+                                               [whole.update, digest.update, sink, blocks], task.advance)
                     if digest.hexdigest() != chunk.sha256:
                         raise IntegrityError(
                             f"chunk {chunk.name} does not match its sha256 in the manifest "
                             f"(got {digest.hexdigest()[:16]}…, expected {chunk.sha256[:16]}…)",
                             hint="download that chunk again")
-                    verified_end += chunk.size
+                    verified_end = start + chunk.size
         except IntegrityError:
             # The partial now ends in bad bytes; keep only the verified prefix for a re-run.
             os.ftruncate(fd, verified_end)
@@ -176,19 +213,30 @@ def assemble_chunks_locked(manifest: Manifest, chunks_dir: Path, target: Target,
             remove_quietly(partial)
             raise IntegrityError(f"assembled {dest.name} does not match the manifest's sha256 "
                                  f"(got {whole.hexdigest()[:16]}…, expected {sha256[:16]}…)")
+        block_map = blocks.finish()
+        check_block_map(manifest, block_map)
         commit_fd(fd, partial, dest)
     finally:
         if fd >= 0:
             os.close(fd)
     if cache is not None and cache.contains(dest):
-        record_in_cache(cache, dest, manifest, source, origin)
+        record_in_cache(cache, dest, manifest, source, origin, block_map)
     return AssembleResult(dest, sha256, size, already_present=False, resumed_bytes=resumed)
 
 
-def record_in_cache(cache: ModelCache, dest: Path, manifest: Manifest, source: str, origin: Origin | None) -> None:
+def record_in_cache(cache: ModelCache, dest: Path, manifest: Manifest, source: str, origin: Origin | None,
+                    blocks: BlockMap | None = None) -> None:
+    """Record ``dest`` (just verified; ``blocks`` computed from the bytes that matched)."""
     assert manifest.file.sha256 is not None and manifest.file.size is not None
     existing = cache.read_record(dest.name)
     if existing is not None and existing.sha256 == manifest.file.sha256 and cache.is_current(existing):
+        if blocks is not None and existing.block_map is None:
+            existing.set_blocks(blocks)
         cache.touch(existing)
         return
-    cache.record_install(dest.name, manifest.reference, manifest.file.sha256, manifest.file.size, source, origin)
+    cache.record_install(dest.name, manifest.reference, manifest.file.sha256, manifest.file.size, source, origin,
+                         blocks=blocks)
+
+
+def _skip(_: memoryview) -> None:
+    """A sink position that does not take this range."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
+from teadist.base.blocks import BlockMap
 from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
 from teadist.base.urls import origin_of, url_problem
@@ -397,8 +398,10 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
             return _present(cache, adopted)
         reporter.info(f"fetching {manifest.file.name} from {label}")
         dest.discard_stale(dest.files.partial(sha))
-        digest, got = downloader.fetch(url, dest.files, size, sha, auth=auth, label=manifest.file.name)
-        record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source), origin)
+        digest, got, blocks = downloader.fetch_with_blocks(url, dest.files, size, sha, auth=auth,
+                                                           label=manifest.file.name, expected=manifest.file.blocks)
+        record = cache.record_install(dest.name, manifest.reference, digest, got, describe(source), origin,
+                                      blocks=blocks)
         dest.clear_work()
         return FetchResult(dest.final, record.name, digest, got, False, record.source)
 
@@ -420,22 +423,24 @@ def _chunk_urls(target: Target, chunk: ChunkRecord, forced: str | None) -> list[
 
 
 def _get_chunk(target: Target, chunk: ChunkRecord, dest_files: WorkFiles, options: FetchOptions,
-               reporter: Reporter, downloader: Downloader) -> bool:
-    """Put the verified ``chunk`` at ``dest_files.final`` (False: it was there already)."""
+               reporter: Reporter, downloader: Downloader) -> tuple[bool, BlockMap | None]:
+    """Put the verified ``chunk`` at ``dest_files.final``: (False, None) when it was there already,
+    else (True, its block map computed while it was copied or downloaded)."""
     from teadist.base.hashing import copy_verified, hash_range
 
     path = dest_files.final
     if is_plain_file(path) and path.stat().st_size == chunk.size and hash_range(path)[0] == chunk.sha256:
-        return False  # verified by an earlier, interrupted run
+        return False, None  # verified by an earlier, interrupted run
     local = target.base_dir
     if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
-        copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}",
-                      folder=dest_files.ensure_folder(), stem=dest_files.stem)
-        return True
-    first_success(_chunk_urls(target, chunk, options.source),
-                  lambda url: downloader.fetch(url, dest_files, chunk.size, chunk.sha256, label=chunk.name),
-                  lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
-    return True
+        return True, copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}",
+                                   folder=dest_files.ensure_folder(), stem=dest_files.stem)
+    _, _, blocks = first_success(
+        _chunk_urls(target, chunk, options.source),
+        lambda url: downloader.fetch_with_blocks(url, dest_files, chunk.size, chunk.sha256, label=chunk.name,
+                                                 expected=chunk.blocks),
+        lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
+    return True, blocks
 
 
 def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options: FetchOptions, reporter: Reporter,
@@ -513,12 +518,13 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
         with shard.lock(on_wait=reporter.info):
             if _hit(cache, shard, chunk.sha256, chunk.size) is not None:
                 return False
+            blocks = None
             if _claim(cache, shard, chunk.sha256, chunk.size, target.origin, manifest.reference, origin,
                       reporter) is None:
                 shard.discard_stale(shard.files.partial(chunk.sha256))
-                _get_chunk(target, chunk, shard.files, options, reporter, downloader)
+                _, blocks = _get_chunk(target, chunk, shard.files, options, reporter, downloader)
             cache.record_install(chunk.name, manifest.reference, chunk.sha256, chunk.size, target.origin, origin,
-                                 group=first.name, shards=others if chunk is first else None)
+                                 group=first.name, shards=others if chunk is first else None, blocks=blocks)
             shard.clear_work()
             return True
 

@@ -1,4 +1,5 @@
-"""Rebuild the byte-identical original from teadist GGUF shards, verifying every shard and the whole."""
+"""Rebuild the byte-identical original from teadist GGUF shards, verified by the whole file's sha256
+(a shard that does not match its own is named when the whole fails)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-from teadist.base.fsutil import ensure_free_space
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher
+from teadist.base.fsutil import PwriteSink, ensure_free_space
+from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.cache.layout import Target
 from teadist.cache.store import ModelCache
@@ -17,52 +20,43 @@ from teadist.formats.gguf_recipe import COPY_BLOCK, check_recipe, replay
 from teadist.formats.manifest import ChunkRecord, Manifest
 
 
-class _VerifiedShard:
-    """Reads ranges of one shard in ascending order while hashing every byte of it, skipped or not."""
+def _no_shard(index: int) -> BinaryIO:
+    raise AssertionError("zeros and literals never read a shard")
 
-    def __init__(self, path: Path, record: ChunkRecord) -> None:
+
+class _Shard:
+    """One shard, read by descriptor through the shared copier (no stall between pieces)."""
+
+    def __init__(self, path: Path, record: ChunkRecord, copier: PipelinedCopier) -> None:
         self.path = path
         self.record = record
-        self.fh = open(path, "rb")  # noqa: SIM115 - closed by finish()/close()
-        self.digest = hashlib.sha256()
-        self.pos = 0
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.copier = copier
 
-    def _advance_to(self, offset: int) -> None:
-        while self.pos < offset:
-            block = self.fh.read(min(COPY_BLOCK, offset - self.pos))
-            if not block:
-                raise IntegrityError(f"shard {self.record.name} is truncated")
-            self.digest.update(block)
-            self.pos += len(block)
-
-    def read(self, offset: int, length: int, sinks: list[Callable[[bytes], Any]]) -> None:
-        self._advance_to(offset)
-        left = length
-        while left:
-            block = self.fh.read(min(COPY_BLOCK, left))
-            if not block:
-                raise IntegrityError(f"shard {self.record.name} is truncated")
-            self.digest.update(block)
-            for sink in sinks:
-                sink(block)
-            left -= len(block)
-            self.pos += len(block)
-
-    def finish(self) -> None:
-        self._advance_to(self.record.size)
-        if self.fh.read(1):
-            raise IntegrityError(f"shard {self.record.name} is longer than the manifest says")
-        if self.digest.hexdigest() != self.record.sha256:
-            raise IntegrityError(f"shard {self.record.name} does not match its sha256 in the manifest",
-                                 hint="download that shard again")
+    def read(self, offset: int, length: int, out: list[Sink], advance: Callable[[int], None]) -> None:
+        try:
+            self.copier.copy_file_range(self.fd, offset, length, out, advance, drain=False)
+        except TruncatedInput:
+            raise IntegrityError(f"shard {self.record.name} is truncated", hint="download that shard again") from None
 
     def close(self) -> None:
-        self.fh.close()
+        os.close(self.fd)
+
+
+def _bad_shards(readers: list[_Shard]) -> list[str]:
+    """The shards that do not match their sha256 (asked only once the rebuilt file failed its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from teadist.base.hashing import hash_range, usable_cores
+
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+        digests = list(pool.map(lambda r: hash_range(r.path)[0], readers))
+    return [r.record.name for r, d in zip(readers, digests, strict=True) if d != r.record.sha256]
 
 
 def rebuild_original(manifest: Manifest, shards_dir: Path, dest: Path, reporter: Reporter,
                      cache: ModelCache | None = None, source: str = "local") -> tuple[str, int, bool]:
-    """Rebuild the byte-identical original from shards; verify every shard and the whole file.
+    """Rebuild the byte-identical original from shards; verify the whole file (naming a bad shard).
 
     Returns (sha256, size, already_present)."""
     from teadist.pipelines.assemble import target_for
@@ -77,7 +71,7 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target
                             origin: dict[str, str | None] | None = None) -> tuple[str, int, bool]:
     """``rebuild_original`` for a caller that already holds ``target``'s lock."""
     from teadist.base.fsutil import commit_fd, remove_quietly
-    from teadist.pipelines.assemble import existing_is_verified, record_in_cache
+    from teadist.pipelines.assemble import check_block_map, existing_is_verified, record_in_cache
 
     pieces = check_recipe(manifest)
     sha256, size = manifest.file.sha256, manifest.file.size
@@ -95,36 +89,48 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target
             raise IntegrityError(f"shard {chunk.name} has {path.stat().st_size} bytes, the manifest says "
                                  f"{chunk.size}", hint="download that shard again")
     ensure_free_space(dest.parent, size, dest.name)
-    readers = [_VerifiedShard(shards_dir / c.name, c) for c in manifest.chunks]
     whole = hashlib.sha256()
+    blocks = BlockHasher(BLOCK_SIZE)
     fd, tmp = target.files.new_temp()
     task = reporter.task(f"rebuild {dest.name}", size)
+    readers: list[_Shard] = []
     try:
-        with os.fdopen(fd, "wb") as out:
-            def write(data: bytes) -> None:
-                out.write(data)
-                whole.update(data)
+        # One pass: the writer, the whole-file sha256 and the block map, each on its own thread. The
+        # shards' own sha256 are not needed for an exact result (the whole file's vouches for it);
+        # they are checked only to name the culprit when the whole does not match.
+        with PipelinedCopier(n_sinks=3, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
+            readers = [_Shard(shards_dir / c.name, c, copier) for c in manifest.chunks]
+            out: list[Sink] = [PwriteSink(fd, 0), whole.update, blocks]
+
+            def literal(data: bytes) -> None:
+                copier.feed(data, out)
                 task.advance(len(data))
 
             for piece in pieces:
                 if "shard" in piece:
-                    readers[int(piece["shard"])].read(int(piece["offset"]), int(piece["length"]), [write])
+                    readers[int(piece["shard"])].read(int(piece["offset"]), int(piece["length"]), out, task.advance)
                 else:
-                    replay([piece], lambda i: readers[i].fh, [write])
-            for reader in readers:
-                reader.finish()
-            out.flush()
-            if whole.hexdigest() != sha256:
-                raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
-            commit_fd(out.fileno(), tmp, dest)
+                    replay([piece], _no_shard, [literal])
+            copier.flush()
+        if whole.hexdigest() != sha256:
+            bad = _bad_shards(readers)
+            if bad:
+                raise IntegrityError(f"shard {bad[0]} does not match its sha256 in the manifest"
+                                     + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                                     hint="download that shard again")
+            raise IntegrityError(f"rebuilt {dest.name} does not match the original's sha256")
+        block_map = blocks.finish()
+        check_block_map(manifest, block_map)
+        commit_fd(fd, tmp, dest)
     except BaseException:
         remove_quietly(tmp)
         raise
     finally:
+        os.close(fd)
         task.close()
         for reader in readers:
             reader.close()
     if cache is not None and cache.contains(dest):
-        record_in_cache(cache, dest, manifest, source, origin)
+        record_in_cache(cache, dest, manifest, source, origin, block_map)
     return sha256, size, False
 

@@ -12,12 +12,13 @@ so a file that would not rebuild exactly is noticed at split time, never later.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
-from teadist.base.fsutil import atomic_write, ensure_free_space
+from teadist.base.fsutil import WriteSink, atomic_write, ensure_free_space
+from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.errors import TeadistError, UsageError
 from teadist.formats.gguf_layout import (
@@ -28,7 +29,7 @@ from teadist.formats.gguf_layout import (
     read_layout,
     shard_names,
 )
-from teadist.formats.gguf_recipe import COPY_BLOCK, MAX_LITERAL_BYTES, check_recipe, make_recipe, piece_length, replay
+from teadist.formats.gguf_recipe import COPY_BLOCK, MAX_LITERAL_BYTES, check_recipe, make_recipe, piece_length
 from teadist.formats.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
 
 
@@ -66,8 +67,11 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
                          "write those keys twice", hint="assemble the shards first, then split the whole model")
     from concurrent.futures import ThreadPoolExecutor
 
-    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256, on the other core meanwhile
-    original_sha_future = hasher.submit(hash_range, src)
+    from teadist.base.blocks import BLOCK_SIZE, BlockHasher
+
+    original_blocks = BlockHasher(BLOCK_SIZE)
+    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256 and block map, on the other core meanwhile
+    original_sha_future = hasher.submit(hash_range, src, extra_sinks=[original_blocks])
     with open(src, "rb") as fh:
         fh.seek(layout.kv_start)
         kv_block = fh.read(layout.kv_end - layout.kv_start)
@@ -83,59 +87,109 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     manifest_path = out_dir / manifest_filename(file_name)
     manifest_path.unlink(missing_ok=True)
     ensure_free_space(out_dir, sum(s.size for s in shards), "the shards")
-    with open(src, "rb") as original:
+    with open(src, "rb", buffering=0) as original:
         pieces = make_recipe(layout, original, shards)
         literal_bytes = sum(piece_length(p) for p in pieces if "literal" in p)
         if literal_bytes > MAX_LITERAL_BYTES:
             raise UsageError(f"{file_name}: {literal_bytes} bytes would have to be stored in the manifest")
         records = []
         task = reporter.task(f"shard {file_name}", sum(s.size for s in shards))
+        # Reads, the shard's hashes and the write overlap: one thread per sink, a bounded ring of buffers.
         try:
-            for shard, shard_name in zip(shards, names, strict=True):
-                digest = hashlib.sha256()
-                with atomic_write(out_dir / shard_name) as out:
-                    def emit(data: bytes, out: BinaryIO = out, digest: Any = digest) -> None:
-                        out.write(data)
-                        digest.update(data)
-                        task.advance(len(data))
-
-                    emit(shard.header)
-                    pos = len(shard.header)
-                    for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
-                        emit(bytes(at - pos))
-                        original.seek(tensor.data_offset)
-                        left = tensor.n_bytes
-                        while left:
-                            block = original.read(min(left, COPY_BLOCK))
-                            emit(block)
-                            left -= len(block)
-                        pos = at + tensor.n_bytes
-                url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
-                records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url))
+            with PipelinedCopier(n_sinks=3, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
+                for shard, shard_name in zip(shards, names, strict=True):
+                    digest = hashlib.sha256()
+                    blocks = BlockHasher(BLOCK_SIZE)
+                    with atomic_write(out_dir / shard_name) as out:
+                        sinks: list[Sink] = [digest.update, WriteSink(out), blocks]
+                        copier.feed(shard.header, sinks)
+                        task.advance(len(shard.header))
+                        pos = len(shard.header)
+                        for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
+                            copier.feed(bytes(at - pos), sinks)
+                            task.advance(at - pos)
+                            copier.copy_file_range(original.fileno(), tensor.data_offset, tensor.n_bytes, sinks,
+                                                   task.advance, drain=False)
+                            pos = at + tensor.n_bytes
+                        copier.flush()
+                    url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
+                    records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url, blocks.finish()))
+        except TruncatedInput:
+            raise TeadistError(f"{src} shrank while it was being split; run split again") from None
         finally:
             task.close()
     original_sha = original_sha_future.result()[0]
     hasher.shutdown()
     manifest = Manifest(name=name or default_model_name(file_name),
-                        file=FileRecord(file_name, layout.size, original_sha), format="gguf", chunks=records,
+                        file=FileRecord(file_name, layout.size, original_sha, original_blocks.finish()),
+                        format="gguf", chunks=records,
                         rebuild={"method": "pieces-v1", "pieces": pieces}, model=describe_model(src, reporter))
-    check_recipe(manifest)
     _prove_rebuild(manifest, out_dir, names)
     write_manifest(manifest, manifest_path)
     return ShardResult(manifest, manifest_path)
 
 
 def _prove_rebuild(manifest: Manifest, folder: Path, names: list[str]) -> None:
-    """Replay the recipe against the shards just written: it must give the original's sha256."""
-    digest = hashlib.sha256()
-    handles: dict[int, BinaryIO] = {}
+    """Replay the recipe against the shards just written: every block it gives must hash to the
+    original's block map (computed in the same pass as the original's sha256), so the shards
+    rebuild the original exactly. Blocks are independent, so this runs on every core."""
+    import bisect
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from teadist.base.hashing import READ_PIECE, usable_cores
+
+    pieces = check_recipe(manifest)
+    original = manifest.file.blocks
+    size = manifest.file.size
+    assert original is not None and size is not None
+    starts, pos = [], 0
+    for piece in pieces:
+        starts.append(pos)
+        pos += piece_length(piece)
+    if pos != size:
+        raise TeadistError(f"{manifest.file.name}: the rebuild recipe gives {pos} bytes, not {size}")
+    literals = {i: base64.b64decode(p["literal"]) for i, p in enumerate(pieces) if "literal" in p}
+    zeros = memoryview(bytes(READ_PIECE))
+    local = threading.local()
+    fds = [os.open(folder / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) for name in names]
+
+    def block(index: int) -> str:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = memoryview(bytearray(READ_PIECE))
+        start, end = original.span(index, size)
+        digest = hashlib.sha256()
+        k = bisect.bisect_right(starts, start) - 1
+        at = start
+        while at < end:
+            piece, lo = pieces[k], at - starts[k]
+            n = min(end, starts[k] + piece_length(piece)) - at
+            if "shard" in piece:
+                done = 0
+                while done < n:
+                    got = os.preadv(fds[int(piece["shard"])], [buf[:min(len(buf), n - done)]],
+                                    int(piece["offset"]) + lo + done)
+                    if not got:
+                        raise TeadistError(f"{manifest.file.name}: shard {int(piece['shard']) + 1} ended early")
+                    digest.update(buf[:got])
+                    done += got
+            elif "zeros" in piece:
+                for part in range(0, n, len(zeros)):
+                    digest.update(zeros[:min(len(zeros), n - part)])
+            else:
+                digest.update(literals[k][lo:lo + n])
+            at += n
+            k += 1
+        return digest.hexdigest()
+
     try:
-        replay(check_recipe(manifest), lambda i: handles.setdefault(i, open(folder / names[i], "rb")),  # noqa: SIM115
-               [digest.update])
+        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+            rebuilt = list(pool.map(block, range(len(original.hashes))))
     finally:
-        for fh in handles.values():
-            fh.close()
-    if digest.hexdigest() != manifest.file.sha256:
+        for fd in fds:
+            os.close(fd)
+    if tuple(rebuilt) != original.hashes:
         raise TeadistError(f"{manifest.file.name}: the shards would not rebuild the original exactly; refusing "
                            "to write a manifest that cannot vouch for it")
-

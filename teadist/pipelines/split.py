@@ -1,9 +1,12 @@
 """Cut a file into byte-range chunks under the GitHub/browser 2 GiB limit, with a manifest.
 
-One pass over the input: each chunk's SHA-256 and the whole file's are computed while the chunk
-is written. Each chunk goes to a temp name and is renamed; the manifest is written last, so its
-presence means the split is complete. A re-run keeps chunks that are already right (size and
-hash of the matching input range) and rewrites the rest.
+One pass over the input: each chunk's SHA-256 and the whole file's, and the file's block map
+(``base.blocks``), are computed while the chunk is written. Chunks whose offsets fall on block
+boundaries (a chunk size that is a multiple of the block size) also get their own block maps,
+slices of the file's; other chunk sizes would need a fourth hash of every byte, and a chunk is
+covered by the file's map anyway. Each chunk goes to a temp name and is
+renamed; the manifest is written last, so its presence means the split is complete. A re-run keeps
+chunks that are already right (size and hash of the matching input range) and rewrites the rest.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import os
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 from teadist.base.fsutil import (
     MAX_MODEL_NAME_BYTES,
     WriteSink,
@@ -154,11 +158,12 @@ def split_file(
     _remove_stale_temps(out_dir, names)
 
     whole = hashlib.sha256()
+    whole_blocks = BlockHasher(BLOCK_SIZE)
     chunks: list[ChunkRecord] = []
     written = reused = 0
     task = reporter.task(f"split {file_name}", size)
     try:
-        with (open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=3) as copier,
+        with (open(src, "rb", buffering=0) as fin, PipelinedCopier(n_sinks=4) as copier,
               ThreadPoolExecutor(max_workers=1) as checker):
             for index, chunk_name in enumerate(names):
                 offset = index * chunk_size
@@ -169,7 +174,7 @@ def split_file(
                 if dest.is_file() and dest.stat().st_size == length:
                     # Hash the existing chunk while reading the input range: keep it if they agree.
                     existing = checker.submit(hash_range, dest)
-                    copier.copy_file_range(fin.fileno(), offset, length, [whole.update, digest.update],
+                    copier.copy_file_range(fin.fileno(), offset, length, [whole.update, digest.update, whole_blocks],
                                            task.advance)
                     whole_fed = True
                     if existing.result()[0] == digest.hexdigest():
@@ -183,7 +188,8 @@ def split_file(
                     ensure_free_space(out_dir, length, f"chunk {chunk_name}")
                     with atomic_write(dest) as fout:
                         copier.copy_file_range(fin.fileno(), offset, length,
-                                               [whole.update, digest.update, WriteSink(fout)], task.advance)
+                                               [whole.update, digest.update, whole_blocks, WriteSink(fout)],
+                                               task.advance)
                     written += 1
                 chunk_url = (base_url.rstrip("/") + "/" + quote(chunk_name)) if base_url else None
                 chunks.append(ChunkRecord(chunk_name, length, digest.hexdigest(), offset,
@@ -205,9 +211,14 @@ def split_file(
         raise IntegrityError(f"{src} hashes to sha256 {whole.hexdigest()[:16]}…, not the {expect_sha256[:16]}… "
                              "it was verified as when fetched: it changed since",
                              hint="remove it from the cache (teadist rm) and fetch it again")
+    file_blocks = whole_blocks.finish()
+    if chunk_size % BLOCK_SIZE == 0:
+        per_chunk = chunk_size // BLOCK_SIZE
+        chunks = [replace(c, blocks=BlockMap(BLOCK_SIZE, file_blocks.hashes[i * per_chunk:(i + 1) * per_chunk]))
+                  for i, c in enumerate(chunks)]
     manifest = Manifest(
         name=name or default_model_name(file_name),
-        file=FileRecord(file_name, size, whole.hexdigest()),
+        file=FileRecord(file_name, size, whole.hexdigest(), file_blocks),
         format="bytes",
         chunks=chunks,
         model=model,

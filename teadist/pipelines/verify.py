@@ -1,10 +1,15 @@
-"""Check files against a manifest or the cache's record: per chunk OK / MISSING / MISMATCH.
+"""Check files against a manifest or the cache's record: per item OK / MISSING / MISMATCH.
 
-Chunks (or chunk-sized ranges of an assembled file) are hashed in parallel so both cores work.
-A manifest is checked as a whole too: matching chunks only vouch for what ``assemble`` would
-build if the manifest's own whole-file sha256 (and, for GGUF shards, its rebuild recipe) is
-true, so the original's bytes — the chunks in order, or the recipe replayed over the shards —
-are hashed once more, on the other core, against ``file.sha256``.
+A file with a block map (in its record or its manifest) is checked block by block on every core
+the process may use, and a mismatch names the damaged byte ranges (``repair`` acts on them). A file
+without one is hashed whole (one core per file; several files in parallel); a cached file checked
+that way gets its block map from the same pass, kept once its whole sha256 has matched. The exact
+size is always checked.
+
+A manifest is checked as a whole too: matching chunks (or blocks) only vouch for what ``assemble``
+would build if the manifest's own whole-file sha256 (and, for GGUF shards, its rebuild recipe) is
+true, so the original's bytes — the chunks in order, or the recipe replayed over the shards — are
+hashed once more, beside the other checks, against ``file.sha256``.
 """
 
 from __future__ import annotations
@@ -14,18 +19,18 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
 from teadist.base.fsutil import is_plain_file
-from teadist.base.hashing import hash_range
+from teadist.base.hashing import bad_blocks, hash_blocks, hash_range, usable_cores
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
 from teadist.errors import IntegrityError, ManifestError, NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
-VERIFY_WORKERS = 2
 OK, MISSING, MISMATCH, DAMAGED = "OK", "MISSING", "MISMATCH", "DAMAGED"
 
 
@@ -34,6 +39,14 @@ class CheckRow:
     name: str
     status: str
     detail: str = ""
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # damaged bytes [start, end), when known
+    learned: BlockMap | None = field(default=None, repr=False)  # a block map computed while it matched
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "status": self.status, "detail": self.detail}
+        if self.ranges:
+            out["damaged"] = [{"start": a, "end": b} for a, b in self.ranges]
+        return out
 
 
 @dataclass
@@ -46,7 +59,7 @@ class VerifyReport:
         return all(row.status == OK for row in self.rows)
 
     def to_dict(self) -> dict[str, object]:
-        return {"target": self.target, "ok": self.ok, "items": [asdict(r) for r in self.rows]}
+        return {"target": self.target, "ok": self.ok, "items": [r.to_dict() for r in self.rows]}
 
 
 @dataclass
@@ -57,6 +70,53 @@ class _Job:
     length: int | None
     sha256: str
     whole: bool = True  # the job covers the whole file: its size must still be ``length`` afterwards
+    blocks: BlockMap | None = None  # check block by block
+    learn: bool = False  # no block map yet: compute one while hashing the whole file
+    narrow: tuple[BlockMap, int] | None = None  # (the file's map, its size): on a mismatch, name damaged blocks
+
+
+def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
+    """Block by block on every core; damaged ranges are given in the file's own offsets."""
+    assert job.blocks is not None and job.length is not None
+    bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance, base=job.offset)
+    now = job.path.stat().st_size
+    if bad:
+        ranges = [(a + job.offset, b + job.offset) for a, b in damaged_ranges(bad, job.blocks.block_size, job.length)]
+        return CheckRow(job.name, MISMATCH, f"{len(bad)} of {len(job.blocks.hashes)} blocks damaged: "
+                        f"{describe_ranges(ranges)}", ranges)
+    if job.whole and now != job.length:
+        return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
+    return CheckRow(job.name, OK)
+
+
+def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
+    learner = BlockHasher() if job.learn else None
+    digest, read = hash_range(job.path, job.offset, job.length, advance,
+                              extra_sinks=[learner] if learner is not None else [])
+    if job.length is not None and read != job.length:
+        return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
+    if digest != job.sha256:
+        if job.narrow is not None:
+            return _narrowed(job, *job.narrow)
+        return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
+    if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
+        return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
+    return CheckRow(job.name, OK, learned=learner.finish() if learner is not None else None)
+
+
+def _narrowed(job: _Job, blocks: BlockMap, size: int) -> CheckRow:
+    """A range of a file (of ``size`` bytes) that failed its hash: which of the file's blocks
+    overlapping it are damaged."""
+    assert job.length is not None
+    first = job.offset // blocks.block_size
+    last = min(len(blocks.hashes) - 1, (job.offset + max(1, job.length) - 1) // blocks.block_size)
+    indices = list(range(first, last + 1))
+    got = hash_blocks(job.path, blocks.block_size, indices, size)
+    bad = [i for i, digest in zip(indices, got, strict=True) if digest != blocks.hashes[i]]
+    if not bad:
+        return CheckRow(job.name, MISMATCH, f"sha256 does not match, expected {job.sha256[:16]}…")
+    ranges = damaged_ranges(bad, blocks.block_size, size)
+    return CheckRow(job.name, MISMATCH, f"sha256 does not match; damaged: {describe_ranges(ranges)}", ranges)
 
 
 @dataclass
@@ -128,10 +188,18 @@ def _run_whole(job: _WholeJob, advance: Callable[[int], None]) -> CheckRow:
     return CheckRow(job.name, OK, "whole file")
 
 
+def _whole_of(manifest: Manifest, feed: Callable[[Callable[[bytes], object]], None]) -> _WholeJob | None:
+    size, sha256 = manifest.file.size, manifest.file.sha256
+    if size is None or sha256 is None:
+        return None
+    return _WholeJob(manifest.file.name, size, sha256, feed)
+
+
 def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str,
               whole: _WholeJob | None = None) -> list[CheckRow]:
-    """Rows for ``jobs`` (in order); with ``whole``, its row last — left out when a chunk is
-    already bad (the whole is then bad for a reason the chunk rows name)."""
+    """Rows in job order; with ``whole``, its row last — left out when a job is already bad (the
+    whole is then bad for a reason those rows name). Block-mapped files one after another, each
+    on every core; the others hashed whole, as many at once as there are cores; ``whole`` beside them."""
     total = sum(j.length if j.length is not None else j.path.stat().st_size for j in jobs)
     total += whole.length if whole is not None else 0
     task = reporter.task(label, total)
@@ -141,32 +209,25 @@ def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str,
         with lock:
             task.advance(n)
 
-    def run(job: _Job, advance: Callable[[int], None] = advance) -> CheckRow:
-        digest, read = hash_range(job.path, job.offset, job.length, advance)
-        if job.length is not None and read != job.length:
-            return CheckRow(job.name, MISMATCH, f"only {read} of {job.length} bytes present")
-        if digest != job.sha256:
-            return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
-        if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
-            return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
-        return CheckRow(job.name, OK)
-
+    rows: dict[int, CheckRow] = {}
     try:
-        with ThreadPoolExecutor(max_workers=VERIFY_WORKERS) as pool:
-            whole_row = pool.submit(_run_whole, whole, advance) if whole is not None else None
-            rows = list(pool.map(run, jobs))
-            if whole_row is not None and all(row.status == OK for row in rows):
-                rows.append(whole_row.result())
-            return rows
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            whole_row = beside.submit(_run_whole, whole, advance) if whole is not None else None
+            plain = [i for i, job in enumerate(jobs) if job.blocks is None]
+            if plain:
+                with ThreadPoolExecutor(max_workers=min(len(plain), usable_cores())) as pool:
+                    for i, row in zip(plain, pool.map(lambda i: _check_whole(jobs[i], advance), plain),
+                                      strict=True):
+                        rows[i] = row
+            for i, job in enumerate(jobs):
+                if job.blocks is not None:
+                    rows[i] = _check_blocks(job, advance)
+            out = [rows[i] for i in range(len(jobs))]
+            if whole_row is not None and all(row.status == OK for row in out):
+                out.append(whole_row.result())
+            return out
     finally:
         task.close()
-
-
-def _whole_of(manifest: Manifest, feed: Callable[[Callable[[bytes], object]], None]) -> _WholeJob | None:
-    size, sha256 = manifest.file.size, manifest.file.sha256
-    if size is None or sha256 is None:
-        return None
-    return _WholeJob(manifest.file.name, size, sha256, feed)
 
 
 def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) -> VerifyReport:
@@ -179,16 +240,16 @@ def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) ->
         elif (actual := path.stat().st_size) != chunk.size:
             rows[chunk.name] = CheckRow(chunk.name, MISMATCH, f"size {actual}, expected {chunk.size}")
         else:
-            jobs.append(_Job(chunk.name, path, 0, None, chunk.sha256))
+            jobs.append(_Job(chunk.name, path, 0, chunk.size, chunk.sha256, blocks=chunk.blocks))
     whole = None
     if len(jobs) == len(manifest.chunks) and manifest.format != "single":
         paths = [folder / c.name for c in manifest.chunks]
         whole = _whole_of(manifest, _feed_recipe(manifest, folder) if manifest.format == "gguf"
                           else _feed_files(paths))
     checked = _run_jobs(jobs, reporter, f"verify {folder.name or folder}", whole)
-    for row in checked:
+    for row in checked[:len(jobs)]:
         rows[row.name] = row
-    extra = [checked[-1]] if len(checked) > len(jobs) else []
+    extra = checked[len(jobs):]
     return VerifyReport(str(folder), [rows[c.name] for c in manifest.chunks] + extra)
 
 
@@ -205,9 +266,15 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     if manifest.format == "bytes":
         # Each chunk is a byte range of the original: equal ranges prove the file equals the chunks;
         # the whole hash proves the chunks are the original the manifest names.
-        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False) for c in manifest.chunks]
+        narrow = (manifest.file.blocks, size) if manifest.file.blocks is not None else None
+        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks, narrow=narrow)
+                for c in manifest.chunks]
         whole = _whole_of(manifest, _feed_files([path])) if actual == size else None
         rows += _run_jobs(jobs, reporter, f"verify {path.name}", whole)
+    elif manifest.file.blocks is not None and actual == size:
+        # The manifest's block map names damaged ranges; its whole sha256 vouches for the map.
+        rows += _run_jobs([_Job(path.name, path, 0, size, sha256, blocks=manifest.file.blocks)], reporter,
+                          f"verify {path.name}", _whole_of(manifest, _feed_files([path])))
     elif actual == size:
         rows += _run_jobs([_Job(path.name, path, 0, size, sha256)], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)
@@ -226,7 +293,9 @@ def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], li
         elif member.size is not None and (actual := path.stat().st_size) != member.size:
             rows.append(CheckRow(member.filename, MISMATCH, f"size {actual}, expected {member.size}"))
         else:
-            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256))
+            blocks = member.record.block_map if member.record is not None else None
+            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256, blocks=blocks,
+                             learn=blocks is None and member.record is not None))
     return jobs, rows
 
 
@@ -246,7 +315,7 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
     rows += _run_jobs(jobs, reporter, f"verify {model.head.filename}")
     report = VerifyReport(str(cache.path_for(model.head.filename)), rows)
     if report.ok:
-        _mark(cache, model)
+        _mark(cache, model, rows)
     return report
 
 
@@ -259,13 +328,14 @@ def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
     for model, (jobs, known) in zip(scan.models, checks, strict=True):
         own = known + [next(results) for _ in jobs]
         if all(row.status == OK for row in own):
-            _mark(cache, model)
+            _mark(cache, model, own)
         rows += own
     rows += [_damaged_row(d) for d in scan.damaged]
     return VerifyReport(str(cache.root), rows)
 
 
-def _mark(cache: ModelCache, model: CachedModel) -> None:
+def _mark(cache: ModelCache, model: CachedModel, rows: list[CheckRow]) -> None:
+    learned = {row.name: row.learned for row in rows}
     for member in model.members:
         if member.record is not None:
-            cache.mark_verified(member.record)
+            cache.mark_verified(member.record, learned.get(member.filename))

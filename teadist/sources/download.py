@@ -12,6 +12,7 @@ while writing. Only a file whose size and hash match is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import random
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 from teadist.base.fsutil import PwriteSink, ensure_free_space, is_disk_full
 from teadist.base.hashing import PipelinedCopier, TruncatedInput
 from teadist.base.progress import ProgressTask, Reporter
@@ -60,6 +62,7 @@ def wants_octet_stream(url: str) -> bool:
     """A GitHub release asset's API URL (``…/repos/O/R/releases/assets/ID``): it gives the bytes
     (through a redirect to the CDN) only with ``Accept: application/octet-stream``."""
     return bool(_GITHUB_ASSET_PATH.search(urlsplit(url).path))
+SAVE_PROOF_STEP = 4 * 1024 * 1024  # a stream partial's sidecar proves its bytes at least every 4 MiB
 
 
 class Downloader:
@@ -111,6 +114,15 @@ class Downloader:
               auth: Auth | None = None, label: str | None = None) -> tuple[str, int]:
         """Download ``url`` to ``dest`` (a path, or a target's work files); verify ``size``/``sha256``
         when given. Returns (sha256, size)."""
+        digest, total, _ = self.fetch_with_blocks(url, dest, size, sha256, auth=auth, label=label)
+        return digest, total
+
+    def fetch_with_blocks(self, url: str, dest: Path | WorkFiles, size: int | None, sha256: str | None, *,
+                          auth: Auth | None = None, label: str | None = None,
+                          expected: BlockMap | None = None) -> tuple[str, int, BlockMap]:
+        """``fetch``, also returning the file's block map (computed in the pass that hashes it, so it
+        is as good as the sha256 it came with). ``expected``: the source's block map, if known; a
+        resume keeps the blocks it proves."""
         files = dest if isinstance(dest, WorkFiles) else WorkFiles.beside(dest)
         label = label or files.final.name
         checked_url(url)
@@ -121,10 +133,13 @@ class Downloader:
         if size is not None:
             ensure_free_space(files.folder, max(0, size - bytes_done(path, sidecar)), label)
         for attempt in (1, 2):  # a hash mismatch gets one fresh download before it counts
-            partial = Partial.open(path, sidecar, key, size)
+            partial = Partial.open(path, sidecar, key, size, expected)
+            if partial.dropped:
+                self.reporter.info(f"{label}: {partial.dropped} bytes at the end of the partial download are not "
+                                   "proven by a block hash; fetching them again")
             task = self.reporter.task(label, size)
             try:
-                digest, total = self._download(url, partial, auth, label, task)
+                digest, total, blocks = self._download(url, partial, auth, label, task)
             except OSError as exc:
                 raise_if_disk_full(exc, partial, label)
                 partial.close()
@@ -143,7 +158,7 @@ class Downloader:
                                          hint="the source is corrupt or was changed; try another --source")
             if problem is None:
                 partial.commit(files.final)
-                return digest, total
+                return digest, total, blocks
             partial.discard()
             if attempt == 2:
                 raise problem
@@ -152,7 +167,7 @@ class Downloader:
 
     # -- modes ------------------------------------------------------------------------------
     def _download(self, url: str, partial: Partial, auth: Auth | None, label: str,
-                  task: ProgressTask) -> tuple[str, int]:
+                  task: ProgressTask) -> tuple[str, int, BlockMap]:
         """Fill ``partial`` in the mode its sidecar proves (whatever ``jobs`` is now), or a fresh one.
 
         A fresh file of known size with a block boundary inside it goes in ranges (the lane decides
@@ -166,7 +181,9 @@ class Downloader:
                 and self.jobs != 1)
             try:
                 if segmented:
-                    return SegmentedFetch(self, url, partial, auth, label, advance, task.note).run()
+                    ranges = SegmentedFetch(self, url, partial, auth, label, advance, task.note)
+                    digest, total = ranges.run()
+                    return digest, total, ranges.blocks.finish()
                 return self._stream(url, partial, auth, label, advance)
             except StreamFallback as fallback:
                 self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} proven bytes "
@@ -197,7 +214,7 @@ class Downloader:
                 self._sleep(delay)
 
     def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
-                advance: Callable[[int], None]) -> tuple[str, int]:
+                advance: Callable[[int], None]) -> tuple[str, int, BlockMap]:
         """One stream from where the proven prefix ends; a 200 to the resume starts from zero —
         at most MAX_RESTARTS times: a server that cuts every stream and ignores every resume (or
         changes the file each time) would otherwise be downloaded from again forever."""
@@ -205,10 +222,14 @@ class Downloader:
         have = partial.length if partial.mode == STREAM else 0
         if partial.mode != STREAM:
             partial.reset()
+        known = partial.blocks[:have // BLOCK_SIZE]
+        blocks = BlockHasher(BLOCK_SIZE, known)
         if have:
             self.reporter.info(f"{label}: resuming after {have} bytes")
-            with PipelinedCopier(n_sinks=1, depth=2) as copier:
-                copier.copy_file_range(partial.fd, 0, have, [hasher.update])
+            known_end = len(known) * BLOCK_SIZE
+            with PipelinedCopier(n_sinks=2, depth=2) as copier:
+                copier.copy_file_range(partial.fd, 0, known_end, [hasher.update])
+                copier.copy_file_range(partial.fd, known_end, have - known_end, [hasher.update, blocks])
             advance(have)
         lane = self.scheduler.lane(url)
         lane.acquire()  # one stream is one connection of the host's shared pool
@@ -221,9 +242,9 @@ class Downloader:
         try:
             while True:
                 try:
-                    result: tuple[str, int] = self.retrying(
-                        label, functools.partial(self._attempt, url, partial, auth, hasher, counted))
-                    return result
+                    digest, total = self.retrying(
+                        label, functools.partial(self._attempt, url, partial, auth, hasher, blocks, counted))
+                    return digest, total, blocks.finish()
                 except Restart as exc:
                     restarts += 1
                     if restarts > MAX_RESTARTS:
@@ -233,6 +254,7 @@ class Downloader:
                     self.reporter.warn(f"{label}: {exc}; restarting from the beginning")
                     partial.reset()
                     hasher = hashlib.sha256()
+                    blocks = BlockHasher(BLOCK_SIZE)
         finally:
             lane.release()
 
@@ -276,6 +298,40 @@ class Downloader:
             return resp
         raise SourceError(f"too many redirects from {host_of(url)}")
 
+    def get_range(self, url: str, start: int, length: int, auth: Auth | None = None,
+                  label: str | None = None) -> bytes:
+        """Exactly ``length`` bytes of ``url`` from ``start``, by ``Range`` (a 206 with the right
+        ``Content-Range``), with bounded retries. At most ``length`` bytes are held: one block."""
+        label = label or url
+
+        def attempt() -> bytes:
+            resp = self.open_url(url, {"Range": f"bytes={start}-{start + length - 1}"}, auth)
+            with resp:
+                check_status(resp, url)
+                first, _ = parse_content_range(resp.headers.get("Content-Range"))
+                if resp.status_code != 206 or first != start:
+                    raise SourceError(f"{host_of(url)} does not serve the byte range {start}-{start + length - 1}")
+                raw = resp.raw
+                raw.decode_content = False
+                buf = bytearray(length)
+                view = memoryview(buf)
+                reader = StreamReader(raw)
+                got = 0
+                try:
+                    while got < length:
+                        n = reader.readinto(view[got:])
+                        if not n:
+                            break
+                        got += n
+                except ReadFailed as exc:
+                    raise Retry(f"transfer from {host_of(url)} failed ({exc})") from None
+                if got < length:
+                    raise Retry(f"connection to {host_of(url)} ended after {got} of {length} bytes")
+                return bytes(buf)
+
+        data: bytes = self.retrying(label, attempt)
+        return data
+
     def get_small(self, url: str, limit: int) -> bytes | None:
         """A small document (a manifest) without credentials; None on 404. At most ``limit`` + 1 bytes."""
         resp = self.retrying(url, functools.partial(self.open_url, url, {}, None))
@@ -289,7 +345,7 @@ class Downloader:
             except (OSError, ValueError) as exc:
                 raise SourceError(f"reading the manifest from {host_of(url)} failed ({short_reason(exc)})") from None
 
-    def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any,
+    def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any, blocks: BlockHasher,
                  advance: Callable[[int], None]) -> tuple[str, int]:
         import requests
 
@@ -327,10 +383,26 @@ class Downloader:
             raw = resp.raw
             raw.decode_content = False
             sink = PwriteSink(partial.fd, have)
-            with PipelinedCopier(n_sinks=2, buffer_size=NET_BUFFER, depth=4) as copier:
+            fed = saved = have
+            step = max(64 * 1024, min(SAVE_PROOF_STEP, (size or 0) // 16))
+
+            def block_sink(view: memoryview) -> None:
+                # The sidecar proves the bytes hashed so far, block by block; a resume re-checks them
+                # against the partial (bytes that never reached the disk fail and are fetched again).
+                nonlocal fed, saved
+                blocks(view)
+                fed += len(view)
+                if fed - saved >= step:
+                    saved = fed
+                    partial.proven_blocks(list(blocks.hashes), blocks.tail())
+
+            with contextlib.ExitStack() as proof, PipelinedCopier(n_sinks=3, buffer_size=NET_BUFFER, depth=8) as copier:
+                # However the transfer ends, once every byte fed is written (the copier has drained),
+                # the sidecar proves all of them: a kill before the next attempt loses nothing.
+                proof.callback(lambda: partial.proven_blocks(list(blocks.hashes), blocks.tail()))
                 try:
                     copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
-                                [hasher.update, sink], advance)
+                                [hasher.update, sink, block_sink], advance)
                 except TruncatedInput as exc:
                     if remaining is not None:
                         raise Retry(f"connection to {host_of(url)} ended after {exc.copied} of "

@@ -6,6 +6,11 @@ writes and reads go through that descriptor. The sidecar says how the partial wa
 which validator (ETag) its bytes came from, and for which expected file (``key``) and size. A
 partial without a sidecar that matches is not proof of anything and is discarded: a sparse
 segmented partial is never read as a prefix, whatever ``--jobs`` a re-run uses.
+
+A stream partial resumes at the last proven block: the sidecar lists the SHA-256 of each complete
+block written so far (or the source's block map is known, from a manifest), the prefix is checked
+against them on every core, and everything after the last block that matches is cut off and
+fetched again — never trusted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from teadist.base.blocks import BLOCK_SIZE, BlockMap
 from teadist.base.fsutil import (
     commit_fd,
     create_exclusive,
@@ -26,7 +32,7 @@ from teadist.base.fsutil import (
 )
 from teadist.errors import DiskSpaceError
 
-SIDECAR_VERSION = 2
+SIDECAR_VERSION = 3  # 3: stream partials carry the block hashes that prove their prefix
 MAX_SIDECAR_BYTES = 1024 * 1024
 STREAM, SEGMENTS = "stream", "segments"
 
@@ -75,10 +81,16 @@ class Partial:
     mode: str | None = None  # None: fresh, nothing proven yet
     etag: str | None = None
     segments: list[list[int]] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)  # stream: SHA-256 of each complete block written
+    tail: tuple[int, str] | None = None  # stream: (bytes, SHA-256) of the incomplete block after them
+    dropped: int = 0  # bytes of the partial cut off on open because no block hash proved them
 
     @classmethod
-    def open(cls, path: Path, sidecar: Path, key: str, size: int | None) -> Partial:
-        """Resume what the sidecar proves, or start an empty partial (discarding anything unproven)."""
+    def open(cls, path: Path, sidecar: Path, key: str, size: int | None,
+             expected: BlockMap | None = None) -> Partial:
+        """Resume what the sidecar proves, or start an empty partial (discarding anything unproven).
+        ``expected``: the source's block map, when known; it proves a stream prefix instead of the
+        sidecar's own block hashes."""
         state = read_sidecar(sidecar)
         fd = open_own_file(path)
         if fd is not None:
@@ -88,7 +100,9 @@ class Partial:
             ok = (state.get("v") == SIDECAR_VERSION and state.get("key") == key and state.get("size") == size
                   and (etag is None or isinstance(etag, str)))
             if ok and mode == STREAM and (size is None or have <= size):
-                return cls(path, sidecar, key, size, fd, STREAM, etag)
+                partial = cls(path, sidecar, key, size, fd, STREAM, etag)
+                partial._keep_proven(state.get("blocks"), state.get("tail"), expected)
+                return partial
             if ok and mode == SEGMENTS and size is not None and have == size:
                 segments = _valid_segments(state.get("segments"), size)
                 if segments is not None:
@@ -97,6 +111,36 @@ class Partial:
             remove_quietly(path)
         remove_quietly(sidecar)
         return cls(path, sidecar, key, size, create_exclusive(path))
+
+    def _keep_proven(self, listed: object, tail: object, expected: BlockMap | None) -> None:
+        """Cut the stream prefix back to the end of its last block whose hash matches: the source's
+        map if known, else the hashes (and the hash of the incomplete last block) this sidecar
+        recorded as the bytes were written."""
+        import hashlib
+
+        from teadist.base.hashing import PipelinedCopier, proven_blocks
+
+        have = self.length
+        own = isinstance(listed, list) and all(isinstance(h, str) for h in listed)
+        if expected is not None and expected.block_size == BLOCK_SIZE:
+            hashes = list(expected.hashes)
+        else:
+            hashes = list(listed) if isinstance(listed, list) and own else []
+        size = self.size if self.size is not None else have
+        proven = proven_blocks(self.fd, hashes, BLOCK_SIZE, size, have) if hashes else 0
+        keep = min(have, proven * BLOCK_SIZE)
+        if own and expected is None and proven == len(hashes) and isinstance(tail, list) and len(tail) == 2 \
+                and type(tail[0]) is int and 0 < tail[0] < BLOCK_SIZE and keep + tail[0] <= have:
+            digest = hashlib.sha256()
+            with PipelinedCopier(n_sinks=1, depth=2) as copier:
+                copier.copy_file_range(self.fd, keep, tail[0], [digest.update])
+            if digest.hexdigest() == tail[1]:
+                keep += tail[0]
+        self.blocks = list(hashes[:proven])
+        self.dropped = have - keep
+        if self.dropped:
+            os.ftruncate(self.fd, keep)
+            self.save()
 
     @property
     def length(self) -> int:
@@ -114,11 +158,18 @@ class Partial:
                                 "etag": self.etag}
         if self.mode == SEGMENTS:
             data["segments"] = self.segments
+        elif self.mode == STREAM:
+            data["blocks"] = self.blocks
+            if self.tail is not None:
+                data["tail"] = list(self.tail)
         write_bytes_atomic(self.sidecar, json.dumps(data).encode(), stem=".")  # short: names near 255 bytes
 
     def start(self, mode: str, etag: str | None, segments: list[list[int]] | None = None) -> None:
         """Begin filling the (empty or truncated) partial in ``mode`` from the file with ``etag``."""
         self.mode, self.etag, self.segments = mode, etag, segments or []
+        if mode != STREAM or self.length < len(self.blocks) * BLOCK_SIZE:
+            self.blocks = []
+        self.tail = None
         if mode == SEGMENTS:
             assert self.size is not None
             os.ftruncate(self.fd, self.size)
@@ -127,13 +178,19 @@ class Partial:
     def keep_prefix(self, length: int, etag: str | None) -> None:
         """Keep only the first ``length`` bytes, as a stream partial (the rest is not proven)."""
         os.ftruncate(self.fd, length)
-        self.mode, self.etag, self.segments = STREAM, etag, []
+        self.mode, self.etag, self.segments, self.blocks, self.tail = STREAM, etag, [], [], None
+        self.save()
+
+    def proven_blocks(self, hashes: list[str], tail: tuple[int, str] | None = None) -> None:
+        """Record the hashes of the blocks written so far (stream mode; ``tail``: the incomplete one
+        after them); a resume keeps the bytes they still prove."""
+        self.blocks, self.tail = hashes, tail if tail is not None and tail[0] else None
         self.save()
 
     def reset(self) -> None:
         """Nothing kept: empty the partial and forget its sidecar."""
         os.ftruncate(self.fd, 0)
-        self.mode, self.etag, self.segments = None, None, []
+        self.mode, self.etag, self.segments, self.blocks, self.tail = None, None, [], [], None
         remove_quietly(self.sidecar)
 
     def discard(self) -> None:

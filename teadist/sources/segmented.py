@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -82,6 +83,7 @@ class SegmentedFetch:
         self.connections = 0
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
+        self.blocks = BlockHasher(BLOCK_SIZE)  # the file's block map, from the same in-order pass as its sha256
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
     def _prefix(self) -> int:
@@ -309,6 +311,7 @@ class SegmentedFetch:
                 if not got:
                     raise SourceError(f"{self.label}: partial file shrank during the download")
                 hasher.update(view[:got])
+                self.blocks(view[:got])
                 hashed += got
 
     def _start_connection(self, piece: list[int], threads: list[threading.Thread]) -> None:

@@ -1,0 +1,308 @@
+"""verify names damaged byte ranges; repair re-fetches only those blocks (the server's log says so);
+a killed fetch or assemble resumes at its last proven block."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from teadist.base.blocks import BLOCK_SIZE
+from teadist.base.progress import NullReporter
+from teadist.pipelines.split import split_file
+from tests.conftest import TEADIST_BIN
+from tests.helpers import Result
+from tests.servers import Fault, HubServer, MirrorServer
+
+MB = 1_000_000
+
+
+def write_big(path: Path, size: int) -> str:
+    """``size`` random bytes, written in pieces (bounded memory); their sha256."""
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            piece = os.urandom(min(left, 8 * 1024 * 1024))
+            fh.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def ranged_gets(server: MirrorServer) -> list[tuple[str, str]]:
+    """(path, Range) of every GET the server saw with a Range header."""
+    return [(r.path, r.headers.get("Range", "")) for r in server.requests if r.method == "GET" and "Range" in r.headers]
+
+
+def block_range(index: int, size: int) -> str:
+    return f"{index * BLOCK_SIZE}-{min(size, (index + 1) * BLOCK_SIZE) - 1}"
+
+
+@pytest.fixture
+def big_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            fast_retries: None) -> Iterator[tuple[HubServer, MirrorServer, Path]]:
+    """A Hub whose file GETs go to a mirror (the CDN), serving a 300 MB model."""
+    served = tmp_path / "served"
+    write_big(served / "big.gguf", 300 * MB)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/big", {"big.gguf": served / "big.gguf"}, commit="b" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub, cdn, served / "big.gguf"
+
+
+def test_one_flipped_byte_in_a_300mb_model_verify_names_its_block_and_repair_fetches_only_it(
+        big_hub: tuple[HubServer, MirrorServer, Path], models_dir: Path, cli: Callable[..., Result]) -> None:
+    _, cdn, original = big_hub
+    size = original.stat().st_size
+    assert cli("fetch", "hf://org/big/big.gguf").code == 0
+    cached = models_dir / "big.gguf"
+    record = json.loads((models_dir / ".teadist" / "records" / "big.gguf.json").read_text())
+    assert record["block_size"] == BLOCK_SIZE and len(record["blocks"]) == -(-size // BLOCK_SIZE)
+    flip(cached, 123_456_789)
+    index = 123_456_789 // BLOCK_SIZE
+
+    checked = cli("verify", "big.gguf")
+    assert checked.code == 3
+    assert f"1 of {len(record['blocks'])} blocks damaged: bytes {block_range(index, size)}" in checked.out
+
+    cdn.requests.clear()
+    cdn.bytes_sent = 0
+    repaired = cli("repair", "big.gguf", "--json")
+    assert repaired.code == 0, repaired.err
+    report = json.loads(repaired.out)
+    assert (report["blocks_bad"], report["blocks_refetched"], report["bytes_fetched"]) == (1, 1, BLOCK_SIZE)
+    assert ranged_gets(cdn) == [("/big.gguf", f"bytes={block_range(index, size)}")]  # the server's own log
+    assert cdn.bytes_sent == BLOCK_SIZE
+    assert cli("verify", "big.gguf").code == 0
+    assert sha(cached) == sha(original)
+
+
+def test_three_damaged_blocks_in_different_chunks_are_fetched_from_their_chunks(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "chunky.gguf"
+    size = 9 * BLOCK_SIZE + 12345
+    write_big(src, size)
+    chunk = 3 * BLOCK_SIZE + 5000  # three chunks, their boundaries inside blocks
+    split_file(src, tmp_path / "dist", NullReporter(), chunk_size=chunk)
+    with MirrorServer(tmp_path / "dist") as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("chunky.gguf.manifest.json")).code == 0
+        cached = models_dir / "chunky.gguf"
+        # block 1 (chunk 1), block 3 (straddles chunks 1 and 2), block 9 (the short last one, chunk 3)
+        for offset in (BLOCK_SIZE + 5, 3 * BLOCK_SIZE + 999 + 1, size - 1):
+            flip(cached, offset)
+        checked = cli("verify", "chunky.gguf")
+        assert checked.code == 3
+        assert (f"3 of 10 blocks damaged: bytes {block_range(1, size)}, {block_range(3, size)}, "
+                f"{block_range(9, size)}") in checked.out
+        mirror.requests.clear()
+        mirror.bytes_sent = 0
+        repaired = cli("repair", "chunky", "--json")
+        assert repaired.code == 0, repaired.err
+        report = json.loads(repaired.out)
+        assert (report["blocks_bad"], report["blocks_refetched"]) == (3, 3)
+        manifest_size = (tmp_path / "dist" / "chunky.gguf.manifest.json").stat().st_size
+        assert report["bytes_fetched"] == 2 * BLOCK_SIZE + 12345
+        assert mirror.bytes_sent == report["bytes_fetched"] + manifest_size  # the manifest, read again
+        assert [r.path for r in mirror.requests if "Range" not in r.headers] == ["/chunky.gguf.manifest.json"]
+        part = "/chunky.gguf.part-0000{}-of-00003"
+        assert ranged_gets(mirror) == [
+            (part.format(1), f"bytes={BLOCK_SIZE}-{2 * BLOCK_SIZE - 1}"),
+            (part.format(1), f"bytes={3 * BLOCK_SIZE}-{chunk - 1}"),  # block 3, in two chunks
+            (part.format(2), f"bytes=0-{4 * BLOCK_SIZE - chunk - 1}"),
+            (part.format(3), f"bytes={9 * BLOCK_SIZE - 2 * chunk}-{size - 2 * chunk - 1}"),
+        ]
+    assert cli("verify", "chunky.gguf").code == 0
+    assert sha(cached) == sha(src)
+
+
+def test_repair_without_a_source_says_so_and_changes_nothing(tmp_path: Path, models_dir: Path,
+                                                             cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "local.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    assert cli("assemble", result.manifest_path).code == 0
+    cached = models_dir / "local.gguf"
+    flip(cached, 10)
+    before = cached.read_bytes()
+    record_before = (models_dir / ".teadist" / "records" / "local.gguf.json").read_bytes()
+    result.manifest_path.unlink()  # the only source: the manifest and its chunks, now gone
+    repaired = cli("repair", "local.gguf")
+    assert repaired.code == 1
+    assert "which is gone" in repaired.err
+    assert cached.read_bytes() == before
+    assert (models_dir / ".teadist" / "records" / "local.gguf.json").read_bytes() == record_before
+
+
+def test_repair_offline_from_the_hub_changes_nothing(hub: HubServer, models_dir: Path,
+                                                     cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    flip(cached, 100)
+    before = cached.read_bytes()
+    repaired = cli("repair", "tiny.gguf", "--offline")
+    assert repaired.code == 1 and "offline" in repaired.err
+    assert cached.read_bytes() == before
+    assert cli("repair", "tiny.gguf").code == 0
+    assert cli("verify", "tiny.gguf").code == 0
+
+
+def test_repair_never_changes_a_hard_linked_file_in_place(hub: HubServer, models_dir: Path, tmp_path: Path,
+                                                          cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    flip(cached, 100)
+    other = tmp_path / "elsewhere.gguf"
+    os.link(cached, other)
+    damaged = other.read_bytes()
+    assert cli("repair", "tiny.gguf").code == 0
+    assert other.read_bytes() == damaged  # the other name keeps its bytes
+    assert os.stat(cached).st_ino != os.stat(other).st_ino
+    assert cli("verify", "tiny.gguf").code == 0
+
+
+def test_a_model_installed_before_block_maps_gets_one_on_its_next_full_verify(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    path = models_dir / ".teadist" / "records" / "tiny.gguf.json"
+    record = json.loads(path.read_text())
+    expected = record.pop("blocks")
+    record.pop("block_size")
+    path.write_text(json.dumps(record))
+    assert cli("verify", "tiny.gguf").code == 0
+    assert json.loads(path.read_text())["blocks"] == expected
+
+
+# -- resume at the last proven block ----------------------------------------------------------------
+def test_a_killed_fetch_resumes_at_its_last_proven_block_and_refetches_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None, models_dir: Path,
+        console: Callable[..., Result]) -> None:
+    served = tmp_path / "served"
+    size = 5 * BLOCK_SIZE + 777
+    write_big(served / "kill.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/kill", {"kill.gguf": served / "kill.gguf"})
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("TEADIST_STALL_TIMEOUT", "60")  # the stalled run waits until it is killed
+        cdn.add_fault(Fault("stall", after=4 * BLOCK_SIZE, seconds=30))
+        proc = subprocess.Popen([str(TEADIST_BIN), "fetch", "hf://org/kill/kill.gguf", "-q", "--jobs", "1"],
+                                env=os.environ.copy())
+        deadline = time.monotonic() + 60
+        partials: list[Path] = []
+        while time.monotonic() < deadline and not partials:
+            partials = [p for p in models_dir.rglob("*.part") if p.stat().st_size >= 3.5 * BLOCK_SIZE]
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the sidecar catch up with the bytes written
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL  # the kill happened (the run did not just finish)
+        assert cdn.applied_kinds() == ["stall"]
+        # Bytes in the partial change behind teadist's back: block 2 is no longer what was received.
+        flip(partials[0], 2 * BLOCK_SIZE + 3)
+        cdn.requests.clear()
+        result = console("fetch", "hf://org/kill/kill.gguf", "--jobs", "1")
+        assert result.code == 0, result.err
+        assert "not proven by a block hash" in result.err
+        assert ranged_gets(cdn) == [("/kill.gguf", f"bytes={2 * BLOCK_SIZE}-")]
+    assert sha(models_dir / "kill.gguf") == sha(served / "kill.gguf")
+
+
+def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path, models_dir: Path,
+                                                                  cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "asm.gguf"
+    write_big(src, 4 * BLOCK_SIZE + 99)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=3 * BLOCK_SIZE)
+    from teadist.cache.layout import CacheLayout
+    from teadist.formats.manifest import load_manifest
+
+    manifest = load_manifest(result.manifest_path)
+    assert manifest.file.sha256
+    files = CacheLayout(models_dir).target("asm.gguf").files
+    files.ensure_folder()
+    partial = files.partial(manifest.file.sha256, kind="assemble")
+    data = src.read_bytes()
+    damaged = bytearray(data[:2 * BLOCK_SIZE + 500])
+    damaged[BLOCK_SIZE + 7] ^= 1  # block 1 is wrong: only block 0 is proven
+    partial.write_bytes(bytes(damaged))
+    assembled = cli("assemble", result.manifest_path, "--json")
+    assert assembled.code == 0, assembled.err
+    assert json.loads(assembled.out)["resumed_bytes"] == BLOCK_SIZE
+    assert sha(models_dir / "asm.gguf") == sha(src)
+    partial.write_bytes(data[:2 * BLOCK_SIZE + 500])
+    (models_dir / "asm.gguf").unlink()
+    assembled = cli("assemble", result.manifest_path, "--json")
+    assert json.loads(assembled.out)["resumed_bytes"] == 2 * BLOCK_SIZE  # inside chunk 1: blocks prove it
+    assert sha(models_dir / "asm.gguf") == sha(src)
+
+
+def test_a_model_rebuilt_from_gguf_shards_is_repaired_from_its_shards(tmp_path: Path, models_dir: Path,
+                                                                     cli: Callable[..., Result]) -> None:
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "shardy.gguf", seed=11)
+    split_gguf(src, tmp_path / "web", NullReporter(), shard_size=100_000)
+    with MirrorServer(tmp_path / "web") as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("shardy.gguf.manifest.json")).code == 0
+        cached = models_dir / "shardy.gguf"
+        flip(cached, cached.stat().st_size - 10)  # tensor data, at the end of the last shard
+        mirror.requests.clear()
+        repaired = cli("repair", "shardy.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        report = json.loads(repaired.out)
+        assert (report["blocks_bad"], report["blocks_refetched"]) == (1, 1)  # a tiny model is one block
+        gets = [r for r in mirror.requests if r.method == "GET" and r.path != "/shardy.gguf.manifest.json"]
+        assert gets and all(r.path.startswith("/shardy-0000") and "Range" in r.headers for r in gets)
+        assert 0 < report["bytes_fetched"] < cached.stat().st_size  # headers and padding come from the recipe
+    assert sha(cached) == sha(src)
+    assert cli("verify", "shardy.gguf").code == 0
+
+
+def test_a_kept_shard_is_repaired_by_one_range_request(tmp_path: Path, models_dir: Path,
+                                                       cli: Callable[..., Result]) -> None:
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "kept.gguf", seed=12)
+    result = split_gguf(src, tmp_path / "web", NullReporter(), shard_size=100_000)
+    second = result.manifest.chunks[1]
+    with MirrorServer(tmp_path / "web") as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("kept.gguf.manifest.json"), "--keep-shards").code == 0
+        flip(models_dir / second.name, 50)
+        checked = cli("verify", "kept")
+        assert checked.code == 3 and f"bytes 0-{second.size - 1}" in checked.out
+        mirror.requests.clear()
+        repaired = cli("repair", "kept", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["bytes_fetched"] == second.size
+        assert ranged_gets(mirror) == [(f"/{second.name}", f"bytes=0-{second.size - 1}")]
+    assert sha(models_dir / second.name) == second.sha256
+    assert cli("verify", "kept").code == 0
