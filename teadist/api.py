@@ -304,7 +304,7 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
     or, with no target, the whole cache; the report says OK / MISSING / MISMATCH / DAMAGED per item."""
     from teadist.formats.manifest import MANIFEST_SUFFIX, load_manifest
     from teadist.pipelines import verify as v
-    from teadist.pipelines.resolve import classify, find_cached
+    from teadist.pipelines.resolve import classify, find_cached, registry_manifest
 
     settings = settings or settings_for(cache_dir)
     reporter = reporter_for(progress)
@@ -322,6 +322,8 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
     named = classify(text, cache)
     if named.kind == "name":
         model = find_cached(cache, text)
+        if model is None and registry_manifest(text) is not None:  # the registry's model, never another
+            raise NotFoundError(f"{text!r} is not installed in {cache.root}", hint=f"run `teadist fetch {text}`")
         return v.verify_cached(cache, model.head.filename if model is not None else text, reporter)
     if named.kind != "path":
         raise UsageError(f"verify checks local files and cached models, not {text!r}",

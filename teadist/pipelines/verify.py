@@ -169,6 +169,10 @@ def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
 
 
 def _mark(cache: ModelCache, model: CachedModel) -> None:
+    """Stamp the records verified — best effort: a read-only cache keeps its stamps, the report stands."""
     for member in model.members:
         if member.record is not None:
-            cache.mark_verified(member.record)
+            try:
+                cache.mark_verified(member.record)
+            except OSError:
+                return
