@@ -13,18 +13,20 @@ arguments, then the environment (read once, in ``teadist.settings``), then the d
 
 from __future__ import annotations
 
+import functools
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, Union
 
 from teadist.base.progress import NullReporter, ProgressTask, Reporter
-from teadist.errors import NotFoundError, UsageError
+from teadist.errors import FileSystemError, NotFoundError, UsageError
 from teadist.settings import Settings, resolve_settings
 
 if TYPE_CHECKING:
-    from teadist.cache.store import ModelCache
+    from teadist.cache.store import CachedModel, ModelCache
     from teadist.formats.gguf_info import GGUFInfo
     from teadist.pipelines.fetch import FetchOptions, FetchResult
     from teadist.pipelines.split import SplitResult
@@ -46,8 +48,70 @@ class Assembled:
     merged: bool = False
 
 
-__all__ = ["Assembled", "ProgressCallback", "assemble", "fetch", "fetch_model", "find_model", "inspect", "model_path",
-           "split", "verify"]
+__all__ = [
+    "Assembled",
+    "DiskUsage",
+    "ListedModel",
+    "Listing",
+    "MemoryReport",
+    "ModelEntry",
+    "ProgressCallback",
+    "RegistryModel",
+    "assemble",
+    "disk_usage",
+    "fetch",
+    "fetch_model",
+    "find_model",
+    "inspect",
+    "list_models",
+    "memory_report",
+    "model_path",
+    "prune",
+    "registry_models",
+    "remove",
+    "split",
+    "verify",
+]
+
+
+# -- the boundary: what callers pass in, and what the system throws back ---------------------------
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def boundary(func: Callable[P, R]) -> Callable[P, R]:
+    """An OSError from below leaves the API as a FileSystemError naming the file, never bare."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise FileSystemError(f"{exc.strerror or exc}{where}",
+                                  hint="check the file's permissions and the disk it is on") from exc
+
+    return wrapper
+
+
+def text_arg(value: object, what: str, paths: bool = True) -> str:
+    """A str argument (or, where ``paths``, an os.PathLike); anything else is a UsageError."""
+    if paths and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be a {'str or path' if paths else 'str'}, not {type(value).__name__}")
+    if not value.strip():
+        raise UsageError(f"{what} is empty", hint=f"name the {what}")
+    return value
+
+
+def size_arg(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{what} must be a whole number of bytes, not {type(value).__name__} {value!r:.40}",
+                         hint="teadist.base.sizes.parse_size('1.9G') turns text into bytes")
+    return value
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -86,9 +150,11 @@ def reporter_for(progress: Progress) -> Reporter:
 
 
 # -- settings → the objects the pipelines take -----------------------------------------------------
-def settings_for(cache_dir: Path | str | None = None, offline: bool | None = None, debug: bool = False) -> Settings:
-    return resolve_settings(cache_dir=Path(cache_dir) if cache_dir is not None else None, offline=offline,
-                            debug=debug)
+def settings_for(cache_dir: Path | str | None = None, offline: bool | None = None) -> Settings:
+    """Arguments beat the environment: a variable is read only when no argument gave its value."""
+    if offline is not None and not isinstance(offline, bool):
+        raise UsageError(f"offline must be True, False or None, not {offline!r:.40}")
+    return resolve_settings(cache_dir=cache_dir, offline=offline)
 
 
 def open_cache(settings: Settings) -> ModelCache:
@@ -125,13 +191,15 @@ def fetch_options_for(settings: Settings, jobs: int = 4, source: str | None = No
 
 
 # -- fetch and names -----------------------------------------------------------------------------
-def fetch_model(model: str, *, cache_dir: Path | str | None = None, offline: bool | None = None,
+@boundary
+def fetch_model(model: str | os.PathLike[str], *, cache_dir: Path | str | None = None, offline: bool | None = None,
                 source: str | None = None, progress: Progress = None, jobs: int = 4,
                 keep_shards: bool = False, settings: Settings | None = None) -> FetchResult:
     """``fetch`` with the whole result: path, name, sha256, size, whether it was already there."""
     from teadist.pipelines.fetch import fetch as run_fetch
 
-    if not 1 <= jobs <= 32:
+    model = text_arg(model, "model")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 32:
         raise UsageError(f"jobs must be between 1 and 32, not {jobs}")
     settings = settings or settings_for(cache_dir, offline)
     reporter = reporter_for(progress)
@@ -164,13 +232,15 @@ def _warn_if_too_big(path: Path, reporter: Reporter) -> None:
                       f"needs {format_size(small.total)})")
 
 
-def fetch(model: str, *, cache_dir: Path | str | None = None, offline: bool | None = None,
+@boundary
+def fetch(model: str | os.PathLike[str], *, cache_dir: Path | str | None = None, offline: bool | None = None,
           source: str | None = None, progress: Progress = None) -> Path:
     """Download ``model`` (a registry name, ``hf://ORG/REPO/FILE[@REV]``, or a manifest URL or path),
     verify its SHA-256 and install it in the TEA model cache; the installed path."""
     return fetch_model(model, cache_dir=cache_dir, offline=offline, source=source, progress=progress).path
 
 
+@boundary
 def find_model(name: str, *, cache_dir: Path | str | None = None, settings: Settings | None = None,
                ) -> tuple[Path, str]:
     """The path the TEA runtimes would load for ``name`` and where it was found (``TEA_MODEL_PATH``,
@@ -179,6 +249,7 @@ def find_model(name: str, *, cache_dir: Path | str | None = None, settings: Sett
     used). NotFoundError otherwise."""
     from teadist.pipelines.resolve import cached_filename, classify, verified_in_cache
 
+    name = text_arg(name, "model name", paths=False)
     settings = settings or settings_for(cache_dir)
     cache = open_cache(settings)
     classify(name, cache, takes_paths=False)
@@ -193,6 +264,7 @@ def find_model(name: str, *, cache_dir: Path | str | None = None, settings: Sett
     return cache.path_for(record.filename), "cache"
 
 
+@boundary
 def model_path(name: str, *, cache_dir: Path | str | None = None) -> Path | None:
     """Where the TEA runtimes would load ``name`` from (``TEA_MODEL_PATH``, ``$APPDIR/usr/share/models``,
     then a verified model in the cache), or None."""
@@ -203,6 +275,7 @@ def model_path(name: str, *, cache_dir: Path | str | None = None) -> Path | None
 
 
 # -- files ---------------------------------------------------------------------------------------
+@boundary
 def split(file: Path | str, out: Path | str = ".", *, format: str = "bytes", chunk_size: int | None = None,
           shard_size: int | None = None, name: str | None = None, base_url: str | None = None,
           progress: Progress = None) -> SplitResult:
@@ -210,7 +283,11 @@ def split(file: Path | str, out: Path | str = ".", *, format: str = "bytes", chu
     shards (``format="gguf"``, ``shard_size``) in ``out``, with a manifest written last."""
     from teadist.pipelines.split import SplitResult
 
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
+    file, out = Path(text_arg(file, "file")), Path(text_arg(out, "out"))
+    chunk_size, shard_size = size_arg(chunk_size, "chunk_size"), size_arg(shard_size, "shard_size")
+    if name is not None and not _utf8(text_arg(name, "name", paths=False)):
+        raise UsageError("name is not valid UTF-8 text", hint="a manifest carries UTF-8 names only")
+    if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
         raise UsageError("base_url must start with http:// or https://")
     reporter = reporter_for(progress)
     if format == "gguf":
@@ -222,7 +299,7 @@ def split(file: Path | str, out: Path | str = ".", *, format: str = "bytes", chu
 
         if shard_size is None:
             shard_size = DEFAULT_SHARD_SIZE
-        sharded = split_gguf(Path(file), Path(out), reporter, shard_size=shard_size,
+        sharded = split_gguf(file, out, reporter, shard_size=shard_size,
                              name=name, base_url=base_url)
         return SplitResult(sharded.manifest, sharded.manifest_path, len(sharded.manifest.chunks), 0)
     if format != "bytes":
@@ -233,9 +310,18 @@ def split(file: Path | str, out: Path | str = ".", *, format: str = "bytes", chu
     from teadist.pipelines.split import DEFAULT_CHUNK_SIZE, split_file
 
     size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
-    return split_file(Path(file), Path(out), reporter, chunk_size=size, name=name, base_url=base_url)
+    return split_file(file, out, reporter, chunk_size=size, name=name, base_url=base_url)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@boundary
 def assemble(manifest: Path | str, *, chunks: Path | str | None = None, out: Path | str | None = None,
              cache_dir: Path | str | None = None, progress: Progress = None,
              settings: Settings | None = None) -> Assembled:
@@ -249,7 +335,7 @@ def assemble(manifest: Path | str, *, chunks: Path | str | None = None, out: Pat
     settings = settings or settings_for(cache_dir)
     cache = open_cache(settings)
     reporter = reporter_for(progress)
-    given = Path(manifest)
+    given = Path(text_arg(manifest, "manifest"))
     if is_shard_name(given.name) and given.is_file():
         from teadist.formats.gguf_info import looks_like_gguf
         from teadist.pipelines.gguf_merge import merge_foreign_shards
@@ -297,6 +383,7 @@ def _refuse_a_model_for_a_manifest(path: Path) -> None:
                               "<name>-00001-of-0000N.gguf to merge llama.cpp shards)")
 
 
+@boundary
 def verify(target: Path | str | None = None, *, manifest: Path | str | None = None,
            cache_dir: Path | str | None = None, progress: Progress = None,
            settings: Settings | None = None) -> VerifyReport:
@@ -313,7 +400,7 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
         if manifest is not None:
             raise UsageError("--manifest needs a TARGET to check against it")
         return v.verify_whole_cache(cache, reporter)
-    text = str(target)
+    text = text_arg(target, "target")
     if manifest is not None:
         path = Path(text)
         m = load_manifest(Path(manifest))
@@ -333,6 +420,9 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
         return v.verify_chunk_folder(path.parent, load_manifest(path), reporter)
     if path.is_dir():
         found = sorted(path.glob("*" + MANIFEST_SUFFIX))
+        if not found:
+            raise UsageError(f"{path} holds no manifest ({MANIFEST_SUFFIX}) to check its files against",
+                             hint="pass one with --manifest, or name a model file or a manifest")
         if len(found) != 1:
             raise UsageError(f"{path} holds {len(found)} manifests; say which one with --manifest",
                              hint=f"teadist verify {path} --manifest {path}/NAME{MANIFEST_SUFFIX}")
@@ -345,9 +435,212 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
     raise NotFoundError(f"{text}: no such file or folder")
 
 
+@boundary
 def inspect(path: Path | str) -> GGUFInfo:
     """What a GGUF file is (architecture, parameters, quantization, context, chat template…), its
     header checked as llama.cpp's loader does."""
     from teadist.formats.gguf_info import read_info
 
-    return read_info(Path(path))
+    given = Path(text_arg(path, "path"))
+    try:
+        mode = given.stat().st_mode
+    except FileNotFoundError:
+        raise NotFoundError(f"file not found: {given}") from None
+    if not stat.S_ISREG(mode):  # a folder, a device, a FIFO: never opened, never waited on
+        raise UsageError(f"{given} is not a regular file", hint="inspect takes a .gguf file")
+    return read_info(given)
+
+
+# -- the cache: list, du, rm, prune, the registry ----------------------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model, described with the same fields wherever one is shown (list, du, models, fetch)."""
+
+    name: str
+    file: str
+    size: int | None
+    sha256: str | None
+    path: Path | None  # None: not on this machine (a registry model not fetched)
+
+    def to_dict(self) -> dict[str, object]:
+        data = {k: v for k, v in self.__dict__.items()}
+        data["path"] = None if self.path is None else str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class ListedModel(ModelEntry):
+    files: list[str]
+    missing: list[str]  # files its record lists that are gone
+    source: str
+    installed_at: str
+    verified_at: str | None
+    last_used: str | None
+
+
+@dataclass(frozen=True)
+class Listing:
+    cache: Path
+    models: list[ListedModel]
+    damaged: list[tuple[Path, str]]  # (record, problem)
+    unrecorded: list[tuple[Path, int]]  # GGUF files put there by hand: (path, size)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    cache: Path
+    models: list[ModelEntry]
+    partials: int
+    free: int
+
+    @property
+    def total(self) -> int:
+        return sum(m.size or 0 for m in self.models)
+
+
+@dataclass(frozen=True)
+class RegistryModel(ModelEntry):
+    default: bool
+    pinned: bool
+    cached: bool
+    fits: str | None  # fits / tight / too-big against this machine's memory; None where unknown
+
+
+def _only(cache: ModelCache, name: str | None) -> list[CachedModel]:
+    """Every cached model, or the one ``name`` names (by the resolver's rules; NotFoundError if none)."""
+    from teadist.pipelines.resolve import classify, find_cached
+
+    models = cache.scan().models
+    if name is None:
+        return models
+    name = text_arg(name, "model name", paths=False)
+    classify(name, cache, takes_paths=False)
+    found = find_cached(cache, name)
+    if found is None:
+        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+    return [m for m in models if m.head.filename == found.head.filename]
+
+
+@boundary
+def list_models(name: str | None = None, *, cache_dir: Path | str | None = None,
+                settings: Settings | None = None) -> Listing:
+    """The models in the cache (or only ``name``), with what is gone, damaged records, and GGUF files
+    nobody installed (those two only when listing the whole cache)."""
+    from teadist.pipelines.prune import model_bytes
+
+    cache = open_cache(settings or settings_for(cache_dir))
+    rows = []
+    for model in _only(cache, name):
+        head = model.head
+        missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
+        size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
+        rows.append(ListedModel(head.name, head.filename, size, head.sha256, cache.path_for(head.filename),
+                                model.filenames, missing, head.source, head.installed_at, head.verified_at,
+                                head.last_used))
+    if name is not None:
+        return Listing(cache.root, rows, [], [])
+    scan = cache.scan()
+    unrecorded = []
+    for path in scan.unrecorded:
+        try:
+            unrecorded.append((path, path.stat().st_size))
+        except FileNotFoundError:
+            continue  # removed meanwhile
+    return Listing(cache.root, rows, [(d.path, d.problem) for d in scan.damaged], unrecorded)
+
+
+@boundary
+def disk_usage(name: str | None = None, *, cache_dir: Path | str | None = None,
+               settings: Settings | None = None) -> DiskUsage:
+    """The space each cached model takes (kept shards included), what is in flight, and what is free."""
+    from teadist.base.fsutil import free_bytes
+    from teadist.pipelines.prune import in_flight, model_bytes
+
+    cache = open_cache(settings or settings_for(cache_dir))
+    models = [ModelEntry(m.head.name, m.head.filename, model_bytes(cache, m), m.head.sha256,
+                         cache.path_for(m.head.filename)) for m in _only(cache, name)]
+    return DiskUsage(cache.root, models, sum(size for _, size in in_flight(cache)), free_bytes(cache.root))
+
+
+@boundary
+def remove(name: str, *, cache_dir: Path | str | None = None, settings: Settings | None = None) -> list[Path]:
+    """Remove the model ``name`` names (all its files and its records), or a damaged record by its file
+    name; also finishes an interrupted removal. The paths removed."""
+    from teadist.pipelines.resolve import classify, find_cached
+
+    name = text_arg(name, "model name", paths=False)
+    cache = open_cache(settings or settings_for(cache_dir))
+    classify(name, cache, takes_paths=False)
+    model = find_cached(cache, name)
+    if model is not None:
+        return cache.remove(model) or []
+    damaged = cache.find_damaged(name)
+    if damaged is None:
+        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
+    return cache.remove_damaged(damaged)
+
+
+@boundary
+def prune(*, max_size: int | None = None, partials: bool = False, cache_dir: Path | str | None = None,
+          settings: Settings | None = None) -> list[Path]:
+    """Free space: stale partial downloads (``partials``) and least recently used models until the cache
+    fits in ``max_size`` bytes; whatever another teadist is working on is left alone."""
+    from teadist.pipelines.prune import prune_lru, prune_partials
+
+    max_size = size_arg(max_size, "max_size")
+    if max_size is None and not partials:
+        raise UsageError("say what to prune: --max-size SIZE and/or --partials")
+    cache = open_cache(settings or settings_for(cache_dir))
+    removed: list[Path] = []
+    if partials:
+        removed += prune_partials(cache)
+    if max_size is not None:
+        removed += prune_lru(cache, max_size)
+    return removed
+
+
+@boundary
+def registry_models(*, cache_dir: Path | str | None = None, settings: Settings | None = None,
+                    ) -> tuple[list[RegistryModel], int | None]:
+    """Every registry model, whether it is cached (verified, unchanged) and whether its weights fit this
+    machine's memory; and that memory (None where the system does not say)."""
+    from teadist.pipelines.fit import machine_memory, verdict
+    from teadist.sources import registry
+
+    cache = open_cache(settings or settings_for(cache_dir))
+    memory = machine_memory()
+    rows = []
+    for m in registry.entries():
+        record = cache.read_record(m.file.name)
+        cached = record is not None and cache.is_current(record) and m.file.sha256 in (None, record.sha256)
+        sha = m.file.sha256 or (record.sha256 if cached and record is not None else None)
+        rows.append(RegistryModel(m.reference, m.file.name, m.file.size, sha,
+                                  cache.path_for(m.file.name) if cached else None,
+                                  bool(m.tag and m.default_tag), m.is_pinned, cached, verdict(m.file.size, memory)))
+    return rows, memory
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    weights: int
+    kv_cache: int | None
+    context: int | None
+    total: int
+    machine: int | None
+    verdict: str | None
+
+
+MAX_CONTEXT = 2**24
+
+
+def memory_report(info: GGUFInfo, context: int | None = None) -> MemoryReport:
+    """The memory ``info``'s model needs (weights + KV cache at ``context``, default its own) against
+    this machine's."""
+    from teadist.pipelines.fit import machine_memory, memory_needed, verdict
+
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int)
+                                or not 1 <= context <= MAX_CONTEXT):
+        raise UsageError(f"context must be between 1 and {MAX_CONTEXT} tokens, not {context!r:.40}")
+    need = memory_needed(info, context)
+    machine = machine_memory()
+    return MemoryReport(need.weights, need.kv_cache, need.context, need.total, machine, verdict(need.total, machine))

@@ -100,7 +100,8 @@ def test_every_command_and_option_is_documented() -> None:
 
 def test_every_environment_variable_is_documented() -> None:
     read: set[str] = set()
-    pattern = re.compile(r'(?:environ\.get|env\.get|env_flag\(env,|_number\(env,)\s*\(?\s*"([A-Z][A-Z0-9_]+)"')
+    pattern = re.compile(r'(?:environ\.get|env\.get|env_flag\((?:os\.environ|env),|_number\((?:self\.)?env,)'
+                         r'\s*\(?\s*"([A-Z][A-Z0-9_]+)"')
     for path in (ROOT / "teadist").rglob("*.py"):
         read |= set(pattern.findall(path.read_text("utf-8")))
     assert {"TEA_MODELS_DIR", "TEADIST_DEBUG", "TEA_OFFLINE", "GITHUB_API_URL"} <= read  # the scan works

@@ -13,7 +13,8 @@ from teadist.base.sizes import format_size
 from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 from teadist.errors import NotFoundError, UsageError
 
-registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
+registry_app = typer.Typer(help="Maintain the model registry (manifests/models).\n\n\b\nExample:\n"
+                                "  teadist registry pin gemma-3n-e4b --write", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
 
@@ -165,7 +166,9 @@ def package_wasm_cmd(
     _reporter(quiet).info(f"sha256 {report.sha256}  {report.path}")
 
 
-release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
+release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).\n\n\b\n"
+                               "Example:\n  teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/\n"
+                               "  GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea",
                           no_args_is_help=True)
 app.add_typer(release_app, name="release")
 
