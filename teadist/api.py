@@ -28,10 +28,16 @@ from teadist.settings import Settings, resolve_settings
 if TYPE_CHECKING:
     from teadist.cache.store import CachedModel, ModelCache
     from teadist.formats.gguf_info import GGUFInfo
+    from teadist.pipelines.demo import DemoResult
     from teadist.pipelines.fetch import FetchOptions, FetchResult
+    from teadist.pipelines.serve import StaticServer
     from teadist.pipelines.split import SplitResult
     from teadist.pipelines.verify import VerifyReport
+    from teadist.release.prepare import PreparedRelease
+    from teadist.release.publish import PublishReport
+    from teadist.release.wasmpkg import PackageReport
     from teadist.sources.download import Downloader
+    from teadist.web import CopiedAsset
 
 ProgressCallback = Callable[[str, int, Union[int, None]], None]  # noqa: UP007 - a runtime alias on 3.11
 Progress = Union[Reporter, ProgressCallback, None]  # noqa: UP007
@@ -57,7 +63,10 @@ __all__ = [
     "ModelEntry",
     "ProgressCallback",
     "RegistryModel",
+    "Serving",
     "assemble",
+    "copy_web_assets",
+    "demo",
     "disk_usage",
     "fetch",
     "fetch_model",
@@ -66,7 +75,12 @@ __all__ = [
     "list_models",
     "memory_report",
     "model_path",
+    "open_server",
+    "package_wasm",
+    "pin",
+    "prepare_release",
     "prune",
+    "publish_release",
     "registry_models",
     "remove",
     "split",
@@ -644,3 +658,132 @@ def memory_report(info: GGUFInfo, context: int | None = None) -> MemoryReport:
     need = memory_needed(info, context)
     machine = machine_memory()
     return MemoryReport(need.weights, need.kv_cache, need.context, need.total, machine, verdict(need.total, machine))
+
+
+# -- maintainers: registry, serve, packages, releases, demo, web assets ------------------------------
+@boundary
+def pin(name: str, *, write: bool = False, force: bool = False, registry_dir: Path | str | None = None,
+        settings: Settings | None = None) -> dict[str, object]:
+    """Fill a registry entry's missing revision, size and sha256 from the Hub API (never weakening a pin
+    unless ``force``); ``write`` edits the source tree's registry."""
+    from teadist.release.pin import pin_entry
+
+    settings = settings or settings_for()
+    folder = None if registry_dir is None else Path(text_arg(registry_dir, "registry_dir"))
+    return pin_entry(text_arg(name, "name", paths=False), fetch_options_for(settings, 1), write=write, force=force,
+                     registry_dir=folder)
+
+
+@boundary
+def open_server(folder: Path | str, *, verify_manifest: Path | str | None = None, host: str = "127.0.0.1",
+                port: int = 8000, timeout: float = 30.0, cors: bool = False, progress: Progress = None) -> Serving:
+    """A static server for browser work, bound and ready; with ``verify_manifest`` its files are hashed
+    first and a file that fails is never served."""
+    import math
+
+    from teadist.formats.manifest import load_manifest
+    from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
+    from teadist.web import asset_files
+
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
+        raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
+    root = Path(text_arg(folder, "folder"))
+    if not root.is_dir():
+        raise NotFoundError(f"folder not found: {root}")
+    manifest_path = None if verify_manifest is None else Path(text_arg(verify_manifest, "verify_manifest"))
+    if manifest_path is not None:  # a FIFO would block the read forever
+        try:
+            regular = stat.S_ISREG(manifest_path.stat().st_mode)
+        except OSError:
+            raise NotFoundError(f"manifest not found: {manifest_path}") from None
+        if not regular:
+            raise UsageError(f"--verify {manifest_path} is not a regular file")
+    manifest = load_manifest(manifest_path) if manifest_path is not None else None
+    server = StaticServer(root, manifest, host=host, port=port, timeout=timeout, reporter=reporter_for(progress),
+                          manifest_dir=manifest_path.parent if manifest_path is not None else None,
+                          assets=asset_files(), cors=cors)
+    checks: list[tuple[str, str]] = []
+    if manifest is not None:
+        verdicts = server.verify_all()
+        checks = [("OK" if good else "REFUSED", name) for name, good in sorted(verdicts.items())]
+        checks += [("MISSING", name) for name in sorted(set(server.expected) - set(verdicts))
+                   if not name.endswith("/" + manifest.file.name) and name != manifest.file.name]
+    return Serving(server, checks)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A bound server (``server.serve_forever()`` runs it) and, with a manifest, each listed file's
+    verdict: OK, REFUSED (fails the manifest: never served) or MISSING."""
+
+    server: StaticServer
+    checks: list[tuple[str, str]]
+
+
+@boundary
+def package_wasm(pkg_dir: Path | str, version: str, out: Path | str = "dist", js: Path | str | None = None,
+                 ) -> PackageReport:
+    """A reproducible ``tea-wasm-llm-VERSION.tar.gz`` (mtimes from SOURCE_DATE_EPOCH) with the browser
+    model cache inside; its size breakdown."""
+    from teadist.release.wasmpkg import package_wasm as pack
+    from teadist.release.wasmpkg import parse_source_date_epoch
+    from teadist.settings import resolve_release_settings
+    from teadist.web import asset_files
+
+    epoch = parse_source_date_epoch(resolve_release_settings().source_date_epoch)
+    return pack(Path(text_arg(pkg_dir, "pkg_dir")), text_arg(version, "version", paths=False),
+                Path(text_arg(out, "out")), None if js is None else Path(text_arg(js, "js")),
+                source_date_epoch=epoch, bundled=asset_files())
+
+
+@boundary
+def prepare_release(tag: str, repo: str, config: Path | str = "manifests/release.json", out: Path | str = "dist", *,
+                    cache_dir: Path | str | None = None, progress: Progress = None,
+                    settings: Settings | None = None) -> PreparedRelease:
+    """Gather what a release ships (models fetched through the cache and split, the index) in ``out``."""
+    from teadist.release.prepare import prepare_release as prepare
+
+    settings = settings or settings_for(cache_dir)
+    reporter = reporter_for(progress)
+
+    def get_model(name: str) -> tuple[Path, str | None]:
+        result = fetch_model(name, progress=reporter, settings=settings)
+        return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
+
+    return prepare(tag, repo, Path(text_arg(config, "config")), Path(text_arg(out, "out")), reporter, get_model)
+
+
+@boundary
+def publish_release(tag: str, repo: str, dist: Path | str = "dist", *, dry_run: bool = False, draft: bool = False,
+                    upload_timeout: float = 3600, progress: Progress = None) -> PublishReport:
+    """Publish exactly what ``dist``'s release index lists to the GitHub Release of ``tag``, converging.
+    Needs GITHUB_TOKEN; honours GITHUB_API_URL and TEADIST_GITHUB_WRITE_INTERVAL."""
+    from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
+    from teadist.settings import resolve_release_settings
+
+    check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
+    env = resolve_release_settings()
+    check_write_interval(env.write_interval)
+    if not env.github_token:
+        raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
+    check_api_url(env.github_api_url)  # never echoed with a user name or password in it
+    publisher = Publisher(repo, tag, env.github_token, env.github_api_url, reporter_for(progress),
+                          upload_timeout=upload_timeout, write_interval=env.write_interval)
+    return publisher.publish(Path(text_arg(dist, "dist")), dry_run=dry_run, draft=draft)
+
+
+@boundary
+def demo(keep: Path | str | None = None, *, progress: Progress = None) -> DemoResult:
+    """The main job end to end on a tiny generated model, offline, in a temporary home (or ``keep``)."""
+    from teadist.pipelines.demo import run_demo
+
+    return run_demo(reporter_for(progress), None if keep is None else Path(text_arg(keep, "keep")))
+
+
+@boundary
+def copy_web_assets(folder: Path | str, *, force: bool = False) -> list[CopiedAsset]:
+    """Copy the browser model cache (model-cache.js, its .d.ts, examples/index.html) into ``folder``."""
+    from teadist.settings import folder_setting
+    from teadist.web import copy_assets
+
+    return copy_assets(folder_setting(folder, "FOLDER"), force=force)

@@ -53,7 +53,7 @@ def test_every_layer_is_known() -> None:
 # through teadist.api (base, errors and settings apart).
 CLI_MAY_IMPORT = ("teadist.api", "teadist.base", "teadist.cli", "teadist.errors", "teadist.settings",
                   "teadist.__version__")
-PRESENTING = ["app", "files", "models"]
+PRESENTING = ["app", "files", "maintain", "models", "web"]
 
 
 def test_the_cli_reaches_the_pipelines_only_through_the_api() -> None:

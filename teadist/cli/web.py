@@ -27,11 +27,12 @@ def web_assets(
     Example:
       teadist web-assets web/vendor/teadist
     """
-    from teadist.settings import folder_setting
-    from teadist.web import copy_assets
+    from pathlib import Path
 
-    folder_path = folder_setting(folder, "FOLDER")
-    copied = copy_assets(folder_path, force=force)
+    from teadist.api import copy_web_assets
+
+    copied = copy_web_assets(folder, force=force)
+    folder_path = Path(folder).expanduser()
     if as_json:
         _emit_json({"folder": str(folder), "files": [c.__dict__ for c in copied]})
         return
