@@ -64,3 +64,7 @@ class DiskSpaceError(TeadistError):
 
 class ReleaseError(TeadistError):
     """A GitHub Release operation failed."""
+
+
+class FileSystemError(TeadistError):
+    """The operating system refused a file operation (permissions, a read-only or full disk…)."""

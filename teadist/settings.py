@@ -1,6 +1,6 @@
 """Settings resolved once, in one place: command-line flag > environment > default.
 
-Library functions take explicit parameters; only the CLI calls ``resolve_settings``.
+Library functions take explicit parameters; the API and the CLI call ``resolve_settings``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from teadist.errors import UsageError
@@ -21,18 +21,54 @@ _FALSE = {"", "0", "false", "no", "off"}
 
 @dataclass(frozen=True)
 class Settings:
+    """What a command or an API call runs with. What is passed beats the environment, which beats the
+    default; a variable is read only when its value is needed (``strict`` checks them all at once, as
+    the CLI does: a variable that does not parse is a usage error, like a bad flag)."""
+
     models_dir: Path
     offline: bool
     tea_model_path: str | None
     appdir: str | None
-    hf_endpoint: str | None
     debug: bool
-    hf_token: str | None = None
-    retries: int = 6
-    retry_backoff: float = 0.5
-    stall_timeout: float = 30.0
-    max_connections: int = 16  # per host, when --jobs does not fix the count
-    range_align: int = 16 * 1024 * 1024  # byte ranges are cut at multiples of this
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def hf_endpoint(self) -> str | None:
+        endpoint = self.env.get("HF_ENDPOINT") or None
+        if endpoint is None:
+            return None
+        from teadist.base.urls import url_problem
+
+        problem = url_problem(endpoint)
+        if problem is not None:
+            raise UsageError(f"HF_ENDPOINT {endpoint[:80]!r} {problem}", hint="set it to the Hub's https:// URL")
+        return endpoint.rstrip("/")
+
+    @property
+    def hf_token(self) -> str | None:
+        return self.env.get("HF_TOKEN") or self.env.get("HUGGING_FACE_HUB_TOKEN") or None
+
+    @property
+    def retries(self) -> int:
+        return int(_number(self.env, "TEADIST_RETRIES", 6, whole=True, least=1))
+
+    @property
+    def retry_backoff(self) -> float:
+        return _number(self.env, "TEADIST_RETRY_BACKOFF", 0.5, least=0.0)
+
+    @property
+    def stall_timeout(self) -> float:
+        return _number(self.env, "TEADIST_STALL_TIMEOUT", 30.0, least=0.001)
+
+    @property
+    def max_connections(self) -> int:
+        """Per host, when --jobs does not fix the count."""
+        return int(_number(self.env, "TEADIST_MAX_CONNECTIONS", 16, whole=True, least=1))
+
+    @property
+    def range_align(self) -> int:
+        """Byte ranges are cut at multiples of this."""
+        return int(_number(self.env, "TEADIST_RANGE_ALIGN", 16 * 1024 * 1024, whole=True, least=4096))
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -47,34 +83,41 @@ def env_flag(env: Mapping[str, str], name: str) -> bool:
                      hint=f"unset {name}, or set it to 1 or 0")
 
 
-def resolve_settings(cache_dir: Path | None = None, offline: bool | None = None, debug: bool = False,
-                     env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    models_dir = cache_dir or (Path(env["TEA_MODELS_DIR"]) if env.get("TEA_MODELS_DIR") else DEFAULT_MODELS_DIR)
-    offline_env = env_flag(env, "TEA_OFFLINE") | env_flag(env, "HF_HUB_OFFLINE")  # both checked, always
-    if offline is None:
-        offline = offline_env
-    endpoint = env.get("HF_ENDPOINT") or None
-    if endpoint is not None:
-        from teadist.base.urls import url_problem
+def folder_setting(text: str | os.PathLike[str], what: str) -> Path:
+    """A folder named by a flag, an argument or a variable: not empty, ``~`` expanded (an unknown
+    user's ``~name`` is a usage error), and not something other than a folder."""
+    raw = os.fspath(text)
+    if not isinstance(raw, str):
+        raise UsageError(f"{what} must be a path, not {type(raw).__name__}")
+    if not raw.strip():
+        raise UsageError(f"{what} is empty: name a folder", hint="write . for the current folder")
+    try:
+        folder = Path(raw).expanduser()
+    except RuntimeError:
+        raise UsageError(f"{what} {raw[:200]!r}: no such user's home folder",
+                         hint="write the folder's full path") from None
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{what} {folder} is not a folder", hint="name a folder, or move that file away")
+    return folder
 
-        problem = url_problem(endpoint)
-        if problem is not None:
-            raise UsageError(f"HF_ENDPOINT {endpoint[:80]!r} {problem}", hint="set it to the Hub's https:// URL")
-    return Settings(
-        models_dir=models_dir.expanduser(),
-        offline=offline,
-        tea_model_path=env.get("TEA_MODEL_PATH") or None,
-        appdir=env.get("APPDIR") or None,
-        hf_endpoint=endpoint.rstrip("/") if endpoint else None,
-        debug=env_flag(env, "TEADIST_DEBUG") or debug,
-        hf_token=env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None,
-        retries=int(_number(env, "TEADIST_RETRIES", 6, whole=True, least=1)),
-        retry_backoff=_number(env, "TEADIST_RETRY_BACKOFF", 0.5, least=0.0),
-        stall_timeout=_number(env, "TEADIST_STALL_TIMEOUT", 30.0, least=0.001),
-        max_connections=int(_number(env, "TEADIST_MAX_CONNECTIONS", 16, whole=True, least=1)),
-        range_align=int(_number(env, "TEADIST_RANGE_ALIGN", 16 * 1024 * 1024, whole=True, least=4096)),
-    )
+
+def resolve_settings(cache_dir: str | os.PathLike[str] | None = None, offline: bool | None = None,
+                     debug: bool = False, env: Mapping[str, str] | None = None, strict: bool = False) -> Settings:
+    env = os.environ if env is None else env
+    if cache_dir is not None:
+        models_dir = folder_setting(cache_dir, "--cache-dir")
+    elif env.get("TEA_MODELS_DIR"):
+        models_dir = folder_setting(env["TEA_MODELS_DIR"], "TEA_MODELS_DIR")
+    else:
+        models_dir = DEFAULT_MODELS_DIR.expanduser()
+    if offline is None:
+        offline = env_flag(env, "TEA_OFFLINE") | env_flag(env, "HF_HUB_OFFLINE")  # both checked, always
+    settings = Settings(models_dir=models_dir, offline=offline, tea_model_path=env.get("TEA_MODEL_PATH") or None,
+                        appdir=env.get("APPDIR") or None, debug=debug, env=env)
+    if strict:  # every variable checked now, before any work
+        for name in ("hf_endpoint", "retries", "retry_backoff", "stall_timeout", "max_connections", "range_align"):
+            getattr(settings, name)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -114,7 +157,7 @@ def _number(env: Mapping[str, str], name: str, default: float, whole: bool = Fal
         value = math.nan
     if not math.isfinite(value) or value < least or value > 1e15:
         raise UsageError(f"{name} must be {kind} of at least {least:g}, not {text[:40]!r}",
-                         hint=f"unset {name} to use the default ({default:g})")
+                         hint=f"unset {name} to use the default ({int(default) if whole else f'{default:g}'})")
     return value
 
 

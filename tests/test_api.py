@@ -18,6 +18,7 @@ from teadist.errors import NotFoundError, TeadistError, UsageError
 from teadist.pipelines.split import split_file
 from tests.helpers import Result, write_random
 from tests.servers import MirrorServer, file_sha256
+from tests.test_readme import sandbox  # noqa: F401  (a registry of tiny models on a loopback Hub)
 
 
 @pytest.fixture
@@ -171,3 +172,116 @@ def test_one_json_shape_for_models_across_list_du_models_fetch(tiny_model: Path,
     assert fetched["name"] == listed["name"] == used["name"]
     assert fetched["file"] == listed["file"] == used["file"] == "tiny-llama.gguf"
     assert fetched["size"] == listed["size"] == used["size"] == tiny_model.stat().st_size
+
+
+# -- bad input to the API is a TeadistError; arguments beat the environment ---------------------------
+@pytest.mark.parametrize("call", [
+    lambda tmp: teadist.fetch(tmp / "dist" / "x.manifest.json"),  # a Path, where a path is documented
+    lambda tmp: teadist.fetch(42),  # type: ignore[arg-type]
+    lambda tmp: teadist.fetch("stories260k", cache_dir=tmp / "afile"),  # a file where the cache belongs
+    lambda tmp: teadist.model_path("x", cache_dir=tmp / "afile"),
+    lambda tmp: teadist.inspect("/"),
+    lambda tmp: teadist.split(tmp / "afile", tmp / "o", chunk_size="1M"),  # type: ignore[arg-type]
+], ids=["fetch-Path", "fetch-int", "cache_dir-is-a-file", "model_path-cache_dir-is-a-file", "inspect-a-folder",
+        "split-chunk-size-str"])
+def test_api_failures_are_teadist_errors(tmp_path: Path, call: Callable[[Path], object]) -> None:
+    write_random(tmp_path / "afile", 1000)
+    with pytest.raises(TeadistError):
+        call(tmp_path)
+
+
+def test_fetch_takes_a_path_object(tmp_path: Path, tiny_model: Path) -> None:
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=200_000)
+    got = teadist.fetch(tmp_path / "dist" / "tiny-llama.gguf.manifest.json", cache_dir=tmp_path / "c")
+    assert got == tmp_path / "c" / "tiny-llama.gguf"
+
+
+def test_an_api_argument_beats_a_bad_environment_value(tmp_path: Path, tiny_model: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """flag > environment > default: the caller passed offline=False, so TEA_OFFLINE is not read."""
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=200_000)
+    monkeypatch.setenv("TEA_OFFLINE", "maybe")
+    assert teadist.fetch(str(tmp_path / "dist" / "tiny-llama.gguf.manifest.json"),
+                         cache_dir=tmp_path / "c", offline=False).is_file()
+
+
+def test_model_path_reads_no_variable_it_does_not_need(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEADIST_DEBUG", "2")
+    monkeypatch.setenv("TEADIST_RETRIES", "many")
+    assert teadist.model_path("nothing-here", cache_dir=tmp_path) is None
+
+
+# -- the CLI: one line, the right exit code --------------------------------------------------------
+def test_a_file_where_the_cache_folder_belongs_is_said(tmp_path: Path, console: Callable[..., Result]) -> None:
+    write_random(tmp_path / "afile", 10)
+    for argv in (["list"], ["fetch", "stories260k"], ["path", "x"]):
+        got = console(*argv, env={"TEA_MODELS_DIR": str(tmp_path / "afile")})
+        assert got.code == 2 and "not a folder" in got.err and str(tmp_path / "afile") in got.err, \
+            (argv, got.code, got.out, got.err)
+        assert "Traceback" not in got.err
+
+
+@pytest.mark.parametrize("argv", [["web-assets", ""], ["list", "--cache-dir", ""], ["path", ""],
+                                  ["split", ""]])
+def test_an_empty_string_is_no_folder_or_name(argv: list[str], tmp_path: Path, console: Callable[..., Result],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    got = console(*argv)
+    assert got.code == 2 and got.err.startswith("error: "), (got.code, got.err)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,env", [(("list",), {"TEA_MODELS_DIR": "~nosuchuser_teadist/m"}),
+                                      (("list", "--cache-dir", "~nosuchuser_teadist/m"), {})],
+                         ids=["env", "flag"])
+def test_a_cache_dir_of_an_unknown_users_home_is_one_line(args: tuple[str, ...], env: dict[str, str],
+                                                          console: Callable[..., Result]) -> None:
+    got = console(*args, env=env)
+    assert "Traceback" not in got.err and got.code == 2, got.err[-300:]
+    assert "nosuchuser_teadist" in got.err
+
+
+def test_output_to_a_closed_stdout_is_an_error(tmp_path: Path) -> None:
+    from tests.conftest import TEADIST_BIN
+
+    proc = subprocess.run(f"'{TEADIST_BIN}' models >&-", shell=True, capture_output=True, text=True,
+                          env={**os.environ, "TEA_MODELS_DIR": str(tmp_path)})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("group", ["registry", "release"])
+def test_command_groups_have_an_example(group: str, cli: Callable[..., Result]) -> None:
+    result = cli(group, "--help")
+    assert result.code == 0 and "Example" in result.out, result.out
+
+
+def test_a_verify_failure_with_json_has_the_error_shape(tmp_path: Path, tiny_model: Path,
+                                                        cli: Callable[..., Result]) -> None:
+    """Every error, on every command, is {"error": {kind, message, hint, exit_code}}."""
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=200_000)
+    chunk = next((tmp_path / "dist").glob("*.part-00001-*"))
+    data = bytearray(chunk.read_bytes())
+    data[10] ^= 1
+    chunk.write_bytes(bytes(data))
+    got = cli("verify", tmp_path / "dist", "--json")
+    assert got.code == 3
+    answer = json.loads(got.out)
+    assert answer["error"]["kind"] == "integrity" and answer["error"]["exit_code"] == 3, got.out[:300]
+    assert [r["status"] for r in answer["items"]].count("MISMATCH") == 1
+
+
+MODEL_FIELDS = {"name", "file", "size", "sha256", "path"}
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_a_model_has_the_same_fields_in_list_du_models_fetch(cli: Callable[..., Result]) -> None:
+    """README: name, file, size, sha256, path in list, du, models and fetch — the same values."""
+    fetched = json.loads(cli("fetch", "phi-4-mini", "--json", "-q").out)
+    listed = json.loads(cli("list", "--json").out)["models"][0]
+    used = json.loads(cli("du", "--json").out)["models"][0]
+    registry_row = next(m for m in json.loads(cli("models", "--json").out)["models"] if m["cached"])
+    for label, row in (("fetch", fetched), ("list", listed), ("du", used), ("models", registry_row)):
+        assert set(row) >= MODEL_FIELDS, f"{label} --json lacks {sorted(MODEL_FIELDS - set(row))}"
+        assert {k: row[k] for k in MODEL_FIELDS - {"name"}} == {k: fetched[k] for k in MODEL_FIELDS - {"name"}}, label
+    assert "filename" not in listed

@@ -15,7 +15,7 @@ from teadist.formats.gguf_info import read_info
 from teadist.pipelines.fit import kv_cache_bytes, memory_needed
 from teadist.pipelines.split import split_file
 from tests.helpers import Result, write_random
-from tests.servers import HubServer, MirrorServer
+from tests.servers import Fault, HubServer, MirrorServer
 
 
 @pytest.fixture
@@ -117,3 +117,39 @@ def test_fetch_warns_when_the_model_needs_more_memory_than_the_machine_has(tmp_p
     assert result.code == 0, result.err
     assert "warning: long.gguf needs" in result.err and "at 4096 tokens" in result.err
     assert cli("fetch", tmp_path / "dist" / "long.gguf.manifest.json", "--quiet").err == ""
+
+
+def test_a_partial_chunk_already_on_disk_counts_as_written(small_disk: Path, tmp_path: Path,
+                                                           cli: Callable[..., Result],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 1.2 MB chunk, 1.1 MB of it already downloaded: 0.1 MB to go + the 1.2 MB file fit in ~1.8 MB free."""
+    monkeypatch.setenv("TEADIST_RETRIES", "1")
+    write_random(tmp_path / "m.gguf", 1_200_000)
+    split_file(tmp_path / "m.gguf", tmp_path / "dist", NullReporter(), chunk_size=1_900_000)
+    cache = small_disk / "models"
+    with MirrorServer(tmp_path / "dist") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault("truncate", after=1_100_000, path="part-00001-of-00001"))
+        first = cli("fetch", server.url_for("m.gguf.manifest.json"), "--cache-dir", cache, "--jobs", "1")
+        assert first.code != 0 and server.applied_kinds() == ["truncate"]  # the partial is real
+        partials = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size >= 1_000_000]
+        assert partials
+        assert 1_300_000 < free_bytes(small_disk) < 2_400_000  # fits with the partial, not without it
+        second = cli("fetch", server.url_for("m.gguf.manifest.json"), "--cache-dir", cache, "--jobs", "1")
+    assert second.code == 0, second.err
+
+
+def test_split_that_cannot_fit_writes_no_chunk(small_disk: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """split compares the free space with all it will write before the first byte."""
+    write_random(tmp_path / "big.bin", 4_000_000)
+    assert free_bytes(small_disk) < 4_000_000  # the fault is real
+    got = cli("split", tmp_path / "big.bin", "--chunk-size", "1M", "--out", small_disk / "out")
+    assert got.code == 1 and "need" in got.err, got.err
+    left = sorted(p.name for p in (small_disk / "out").iterdir()) if (small_disk / "out").exists() else []
+    assert left == [], f"split wrote {left} before refusing"
+
+
+@pytest.mark.parametrize("ctx", [str(10**30), str(2**24 + 1), "0"])
+def test_inspect_ctx_out_of_range_is_a_usage_error(ctx: str, tiny_model: Path, cli: Callable[..., Result]) -> None:
+    got = cli("inspect", tiny_model, "--ctx", ctx)
+    assert got.code == 2, got.out[-300:]

@@ -47,3 +47,17 @@ def test_no_module_imports_a_higher_layer() -> None:
 def test_every_layer_is_known() -> None:
     layers = {p.name.removesuffix(".py") for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
     assert layers <= set(RANKS)
+
+
+# The CLI presents, the API decides: the commands on models and files reach the pipelines only
+# through teadist.api (base, errors and settings apart).
+CLI_MAY_IMPORT = ("teadist.api", "teadist.base", "teadist.cli", "teadist.errors", "teadist.settings",
+                  "teadist.__version__")
+PRESENTING = ["app", "files", "maintain", "models", "web"]
+
+
+def test_the_cli_reaches_the_pipelines_only_through_the_api() -> None:
+    reached = {f"cli/{name}.py imports {module}" for name in PRESENTING
+               for module in _imports(ROOT / "cli" / f"{name}.py")
+               if not module.startswith(CLI_MAY_IMPORT)}
+    assert sorted(reached) == []

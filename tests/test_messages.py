@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from teadist.base.progress import NullReporter
 from teadist.formats.manifest import FileRecord, Manifest, UrlSource, dump_manifest
 from teadist.pipelines.split import split_file
@@ -98,3 +100,52 @@ def test_verify_a_folder_of_chunks(tiny_model: Path, tmp_path: Path, cli: Callab
     (tmp_path / "dist" / "other.manifest.json").write_text("{}")
     two = cli("verify", tmp_path / "dist")
     assert two.code == 2 and "--manifest" in two.err
+
+
+def test_split_of_a_non_utf8_file_name_is_one_line_and_leaves_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import TEADIST_BIN
+
+    name = os.fsencode(tmp_path) + b"/\xff.gguf"
+    with open(name, "wb") as fh:
+        fh.write(tiny_model.read_bytes())
+    proc = subprocess.run([os.fsencode(TEADIST_BIN), b"split", name, b"--out", os.fsencode(tmp_path / "o")],
+                          capture_output=True)
+    assert b"Traceback" not in proc.stderr, proc.stderr[-400:]
+    assert proc.returncode == 2 and proc.stderr.startswith(b"error: "), proc.stderr[-400:]
+    assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
+
+
+def test_fetch_source_that_matches_no_source_is_refused(tmp_path: Path, tiny_model: Path,
+                                                        cli: Callable[..., Result]) -> None:
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=200_000)
+    with MirrorServer(tmp_path / "dist") as server:
+        assert isinstance(server, MirrorServer)
+        got = cli("fetch", server.url_for("tiny-llama.gguf.manifest.json"), "--source", "zzz")
+        chunk_requests = [r.path for r in server.requests if "part-" in r.path]
+    assert got.code == 2, f"--source zzz was ignored: {got.code} {got.out}"
+    assert "zzz" in got.err and chunk_requests == []
+
+
+def test_what_is_not_a_regular_file_is_said_so(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    for argv in (["split", "/dev/zero"], ["split", tmp_path / "fifo"], ["fetch", tmp_path / "fifo"]):
+        got = cli(*argv)
+        assert got.code == 2 and "not a regular file" in got.err, (argv, got.err)
+        assert "not found" not in got.err
+
+
+def test_a_folder_without_a_manifest_is_said_so(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    got = cli("verify", tmp_path)
+    assert got.code == 2 and "no manifest" in got.err, got.err
+
+
+def test_an_environment_size_is_said_in_whole_numbers(cli: Callable[..., Result],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEADIST_RANGE_ALIGN", "lots")
+    got = cli("list")
+    assert got.code == 2 and "16777216" in got.err and "e+" not in got.err, got.err

@@ -79,7 +79,7 @@ def _commands() -> dict[str, list[str]]:
                 walk(command, f"{prefix}{name} ")
             else:
                 out[prefix + name] = [o for p in command.params if p.param_type_name == "option"
-                                      for o in p.opts if o.startswith("--")]
+                                      for o in [*p.opts, *p.secondary_opts]]
 
     walk(typer.main.get_command(app))
     return out
@@ -92,15 +92,18 @@ def test_every_command_and_option_is_documented() -> None:
         assert mine, f"the README's command tables have no row for `teadist {command}`"
         text = " ".join(mine)
         for option in options:
-            if option in ("--help", "--quiet", "--json", "--cache-dir"):  # documented once, for all
-                assert option in README
+            if option in ("--help", "-h", "--quiet", "-q", "--json", "--cache-dir"):  # documented once, for all
+                assert f"`{option}`" in README or f"{option}," in README or f"{option} " in README, option
                 continue
-            assert option in text, f"`teadist {command}`: {option} is not in its README row"
+            # a short option counts only as itself: `-j` in the row, not the `-j` inside `--jobs`
+            assert re.search(rf"(?<![-\w]){re.escape(option)}(?![\w-])", text), \
+                f"`teadist {command}`: {option} is not in its README row"
 
 
 def test_every_environment_variable_is_documented() -> None:
     read: set[str] = set()
-    pattern = re.compile(r'(?:environ\.get|env\.get|env_flag\(env,|_number\(env,)\s*\(?\s*"([A-Z][A-Z0-9_]+)"')
+    pattern = re.compile(r'(?:environ\.get|env\.get|env_flag\((?:os\.environ|env),|_number\((?:self\.)?env,)'
+                         r'\s*\(?\s*"([A-Z][A-Z0-9_]+)"')
     for path in (ROOT / "teadist").rglob("*.py"):
         read |= set(pattern.findall(path.read_text("utf-8")))
     assert {"TEA_MODELS_DIR", "TEADIST_DEBUG", "TEA_OFFLINE", "GITHUB_API_URL"} <= read  # the scan works

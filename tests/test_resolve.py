@@ -97,3 +97,114 @@ def test_path_counts_as_a_use(phi_registry: Path, models_dir: Path, cli: Callabl
     record.write_text(json.dumps(data))
     assert cli("path", "phi-4-mini").code == 0
     assert json.loads(record.read_text())["last_used"] > "2020"
+
+
+# -- one order everywhere: a registry name means the registry's model ----------------------------
+def _install_as(cli: Callable[..., Result], tmp_path: Path, name: str, seed: int, out: str) -> Path:
+    """A model of our own, installed in the cache under the recorded name ``name``."""
+    from teadist.formats.tinymodel import make_tiny_model
+
+    model = make_tiny_model(tmp_path / f"m{seed}.gguf", seed=seed)
+    assert cli("split", model, "--name", name, "--out", tmp_path / out, "-q").code == 0
+    assert cli("assemble", tmp_path / out / f"m{seed}.gguf.manifest.json", "-q").code == 0
+    return model
+
+
+def test_a_registry_name_is_never_taken_over_by_another_models_recorded_name(
+        phi_registry: Path, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    fetched = Path(cli("fetch", "phi-4-mini", "-q").out.strip())
+    _install_as(cli, tmp_path, "phi-4-mini", 42, "d2")
+    assert (models_dir / "m42.gguf").is_file() and fetched.is_file()
+    got = cli("path", "phi-4-mini")
+    assert Path(got.out.strip()) == fetched, f"path phi-4-mini handed out {got.out.strip()}"
+    assert [m["file"] for m in json.loads(cli("list", "phi-4-mini", "--json").out)["models"]] == [PHI_FILE]
+    assert cli("rm", "phi-4-mini").code == 0
+    assert (models_dir / "m42.gguf").is_file(), "rm phi-4-mini deleted m42.gguf, a different model"
+    assert not fetched.exists()
+
+
+def test_a_name_two_models_answer_to_in_different_case_is_refused(
+        models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    _install_as(cli, tmp_path, "Tiny", 1, "d1")
+    _install_as(cli, tmp_path, "tiny", 2, "d2")
+    got = cli("path", "TINY")
+    assert got.code == 2, f"TINY silently resolved to {got.out.strip()} though two models answer to it"
+    assert "m1.gguf" in got.err and "m2.gguf" in got.err
+    assert cli("path", "Tiny").out.strip() == str(models_dir / "m1.gguf")  # the exact name is no ambiguity
+    assert cli("rm", "TINY").code == 2 and (models_dir / "m1.gguf").is_file() and (models_dir / "m2.gguf").is_file()
+
+
+def test_path_never_hands_out_a_kept_shard_model_whose_other_shard_changed(
+        models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from teadist.formats.tinymodel import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "big.gguf", seed=3)
+    split = cli("split", model, "--format", "gguf", "--shard-size", "64k", "--out", tmp_path / "web", "-q",
+                "--json")
+    assert cli("fetch", json.loads(split.out)["manifest"], "--keep-shards", "-q").code == 0
+    shards = sorted(models_dir.glob("big-*.gguf"))
+    assert len(shards) > 1
+    last = shards[-1]
+    st = last.stat()
+    with open(last, "r+b") as fh:  # one byte flipped in place, size and mtime kept
+        fh.seek(st.st_size - 1)
+        byte = fh.read(1)
+        fh.seek(st.st_size - 1)
+        fh.write(bytes([byte[0] ^ 1]))
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cli("verify", "big").code == 3  # the fault is real: verify sees it
+    got = cli("path", "big")
+    assert got.code == 1, f"path handed out {got.out.strip()} whose shard {last.name} changed since verified"
+
+
+def test_a_record_without_the_full_identity_is_hashed_before_it_is_handed_out(
+        phi_registry: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """An older teadist recorded size and mtime only: `path` checks the bytes before trusting it."""
+    assert cli("fetch", "phi-4-mini", "-q").code == 0
+    record = models_dir / ".teadist" / "records" / f"{PHI_FILE}.json"
+    data = json.loads(record.read_text())
+    data["ctime_ns"] = data["inode"] = None
+    record.write_text(json.dumps(data))
+    assert cli("path", "phi-4-mini").code == 0  # unchanged bytes: handed out
+    model = models_dir / PHI_FILE
+    st = model.stat()
+    with open(model, "r+b") as fh:
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 1]))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    got = cli("path", "phi-4-mini")
+    assert got.code == 1, f"path handed out {got.out.strip()}, changed behind a size+mtime-only record"
+
+
+def test_path_works_on_a_read_only_cache(tmp_path: Path, tiny_model: Path, cli: Callable[..., Result]) -> None:
+    """A verified model in a cache mounted read-only (a container volume): `path` and `model_path` still
+    name it; noting the use is best effort."""
+    import subprocess
+
+    import teadist
+    from teadist.base.progress import NullReporter
+    from teadist.pipelines.split import split_file
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("mounting a tmpfs is refused here")
+    try:
+        cache = mount / "models"
+        split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=200_000)
+        assert cli("assemble", tmp_path / "dist" / "tiny-llama.gguf.manifest.json", "--cache-dir", cache,
+                   "-q").code == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        with pytest.raises(OSError):
+            (cache / "probe").write_bytes(b"x")  # the fault is real: read-only
+        got = cli("path", "tiny-llama", "--cache-dir", cache)
+        assert got.code == 0 and got.out.strip() == str(cache / "tiny-llama.gguf"), got.err
+        try:
+            assert teadist.model_path("tiny-llama", cache_dir=cache) == cache / "tiny-llama.gguf"
+        except OSError as exc:
+            pytest.fail(f"model_path raised a bare {type(exc).__name__}: {exc}")
+        assert cli("verify", "tiny-llama", "--cache-dir", cache).code == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

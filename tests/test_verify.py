@@ -111,7 +111,7 @@ def test_a_model_deleted_by_hand_is_reported_and_its_record_removable(split_mode
     result = cli("verify", "--cache-dir", cache)
     assert result.code == 3 and "MISSING   model.gguf" in result.out, (result.out, result.err)
     listing = json.loads(cli("list", "--cache-dir", cache, "--json").out)
-    assert [m["filename"] for m in listing["models"]] == ["model.gguf"]
+    assert [m["file"] for m in listing["models"]] == ["model.gguf"]
     removed = cli("rm", "model", "--cache-dir", cache)
     assert removed.code == 0, removed.err
     assert cli("verify", "--cache-dir", cache).code == 0

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -20,6 +19,7 @@ from teadist.base.progress import NullTask, ProgressTask, Reporter
 from teadist.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    FileSystemError,
     TeadistError,
 )
 from teadist.settings import Settings, env_flag, mask_secrets, resolve_settings
@@ -39,7 +39,7 @@ _state: dict[str, bool] = {"debug": False, "json": False}
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
 CacheDirOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional at runtime on 3.11
+    Optional[str],  # noqa: UP045 - typer needs Optional at runtime on 3.11; a str, so '' is not taken for "."
     typer.Option("--cache-dir", help="Model cache folder [env: TEA_MODELS_DIR; default ~/.cache/tea/models]."),
 ]
 
@@ -115,18 +115,16 @@ def _finite(data: Any) -> Any:
 
 
 def echo(text: object = "", err: bool = False) -> None:
-    """A line of output (stdout, or stderr with ``err``), secrets masked."""
+    """A line of output (stdout, or stderr with ``err``), secrets masked. A result with nowhere to go
+    (stdout closed: ``teadist models >&-``) is an error, never a silent exit 0."""
+    if not err and sys.stdout is None:
+        raise FileSystemError("standard output is closed: the result has nowhere to go",
+                              hint="run the command with its output open (redirect it to a file or /dev/null)")
     print(shown(str(text)), file=sys.stderr if err else sys.stdout)
 
 
-def _settings(cache_dir: Path | None = None, offline: bool | None = None) -> Settings:
-    return resolve_settings(cache_dir=cache_dir, offline=offline, debug=_state["debug"])
-
-
-def _cache(settings: Settings) -> Any:
-    from teadist.api import open_cache
-
-    return open_cache(settings)
+def _settings(cache_dir: str | None = None, offline: bool | None = None) -> Settings:
+    return resolve_settings(cache_dir=cache_dir, offline=offline, debug=_state["debug"], strict=True)
 
 
 # -- global options ----------------------------------------------------------------------------
@@ -159,10 +157,11 @@ def _root(
 def _print_error(message: str, hint: str | None, code: int = EXIT_ERROR, kind: str = "error") -> None:
     """One line (and a hint) on stderr; with --json also the one JSON shape every command's errors
     take, on stdout: {"error": {"kind", "message", "hint", "exit_code"}}."""
-    print("error: " + shown(message), file=sys.stderr)
-    if hint:
-        print("hint: " + shown(hint), file=sys.stderr)
-    if _state["json"]:
+    if sys.stderr is not None:
+        print("error: " + shown(message), file=sys.stderr)
+        if hint:
+            print("hint: " + shown(hint), file=sys.stderr)
+    if _state["json"] and sys.stdout is not None:
         _emit_json({"error": {"kind": kind, "message": message, "hint": hint, "exit_code": code}})
 
 

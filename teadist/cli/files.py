@@ -14,7 +14,7 @@ from teadist.errors import EXIT_INTEGRITY, UsageError
 
 @app.command()
 def split(
-    file: Annotated[Path, typer.Argument(help="The file to cut (usually a .gguf).")],
+    file: Annotated[str, typer.Argument(help="The file to cut (usually a .gguf).")],
     chunk_size: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--chunk-size", "-s", help="Largest chunk: bytes or 512M, 1.9G, 1GiB (< 2 GiB) [default: 1900000000].")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the chunks and manifest.")] = Path("."),
@@ -67,7 +67,7 @@ def split(
 
 @app.command()
 def assemble(
-    manifest: Annotated[Path, typer.Argument(
+    manifest: Annotated[str, typer.Argument(
         help="A manifest written by `teadist split`, or the first of llama.cpp shards to merge.")],
     chunks: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--chunks", help="Folder holding the chunks [default: the manifest's folder].")] = None,
@@ -131,19 +131,21 @@ def verify(
       teadist verify                                     # the whole cache
     """
     from teadist.api import verify as run_verify
-    from teadist.pipelines import verify as v
 
     reporter = _reporter(quiet, as_json)
     report = run_verify(target, manifest=manifest, progress=reporter, settings=_settings(cache_dir))
-    if as_json:
-        _emit_json(report.to_dict())
+    failed = [r for r in report.rows if r.status != "OK"]
+    message = f"verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}"
+    hint = "fetch or assemble the bad items again"
+    if as_json:  # the report, and (on failure) the one error shape every command has
+        error = {"kind": "integrity", "message": message, "hint": hint, "exit_code": EXIT_INTEGRITY}
+        _emit_json({**report.to_dict(), **({"error": error} if failed else {})})
     else:
         for row in report.rows:
             echo(f"{row.status:<9} {row.name}" + (f"  ({row.detail})" if row.detail else ""))
-    failed = [r for r in report.rows if r.status != v.OK]
     if failed:
-        echo(f"error: verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}",
-             err=True)
+        echo(f"error: {message}", err=True)
+        echo(f"hint: {hint}", err=True)
         raise typer.Exit(EXIT_INTEGRITY)
     if not as_json:
         reporter.info(f"all {len(report.rows)} items verified")
@@ -151,9 +153,10 @@ def verify(
 
 @app.command()
 def inspect(
-    file: Annotated[Path, typer.Argument(help="A .gguf file.")],
+    file: Annotated[str, typer.Argument(help="A .gguf file.")],
     ctx: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        "--ctx", min=1, help="Context length (tokens) for the memory need [default: the model's own].")] = None,
+        "--ctx", min=1, max=2**24,
+        help="Context length (tokens, at most 16777216) for the memory need [default: the model's own].")] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -168,16 +171,13 @@ def inspect(
       teadist inspect model.gguf --ctx 8192
     """
     from teadist.api import inspect as read_info
-    from teadist.pipelines.fit import machine_memory, memory_needed, verdict
+    from teadist.api import memory_report
 
     info = read_info(file)
-    need = memory_needed(info, ctx)
-    machine = machine_memory()
-    fits = verdict(need.total, machine)
+    need = memory_report(info, ctx)
+    machine, fits = need.machine, need.verdict
     if as_json:
-        _emit_json({**info.to_dict(), "memory": {"weights": need.weights, "kv_cache": need.kv_cache,
-                                                 "context": need.context, "total": need.total,
-                                                 "machine": machine, "verdict": fits}})
+        _emit_json({**info.to_dict(), "memory": dict(need.__dict__)})
         return
     rows = [
         ("file", info.path), ("size", f"{format_size(info.size)} ({info.size} bytes)"),

@@ -11,9 +11,9 @@ import typer
 
 from teadist.base.sizes import format_size
 from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
-from teadist.errors import NotFoundError, UsageError
 
-registry_app = typer.Typer(help="Maintain the model registry (manifests/models).", no_args_is_help=True)
+registry_app = typer.Typer(help="Maintain the model registry (manifests/models).\n\n\b\nExample:\n"
+                                "  teadist registry pin gemma-3n-e4b --write", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
 
@@ -39,11 +39,9 @@ def registry_pin(
     Example:
       teadist registry pin gemma-3n-e4b --write
     """
-    from teadist.api import fetch_options_for
-    from teadist.release.pin import pin_entry
+    from teadist.api import pin
 
-    settings = _settings()
-    pinned = pin_entry(name, fetch_options_for(settings, 1), write=write, force=force, registry_dir=registry_dir)
+    pinned = pin(name, write=write, force=force, registry_dir=registry_dir, settings=_settings())
     if as_json:
         _emit_json(pinned)
     else:
@@ -81,36 +79,14 @@ def serve(
       teadist serve web/ --verify web/phi.gguf.manifest.json
       # then open /_teadist/examples/index.html?manifest=/model-manifest.json&wllama=/wllama/
     """
-    import math
-    import stat
+    from teadist.api import open_server
 
-    from teadist.formats.manifest import load_manifest
-    from teadist.pipelines.serve import MAX_TIMEOUT, MIN_TIMEOUT, StaticServer
-    from teadist.web import asset_files
-
-    if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
-        raise UsageError(f"--timeout must be seconds between {MIN_TIMEOUT:g} and {MAX_TIMEOUT:g}, not {timeout!r}")
-    if not folder.is_dir():
-        raise NotFoundError(f"folder not found: {folder}")
-    if verify_manifest is not None:  # a FIFO would block the read forever
-        try:
-            regular = stat.S_ISREG(verify_manifest.stat().st_mode)
-        except OSError:
-            raise NotFoundError(f"manifest not found: {verify_manifest}") from None
-        if not regular:
-            raise UsageError(f"--verify {verify_manifest} is not a regular file")
-    manifest = load_manifest(verify_manifest) if verify_manifest is not None else None
     reporter = _reporter(quiet)
-    server = StaticServer(folder, manifest, host=host, port=port, timeout=timeout, reporter=reporter,
-                          manifest_dir=verify_manifest.parent if verify_manifest is not None else None,
-                          assets=asset_files(), cors=cors)
-    if manifest is not None:
-        verdicts = server.verify_all()
-        for name, good in sorted(verdicts.items()):
-            reporter.info(f"{'OK' if good else 'REFUSED':<9} {name}")
-        for name in sorted(set(server.expected) - set(verdicts)):
-            if not name.endswith("/" + manifest.file.name) and name != manifest.file.name:
-                reporter.info(f"{'MISSING':<9} {name}")
+    serving = open_server(folder, verify_manifest=verify_manifest, host=host, port=port, timeout=timeout, cors=cors,
+                          progress=reporter)
+    server = serving.server
+    for status, name in serving.checks:
+        reporter.info(f"{status:<9} {name}")
     if server.is_public:
         reporter.warn(f"listening on {server.url}: every non-hidden file in {folder} can be read from the "
                       "network; use --host 127.0.0.1 to keep it local")
@@ -146,12 +122,9 @@ def package_wasm_cmd(
     Example:
       teadist package-wasm tea-wasm-llm/pkg --version 1.2.0 --out dist/
     """
-    from teadist.release.wasmpkg import package_wasm, parse_source_date_epoch
-    from teadist.settings import resolve_release_settings
-    from teadist.web import asset_files
+    from teadist.api import package_wasm
 
-    epoch = parse_source_date_epoch(resolve_release_settings().source_date_epoch)
-    report = package_wasm(pkg_dir, version, out, js, source_date_epoch=epoch, bundled=asset_files())
+    report = package_wasm(pkg_dir, version, out, js)
     if as_json:
         _emit_json({"path": str(report.path), "size": report.size, "sha256": report.sha256,
                     "unpacked": report.unpacked, "files": report.files})
@@ -165,7 +138,9 @@ def package_wasm_cmd(
     _reporter(quiet).info(f"sha256 {report.sha256}  {report.path}")
 
 
-release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).",
+release_app = typer.Typer(help="Prepare and publish a GitHub Release (models, chunks, wasm tarball).\n\n\b\n"
+                               "Example:\n  teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/\n"
+                               "  GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea",
                           no_args_is_help=True)
 app.add_typer(release_app, name="release")
 
@@ -195,17 +170,10 @@ def release_prepare(
     Example:
       teadist release prepare --tag v1.2.0 --repo tea-project/tea --out dist/
     """
-    from teadist.api import fetch_model
-    from teadist.release.prepare import prepare_release
+    from teadist.api import prepare_release
 
-    settings = _settings(cache_dir)
-    reporter = _reporter(quiet, as_json)
-
-    def get_model(name: str) -> tuple[Path, str | None]:
-        result = fetch_model(name, progress=reporter, settings=settings)
-        return Path(result.path), result.sha256  # the split is held to the sha256 the fetch verified
-
-    prepared = prepare_release(tag, repo, config, out, reporter, get_model)
+    prepared = prepare_release(tag, repo, config, out, progress=_reporter(quiet, as_json),
+                               settings=_settings(cache_dir))
     if as_json:
         _emit_json({"dist": str(prepared.dist), "assets": [p.name for p in prepared.assets],
                     "removed": prepared.removed, "index": prepared.index})
@@ -241,22 +209,11 @@ def release_publish(
     Example:
       GITHUB_TOKEN=... teadist release publish --tag v1.2.0 --repo tea-project/tea --dist dist/
     """
-    from teadist.release.publish import Publisher, check_api_url, check_upload_timeout, check_write_interval
-    from teadist.settings import resolve_release_settings
+    from teadist.api import publish_release
 
-    check_upload_timeout(upload_timeout)  # numbers first: nothing is written before they are sound
-    env = resolve_release_settings()
-    interval = env.write_interval
-    check_write_interval(interval)
-    token = env.github_token
-    if not token:
-        raise UsageError("GITHUB_TOKEN is not set", hint="export GITHUB_TOKEN (in Actions: secrets.GITHUB_TOKEN)")
-    api_url = env.github_api_url
-    check_api_url(api_url)  # never echoed with a user name or password in it
     reporter = _reporter(quiet, as_json)
-    publisher = Publisher(repo, tag, token, api_url, reporter, upload_timeout=upload_timeout,
-                          write_interval=interval)
-    report = publisher.publish(dist, dry_run=dry_run, draft=draft)
+    report = publish_release(tag, repo, dist, dry_run=dry_run, draft=draft, upload_timeout=upload_timeout,
+                             progress=reporter)
     if as_json:
         _emit_json(report.__dict__)
         return
@@ -281,9 +238,9 @@ def demo(
     Example:
       teadist demo
     """
-    from teadist.pipelines.demo import run_demo
+    from teadist.api import demo as run_demo
 
-    result = run_demo(_reporter(quiet, as_json), keep)
+    result = run_demo(keep, progress=_reporter(quiet, as_json))
     if as_json:
         _emit_json(result.__dict__)
     else:

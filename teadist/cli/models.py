@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
-from teadist.errors import NotFoundError, UsageError
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 
 
 @app.command("list")
@@ -27,53 +26,27 @@ def list_models(
       teadist list --json
       teadist list phi-4-mini
     """
-    from teadist.pipelines.prune import model_bytes
+    from teadist.api import list_models
 
-    cache = _cache(_settings(cache_dir))
-    scan = cache.scan()
-    rows = []
-    for model in _only(cache, name, scan.models):
-        missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
-        size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
-        rows.append((model, missing, size))
-    if name is not None:  # one model: nothing else in the cache is shown
-        scan.unrecorded, scan.damaged = [], []
+    listing = list_models(name, settings=_settings(cache_dir))
     if as_json:
-        _emit_json({"cache": str(cache.root),
-                    "models": [{**model.head.to_dict(), "file": model.head.filename,
-                                "path": str(cache.path_for(model.head.filename)), "size": size,
-                                "files": model.filenames, "missing": missing}
-                               for model, missing, size in rows],
-                    "damaged": [{"record": str(d.path), "problem": d.problem} for d in scan.damaged],
-                    "unrecorded": [str(p) for p in scan.unrecorded]})
+        _emit_json({"cache": str(listing.cache), "models": [m.to_dict() for m in listing.models],
+                    "damaged": [{"record": str(path_), "problem": problem} for path_, problem in listing.damaged],
+                    "unrecorded": [str(path_) for path_, _ in listing.unrecorded]})
         return
-    if not rows and not scan.unrecorded and not scan.damaged:
-        _reporter(quiet).info(f"no models in {cache.root}")
+    if not listing.models and not listing.unrecorded and not listing.damaged:
+        _reporter(quiet).info(f"no models in {listing.cache}")
         return
     echo(f"{'NAME':<28} {'SIZE':>10}  {'LAST USED':<25} {'VERIFIED':<25} FILE")
-    for model, missing, size in rows:
-        r = model.head
-        note = f"  ({len(model.members)} shards)" if len(model.members) > 1 else ""
-        note += f"  (missing: {', '.join(missing)})" if missing else ""
-        echo(f"{r.name:<28} {format_size(size):>10}  {r.last_used or '-':<25} {r.verified_at or '-':<25} "
-             f"{r.filename}{note}")
-    for p in scan.unrecorded:
-        echo(f"{'(not installed by teadist)':<28} {format_size(p.stat().st_size):>10}  {'-':<25} {'-':<25} {p.name}")
-    for d in scan.damaged:
-        echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {d.path.name}: {d.problem}")
-
-
-def _only(cache: Any, name: str | None, models: list[Any]) -> list[Any]:
-    """All ``models``, or the one ``name`` names (by the resolver's rules); not found is exit 1."""
-    if name is None:
-        return models
-    from teadist.pipelines.resolve import classify, find_cached
-
-    classify(name, cache, takes_paths=False)
-    found = find_cached(cache, name)
-    if found is None:
-        raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
-    return [m for m in models if m.head.filename == found.head.filename]
+    for m in listing.models:
+        note = f"  ({len(m.files)} shards)" if len(m.files) > 1 else ""
+        note += f"  (missing: {', '.join(m.missing)})" if m.missing else ""
+        echo(f"{m.name:<28} {format_size(m.size or 0):>10}  {m.last_used or '-':<25} {m.verified_at or '-':<25} "
+             f"{m.file}{note}")
+    for path_, size in listing.unrecorded:
+        echo(f"{'(not installed by teadist)':<28} {format_size(size):>10}  {'-':<25} {'-':<25} {path_.name}")
+    for path_, problem in listing.damaged:
+        echo(f"{'(damaged record)':<28} {'-':>10}  {'-':<25} {'-':<25} {path_.name}: {problem}")
 
 
 @app.command()
@@ -110,18 +83,9 @@ def rm(name: Annotated[str, typer.Argument(help="Registry name, cached model nam
     Example:
       teadist rm phi-4-mini
     """
-    from teadist.pipelines.resolve import classify, find_cached
+    from teadist.api import remove
 
-    cache = _cache(_settings(cache_dir))
-    classify(name, cache, takes_paths=False)
-    model = find_cached(cache, name)
-    if model is not None:
-        removed = cache.remove(model) or []
-    else:
-        damaged = cache.find_damaged(name)
-        if damaged is None:
-            raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
-        removed = cache.remove_damaged(damaged)
+    removed = remove(name, settings=_settings(cache_dir))
     if as_json:
         _emit_json({"removed": [str(p) for p in removed]})
     else:
@@ -189,27 +153,17 @@ def models(cache_dir: CacheDirOpt = None, quiet: QuietOpt = False, as_json: Json
     Example:
       teadist models
     """
-    from teadist.sources import registry
+    from teadist.api import registry_models
 
-    cache = _cache(_settings(cache_dir))
-    from teadist.pipelines.fit import machine_memory, verdict
-
-    memory = machine_memory()
-    rows: list[dict[str, Any]] = []
-    for m in registry.entries():
-        record = cache.read_record(m.file.name)
-        cached = record is not None and cache.is_current(record) and m.file.sha256 in (None, record.sha256)
-        rows.append({"name": m.reference, "default": bool(m.tag and m.default_tag), "file": m.file.name,
-                     "size": m.file.size, "sha256": m.file.sha256, "pinned": m.is_pinned, "cached": cached,
-                     "fits": verdict(m.file.size, memory)})
+    entries, memory = registry_models(settings=_settings(cache_dir))
     if as_json:
-        _emit_json({"models": rows, "memory": memory})
+        _emit_json({"models": [e.to_dict() for e in entries], "memory": memory})
         return
     echo(f"{'MODEL':<32} {'SIZE':>10}  {'CACHED':<7} {'FITS':<8} FILE")
-    for row in rows:
-        size = format_size(row["size"]) if row["size"] is not None else "unpinned"
-        label = row["name"] + (" (default)" if row["default"] else "")
-        echo(f"{label:<32} {size:>10}  {'yes' if row['cached'] else 'no':<7} {row['fits'] or '?':<8} {row['file']}")
+    for e in entries:
+        size = format_size(e.size) if e.size is not None else "unpinned"
+        label = e.name + (" (default)" if e.default else "")
+        echo(f"{label:<32} {size:>10}  {'yes' if e.cached else 'no':<7} {e.fits or '?':<8} {e.file}")
     if memory is not None and not quiet:
         echo(f"FITS: the weights against this machine's {format_size(memory)} of memory (tight: over 3/4 of it); "
              "`teadist inspect FILE --ctx N` adds the KV cache", err=True)
@@ -228,23 +182,18 @@ def du(
       teadist du
       teadist du phi-4-mini
     """
-    from teadist.base.fsutil import free_bytes
-    from teadist.pipelines.prune import in_flight, model_bytes
+    from teadist.api import disk_usage
 
-    cache = _cache(_settings(cache_dir))
-    models_ = [(m.head.name, m.head.filename, model_bytes(cache, m)) for m in _only(cache, name, cache.scan().models)]
-    partial = sum(size for _, size in in_flight(cache))
-    free = free_bytes(cache.root)
-    total = sum(size for _, _, size in models_)
+    usage = disk_usage(name, settings=_settings(cache_dir))
     if as_json:
-        _emit_json({"cache": str(cache.root), "models": [{"name": n, "file": f, "size": s} for n, f, s in models_],
-                    "partials": partial, "total": total, "free": free})
+        _emit_json({"cache": str(usage.cache), "models": [m.to_dict() for m in usage.models],
+                    "partials": usage.partials, "total": usage.total, "free": usage.free})
         return
-    for name, filename, size in models_:
-        echo(f"{format_size(size):>10}  {name}  ({filename})")
-    echo(f"{format_size(partial):>10}  partial downloads")
-    echo(f"{format_size(total + partial):>10}  total in {cache.root}")
-    echo(f"{format_size(free):>10}  free on disk")
+    for m in usage.models:
+        echo(f"{format_size(m.size or 0):>10}  {m.name}  ({m.file})")
+    echo(f"{format_size(usage.partials):>10}  partial downloads")
+    echo(f"{format_size(usage.total + usage.partials):>10}  total in {usage.cache}")
+    echo(f"{format_size(usage.free):>10}  free on disk")
 
 
 @app.command()
@@ -263,17 +212,11 @@ def prune(
       teadist prune --max-size 20G
       teadist prune --partials
     """
+    from teadist.api import prune as run_prune
     from teadist.base.sizes import parse_size
-    from teadist.pipelines.prune import prune_lru, prune_partials
 
-    if max_size is None and not partials:
-        raise UsageError("say what to prune: --max-size SIZE and/or --partials")
-    cache = _cache(_settings(cache_dir))
-    removed: list[str] = []
-    if partials:
-        removed += [str(p) for p in prune_partials(cache)]
-    if max_size is not None:
-        removed += [str(p) for p in prune_lru(cache, parse_size(max_size))]
+    removed = [str(p) for p in run_prune(max_size=None if max_size is None else parse_size(max_size),
+                                         partials=partials, settings=_settings(cache_dir))]
     if as_json:
         _emit_json({"removed": removed})
     else:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from teadist.base.sizes import format_size
-from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _cache, _emit_json, _reporter, _settings, app, echo
+from teadist.cli.app import CacheDirOpt, JsonOpt, QuietOpt, _emit_json, _reporter, _settings, app, echo
 
 
 @app.command()
@@ -33,17 +33,10 @@ def repair(
       teadist repair phi-4-mini
       teadist repair --json          # every cached model: {blocks_bad, blocks_refetched, bytes_fetched}
     """
-    from teadist.api import downloader_for, fetch_options_for
-    from teadist.pipelines.repair import RepairOptions, repair_cached
+    from teadist.api import repair as run_repair
 
-    settings = _settings(cache_dir, offline=True if offline else None)
-    cache = _cache(settings)
     reporter = _reporter(quiet, as_json)
-    fetch_options = fetch_options_for(settings, jobs=1)
-    options = RepairOptions(endpoint=fetch_options.endpoint, token=fetch_options.token, offline=settings.offline)
-    downloader = downloader_for(settings, reporter, 1)
-    names = [name] if name is not None else [m.head.filename for m in cache.scan().models]
-    results = [repair_cached(cache, n, options, reporter, downloader) for n in names]
+    results = run_repair(name, progress=reporter, settings=_settings(cache_dir, offline=True if offline else None))
     if as_json:
         totals = {key: sum(getattr(r, key) for r in results)
                   for key in ("blocks_bad", "blocks_refetched", "bytes_fetched")}

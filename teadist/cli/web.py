@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +11,7 @@ from teadist.cli.app import JsonOpt, QuietOpt, _emit_json, _reporter, app, echo
 
 @app.command("web-assets")
 def web_assets(
-    folder: Annotated[Path, typer.Argument(help="Folder to copy into (created if missing).")],
+    folder: Annotated[str, typer.Argument(help="Folder to copy into (created if missing).")],
     force: Annotated[bool, typer.Option("--force", help="Replace files there that differ.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -28,13 +27,16 @@ def web_assets(
     Example:
       teadist web-assets web/vendor/teadist
     """
-    from teadist.web import copy_assets
+    from pathlib import Path
 
-    copied = copy_assets(folder, force=force)
+    from teadist.api import copy_web_assets
+
+    copied = copy_web_assets(folder, force=force)
+    folder_path = Path(folder).expanduser()
     if as_json:
         _emit_json({"folder": str(folder), "files": [c.__dict__ for c in copied]})
         return
     for c in copied:
-        echo(folder / c.path)
+        echo(folder_path / c.path)
     changed = sum(c.action != "unchanged" for c in copied)
     _reporter(quiet).info(f"{changed} file(s) written, {len(copied) - changed} already up to date in {folder}")

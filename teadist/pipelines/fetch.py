@@ -145,6 +145,8 @@ def resolve_target(spec: str, downloader: Downloader, offline: bool, cache: Mode
             raise ManifestError(f"{path}: manifest is larger than {MANIFEST_FETCH_LIMIT} bytes")
         return Target(_parse_any(path.read_bytes(), str(path), wanted or None), str(path),
                       base_dir=path.parent.resolve())
+    if os.path.lexists(path):
+        raise UsageError(f"{path} is not a regular file", hint="fetch takes a manifest file, a URL or a name")
     if named is not None or "/" in spec or spec.endswith(".json"):
         raise NotFoundError(f"manifest not found: {spec}")
     return Target(registry.lookup(spec), f"registry:{spec}")
@@ -329,6 +331,9 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     downloader = downloader or Downloader(reporter, jobs=options.jobs)
     target = resolve_target(spec, downloader, options.offline, cache)
     manifest = target.manifest
+    if options.source is not None and manifest.chunks:  # a --source no chunk has is refused, never ignored
+        for chunk in manifest.chunks:
+            _chunk_urls(target, chunk, options.source)
     if options.keep_shards:
         if manifest.format != "gguf":
             raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
@@ -416,7 +421,10 @@ def _chunk_urls(target: Target, chunk: ChunkRecord, forced: str | None) -> list[
     if target.base_url:
         urls.append(target.base_url + quote(chunk.name))
     if forced is not None and not forced.isdigit() and forced not in ("url", "mirror"):
-        urls = [u for u in urls if u.startswith(forced)] or urls
+        urls = [u for u in urls if u.startswith(forced)]
+        if not urls:
+            raise UsageError(f"--source {forced}: no URL of chunk {chunk.name} starts with it",
+                             hint="use 'url' or a URL prefix the manifest's chunks have")
     if not urls:
         raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
     return urls
@@ -476,11 +484,16 @@ def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget
     """Before the first byte: room for every chunk still to download and (``dest``) the file they are
     assembled into, which is written while the chunks still sit beside it."""
     from teadist.base.fsutil import ensure_free_space
+    from teadist.sources.partial import bytes_done
 
     def have(chunk: ChunkRecord) -> int:
-        path = dest.chunk_files(sha, chunk.name).final if dest is not None and sha is not None \
-            else cache.path_for(chunk.name)
-        return chunk.size if is_plain_file(path) and path.stat().st_size == chunk.size else 0
+        """Bytes of ``chunk`` already on disk: the whole chunk, or what a resume of its partial keeps."""
+        files = dest.chunk_files(sha, chunk.name) if dest is not None and sha is not None \
+            else cache.target(chunk.name).files
+        if is_plain_file(files.final) and files.final.stat().st_size == chunk.size:
+            return chunk.size
+        partial = files.partial(chunk.sha256)
+        return min(chunk.size, bytes_done(partial, files.sidecar(partial)))
 
     needed = sum(c.size - have(c) for c in chunks) + (size if dest is not None else 0)
     cache.root.mkdir(parents=True, exist_ok=True)

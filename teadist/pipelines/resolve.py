@@ -15,10 +15,11 @@ A MODEL argument is, in this order:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Literal
 
-from teadist.cache.store import CachedModel, CacheRecord, ModelCache
+from teadist.cache.store import CachedModel, CacheRecord, Member, ModelCache
 from teadist.errors import NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
@@ -46,17 +47,36 @@ def registry_manifest(name: str) -> Manifest | None:
 
 
 def find_cached(cache: ModelCache, name: str) -> CachedModel | None:
-    """The cached model ``name`` names: its file name, its recorded name, or a registry name whose file
-    teadist installed."""
-    model = cache.find(name)
-    if model is not None:
-        return model
-    lowered = name.lower()
-    model = next((m for m in cache.scan().models if m.head.name.lower() == lowered), None)
-    if model is not None:
-        return model
+    """The cached model ``name`` names, in the README's one order (``fetch`` reads names the same way):
+
+    1. a registry name (any case, with or without its tag) is the registry's model — its file, if
+       teadist installed it — never another model recorded under that name;
+    2. a cached file's name, or a model's recorded name, exactly as ``teadist list`` shows it;
+    3. either of those in another case, when exactly one model answers to it.
+
+    Two models answering to the same name is refused (UsageError naming them), never a guess."""
+    models = cache.scan().models
     entry = registry_manifest(name)
-    return None if entry is None else cache.find(entry.file.name)
+    if entry is not None:
+        return next((m for m in models if m.head.filename == entry.file.name), None) \
+            or next((m for m in models if entry.file.name in m.filenames), None)
+    by_file = [m for m in models if name in m.filenames]
+    if by_file:
+        return by_file[0]  # a file name is one file: one model
+    exact = [m for m in models if m.head.name == name]
+    if exact:
+        return _the_one(exact, name)
+    lowered = name.lower()
+    return _the_one([m for m in models if lowered == m.head.name.lower()
+                     or any(lowered == f.lower() for f in m.filenames)], name)
+
+
+def _the_one(found: list[CachedModel], name: str) -> CachedModel | None:
+    if len(found) > 1:
+        files = ", ".join(f"{m.head.filename} ({m.head.name})" for m in found)
+        raise UsageError(f"{name!r} names {len(found)} cached models: {files}",
+                         hint="name the one you mean by its file name, as `teadist list` shows it")
+    return found[0] if found else None
 
 
 def is_known_name(cache: ModelCache, name: str) -> bool:
@@ -109,19 +129,55 @@ def cached_filename(cache: ModelCache, name: str) -> str | None:
 
 
 def verified_in_cache(cache: ModelCache, name: str) -> CacheRecord:
-    """The record of the model ``name`` names, if the file at its name is exactly what teadist
-    installed and verified; its use is noted (``prune`` evicts least recently used). Anything else
-    at that name — a file put there by hand, one changed since — is never handed out."""
+    """The record of the model ``name`` names, if every file of it (each kept shard too) is exactly what
+    teadist installed and verified: same size, mtime, ctime and inode as recorded — a record of an older
+    teadist that lacks the ctime or inode has its file hashed instead. Anything else at those names (a
+    file put there by hand, one changed since) is never handed out. The use is noted for ``prune``
+    (least recently used goes first) when the cache is writable and nobody is at work on the model."""
     model = find_cached(cache, name)
     if model is None:
         raise NotFoundError(f"{name!r} is not installed in {cache.root}",
                             hint=f"run `teadist fetch {name}`")
-    target = cache.target(model.head.filename)
-    with target.lock_if_free() as got:
-        record = cache.read_record(model.head.filename)
-        if record is None or not cache.is_current(record):
-            raise NotFoundError(f"{model.head.filename} in the cache changed since teadist verified it",
+    for member in model.members:
+        if not _unchanged(cache, member):
+            raise NotFoundError(f"{member.filename} in the cache changed since teadist verified it",
                                 hint=f"run `teadist verify {name}`, or `teadist fetch {name}` to get it again")
-        if got:  # a fetch or rm at work on it notes its own use; never wait for it here
-            cache.touch(record)
-    return record
+    _note_use(cache, model.head)
+    return model.head
+
+
+def _unchanged(cache: ModelCache, member: Member) -> bool:
+    """The member's file is the one its record vouches for (its full identity, else its bytes)."""
+    from teadist.base.hashing import hash_range
+
+    record = member.record
+    if record is not None and record.ctime_ns is not None and record.inode is not None:
+        return cache.is_current(record)
+    sha, size = member.sha256, member.size if record is None else record.size
+    path = cache.path_for(member.filename)
+    try:
+        before = os.lstat(path)
+        if sha is None or not stat.S_ISREG(before.st_mode) or (size is not None and before.st_size != size):
+            return False
+        if record is not None and record.mtime_ns != before.st_mtime_ns:
+            return False
+        digest, read = hash_range(path)
+        after = os.lstat(path)
+    except OSError:
+        return False
+    same = (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) \
+        == (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+    return same and digest == sha and read == before.st_size
+
+
+def _note_use(cache: ModelCache, head: CacheRecord) -> None:
+    """Best effort: a read-only cache, or a fetch or rm at work on the model (which notes its own use),
+    leaves the record as it is — never an error, never a wait."""
+    target = cache.target(head.filename)
+    try:
+        with target.lock_if_free() as got:
+            current = cache.read_record(head.filename) if got else None
+            if current is not None and current.sha256 == head.sha256 and current.mtime_ns == head.mtime_ns:
+                cache.touch(current)
+    except OSError:
+        pass  # a read-only cache (a container volume): the lookup stands without the note

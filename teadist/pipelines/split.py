@@ -27,6 +27,7 @@ from teadist.base.fsutil import (
     atomic_write,
     ensure_free_space,
     is_disk_full,
+    is_plain_file,
     plain_filename_problem,
     remove_quietly,
 )
@@ -107,6 +108,8 @@ def usable_input_name(src: Path, longest: str | None = None) -> str:
     from it): a usage error otherwise, before anything is written."""
     for name in (src.name, longest or src.name):
         problem = plain_filename_problem(name)
+        if problem is None and not _is_utf8(name):
+            problem = "is not valid UTF-8 (a manifest can only carry UTF-8 names)"
         if problem is None and name.startswith("."):
             problem = "starts with '.'"
         if problem is None and len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
@@ -114,6 +117,14 @@ def usable_input_name(src: Path, longest: str | None = None) -> str:
         if problem is not None:
             raise UsageError(f"input file name {name[:80]!r} {problem}", hint="rename the file first")
     return src.name
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name, kept as surrogates
+        return False
+    return True
 
 
 def _remove_stale_temps(out_dir: Path, names: list[str]) -> None:
@@ -153,6 +164,12 @@ def split_file(
     manifest_path = out_dir / manifest_filename(file_name)
     if manifest_path.resolve() == src.resolve() or any((out_dir / n).resolve() == src.resolve() for n in names):
         raise UsageError("the output folder would overwrite the input file; choose another --out")
+    # Before the first byte: room for every chunk not already there at its size (one kept as it is
+    # costs nothing; one rewritten needs its full length while the old one still sits there).
+    missing = sum(min(chunk_size, size - i * chunk_size) for i, n in enumerate(names)
+                  if not (is_plain_file(out_dir / n)
+                          and (out_dir / n).stat().st_size == min(chunk_size, size - i * chunk_size)))
+    ensure_free_space(out_dir, missing, f"{count} chunks of {file_name}")
     # Chunks are about to change: a manifest left from an earlier run must not vouch for them.
     remove_quietly(manifest_path)
     _remove_stale_temps(out_dir, names)

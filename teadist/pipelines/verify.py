@@ -335,7 +335,12 @@ def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
 
 
 def _mark(cache: ModelCache, model: CachedModel, rows: list[CheckRow]) -> None:
+    """Stamp the records verified (with any block map learned) — best effort: a read-only cache keeps
+    its stamps, the report stands."""
     learned = {row.name: row.learned for row in rows}
     for member in model.members:
         if member.record is not None:
-            cache.mark_verified(member.record, learned.get(member.filename))
+            try:
+                cache.mark_verified(member.record, learned.get(member.filename))
+            except OSError:
+                return
