@@ -383,3 +383,40 @@ def test_a_cut_that_fails_gives_its_connection_slot_back(served: Path, tmp_path:
             downloader.fetch(server.url_for("model.bin"), tmp_path / "out" / "model.bin", 4 * MIB, sha(source))
     assert failed, "no cut was ever saved: the test proves nothing"
     assert downloader.scheduler.lanes()[0].active == 0
+
+
+class _NotesReporter(NullReporter):
+    """Keeps what the bar would show beside each file (``note``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def task(self, description: str, total: int | None) -> Any:
+        reporter = self
+
+        class Task:
+            def advance(self, n: int) -> None:
+                pass
+
+            def note(self, text: str) -> None:
+                reporter.notes.append(text)
+
+            def close(self) -> None:
+                pass
+
+        return Task()
+
+
+def test_the_bar_shows_the_connections_in_use_now(served: Path, tmp_path: Path) -> None:
+    """'N conn' beside the bar follows connections ending too (a back-off, the end of the file):
+    the last word before the file is done is the one connection still running."""
+    source = served / "model.bin"
+    write_random(source, 4 * MIB, seed=15)
+    with MirrorServer(served) as server:
+        server.pace = 4_000_000
+        reporter = _NotesReporter()
+        downloader = Downloader(reporter, RetryPolicy(backoff=0.01), align=256 * KIB, jobs=4)
+        downloader.fetch(server.url_for("model.bin"), tmp_path / "out" / "model.bin", 4 * MIB, sha(source))
+    assert "4 conn" in reporter.notes, reporter.notes  # it ran on four
+    assert reporter.notes[-1] == "1 conn", reporter.notes
