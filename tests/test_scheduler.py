@@ -420,3 +420,14 @@ def test_the_bar_shows_the_connections_in_use_now(served: Path, tmp_path: Path) 
         downloader.fetch(server.url_for("model.bin"), tmp_path / "out" / "model.bin", 4 * MIB, sha(source))
     assert "4 conn" in reporter.notes, reporter.notes  # it ran on four
     assert reporter.notes[-1] == "1 conn", reporter.notes
+
+
+def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
+    """--jobs N still backs off on a refusal, and returns to N (not measured) once it is quiet."""
+    now = [0.0]
+    lane = HostLane(cap=16, fixed=4, clock=lambda: now[0])
+    assert lane.back_off(asked_at=0.0) and lane.limit == 2
+    now[0] = 30.0
+    for _ in range(2):
+        lane.started()
+    assert lane.limit == 4

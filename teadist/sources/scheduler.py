@@ -225,12 +225,16 @@ class HostLane:
     def _recover(self) -> None:
         """After a back-off, a quiet period of good answers (at least one per connection) lifts
         the ceiling back to the cap: the lane measures its way up again (cond held)."""
-        if self.fixed or self.ceiling >= self.cap or self.stats.backoffs == 0:
+        if self.ceiling >= self.cap or self.stats.backoffs == 0:
             return
         now = self._clock()
         if now - self._last_backoff < self._quiet or self._good < self.limit:
             return
         self.ceiling = self.cap
+        if self.fixed:  # --jobs N: back to N at once, nothing to measure
+            self.limit = self.stats.limit = self.cap
+            self.cond.notify_all()
+            return
         self.growing = True
         self._prev = None
         self._starts = 0
