@@ -52,7 +52,7 @@ from teadist.sources.http import (
 )
 from teadist.sources.partial import SEGMENTS, STREAM, Partial, bytes_done, raise_if_disk_full
 from teadist.sources.scheduler import DEFAULT_ALIGN, DEFAULT_CAP, HostLane, Scheduler
-from teadist.sources.segmented import SegmentedFetch, StreamFallback
+from teadist.sources.segmented import PROGRESS_RESETS, SegmentedFetch, StreamFallback
 
 MAX_RESTARTS = 2
 # GitHub's REST URL of a release asset answers with JSON unless asked for the bytes
@@ -242,14 +242,15 @@ class Downloader:
                          advance: Callable[[int], None], label: str, lane: HostLane) -> tuple[str, int]:
         """Attempts of one stream, each reported to the host's lane like any range: a refusal or
         a dropped connection backs the lane off, and when more slots are held than it now allows
-        this stream waits for one before it asks again. Failures count in a row (bytes reset it)."""
+        this stream waits for one before it asks again. Failures count in a row (an attempt that
+        brought ``PROGRESS_RESETS`` bytes starts the count again)."""
         failures = 0
         while True:
             before, asked = partial.length, time.monotonic()
             try:
                 return self._attempt(url, partial, auth, hasher, advance, lane)
             except Retry as exc:
-                failures = 1 if partial.length > before else failures + 1
+                failures = 1 if partial.length - before >= PROGRESS_RESETS else failures + 1
                 if failures >= self.policy.attempts:
                     raise SourceError(f"{label}: {exc.reason} (gave up after {failures} attempts)",
                                       hint="check the network or try another --source") from None

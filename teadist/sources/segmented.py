@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 HASH_STEP = 2 * 1024 * 1024  # read-back buffer of the in-order hasher (one per file)
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
+PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
 new_hasher: Callable[[], Any] = hashlib.sha256  # the in-order hasher: update() / hexdigest()
 
@@ -207,7 +208,8 @@ class SegmentedFetch:
 
     def _fetch_piece(self, seg: list[int], view: memoryview) -> bool:
         """Fill ``seg`` (retrying with backoff); False when this connection should close instead.
-        Failures count in a row: an attempt that brought bytes starts the count again."""
+        Failures count in a row: an attempt that brought ``PROGRESS_RESETS`` bytes or more starts
+        the count again (a server cutting every answer after a few bytes still exhausts it)."""
         failures = 0
         while True:
             if self.failed is not None or seg[2] >= seg[1]:
@@ -217,7 +219,7 @@ class SegmentedFetch:
                 self._transfer(seg, view)
                 continue
             except Retry as exc:
-                failures = 1 if seg[2] > before else failures + 1
+                failures = 1 if seg[2] - before >= PROGRESS_RESETS else failures + 1
                 if failures >= self.owner.policy.attempts:
                     raise SourceError(f"{self.label}: {exc.reason} (gave up after {failures} attempts)",
                                       hint="check the network or try another --source") from None
