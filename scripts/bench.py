@@ -249,8 +249,10 @@ WAN_LINKS = [(16_000_000, 0.05, 256 * 2**20), (8_000_000, 0.1, 128 * 2**20)]  # 
 
 def section_wan(b: Bench, src: Path) -> None:
     """Fetch over a far-CDN-like link: the loopback Hub paces every connection and answers each request
-    late (tests/servers.py). teadist vs `aria2c -x8 -s8` vs `hf_hub_download`, in alternated rounds
-    (teadist, aria2c, hf; then the next order), medians; then the unpaced loopback against `curl -o`."""
+    late (tests/servers.py). teadist vs `aria2c -x8 -s8` (the issue's peer), `aria2c -x8 -s8 -k1M`
+    (aria2's best: its default 20 MiB minimum split keeps a 128 MiB file on 4 connections) and
+    `hf_hub_download`, in alternated rounds (each goes first in turn), medians; every row says how
+    many connections the server saw at once for that tool. Then the unpaced loopback against `curl -o`."""
     if shutil.which("aria2c") is None:
         raise SystemExit("the wan section needs aria2c (Debian: apt-get install aria2)")
     for pace, delay, size in [*WAN_LINKS, (0, 0.0, min(b.size, 2**30))]:
@@ -281,23 +283,29 @@ def _wan_link(b: Bench, pace: int, delay: float, size: int) -> None:
         if pace:
             peers["aria2c -x8 -s8"] = lambda: b.run(["aria2c", "-x8", "-s8", "-q", "--allow-overwrite=true",
                                                      "-d", str(out), "-o", "aria2.bin", url])
+            peers["aria2c -x8 -s8 -k1M"] = lambda: b.run(["aria2c", "-x8", "-s8", "-k1M", "-q",
+                                                          "--allow-overwrite=true", "-d", str(out), "-o", "aria2.bin",
+                                                          url])
             peers["hf_hub_download"] = lambda: b.run([sys.executable, "-c", hf_code], env=env)
         else:
             peers["curl -o"] = lambda: b.run(["curl", "-sS", "--create-dirs", "-o", str(out / "curl.bin"), url])
         times: dict[str, list[float]] = {name: [] for name in peers}
+        seen: dict[str, int] = dict.fromkeys(peers, 0)  # the most file GETs the server answered at once
         names = list(peers)
         for round_no in range(b.repeat):
             turn = round_no % len(names)
             for name in names[turn:] + names[:turn]:  # alternate who goes first
+                since = time.monotonic()
                 times[name].append(peers[name]())
+                seen[name] = max(seen[name], hub.concurrency(since=since, until=time.monotonic()))
                 shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(model.parent)
     median = {name: statistics.median(t) for name, t in times.items()}
-    rate = {name: f"{size / t / 1e6:.0f} MB/s" for name, t in median.items()}
+    rate = {name: f"{size / t / 1e6:.0f} MB/s, {seen[name]} conn" for name, t in median.items()}
     where = (f"{pace / 1e6:.0f} MB/s a connection + {delay * 1000:.0f} ms a request, {size // 2**20} MiB"
              if pace else f"unpaced loopback, {size // 2**20} MiB")
-    goals = [("aria2c -x8 -s8", "≥ 0.9× throughput", 1 / 0.9), ("hf_hub_download", "≥ 4× throughput", 0.25),
-             ("curl -o", "≥ 1.0× throughput", 1.0)]
+    goals = [("aria2c -x8 -s8", "≥ 0.9× throughput", 1 / 0.9), ("aria2c -x8 -s8 -k1M", "≥ 0.9× throughput", 1 / 0.9),
+             ("hf_hub_download", "≥ 4× throughput", 0.25), ("curl -o", "≥ 1.0× throughput", 1.0)]
     print(f"{where}: " + ", ".join(f"{name} {rate[name]} ({' '.join(f'{t:.2f}' for t in times[name])} s)"
                                    for name in times), file=sys.stderr)
     for name, goal, limit in goals:

@@ -10,7 +10,9 @@ another file after a resume.
 A WAN-like link, without any network: ``pace`` (bytes/s each connection may send), ``delay``
 (seconds before each request is answered: a round trip plus the server's think time),
 ``total_pace`` (bytes/s for all connections together: a saturated link) and ``max_in_flight``
-(more requests than this at once are answered 429, as a rate-limiting CDN does).
+(more requests than this at once are answered 429, as a rate-limiting CDN does), ``range_cap``
+(a Range is answered with a 206 for at most this many bytes of it, as CDNs that cap range sizes do:
+RFC 9110 lets a server send a subset, and its Content-Range says which).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class LoopbackServer:
         self.delay = 0.0  # seconds before each request is answered
         self.total_pace: float | None = None  # bytes/s for all connections together
         self.max_in_flight: int | None = None  # beyond this, GETs of files are answered 429
+        self.range_cap: int | None = None  # a Range gets at most this many bytes (206, honest Content-Range)
         self.connections = 0  # TCP connections accepted so far
         self.open_connections = 0
         self.peak_connections = 0
@@ -329,6 +332,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match:
                 start = int(match.group(1))
                 end = min(size, int(match.group(2)) + 1) if match.group(2) else size
+                if owner.range_cap is not None:
+                    end = min(end, start + owner.range_cap)
                 if start >= size or start >= end:
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{size}")

@@ -669,7 +669,9 @@ def test_symlinks_planted_at_partial_and_temp_names_are_never_written_through(
     """Defect 12: learn the names a fetch gives its partial files (kill one mid-way), then plant a
     symlink to a victim at each of them (and at each sidecar's temp name) and fetch again."""
     mirror.add_fault(Fault("stall", after=100_000, seconds=30, times=4))
-    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q", "--jobs", "4"],  # four ranges at once
+    # --jobs 4: four ranges at once, whatever the first answer's delay makes of the host (a near
+    # host starts with one connection, which the stall would hold alone)
+    proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "-q", "--jobs", "4"],
                             env={**os.environ, "TEADIST_STALL_TIMEOUT": "60"})
     assert _wait_for(lambda: mirror.applied_kinds().count("stall") == 4)
     time.sleep(0.3)

@@ -15,6 +15,7 @@ same name is replaced (with a warning) if teadist installed it, and never touche
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -468,12 +469,14 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)
     dest.ensure_chunks(sha)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({_how_many(downloader)})")
+    began = _moved(downloader)
     # every chunk takes its connections from the same per-host pool: the scheduler says how many
     with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         futures = [pool.submit(_get_chunk, target, chunk, dest.chunk_files(sha, chunk.name), options, reporter,
                                downloader) for chunk in manifest.chunks]
         for future in futures:
             future.result()
+    _report_total(reporter, downloader, began, f"{len(manifest.chunks)} chunks")
     result = _install_from(manifest, dest.chunks(sha), dest, cache, reporter, target.origin, origin)
     dest.clear_work()
     return result
@@ -499,6 +502,23 @@ def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget
     cache.root.mkdir(parents=True, exist_ok=True)
     ensure_free_space(cache.root, needed, f"{what} ({len(chunks)} chunks"
                       + (" and the file they make)" if dest is not None else ")"))
+def _moved(downloader: Downloader) -> tuple[float, int]:
+    """When, and how many bytes every lane had moved by then (the start of a multi-file fetch)."""
+    return time.monotonic(), sum(lane.stats.bytes for lane in downloader.scheduler.lanes())
+
+
+def _report_total(reporter: Reporter, downloader: Downloader, began: tuple[float, int], what: str) -> None:
+    """One line for a multi-file fetch: the aggregate speed over all its files and connections."""
+    lanes = downloader.scheduler.lanes()
+    moved = sum(lane.stats.bytes for lane in lanes) - began[1]
+    if moved <= 0:
+        return
+    elapsed = max(1e-6, time.monotonic() - began[0])
+    peak = max(lane.stats.peak for lane in lanes)
+    reporter.info(f"{what}: {moved / 1e6:.1f} MB in {elapsed:.1f}s, {moved / elapsed / 1e6:.1f} MB/s in all "
+                  f"on up to {peak} connection(s)")
+
+
 def _how_many(downloader: Downloader) -> str:
     jobs = downloader.scheduler.jobs
     return f"{jobs} connection(s) per host" if jobs else f"up to {downloader.scheduler.cap} connections per host"
@@ -543,8 +563,10 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
 
     _ensure_room(cache, manifest.chunks, None, None, 0, manifest.file.name)
     reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({_how_many(downloader)})")
+    began = _moved(downloader)
     with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
         fetched = list(pool.map(get, manifest.chunks))
+    _report_total(reporter, downloader, began, f"{len(manifest.chunks)} shards")
     head_target = cache.target(first.name)
     with head_target.lock(on_wait=reporter.info):
         head = _hit(cache, head_target, first.sha256, first.size)

@@ -5,8 +5,11 @@ files (``base.workfiles``; in the cache, its target's work folder). A re-run res
 sidecar proves: a stream partial with ``Range`` after re-hashing its prefix locally, a segmented one
 range by range. Every transfer takes a connection slot from its host's lane (``scheduler``): one
 pool of keep-alive connections per host, shared by everything one fetch downloads, whose size
-follows the measured throughput. ``Content-Range`` is checked; a server that answers 200 to a range keeps the proven
-prefix and goes on in one stream; a changed ETag or a 416 restarts from zero. SHA-256 is computed
+follows the measured throughput; every request reports to it (its first answer, its bytes, a
+refusal). ``Content-Range`` is checked (a shorter 206 is taken and the rest asked for again); a
+server that answers 200 to a range keeps the contiguous prefix already written (the whole file's
+SHA-256 still checks it) and goes on in one stream; a changed ETag or a 416 restarts from zero.
+SHA-256 is computed
 while writing. Only a file whose size and hash match is renamed into place.
 """
 
@@ -50,8 +53,8 @@ from teadist.sources.http import (
     short_reason,
 )
 from teadist.sources.partial import SEGMENTS, STREAM, Partial, bytes_done, raise_if_disk_full
-from teadist.sources.scheduler import DEFAULT_ALIGN, DEFAULT_CAP, Scheduler
-from teadist.sources.segmented import SegmentedFetch, StreamFallback
+from teadist.sources.scheduler import DEFAULT_ALIGN, DEFAULT_CAP, HostLane, Scheduler
+from teadist.sources.segmented import PROGRESS_RESETS, SegmentedFetch, StreamFallback
 
 MAX_RESTARTS = 2
 # GitHub's REST URL of a release asset answers with JSON unless asked for the bytes
@@ -186,8 +189,8 @@ class Downloader:
                     return digest, total, ranges.blocks.finish()
                 return self._stream(url, partial, auth, label, advance)
             except StreamFallback as fallback:
-                self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} proven bytes "
-                                   "and going on in one stream")
+                self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} bytes already "
+                                   "written (the whole file's SHA-256 still checks them) and going on in one stream")
                 partial.keep_prefix(fallback.prefix, partial.etag)
             except Restart as exc:
                 restarts += 1
@@ -215,9 +218,10 @@ class Downloader:
 
     def _stream(self, url: str, partial: Partial, auth: Auth | None, label: str,
                 advance: Callable[[int], None]) -> tuple[str, int, BlockMap]:
-        """One stream from where the proven prefix ends; a 200 to the resume starts from zero —
-        at most MAX_RESTARTS times: a server that cuts every stream and ignores every resume (or
-        changes the file each time) would otherwise be downloaded from again forever."""
+        """One stream from where the written prefix ends (re-hashed locally first); a 200 to the
+        resume starts from zero — at most MAX_RESTARTS times: a server that cuts every stream and
+        ignores every resume (or changes the file each time) would otherwise be downloaded from
+        again forever."""
         hasher = hashlib.sha256()
         have = partial.length if partial.mode == STREAM else 0
         if partial.mode != STREAM:
@@ -242,8 +246,7 @@ class Downloader:
         try:
             while True:
                 try:
-                    digest, total = self.retrying(
-                        label, functools.partial(self._attempt, url, partial, auth, hasher, blocks, counted))
+                    digest, total = self._stream_attempts(url, partial, auth, hasher, blocks, counted, label, lane)
                     return digest, total, blocks.finish()
                 except Restart as exc:
                     restarts += 1
@@ -257,6 +260,34 @@ class Downloader:
                     blocks = BlockHasher(BLOCK_SIZE)
         finally:
             lane.release()
+
+    def _stream_attempts(self, url: str, partial: Partial, auth: Auth | None, hasher: Any, blocks: BlockHasher,
+                         advance: Callable[[int], None], label: str, lane: HostLane) -> tuple[str, int]:
+        """Attempts of one stream, each reported to the host's lane like any range: a refusal or
+        a dropped connection backs the lane off, and when more slots are held than it now allows
+        this stream waits for one before it asks again. Failures count in a row (an attempt that
+        brought ``PROGRESS_RESETS`` bytes starts the count again)."""
+        failures = 0
+        while True:
+            before, asked = partial.length, time.monotonic()
+            try:
+                return self._attempt(url, partial, auth, hasher, blocks, advance, lane)
+            except Retry as exc:
+                failures = 1 if partial.length - before >= PROGRESS_RESETS else failures + 1
+                if failures >= self.policy.attempts:
+                    raise SourceError(f"{label}: {exc.reason} (gave up after {failures} attempts)",
+                                      hint="check the network or try another --source") from None
+                if lane.back_off(asked):
+                    self.reporter.warn(f"{exc.reason}; down to {lane.limit} connection(s) to this host")
+                delay = self._delay(failures - 1, exc.delay)
+                self.reporter.warn(f"{label}: {exc.reason}; retrying in {delay:.1f}s "
+                                   f"(attempt {failures + 1} of {self.policy.attempts})")
+                if lane.over_limit():  # give the slot up while waiting; take one when there is room
+                    lane.release()
+                    self._sleep(delay)
+                    lane.acquire()
+                else:
+                    self._sleep(delay)
 
     def open_url(self, url: str, headers: dict[str, str], auth: Auth | None) -> Any:
         """GET with manual redirects: each hop is checked (http(s) only, no userinfo or backslash in
@@ -346,7 +377,7 @@ class Downloader:
                 raise SourceError(f"reading the manifest from {host_of(url)} failed ({short_reason(exc)})") from None
 
     def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any, blocks: BlockHasher,
-                 advance: Callable[[int], None]) -> tuple[str, int]:
+                 advance: Callable[[int], None], lane: HostLane) -> tuple[str, int]:
         import requests
 
         size = partial.size
@@ -356,8 +387,11 @@ class Downloader:
         if have and size is not None and have == size:
             return hasher.hexdigest(), have
         headers = {"Range": f"bytes={have}-"} if have else {}
+        _ = self.session  # made (and requests imported) before the clock starts: TTFB is the host's
+        asked = time.monotonic()
         resp = self.open_url(url, headers, auth)
         with resp:
+            lane.answered(time.monotonic() - asked)
             status = resp.status_code
             if status == 416:
                 raise Restart("the server refused the resume range (416)")
@@ -383,6 +417,8 @@ class Downloader:
             raw = resp.raw
             raw.decode_content = False
             sink = PwriteSink(partial.fd, have)
+            lane.started()
+            began = time.monotonic()
             fed = saved = have
             step = max(64 * 1024, min(SAVE_PROOF_STEP, (size or 0) // 16))
 
@@ -411,4 +447,6 @@ class Downloader:
                     if isinstance(exc, OSError) and is_disk_full(exc):
                         raise
                     raise Retry(f"transfer from {host_of(url)} failed ({short_reason(exc)})") from None
+                finally:
+                    lane.stopped(partial.length - have, time.monotonic() - began)
             return hasher.hexdigest(), partial.length

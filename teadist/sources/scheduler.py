@@ -7,15 +7,17 @@ the count is decided once for the link, not once per file. A lane starts with 8 
 (aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay), and
 doubles them while the aggregate throughput still grows by at least half of what the added
 connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
-503, reset or refused connection lowers the count to what the server was still serving, and the
-lane never grows past it again in this run.
+503, reset or refused connection halves the count (never below what is still streaming, less
+one); refusals of requests sent before that back-off are already answered by it. The lowered count
+is also the ceiling for a quiet period (``RECOVER_SECONDS``, doubled after each back-off) of good
+answers; then the lane may grow again, measured as before.
 
 Cutting (``split_point``) leaves the running connection ``CLAIM_BLOCKS`` blocks at most, so the
 file fills front to back and the in-order hash keeps up with the network. Cuts fall only on
 multiples of ``align`` (the block size of block hashes), so every block is fetched by exactly one
-range and each finished block is proven on its own; and only where it pays: the piece handed to
-a new connection must take longer than that connection needs to get its first byte (measured),
-or a new connection would only add a round trip.
+range and each finished block can be checked on its own against a block hash; and only where
+it pays: the piece handed to a new connection must take longer than that connection needs to
+get its first byte (measured), or a new connection would only add a round trip.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ DEFAULT_CAP = 16  # connections per host, at most
 FAR_TTFB = 0.03  # seconds to a first answer (handshakes included) from which a host counts as far
 START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
 DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
-WINDOW = 0.2  # seconds of transfer behind each decision to grow
+WINDOW = 0.2  # seconds of transfer behind each decision to grow, at least
+WINDOW_BYTES = 512 * 1024  # ... and this many bytes per connection measured: reads land in lumps of
+# up to 256 KiB (a whole small file's stream at once), so a shorter window measures the lumps
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
 CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
 LAG_SECONDS = 0.5  # a request whose rest would take longer than this (and 4 first-byte waits) lags
-BACKOFF_QUIET = 1.0  # seconds: several refusals at once are one back-off
+BACKOFF_QUIET = 1.0  # seconds: refusals of unknown send time within this of a back-off are that back-off
+RECOVER_SECONDS = 3.0  # seconds of good answers after a back-off before the lane may grow again
 
 
 def host_key(url: str) -> str:
@@ -75,8 +80,11 @@ class HostLane:
         self._window_start: float | None = None
         self._window_bytes = 0
         self._waiting_fill_since: float | None = clock()
-        self._prev: tuple[int, float] | None = None  # (limit, aggregate bytes/s) of the last window
+        self._prev: tuple[int, float] | None = None  # (connections, aggregate bytes/s) of the last window
+        self._window_conns = 0  # connections streaming when the window opened
         self._last_backoff = -1e9
+        self._quiet = RECOVER_SECONDS  # the quiet period before a backed-off lane may grow again
+        self._good = 0  # answers begun since the last back-off
         self._busy_since: float | None = None
         self._starts = 0  # answers begun since the limit last changed
 
@@ -118,7 +126,8 @@ class HostLane:
         one TCP stream there carries only its window per round trip; a near one starts with a
         single connection and grows only as far as the measured throughput says."""
         with self.cond:
-            if self.ttfb is None and not self.fixed and self._prev is None and ttfb < FAR_TTFB:
+            if (self.ttfb is None and not self.fixed and self._prev is None and not self.stats.backoffs
+                    and ttfb < FAR_TTFB):
                 self.limit = self.stats.limit = 1
             self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
 
@@ -128,8 +137,12 @@ class HostLane:
         with self.cond:
             self.streaming += 1
             self._starts += 1
-            if self._window_start is None and self.active >= self.limit and self._starts >= self.limit:
+            self._good += 1
+            self._recover()
+            if self._window_start is None and self.streaming >= self.limit and self._starts >= self.limit:
                 self._open_window()
+            elif self._window_start is not None and self.streaming > self._window_conns:
+                self._open_window()  # more connections than the window measures: measure them instead
 
     def stopped(self, nbytes: int, seconds: float) -> None:
         """A connection's transfer ended after ``nbytes`` in ``seconds`` (from its first byte)."""
@@ -150,49 +163,83 @@ class HostLane:
                 return
             self._window_bytes += n
             elapsed = self._clock() - self._window_start
-            if elapsed >= WINDOW:
+            if elapsed >= WINDOW and self._window_bytes >= self._window_conns * WINDOW_BYTES:
                 self._decide(self._window_bytes / elapsed)
 
     def _open_window(self) -> None:
         self._window_start = self._clock()
         self._window_bytes = 0
+        self._window_conns = max(1, self.streaming)
         self._waiting_fill_since = None
 
     def _decide(self, rate: float) -> None:
-        """End of a window at ``rate`` bytes/s with ``limit`` connections: grow again, or stay."""
+        """End of a window at ``rate`` bytes/s on the connections that streamed in it: grow again,
+        or stay. The count compared is the one measured, which may exceed the limit (a near host
+        is judged after the first slots were taken)."""
         self._window_start = None
+        conns = self._window_conns
         if not self.growing or self.limit >= self.ceiling:
             self.growing = False
             return
         if self._prev is not None:
-            prev_limit, prev_rate = self._prev
-            promised = (self.limit - prev_limit) / prev_limit
-            if rate < prev_rate * (1 + GAIN * promised):
+            prev_conns, prev_rate = self._prev
+            promised = (conns - prev_conns) / prev_conns
+            if promised <= 0 or rate < prev_rate * (1 + GAIN * promised):
                 self.growing = False  # the link (or the server, or the CPU) is full
                 return
-        self._prev = (self.limit, rate)
-        self.limit = min(self.ceiling, self.limit * 2)
+        self._prev = (conns, rate)
+        self.limit = min(self.ceiling, max(self.limit, conns) * 2)
         self._starts = 0
         self.stats.limit = self.limit
         self._waiting_fill_since = self._clock()
         self.cond.notify_all()
 
-    def back_off(self) -> bool:
-        """The host refused (429/503) or dropped a connection: come down to what it was still
-        serving and never grow past that again. True when this call lowered the limit."""
+    def back_off(self, asked_at: float | None = None) -> bool:
+        """The host refused (429/503) or dropped a connection for a request sent at ``asked_at``
+        (this lane's clock; None: unknown). Halve the count — never below what is still streaming,
+        less one — and hold it there as the ceiling until a quiet period of good answers has passed.
+        A refusal of a request sent before the last back-off is already answered by it. True when
+        this call lowered the limit."""
         with self.cond:
             now = self._clock()
-            if now - self._last_backoff < BACKOFF_QUIET or (self.limit <= 1 and not self.growing):
+            if asked_at is not None:
+                if asked_at <= self._last_backoff:
+                    return False
+            elif now - self._last_backoff < BACKOFF_QUIET:
+                return False
+            if self.limit <= 1:
                 return False
             self._last_backoff = now
-            serving = max(1, self.streaming)
-            new = max(1, min(self.limit - 1, serving)) if self.limit > 1 else 1
+            new = max(1, min(self.limit - 1, max(self.limit // 2, self.streaming - 1)))
+            if self.stats.backoffs:
+                self._quiet *= 2  # refused again: wait longer before trying more
             self.limit = self.ceiling = new
             self.growing = False
             self._window_start = None
+            self._prev = None
+            self._good = 0
             self.stats.backoffs += 1
             self.stats.limit = new
             return True
+
+    def _recover(self) -> None:
+        """After a back-off, a quiet period of good answers (at least one per connection) lifts
+        the ceiling back to the cap: the lane measures its way up again (cond held)."""
+        if self.ceiling >= self.cap or self.stats.backoffs == 0:
+            return
+        now = self._clock()
+        if now - self._last_backoff < self._quiet or self._good < self.limit:
+            return
+        self.ceiling = self.cap
+        if self.fixed:  # --jobs N: back to N at once, nothing to measure
+            self.limit = self.stats.limit = self.cap
+            self.cond.notify_all()
+            return
+        self.growing = True
+        self._prev = None
+        self._starts = 0
+        self._window_start = None
+        self._waiting_fill_since = now
 
     def worth_a_connection(self, piece: int) -> bool:
         """Handing ``piece`` bytes to a new connection pays: at the measured rate it takes longer

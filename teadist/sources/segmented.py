@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,13 +40,24 @@ if TYPE_CHECKING:
 
 HASH_STEP = 2 * 1024 * 1024  # read-back buffer of the in-order hasher (one per file)
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
+PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
 new_hasher: Callable[[], Any] = hashlib.sha256  # the in-order hasher: update() / hexdigest()
 
 
+_CONTENT_RANGE_END = re.compile(r"^bytes \d+-(\d+)/(?:\d+|\*)$")
+
+
+def content_range_end(value: str | None) -> int | None:
+    """The last byte a 206's ``Content-Range`` says it carries (None if it says nothing valid)."""
+    match = _CONTENT_RANGE_END.match(value or "")
+    return int(match.group(1)) if match else None
+
+
 class StreamFallback(Exception):
     """A range was answered with the whole file (200) or the wrong range: ranges can't be trusted
-    from this server any more. Bytes up to ``prefix`` are proven; the rest goes in one stream."""
+    from this server any more. Bytes up to ``prefix`` were written in full (the whole file's SHA-256
+    still checks them); the rest goes in one stream."""
 
     def __init__(self, reason: str, prefix: int) -> None:
         super().__init__(reason)
@@ -191,25 +203,30 @@ class SegmentedFetch:
             self.lane.release()
             with self.cond:
                 self.connections -= 1
+                count = self.connections
                 self.cond.notify_all()
+            if count:
+                self.note(f"{count} conn")  # the bar shows the connections in use now, after a back-off too
 
     def _fetch_piece(self, seg: list[int], view: memoryview) -> bool:
-        """Fill ``seg`` (retrying with backoff); False when this connection should close instead."""
+        """Fill ``seg`` (retrying with backoff); False when this connection should close instead.
+        Failures count in a row: an attempt that brought ``PROGRESS_RESETS`` bytes or more starts
+        the count again (a server cutting every answer after a few bytes still exhausts it)."""
         failures = 0
         while True:
             if self.failed is not None or seg[2] >= seg[1]:
                 return True
+            before, asked = seg[2], time.monotonic()
             try:
                 self._transfer(seg, view)
                 continue
             except Retry as exc:
-                failures += 1
+                failures = 1 if seg[2] - before >= PROGRESS_RESETS else failures + 1
                 if failures >= self.owner.policy.attempts:
                     raise SourceError(f"{self.label}: {exc.reason} (gave up after {failures} attempts)",
                                       hint="check the network or try another --source") from None
-                if self.lane.back_off():
-                    self.owner.reporter.warn(f"{host_of(self.url)}: {exc.reason}; down to {self.lane.limit} "
-                                             "connection(s)")
+                if self.lane.back_off(asked):
+                    self.owner.reporter.warn(f"{exc.reason}; down to {self.lane.limit} connection(s) to this host")
                 if self.lane.over_limit():
                     return False
                 delay = self.owner.backoff_delay(failures - 1, exc.delay)
@@ -233,6 +250,7 @@ class SegmentedFetch:
             self.lane.answered(time.monotonic() - asked)  # before any cut: it may set the start
             check_status(resp, self.url)
             first, total = parse_content_range(resp.headers.get("Content-Range"))
+            last = content_range_end(resp.headers.get("Content-Range"))
             status = resp.status_code
             if status == 200 and done == 0 and end == self.size and not self.ranges_ok:
                 until = self.size
@@ -252,6 +270,8 @@ class SegmentedFetch:
             elif not self.ranges_ok:
                 with self.cond:
                     self.ranges_ok = self.lane.ranges = True
+            if status == 206 and last is not None and done <= last < until - 1:
+                until = last + 1  # a shorter answer (a CDN capping ranges): take it, ask for the rest next
             etag = resp.headers.get("ETag")
             with self.cond:
                 if self.partial.etag and etag and etag != self.partial.etag:
@@ -314,6 +334,21 @@ class SegmentedFetch:
                 self.blocks(view[:got])
                 hashed += got
 
+    def _start_or_release(self, threads: list[threading.Thread]) -> bool:
+        """With a lane slot held: start a connection on the next piece (True), or give the slot
+        back when there is none — or when taking one fails, so a slot never leaks."""
+        try:
+            with self.cond:
+                piece = self._take_piece()
+        except BaseException:
+            self.lane.release()
+            raise
+        if piece is None:
+            self.lane.release()
+            return False
+        self._start_connection(piece, threads)
+        return True
+
     def _start_connection(self, piece: list[int], threads: list[threading.Thread]) -> None:
         """Run ``piece`` on a new connection (its lane slot is already held)."""
         with self.cond:
@@ -322,7 +357,15 @@ class SegmentedFetch:
             self.most_connections = max(self.most_connections, count)
         thread = threading.Thread(target=self._connection, args=(piece,), name=f"range-{piece[0]}", daemon=True)
         threads.append(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # no thread: its slot and its range go back
+            self.lane.release()
+            with self.cond:
+                self.connections -= 1
+                self.owned.discard(piece[0])
+                self.live.pop(piece[0], None)
+            raise
         self.note(f"{count} conn")
 
     def run(self) -> tuple[str, int]:
@@ -347,12 +390,7 @@ class SegmentedFetch:
         hashing = threading.Thread(target=hash_all, name="hash", daemon=True)
         began, before = time.monotonic(), self.partial.done_bytes()
         self.lane.acquire()  # the first connection waits for a slot in the host's shared pool
-        with self.cond:
-            first = self._take_piece()
-        if first is None:
-            self.lane.release()
-        else:
-            self._start_connection(first, threads)
+        self._start_or_release(threads)
         hashing.start()
         try:
             while True:
@@ -367,15 +405,9 @@ class SegmentedFetch:
                     self.lane.acquire()
                 elif not (may_cut and self.lane.has_room() and self.lane.acquire(block=False)):
                     continue
-                while True:  # every free slot at once: a grown limit is filled in one step
-                    with self.cond:
-                        piece = self._take_piece()
-                    if piece is None:
-                        self.lane.release()
-                        break
-                    self._start_connection(piece, threads)
-                    if not self.lane.acquire(block=False):
-                        break
+                # every free slot at once: a grown limit is filled in one step
+                while self._start_or_release(threads) and self.lane.acquire(block=False):
+                    pass
         except BaseException as exc:
             self._fail(exc)
         for thread in threads:  # let every connection stop before the caller touches the partial
