@@ -194,3 +194,9 @@ def test_an_altered_block_hash_is_refused_at_assembly_and_fails_verification_at_
     items = {i["name"]: i for i in json.loads(checked.out)["items"]}
     assert items["a.bin.part-00001-of-00002"]["status"] == "OK"
     assert items["a.bin.part-00002-of-00002"]["damaged"] == [{"start": 2 * BLOCK_SIZE, "end": 3 * BLOCK_SIZE}]
+
+
+@pytest.mark.parametrize("block_size", [0, 1, 2**70, 8388608.0, 3 * 65536, True, -65536, 2**27])
+def test_absurd_block_sizes_are_refused(block_size: object) -> None:
+    problem = BlockMap(block_size, ()).problem(0)  # type: ignore[arg-type]
+    assert problem is not None
