@@ -258,10 +258,10 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
         learner = BlockHasher()
         task = reporter.task(f"check {record.filename}", size)
         try:
-            digest, read = hash_range(path, 0, size, task.advance, extra_sinks=[learner])
+            whole_hex, read = hash_range(path, 0, size, task.advance, extra_sinks=[learner])
         finally:
             task.close()
-        if read == size and digest == record.sha256:
+        if read == size and whole_hex == record.sha256:
             blocks, bad = learner.finish(), []  # intact: its map is proven now
         else:
             source, listed = _source_for(record, options, downloader)
