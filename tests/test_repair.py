@@ -551,3 +551,28 @@ def test_repair_refuses_a_model_file_the_user_replaced(
     print(repaired)
     # fetch says "replacing tiny.gguf ..." in this case; repair rewrites the user's file in place silently
     assert "replac" in repaired.err or repaired.code != 0, repaired.err
+
+
+def test_a_record_left_mid_repair_is_hashed_whole_by_verify_refused_by_path_and_refetch_keeps_its_map(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    rec_path = _record_path(models_dir, "tiny.gguf")
+    record = json.loads(rec_path.read_text())
+    blocks = record["blocks"]
+    assert blocks and record["map_sha256"]
+    record["repairing"] = True  # as a repair killed before it touched a byte leaves it
+    rec_path.write_text(json.dumps(record))
+    shown = cli("path", "tiny.gguf")
+    assert shown.code != 0 and "tiny.gguf" not in shown.out, shown
+    # fetch finds its own file with the right bytes: it records it again, block map included
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    again = json.loads(rec_path.read_text())
+    assert again["repairing"] is False and again["blocks"] == blocks and again["map_sha256"]
+    # verify of a record marked repairing hashes the whole file and, when it matches, clears the flag
+    again["repairing"] = True
+    rec_path.write_text(json.dumps(again))
+    checked = cli("verify", "tiny.gguf")
+    assert checked.code == 0, checked.out
+    final = json.loads(rec_path.read_text())
+    assert final["repairing"] is False and final["blocks"] == blocks
+    assert cli("path", "tiny.gguf").code == 0
