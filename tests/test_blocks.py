@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
-from teadist.base.hashing import bad_blocks, hash_blocks, usable_cores
+from teadist.base.hashing import bad_blocks, hash_blocks, hash_blocks_fd, usable_cores
 from teadist.base.progress import NullReporter
 from teadist.errors import ManifestError
 from teadist.formats.manifest import load_manifest, parse_manifest
@@ -202,3 +202,26 @@ def test_an_altered_block_hash_is_refused_at_assembly_and_fails_verification_as_
 def test_absurd_block_sizes_are_refused(block_size: object) -> None:
     problem = BlockMap(block_size, ()).problem(0)  # type: ignore[arg-type]
     assert problem is not None
+
+
+def test_hashing_many_blocks_keeps_memory_to_the_hashes_themselves(tmp_path: Path) -> None:
+    """A 1 GiB sparse file in 64 KiB blocks: 16384 hashes (about 2 MB of strings) — the work queue
+    must not add a pending task per block on top (30 MB before: every block submitted at once)."""
+    import tracemalloc
+
+    block, count = 65536, 16384
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(block * count)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tracemalloc.start()
+        try:
+            got = hash_blocks_fd(fd, block, range(count), block * count, threads=2)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        os.close(fd)
+    assert got == [hashlib.sha256(bytes(block)).hexdigest()] * count
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for {count} blocks"
