@@ -576,3 +576,32 @@ def test_a_record_left_mid_repair_is_hashed_whole_by_verify_refused_by_path_and_
     final = json.loads(rec_path.read_text())
     assert final["repairing"] is False and final["blocks"] == blocks
     assert cli("path", "tiny.gguf").code == 0
+
+
+def test_verify_full_hashes_the_whole_file_even_when_the_proven_map_agrees(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """The fast path checks against the proven block map; a map forged with its digest too (by someone
+    who can write the record) fools it — `--full` hashes the whole file against the recorded sha256.
+    (A one-block map whose hash is not the sha256 is never trusted at all.)"""
+    from teadist.base.blocks import BlockHasher
+    from teadist.cache.store import CacheRecord
+
+    src = tmp_path / "src" / "local.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    assert cli("assemble", result.manifest_path).code == 0
+    cached = models_dir / "local.gguf"
+    rec_path = _record_path(models_dir, "local.gguf")
+    flip(cached, BLOCK_SIZE + 3)
+    learner = BlockHasher()
+    with open(cached, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            learner(piece)
+    record = CacheRecord.parse(rec_path.read_bytes(), "local.gguf")
+    record.set_blocks(learner.finish())
+    st = os.stat(cached)
+    record.mtime_ns, record.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+    rec_path.write_text(json.dumps(record.to_dict()))
+    assert cli("verify", "local.gguf").code == 0  # what the fast path can and cannot see
+    full = cli("verify", "local.gguf", "--full", "--json")
+    assert full.code == 3, full.out

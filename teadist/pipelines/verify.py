@@ -298,9 +298,11 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
     return VerifyReport(str(path), rows)
 
 
-def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], list[CheckRow]]:
+def _model_checks(cache: ModelCache, model: CachedModel, full: bool = False) -> tuple[list[_Job], list[CheckRow]]:
     """Everything a cached model's records vouch for — its file, or each kept shard — as hash jobs of
-    exactly the recorded size, plus rows for what is already known bad (missing, other size)."""
+    exactly the recorded size, plus rows for what is already known bad (missing, other size). A proven
+    block map makes it a block check; ``full`` (or no proven map) hashes the whole file against the
+    recorded sha256, the map then only naming damaged ranges."""
     jobs, rows = [], []
     for member in model.members:
         path = cache.path_for(member.filename)
@@ -312,8 +314,10 @@ def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], li
             rows.append(CheckRow(member.filename, MISMATCH, f"size {actual}, expected {member.size}"))
         else:
             blocks = member.record.block_map if member.record is not None else None
-            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256, blocks=blocks,
-                             learn=blocks is None and member.record is not None))
+            size = member.size
+            narrow = (blocks, size) if blocks is not None and size is not None else None
+            jobs.append(_Job(member.filename, path, 0, size, member.sha256, blocks=None if full else blocks,
+                             learn=blocks is None and member.record is not None, narrow=narrow if full else None))
     return jobs, rows
 
 
@@ -321,7 +325,7 @@ def _damaged_row(damaged: DamagedRecord) -> CheckRow:
     return CheckRow(damaged.path.name, DAMAGED, f"record: {damaged.problem}")
 
 
-def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyReport:
+def verify_cached(cache: ModelCache, name: str, reporter: Reporter, full: bool = False) -> VerifyReport:
     model = cache.find(name)
     if model is None:
         damaged = cache.find_damaged(name)
@@ -329,7 +333,7 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
             return VerifyReport(str(damaged.path), [_damaged_row(damaged)])
         raise NotFoundError(f"no cached model or cache record named {name!r}",
                             hint="pass a manifest with --manifest, or see `teadist list`")
-    jobs, rows = _model_checks(cache, model)
+    jobs, rows = _model_checks(cache, model, full)
     rows += _run_jobs(jobs, reporter, f"verify {model.head.filename}")
     report = VerifyReport(str(cache.path_for(model.head.filename)), rows)
     if report.ok:
@@ -337,10 +341,10 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
     return report
 
 
-def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
+def verify_whole_cache(cache: ModelCache, reporter: Reporter, full: bool = False) -> VerifyReport:
     """Every record, shards included, hashed in one parallel batch; damaged records reported."""
     scan = cache.scan()
-    checks = [_model_checks(cache, m) for m in scan.models]
+    checks = [_model_checks(cache, m, full) for m in scan.models]
     results = iter(_run_jobs([job for jobs, _ in checks for job in jobs], reporter, "verify cache"))
     rows: list[CheckRow] = []
     for model, (jobs, known) in zip(scan.models, checks, strict=True):
