@@ -474,6 +474,8 @@ def test_a_misbehaving_repair_source_changes_nothing_and_the_model_stays_unverif
         assert repaired.code != 0
         assert cdn.applied, "the fault must have happened"
         assert sha(cached) == damaged
+        # nothing was left written: the record does not claim a repair under way
+        assert json.loads(_record_path(models_dir, "f.gguf").read_text())["repairing"] is False
         assert cli("verify", "f.gguf").code == 3
         cdn.faults.clear()
         assert cli("repair", "f.gguf").code == 0
