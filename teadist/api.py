@@ -404,9 +404,11 @@ def _refuse_a_model_for_a_manifest(path: Path) -> None:
 @boundary
 def verify(target: Path | str | None = None, *, manifest: Path | str | None = None,
            cache_dir: Path | str | None = None, progress: Progress = None,
-           settings: Settings | None = None) -> VerifyReport:
+           settings: Settings | None = None, full: bool = False) -> VerifyReport:
     """Check a model file, a folder of chunks, a manifest's chunks, a cached model (by any of its names)
-    or, with no target, the whole cache; the report says OK / MISSING / MISMATCH / DAMAGED per item."""
+    or, with no target, the whole cache; the report says OK / MISSING / MISMATCH / DAMAGED per item.
+    A cached model with a proven block map is checked against that map; ``full`` hashes it whole
+    against its recorded sha256 (a manifest's files are always hashed whole)."""
     from teadist.formats.manifest import MANIFEST_SUFFIX, load_manifest
     from teadist.pipelines import verify as v
     from teadist.pipelines.resolve import classify, find_cached, registry_manifest
@@ -417,7 +419,7 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
     if target is None:
         if manifest is not None:
             raise UsageError("--manifest needs a TARGET to check against it")
-        return v.verify_whole_cache(cache, reporter)
+        return v.verify_whole_cache(cache, reporter, full)
     text = text_arg(target, "target")
     if manifest is not None:
         path = Path(text)
@@ -429,7 +431,7 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
         model = find_cached(cache, text)
         if model is None and registry_manifest(text) is not None:  # the registry's model, never another
             raise NotFoundError(f"{text!r} is not installed in {cache.root}", hint=f"run `teadist fetch {text}`")
-        return v.verify_cached(cache, model.head.filename if model is not None else text, reporter)
+        return v.verify_cached(cache, model.head.filename if model is not None else text, reporter, full)
     if named.kind != "path":
         raise UsageError(f"verify checks local files and cached models, not {text!r}",
                          hint="fetch it first: `teadist fetch` verifies what it downloads")
@@ -446,7 +448,7 @@ def verify(target: Path | str | None = None, *, manifest: Path | str | None = No
                              hint=f"teadist verify {path} --manifest {path}/NAME{MANIFEST_SUFFIX}")
         return v.verify_chunk_folder(path, load_manifest(found[0]), reporter)
     if path.is_file() and cache.contains(path):
-        return v.verify_cached(cache, path.name, reporter)
+        return v.verify_cached(cache, path.name, reporter, full)
     if path.exists():
         raise UsageError(f"nothing to verify {text} against: it is not in the cache",
                          hint="pass its manifest with --manifest")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
-from teadist.base.hashing import bad_blocks, hash_blocks, usable_cores
+from teadist.base.hashing import bad_blocks, hash_blocks, hash_blocks_fd, usable_cores
 from teadist.base.progress import NullReporter
 from teadist.errors import ManifestError
 from teadist.formats.manifest import load_manifest, parse_manifest
@@ -173,7 +173,7 @@ def test_block_maps_that_cannot_describe_the_file_are_refused(tmp_path: Path) ->
     refused(lambda r: r["chunks"][0].update(blocks=["A" * 64]), "chunks")
 
 
-def test_an_altered_block_hash_is_refused_at_assembly_and_fails_verification_at_that_block(
+def test_an_altered_block_hash_is_refused_at_assembly_and_fails_verification_as_a_self_contradicting_manifest(
         tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
     from teadist.base.blocks import BLOCK_SIZE
 
@@ -193,4 +193,35 @@ def test_an_altered_block_hash_is_refused_at_assembly_and_fails_verification_at_
     assert checked.code == 3
     items = {i["name"]: i for i in json.loads(checked.out)["items"]}
     assert items["a.bin.part-00001-of-00002"]["status"] == "OK"
-    assert items["a.bin.part-00002-of-00002"]["damaged"] == [{"start": 2 * BLOCK_SIZE, "end": 3 * BLOCK_SIZE}]
+    # the bytes match the chunk's sha256 (the final word); the altered map contradicts it
+    second = items["a.bin.part-00002-of-00002"]
+    assert second["status"] == "MISMATCH" and "block map" in second["detail"] and "damaged" not in second
+
+
+@pytest.mark.parametrize("block_size", [0, 1, 2**70, 8388608.0, 3 * 65536, True, -65536, 2**27])
+def test_absurd_block_sizes_are_refused(block_size: object) -> None:
+    problem = BlockMap(block_size, ()).problem(0)  # type: ignore[arg-type]
+    assert problem is not None
+
+
+def test_hashing_many_blocks_keeps_memory_to_the_hashes_themselves(tmp_path: Path) -> None:
+    """A 1 GiB sparse file in 64 KiB blocks: 16384 hashes (about 2 MB of strings) — the work queue
+    must not add a pending task per block on top (30 MB before: every block submitted at once)."""
+    import tracemalloc
+
+    block, count = 65536, 16384
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(block * count)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tracemalloc.start()
+        try:
+            got = hash_blocks_fd(fd, block, range(count), block * count, threads=2)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        os.close(fd)
+    assert got == [hashlib.sha256(bytes(block)).hexdigest()] * count
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for {count} blocks"

@@ -306,3 +306,304 @@ def test_a_kept_shard_is_repaired_by_one_range_request(tmp_path: Path, models_di
         assert ranged_gets(mirror) == [(f"/{second.name}", f"bytes=0-{second.size - 1}")]
     assert sha(models_dir / second.name) == second.sha256
     assert cli("verify", "kept").code == 0
+
+
+# -- from the hostile review of issue 12: the whole sha256 is the final word --
+
+def _record_path(models_dir: Path, name: str) -> Path:
+    return models_dir / ".teadist" / "records" / f"{name}.json"
+
+
+def test_verify_of_a_cached_model_does_not_trust_an_edited_block_map_over_the_recorded_sha256(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    rec_path = _record_path(models_dir, "tiny.gguf")
+    record = json.loads(rec_path.read_text())
+    flip(cached, 100)  # the file is no longer the one the Hub published
+    assert sha(cached) != record["sha256"]
+    record["blocks"] = [sha(cached)]  # the one-block map edited to match the damaged bytes
+    rec_path.write_text(json.dumps(record))
+    checked = cli("verify", "tiny.gguf")
+    # The recorded sha256 (the source's) does not match: verify must not say OK.
+    assert checked.code == 3, checked.out
+
+
+def test_repair_keeps_an_intact_model_whose_record_map_was_edited(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "local.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    assert cli("assemble", result.manifest_path).code == 0
+    cached = models_dir / "local.gguf"
+    good = sha(cached)
+    assert good == sha(src)
+    # Someone alters the local chunk (the repair source) and the record's hash of block 0 to match it.
+    manifest = json.loads(result.manifest_path.read_text())
+    chunk0 = tmp_path / "dist" / manifest["chunks"][0]["name"]
+    flip(chunk0, 5)
+    rec_path = _record_path(models_dir, "local.gguf")
+    record = json.loads(rec_path.read_text())
+    record["blocks"][0] = sha(chunk0)
+    rec_path.write_text(json.dumps(record))
+    repaired = cli("repair", "local.gguf")
+    # Whatever repair answers, an intact model (its whole sha256 still the source's) must keep its bytes.
+    assert sha(cached) == good, (repaired.code, repaired.err)
+
+
+def test_after_a_failed_repair_verify_does_not_say_ok(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """A damaged model whose source's block map lies: repair writes what the map asks, the whole
+    sha256 rejects it, the overwritten bytes are put back, and verify still says MISMATCH."""
+    src = tmp_path / "src" / "local.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    assert cli("assemble", result.manifest_path).code == 0
+    cached = models_dir / "local.gguf"
+    manifest = json.loads(result.manifest_path.read_text())
+    chunk0 = tmp_path / "dist" / manifest["chunks"][0]["name"]
+    flip(chunk0, 5)
+    manifest["file"]["block_size"] = BLOCK_SIZE
+    manifest["file"]["blocks"] = [sha(chunk0), sha(tmp_path / "dist" / manifest["chunks"][1]["name"])]
+    result.manifest_path.write_text(json.dumps(manifest))
+    rec_path = _record_path(models_dir, "local.gguf")
+    record = json.loads(rec_path.read_text())
+    record["blocks"][0] = sha(chunk0)  # edited: no longer the proven map
+    rec_path.write_text(json.dumps(record))
+    flip(cached, BLOCK_SIZE + 9)
+    damaged = sha(cached)
+    repaired = cli("repair", "local.gguf")
+    assert repaired.code == 3 and "left as it was" in repaired.err, repaired.err
+    assert sha(cached) == damaged  # block 0 was overwritten, then put back
+    after = json.loads(rec_path.read_text())
+    assert after["repairing"] is False and after["blocks"] == []
+    assert list(models_dir.glob("*.part")) == [] and len(list(models_dir.iterdir())) == 2
+    checked = cli("verify", "local.gguf")
+    assert checked.code == 3, checked.out
+
+
+def test_a_mirror_altering_a_manifest_block_hash_and_its_chunk_cannot_make_repair_corrupt_an_intact_model(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """No local tampering: the model was installed by an older teadist (no block map in its record) and
+    is intact; the mirror now serves its manifest with the same sha256s but one block hash altered, and
+    the chunk bytes to match that hash."""
+    from tests.servers import MirrorServer
+
+    src = tmp_path / "src" / "remote.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("remote.gguf.manifest.json")).code == 0
+        cached = models_dir / "remote.gguf"
+        good = sha(cached)
+        rec_path = _record_path(models_dir, "remote.gguf")
+        record = json.loads(rec_path.read_text())
+        record.pop("blocks"), record.pop("block_size")  # installed before block maps
+        rec_path.write_text(json.dumps(record))
+        manifest_path = dist / "remote.gguf.manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        chunk0 = dist / manifest["chunks"][0]["name"]
+        flip(chunk0, 5)
+        manifest["file"]["block_size"] = BLOCK_SIZE
+        manifest["file"]["blocks"] = [sha(chunk0), sha(dist / manifest["chunks"][1]["name"])]
+        manifest_path.write_text(json.dumps(manifest))
+        repaired = cli("repair", "remote.gguf")
+        assert sha(cached) == good, (repaired.code, repaired.err)
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 2 * BLOCK_SIZE,
+                                  2 * BLOCK_SIZE + 1])
+def test_edges_of_the_last_block_verify_and_repair_review(size: int, tmp_path: Path, models_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+                                                    cli: Callable[..., Result]) -> None:
+    from tests.servers import MirrorServer
+
+    served = tmp_path / "served"
+    write_big(served / "edge.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/edge", {"edge.gguf": served / "edge.gguf"}, commit="e" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert cli("fetch", "hf://org/edge/edge.gguf").code == 0
+        cached = models_dir / "edge.gguf"
+        record = json.loads(_record_path(models_dir, "edge.gguf").read_text())
+        assert len(record["blocks"]) == -(-size // BLOCK_SIZE)
+        assert cli("verify", "edge.gguf").code == 0
+        if size == 0:
+            assert cli("repair", "edge.gguf").code == 0
+            return
+        flip(cached, size - 1)
+        last = (size - 1) // BLOCK_SIZE
+        checked = cli("verify", "edge.gguf")
+        assert checked.code == 3
+        assert f"bytes {last * BLOCK_SIZE}-{size - 1}" in checked.out
+        cdn.requests.clear()
+        repaired = cli("repair", "edge.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["bytes_fetched"] == size - last * BLOCK_SIZE
+        assert sha(cached) == sha(served / "edge.gguf")
+        # a file grown by one byte: repair cuts it back, verify agrees
+        with open(cached, "ab") as fh:
+            fh.write(b"x")
+        assert cli("verify", "edge.gguf").code == 3
+        assert cli("repair", "edge.gguf").code == 0
+        assert sha(cached) == sha(served / "edge.gguf") and cli("verify", "edge.gguf").code == 0
+
+
+@pytest.mark.parametrize("kind", ["ignore_range", "corrupt", "truncate"])
+def test_a_misbehaving_repair_source_changes_nothing_and_the_model_stays_unverified(
+        kind: str, tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+        cli: Callable[..., Result]) -> None:
+    from tests.servers import Fault, MirrorServer
+
+    size = 2 * BLOCK_SIZE + 5
+    served = tmp_path / "served"
+    write_big(served / "f.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/f", {"f.gguf": served / "f.gguf"}, commit="f" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert cli("fetch", "hf://org/f/f.gguf").code == 0
+        cached = models_dir / "f.gguf"
+        flip(cached, BLOCK_SIZE + 10)
+        damaged = sha(cached)
+        cdn.faults.append(Fault(kind, after=100, offset=BLOCK_SIZE + 20, times=100))
+        repaired = cli("repair", "f.gguf")
+        assert repaired.code != 0
+        assert cdn.applied, "the fault must have happened"
+        assert sha(cached) == damaged
+        # nothing was left written: the record does not claim a repair under way
+        assert json.loads(_record_path(models_dir, "f.gguf").read_text())["repairing"] is False
+        assert cli("verify", "f.gguf").code == 3
+        cdn.faults.clear()
+        assert cli("repair", "f.gguf").code == 0
+        assert sha(cached) == sha(served / "f.gguf")
+        record = json.loads(_record_path(models_dir, "f.gguf").read_text())
+        assert record["repairing"] is False
+
+
+def test_a_repair_killed_mid_way_leaves_the_record_unverified_and_a_rerun_finishes(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+        cli: Callable[..., Result]) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import TEADIST_BIN
+    from tests.servers import Fault, MirrorServer
+
+    size = 3 * BLOCK_SIZE
+    served = tmp_path / "served"
+    write_big(served / "k.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/k", {"k.gguf": served / "k.gguf"}, commit="d" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert cli("fetch", "hf://org/k/k.gguf").code == 0
+        cached = models_dir / "k.gguf"
+        for i in range(3):
+            flip(cached, i * BLOCK_SIZE + 7)
+        cdn.faults.append(Fault("stall", after=1000, seconds=60, skip=1))
+        proc = subprocess.Popen([str(TEADIST_BIN), "repair", "k.gguf", "-q"], env=dict(os.environ),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not cdn.applied and time.time() < deadline:
+            time.sleep(0.05)
+        assert cdn.applied
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        record = json.loads(_record_path(models_dir, "k.gguf").read_text())
+        assert record["repairing"] is True
+        assert cli("verify", "k.gguf").code == 3
+        cdn.faults.clear()
+        cdn.requests.clear()
+        repaired = cli("repair", "k.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["blocks_refetched"] == 2  # block 0 was proven by the killed run
+        assert sha(cached) == sha(served / "k.gguf")
+        assert json.loads(_record_path(models_dir, "k.gguf").read_text())["repairing"] is False
+
+
+def test_repair_of_a_symlinked_model_changes_neither_link_nor_target(
+        hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    outside = tmp_path / "outside.gguf"
+    outside.write_bytes(cached.read_bytes())
+    flip(outside, 100)
+    before = outside.read_bytes()
+    cached.unlink()
+    cached.symlink_to(outside)
+    repaired = cli("repair", "tiny.gguf")
+    assert repaired.code != 0 and "Traceback" not in repaired.err
+    assert outside.read_bytes() == before and cached.is_symlink()
+
+
+def test_repair_refuses_a_model_file_the_user_replaced(
+        hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    mine = tmp_path / "mine.gguf"
+    write_big(mine, cached.stat().st_size + 4096)  # the user's own model, put in its place
+    os.replace(mine, cached)
+    repaired = cli("repair", "tiny.gguf")
+    print(repaired)
+    # fetch says "replacing tiny.gguf ..." in this case; repair rewrites the user's file in place silently
+    assert "replac" in repaired.err or repaired.code != 0, repaired.err
+
+
+def test_a_record_left_mid_repair_is_hashed_whole_by_verify_refused_by_path_and_refetch_keeps_its_map(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    rec_path = _record_path(models_dir, "tiny.gguf")
+    record = json.loads(rec_path.read_text())
+    blocks = record["blocks"]
+    assert blocks and record["map_sha256"]
+    record["repairing"] = True  # as a repair killed before it touched a byte leaves it
+    rec_path.write_text(json.dumps(record))
+    shown = cli("path", "tiny.gguf")
+    assert shown.code != 0 and "tiny.gguf" not in shown.out, shown
+    # fetch finds its own file with the right bytes: it records it again, block map included
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    again = json.loads(rec_path.read_text())
+    assert again["repairing"] is False and again["blocks"] == blocks and again["map_sha256"]
+    # verify of a record marked repairing hashes the whole file and, when it matches, clears the flag
+    again["repairing"] = True
+    rec_path.write_text(json.dumps(again))
+    checked = cli("verify", "tiny.gguf")
+    assert checked.code == 0, checked.out
+    final = json.loads(rec_path.read_text())
+    assert final["repairing"] is False and final["blocks"] == blocks
+    assert cli("path", "tiny.gguf").code == 0
+
+
+def test_verify_full_hashes_the_whole_file_even_when_the_proven_map_agrees(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """The fast path checks against the proven block map; a map forged with its digest too (by someone
+    who can write the record) fools it — `--full` hashes the whole file against the recorded sha256.
+    (A one-block map whose hash is not the sha256 is never trusted at all.)"""
+    from teadist.base.blocks import BlockHasher
+    from teadist.cache.store import CacheRecord
+
+    src = tmp_path / "src" / "local.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    assert cli("assemble", result.manifest_path).code == 0
+    cached = models_dir / "local.gguf"
+    rec_path = _record_path(models_dir, "local.gguf")
+    flip(cached, BLOCK_SIZE + 3)
+    learner = BlockHasher()
+    with open(cached, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            learner(piece)
+    record = CacheRecord.parse(rec_path.read_bytes(), "local.gguf")
+    record.set_blocks(learner.finish())
+    st = os.stat(cached)
+    record.mtime_ns, record.ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+    rec_path.write_text(json.dumps(record.to_dict()))
+    assert cli("verify", "local.gguf").code == 0  # what the fast path can and cannot see
+    full = cli("verify", "local.gguf", "--full", "--json")
+    assert full.code == 3, full.out

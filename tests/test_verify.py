@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from teadist.base.blocks import BLOCK_SIZE
 from teadist.base.progress import NullReporter
 from teadist.pipelines.split import split_file
 from tests.helpers import Result, write_random
+from tests.test_repair import flip, sha, write_big
 
 
 @pytest.fixture
@@ -166,3 +169,76 @@ def test_gguf_shards_whose_recipe_or_whole_hash_was_altered_fail(tmp_path: Path,
     manifest.write_text(original)
     _rewrite(manifest, lambda d: d["file"].update(sha256="f" * 64))
     assert cli("verify", manifest).code == 3
+
+
+# -- from the hostile review of issue 12: a manifest's sha256 is the final word over its block maps --
+
+def test_verify_against_a_manifest_whose_block_map_is_another_file_fails(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "m.gguf"
+    write_big(src, 2 * BLOCK_SIZE + 7)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    manifest = json.loads(result.manifest_path.read_text())
+    other = tmp_path / "other.gguf"
+    other.write_bytes(src.read_bytes())
+    flip(other, 5)
+    # keep the original's sha256, but give the file a block map of the other bytes; same with the chunks
+    with open(other, "rb") as fh:
+        manifest["file"]["blocks"] = [hashlib.sha256(fh.read(BLOCK_SIZE)).hexdigest() for _ in range(3)]
+    manifest["file"]["block_size"] = BLOCK_SIZE
+    for chunk in manifest["chunks"]:
+        chunk.pop("blocks", None), chunk.pop("block_size", None)
+    manifest["format"] = "single"
+    manifest.pop("chunks")
+    bad = tmp_path / "bad.manifest.json"
+    bad.write_text(json.dumps(manifest))
+    assert sha(other) != manifest["file"]["sha256"]
+    checked = cli("verify", other, "--manifest", bad)
+    assert checked.code == 3, checked.out
+
+
+def test_verify_of_a_chunk_folder_checks_the_chunk_sha256_over_its_block_map(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    src = tmp_path / "src" / "m.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    manifest = json.loads(result.manifest_path.read_text())
+    first = tmp_path / "dist" / manifest["chunks"][0]["name"]
+    flip(first, 5)
+    manifest["chunks"][0]["block_size"] = BLOCK_SIZE
+    manifest["chunks"][0]["blocks"] = [sha(first)]
+    manifest["chunks"][1]["block_size"] = BLOCK_SIZE
+    manifest["chunks"][1]["blocks"] = [sha(tmp_path / "dist" / manifest["chunks"][1]["name"])]
+    result.manifest_path.write_text(json.dumps(manifest))
+    assert sha(first) != manifest["chunks"][0]["sha256"]
+    checked = cli("verify", result.manifest_path)
+    assert checked.code == 3, checked.out
+
+
+def test_verify_of_a_chunk_folder_checks_each_chunk_sha256_even_with_a_matching_block_map(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """The chunk's bytes, its block map and the whole file agree; its listed sha256 does not: the
+    manifest contradicts itself, and the sha256 is the final word."""
+    src = tmp_path / "src" / "m.gguf"
+    write_big(src, 2 * BLOCK_SIZE + 3)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["chunks"][0]["blocks"]
+    manifest["chunks"][0]["sha256"] = "0" * 64
+    result.manifest_path.write_text(json.dumps(manifest))
+    checked = cli("verify", result.manifest_path)
+    assert checked.code == 3, checked.out
+    assert "MISMATCH" in checked.out.splitlines()[0], checked.out
+
+
+def test_verify_against_a_manifest_whose_block_map_disagrees_with_its_sha256_fails(
+        tmp_path: Path, cli: Callable[..., Result]) -> None:
+    src = tmp_path / "m.gguf"
+    write_big(src, 2 * BLOCK_SIZE + 3)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=BLOCK_SIZE)
+    manifest = json.loads(result.manifest_path.read_text())
+    manifest["file"]["blocks"][1] = "1" * 64
+    result.manifest_path.write_text(json.dumps(manifest))
+    checked = cli("verify", src, "--manifest", result.manifest_path)
+    assert checked.code == 3, checked.out
+    assert "block map" in checked.out, checked.out

@@ -250,8 +250,29 @@ def hash_blocks_fd(fd: int, block_size: int, indices: Sequence[int], size: int,
     workers = max(1, min(threads or usable_cores(), len(indices)))
     if workers == 1:
         return [one(i) for i in indices]
+    # A fixed set of workers pulls the next index: memory holds the hashes, not a task per block.
+    out = [""] * len(indices)
+    taken = iter(range(len(indices)))
+    take = threading.Lock()
+
+    def work() -> None:
+        nonlocal taken
+        while True:
+            with take:
+                k = next(taken, None)
+            if k is None:
+                return
+            try:
+                out[k] = one(indices[k])
+            except BaseException:
+                with take:
+                    taken = iter(())  # the others stop at their next block
+                raise
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, indices))
+        for done in [pool.submit(work) for _ in range(workers)]:
+            done.result()
+    return out
 
 
 def proven_blocks(fd: int, expected: Sequence[str], block_size: int, size: int, have: int) -> int:

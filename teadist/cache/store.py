@@ -13,6 +13,7 @@ removable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import stat
@@ -66,20 +67,44 @@ class CacheRecord:
     block_size: int | None = None
     blocks: list[str] = field(default_factory=list)
     repairing: bool = False  # blocks are being rewritten in place: nothing vouches for the file now
+    # A digest of (sha256, block_size, blocks), written only by teadist when the whole sha256 matched
+    # the bytes the map was computed from: a map edited by hand no longer matches it and is not trusted.
+    map_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def block_map(self) -> BlockMap | None:
+    def _map_digest(self) -> str:
+        return hashlib.sha256(f"{self.sha256}:{self.block_size}:{','.join(self.blocks)}".encode()).hexdigest()
+
+    def _listed_map(self) -> BlockMap | None:
         if self.block_size is None:
             return None
         blocks = BlockMap(self.block_size, tuple(self.blocks))
         return blocks if blocks.problem(self.size) is None else None
 
+    @property
+    def block_map(self) -> BlockMap | None:
+        """The block map to verify with: the proven one, but not while a repair is under way (nothing
+        vouches for the file then: it is hashed whole)."""
+        return None if self.repairing else self.proven_map
+
+    @property
+    def proven_map(self) -> BlockMap | None:
+        """The block map, only if it was proven against the whole sha256 when it was recorded (its
+        digest matches); else None."""
+        blocks = self._listed_map()
+        if blocks is None or self.map_sha256 != self._map_digest():
+            return None
+        if len(blocks.hashes) == 1 and blocks.hashes[0] != self.sha256:
+            return None  # one block is the whole file: its hash must be the file's
+        return blocks
+
     def set_blocks(self, blocks: BlockMap | None) -> None:
+        """Keep ``blocks`` as proven: call only with a map of bytes whose whole sha256 matched."""
         self.block_size = blocks.block_size if blocks is not None else None
         self.blocks = list(blocks.hashes) if blocks is not None else []
+        self.map_sha256 = self._map_digest() if blocks is not None else None
 
     @classmethod
     def parse(cls, raw: bytes, filename: str) -> CacheRecord:
@@ -152,8 +177,9 @@ class CacheRecord:
             shards=[file_name(s, "shards") for s in shards],
             shard_sha256={file_name(k, "shard_sha256"): v for k, v in shard_sha.items()},
             block_size=whole("block_size", True, 2**40), blocks=blocks, repairing=repairing,
+            map_sha256=text("map_sha256", True),
         )
-        if record.block_size is not None and record.block_map is None:
+        if record.block_size is not None and record._listed_map() is None:
             raise RecordProblem("blocks do not describe a file of its size")
         return record
 
@@ -330,7 +356,16 @@ class ModelCache:
         target = self.target(record.filename)
         with target.lock_if_free() as got:
             current = self.read_record(record.filename) if got else None
-            if current is not None and current.sha256 == record.sha256 and current.mtime_ns == record.mtime_ns \
+            if current is not None and current.sha256 == record.sha256 and current.repairing and blocks is not None:
+                # A whole-hash pass matched a file left mid-repair: it is the source's file again.
+                st = os.lstat(self.path_for(current.filename))
+                if stat.S_ISREG(st.st_mode) and st.st_size == current.size:
+                    current.repairing = False
+                    current.mtime_ns, current.ctime_ns, current.inode = st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                    current.verified_at = now_iso()
+                    current.set_blocks(blocks)
+                    self.write_record(current)
+            elif current is not None and current.sha256 == record.sha256 and current.mtime_ns == record.mtime_ns \
                     and self.is_current(current):
                 current.verified_at = now_iso()
                 if blocks is not None and current.block_map is None and blocks.problem(current.size) is None:

@@ -115,6 +115,9 @@ def verify(
              "none: every model in the cache.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--manifest", "-m", help="Manifest to check against.")] = None,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Hash cached models whole against their recorded sha256 (by default a model with "
+                       "a proven block map is checked block by block against that map, on every core).")] = False,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -128,12 +131,13 @@ def verify(
       teadist verify dist/phi.gguf.manifest.json        # the chunks beside it
       teadist verify model.gguf --manifest dist/phi.gguf.manifest.json
       teadist verify phi-4-mini                          # a cached model, by name
+      teadist verify phi-4-mini --full                   # ... hashed whole against its sha256
       teadist verify                                     # the whole cache
     """
     from teadist.api import verify as run_verify
 
     reporter = _reporter(quiet, as_json)
-    report = run_verify(target, manifest=manifest, progress=reporter, settings=_settings(cache_dir))
+    report = run_verify(target, manifest=manifest, progress=reporter, settings=_settings(cache_dir), full=full)
     failed = [r for r in report.rows if r.status != "OK"]
     message = f"verification failed: {len(failed)} of {len(report.rows)} items bad in {report.target}"
     hint = "fetch or assemble the bad items again"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from teadist.base.blocks import BlockMap
+from teadist.base.blocks import BlockHasher, BlockMap
 from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import Reporter
 from teadist.base.urls import origin_of, url_problem
@@ -282,9 +282,10 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
     record = cache.read_record(target.name)
     present = os.path.lexists(target.final)
     if record is not None:
-        if record.sha256 == sha256 and _holds(target, sha256, size):
+        if record.sha256 == sha256 and (blocks := _holds(target, sha256, size)) is not None:
             # ours, and still the right bytes (copied back, touched): record it again, no download
-            return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
+            return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin,
+                                        blocks=blocks)
         if record.name != name and not _same_lineage(record.origin, origin):
             # another model's file: a manifest must not take over a name it does not own
             raise TeadistError(f"{target.name} in the cache holds {record.name} (from {record.source}); refusing "
@@ -300,8 +301,9 @@ def _claim(cache: ModelCache, target: CacheTarget, sha256: str, size: int | None
         return None
     if not present:
         return None
-    if _holds(target, sha256, size):
-        return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin)
+    if (blocks := _holds(target, sha256, size)) is not None:
+        return cache.record_install(target.name, name, sha256, target.final.stat().st_size, what, origin,
+                                    blocks=blocks)
     raise TeadistError(f"{target.final} is in the cache but was not installed by teadist, and it is not the "
                        f"requested file from {what}; leaving it alone",
                        hint="move it out of the cache (or delete it), then fetch again")
@@ -313,12 +315,15 @@ def _same_lineage(old: Origin | None, new: Origin) -> bool:
     return old is not None and new.get("kind") == "hf" and all(old.get(k) == new.get(k) for k in keys)
 
 
-def _holds(target: CacheTarget, sha256: str, size: int | None) -> bool:
-    """The file at ``target`` is a plain file with exactly these bytes (hashed now)."""
+def _holds(target: CacheTarget, sha256: str, size: int | None) -> BlockMap | None:
+    """The block map of the file at ``target`` if it is a plain file with exactly these bytes
+    (hashed now, its map learned in the same pass); else None."""
     from teadist.base.hashing import hash_range
 
-    return (is_plain_file(target.final) and size in (None, target.final.stat().st_size)
-            and hash_range(target.final)[0] == sha256)
+    if not is_plain_file(target.final) or size not in (None, target.final.stat().st_size):
+        return None
+    learner = BlockHasher()
+    return learner.finish() if hash_range(target.final, extra_sinks=[learner])[0] == sha256 else None
 
 
 def _present(cache: ModelCache, record: CacheRecord) -> FetchResult:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teadist.base.blocks import BlockMap, damaged_ranges, describe_ranges
+from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_ranges
 from teadist.base.fsutil import commit_fd, is_plain_file, remove_quietly
-from teadist.base.hashing import PipelinedCopier, bad_blocks
+from teadist.base.hashing import PipelinedCopier, bad_blocks, hash_range
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, CacheRecord, ModelCache
 from teadist.errors import IntegrityError, NotFoundError, OfflineError, SourceError, TeadistError
@@ -236,30 +236,50 @@ def _source_for(record: CacheRecord, options: RepairOptions,
 
 def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, reporter: Reporter,
                 downloader: Downloader) -> FileRepair:
-    """Repair one cached file (its target's lock held by the caller)."""
+    """Repair one cached file (its target's lock held by the caller).
+
+    The whole sha256 is the final word: a file without a proven block map is hashed whole first (a
+    match needs no repair and gives it its map); a map borrowed from the source is only a guide, so
+    every block overwritten in place is kept first in a temp file beside it and put back when the
+    whole sha256 then fails — the file is never left worse than it was."""
     path = cache.path_for(record.filename)
     if not is_plain_file(path):
         raise NotFoundError(f"{record.filename} is not in the cache (its record is)",
                             hint=f"fetch it again, or remove the record: teadist rm {record.filename}")
-    blocks = record.block_map
-    source: _Source | None = None
-    if blocks is None:
-        source, listed = _source_for(record, options, downloader)
-        if listed is None or listed.problem(record.size) is not None:
-            raise IntegrityError(f"{record.filename} has no block map (installed by an older teadist and not "
-                                 "verified since), so its damaged blocks cannot be told apart",
-                                 hint="`teadist verify` records one if the file is intact; else fetch it again")
-        blocks = listed
+    if record.inode is not None and os.stat(path).st_ino != record.inode:
+        raise IntegrityError(f"{record.filename} was replaced by another file since teadist installed it; "
+                             "repair will not rewrite it",
+                             hint=f"keep it under another name, or fetch it again: teadist rm {record.filename}")
     size = record.size
-    task = reporter.task(f"check {record.filename}", size)
-    try:
-        bad = bad_blocks(path, blocks.block_size, blocks.hashes, size, task.advance)
-    finally:
-        task.close()
+    blocks = record.proven_map
+    source: _Source | None = None
+    bad: list[int] | None = None
+    if blocks is None:
+        learner = BlockHasher()
+        task = reporter.task(f"check {record.filename}", size)
+        try:
+            whole_hex, read = hash_range(path, 0, size, task.advance, extra_sinks=[learner])
+        finally:
+            task.close()
+        if read == size and whole_hex == record.sha256:
+            blocks, bad = learner.finish(), []  # intact: its map is proven now
+        else:
+            source, listed = _source_for(record, options, downloader)
+            if listed is None or listed.problem(size) is not None:
+                raise IntegrityError(f"{record.filename} has no block map (installed by an older teadist and not "
+                                     "verified since), so its damaged blocks cannot be told apart",
+                                     hint=f"fetch it again: teadist rm {record.filename}, then fetch")
+            blocks = listed
+    if bad is None:
+        task = reporter.task(f"check {record.filename}", size)
+        try:
+            bad = bad_blocks(path, blocks.block_size, blocks.hashes, size, task.advance)
+        finally:
+            task.close()
     too_long = path.stat().st_size > size
     result = FileRepair(record.filename, len(blocks.hashes), len(bad),
                         ranges=damaged_ranges(bad, blocks.block_size, size))
-    if not bad and not too_long and not record.repairing:
+    if not bad and not too_long and not record.repairing and record.proven_map is not None:
         return result
     if bad:
         reporter.info(f"{record.filename}: {len(bad)} of {len(blocks.hashes)} blocks damaged "
@@ -267,6 +287,7 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
     if bad and source is None:
         source, _ = _source_for(record, options, downloader)
     temp: Path | None = None
+    backup: _Backup | None = None
     if os.stat(path).st_nlink > 1:
         # Another name shares these bytes: they must not change under it. Repair a copy instead.
         from teadist.base.hashing import copy_into
@@ -280,31 +301,49 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
             raise
     else:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        record.repairing = True  # from the first write on, nothing vouches for the file
-        cache.write_record(record)
+        if bad:
+            backup = _Backup(cache, record.filename)
+            record.repairing = True  # from the first write on, nothing vouches for the file
+            cache.write_record(record)
+    rejected = False  # the whole sha256 rejected what the block map led to
     try:
-        for index in bad:
-            assert source is not None
-            start, end = blocks.span(index, size)
-            data = _fetch_block(source, blocks.hashes[index], start, end - start, record.filename, reporter)
-            written = 0
-            while written < len(data):
-                written += os.pwrite(fd, data[written:], start + written)
-            result.blocks_refetched += 1
+        try:
+            for index in bad:
+                assert source is not None
+                start, end = blocks.span(index, size)
+                data = _fetch_block(source, blocks.hashes[index], start, end - start, record.filename, reporter)
+                if backup is not None:
+                    backup.keep(fd, start, end - start)
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(fd, data[written:], start + written)
+                result.blocks_refetched += 1
+            os.fsync(fd)
+            digest = hashlib.sha256()
+            task = reporter.task(f"verify {record.filename}", size)
+            try:
+                with PipelinedCopier(n_sinks=1, depth=2) as copier:
+                    copier.copy_file_range(fd, 0, size, [digest.update], task.advance)
+            finally:
+                task.close()
+            if digest.hexdigest() != record.sha256 or os.fstat(fd).st_size < size:
+                rejected = True
+                raise IntegrityError(f"{record.filename}: every block matches its hash after the repair, but the "
+                                     "whole file's sha256 does not; its block map cannot be trusted "
+                                     "(the file is left as it was)",
+                                     hint=f"fetch it again: teadist rm {record.filename}, then fetch")
+        except Exception:
+            if backup is not None:
+                backup.restore(fd)
+                # The file is as it was; a map that led to bytes the sha256 rejects is not to be trusted.
+                record.repairing = False
+                if rejected:
+                    record.set_blocks(None)
+                cache.write_record(record)
+            raise
         if os.fstat(fd).st_size > size:
             os.ftruncate(fd, size)
-        os.fsync(fd)
-        digest = hashlib.sha256()
-        task = reporter.task(f"verify {record.filename}", size)
-        try:
-            with PipelinedCopier(n_sinks=1, depth=2) as copier:
-                copier.copy_file_range(fd, 0, size, [digest.update], task.advance)
-        finally:
-            task.close()
-        if digest.hexdigest() != record.sha256 or os.fstat(fd).st_size != size:
-            raise IntegrityError(f"{record.filename}: every block matches its hash after the repair, but the "
-                                 "whole file's sha256 does not; its block map cannot be trusted",
-                                 hint=f"fetch it again: teadist rm {record.filename}, then fetch")
+            os.fsync(fd)
         if temp is not None:
             commit_fd(fd, temp, path)
             temp = None
@@ -312,10 +351,48 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
         os.close(fd)
         if temp is not None:
             remove_quietly(temp)
+        if backup is not None:
+            backup.close()
         result.bytes_fetched = source.fetched if source is not None else 0
     cache.record_install(record.filename, record.name, record.sha256, size, record.source, record.origin,
                          group=record.group, shards=record.shards, blocks=blocks)
     return result
+
+
+class _Backup:
+    """The bytes a repair overwrites in place, kept in a temp file beside the model (at most the bad
+    blocks' bytes) so they can be put back when the whole sha256 rejects the result."""
+
+    def __init__(self, cache: ModelCache, filename: str) -> None:
+        self.fd, self.path = cache.target(filename).files.new_temp()
+        self.spans: list[tuple[int, int, int]] = []  # (file offset, length, offset in the backup)
+        self.end = 0
+        self.size: int | None = None  # the file's size before the first write
+
+    def keep(self, fd: int, start: int, length: int) -> None:
+        if self.size is None:
+            self.size = os.fstat(fd).st_size
+        old = os.pread(fd, length, start)  # may be short where the file is short
+        written = 0
+        while written < len(old):
+            written += os.pwrite(self.fd, old[written:], self.end + written)
+        os.fsync(self.fd)
+        self.spans.append((start, len(old), self.end))
+        self.end += len(old)
+
+    def restore(self, fd: int) -> None:
+        for start, length, at in reversed(self.spans):
+            old = os.pread(self.fd, length, at)
+            written = 0
+            while written < len(old):
+                written += os.pwrite(fd, old[written:], start + written)
+        if self.size is not None and os.fstat(fd).st_size > self.size:
+            os.ftruncate(fd, self.size)
+        os.fsync(fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        remove_quietly(self.path)
 
 
 def _fetch_block(source: _Source, expected: str, start: int, length: int, filename: str,

@@ -151,6 +151,8 @@ def _unchanged(cache: ModelCache, member: Member) -> bool:
     from teadist.base.hashing import hash_range
 
     record = member.record
+    if record is not None and record.repairing:
+        return False  # mid-repair: nothing vouches for its bytes until verify or repair finishes
     if record is not None and record.ctime_ns is not None and record.inode is not None:
         return cache.is_current(record)
     sha, size = member.sha256, member.size if record is None else record.size

@@ -1,10 +1,13 @@
 """Check files against a manifest or the cache's record: per item OK / MISSING / MISMATCH.
 
-A file with a block map (in its record or its manifest) is checked block by block on every core
-the process may use, and a mismatch names the damaged byte ranges (``repair`` acts on them). A file
-without one is hashed whole (one core per file; several files in parallel); a cached file checked
-that way gets its block map from the same pass, kept once its whole sha256 has matched. The exact
-size is always checked.
+The sha256 from the source is the final word; a block map only narrows a mismatch to damaged
+ranges. A cached file whose record holds a *proven* block map (one teadist recorded, with its digest,
+when the whole sha256 matched) is checked block by block on every core the process may use — a
+check against that proven map. Any other cached file (no map, an edited map, a record left mid-repair)
+is hashed whole, learning its map in the same pass. Against a manifest, each file or chunk is hashed
+whole (several at once) against its sha256; its block map names the damaged ranges on a mismatch,
+and a map that disagrees with bytes whose sha256 matched fails (the manifest contradicts itself).
+The exact size is always checked.
 
 A manifest is checked as a whole too: matching chunks (or blocks) only vouch for what ``assemble``
 would build if the manifest's own whole-file sha256 (and, for GGUF shards, its rebuild recipe) is
@@ -73,6 +76,7 @@ class _Job:
     blocks: BlockMap | None = None  # check block by block
     learn: bool = False  # no block map yet: compute one while hashing the whole file
     narrow: tuple[BlockMap, int] | None = None  # (the file's map, its size): on a mismatch, name damaged blocks
+    claimed: BlockMap | None = None  # a manifest's map of these bytes: must agree with them once the sha256 matched
 
 
 def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
@@ -90,7 +94,7 @@ def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
 
 
 def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
-    learner = BlockHasher() if job.learn else None
+    learner = BlockHasher(job.claimed.block_size) if job.claimed is not None else BlockHasher() if job.learn else None
     digest, read = hash_range(job.path, job.offset, job.length, advance,
                               extra_sinks=[learner] if learner is not None else [])
     if job.length is not None and read != job.length:
@@ -101,7 +105,11 @@ def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
         return CheckRow(job.name, MISMATCH, f"sha256 {digest[:16]}…, expected {job.sha256[:16]}…")
     if job.whole and job.length is not None and (now := job.path.stat().st_size) != job.length:
         return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
-    return CheckRow(job.name, OK, learned=learner.finish() if learner is not None else None)
+    learned = learner.finish() if learner is not None else None
+    if job.claimed is not None and learned is not None and learned.hashes != job.claimed.hashes:
+        return CheckRow(job.name, MISMATCH, "sha256 matches, but the manifest's block map does not describe "
+                                            "these bytes (the manifest contradicts itself)")
+    return CheckRow(job.name, OK, learned=learned if job.learn else None)
 
 
 def _narrowed(job: _Job, blocks: BlockMap, size: int) -> CheckRow:
@@ -127,6 +135,7 @@ class _WholeJob:
     length: int
     sha256: str
     feed: Callable[[Callable[[bytes], object]], None]
+    claimed: BlockMap | None = None  # the manifest's map of the original
 
 
 _READ_BLOCK = 8 * 1024 * 1024
@@ -169,10 +178,13 @@ def _feed_recipe(manifest: Manifest, folder: Path) -> Callable[[Callable[[bytes]
 def _run_whole(job: _WholeJob, advance: Callable[[int], None]) -> CheckRow:
     digest = hashlib.sha256()
     seen = 0
+    learner = BlockHasher(job.claimed.block_size) if job.claimed is not None else None
 
     def sink(block: bytes) -> None:
         nonlocal seen
         digest.update(block)
+        if learner is not None:
+            learner(block)
         seen += len(block)
         advance(len(block))
 
@@ -185,6 +197,9 @@ def _run_whole(job: _WholeJob, advance: Callable[[int], None]) -> CheckRow:
     if digest.hexdigest() != job.sha256:
         return CheckRow(job.name, MISMATCH, f"whole file: sha256 {digest.hexdigest()[:16]}…, "
                                             f"the manifest says {job.sha256[:16]}…")
+    if learner is not None and job.claimed is not None and learner.finish().hashes != job.claimed.hashes:
+        return CheckRow(job.name, MISMATCH, "whole file: sha256 matches, but the manifest's block map does not "
+                                            "describe these bytes (the manifest contradicts itself)")
     return CheckRow(job.name, OK, "whole file")
 
 
@@ -192,7 +207,7 @@ def _whole_of(manifest: Manifest, feed: Callable[[Callable[[bytes], object]], No
     size, sha256 = manifest.file.size, manifest.file.sha256
     if size is None or sha256 is None:
         return None
-    return _WholeJob(manifest.file.name, size, sha256, feed)
+    return _WholeJob(manifest.file.name, size, sha256, feed, manifest.file.blocks)
 
 
 def _run_jobs(jobs: list[_Job], reporter: Reporter, label: str,
@@ -240,7 +255,9 @@ def verify_chunk_folder(folder: Path, manifest: Manifest, reporter: Reporter) ->
         elif (actual := path.stat().st_size) != chunk.size:
             rows[chunk.name] = CheckRow(chunk.name, MISMATCH, f"size {actual}, expected {chunk.size}")
         else:
-            jobs.append(_Job(chunk.name, path, 0, chunk.size, chunk.sha256, blocks=chunk.blocks))
+            # The chunk's sha256 is the word; its block map narrows a mismatch and must agree with it.
+            jobs.append(_Job(chunk.name, path, 0, chunk.size, chunk.sha256, claimed=chunk.blocks,
+                             narrow=(chunk.blocks, chunk.size) if chunk.blocks is not None else None))
     whole = None
     if len(jobs) == len(manifest.chunks) and manifest.format != "single":
         paths = [folder / c.name for c in manifest.chunks]
@@ -267,22 +284,25 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
         # Each chunk is a byte range of the original: equal ranges prove the file equals the chunks;
         # the whole hash proves the chunks are the original the manifest names.
         narrow = (manifest.file.blocks, size) if manifest.file.blocks is not None else None
-        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, blocks=c.blocks, narrow=narrow)
+        jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, claimed=c.blocks, narrow=narrow)
                 for c in manifest.chunks]
         whole = _whole_of(manifest, _feed_files([path])) if actual == size else None
         rows += _run_jobs(jobs, reporter, f"verify {path.name}", whole)
-    elif manifest.file.blocks is not None and actual == size:
-        # The manifest's block map names damaged ranges; its whole sha256 vouches for the map.
-        rows += _run_jobs([_Job(path.name, path, 0, size, sha256, blocks=manifest.file.blocks)], reporter,
-                          f"verify {path.name}", _whole_of(manifest, _feed_files([path])))
     elif actual == size:
-        rows += _run_jobs([_Job(path.name, path, 0, size, sha256)], reporter, f"verify {path.name}")
+        # The whole sha256 is the word; the manifest's block map names damaged ranges on a mismatch
+        # and must agree with the bytes once the sha256 matched.
+        blocks = manifest.file.blocks
+        narrow_by = (blocks, size) if blocks is not None else None
+        job = _Job(path.name, path, 0, size, sha256, claimed=blocks, narrow=narrow_by)
+        rows += _run_jobs([job], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)
 
 
-def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], list[CheckRow]]:
+def _model_checks(cache: ModelCache, model: CachedModel, full: bool = False) -> tuple[list[_Job], list[CheckRow]]:
     """Everything a cached model's records vouch for — its file, or each kept shard — as hash jobs of
-    exactly the recorded size, plus rows for what is already known bad (missing, other size)."""
+    exactly the recorded size, plus rows for what is already known bad (missing, other size). A proven
+    block map makes it a block check; ``full`` (or no proven map) hashes the whole file against the
+    recorded sha256, the map then only naming damaged ranges."""
     jobs, rows = [], []
     for member in model.members:
         path = cache.path_for(member.filename)
@@ -294,8 +314,10 @@ def _model_checks(cache: ModelCache, model: CachedModel) -> tuple[list[_Job], li
             rows.append(CheckRow(member.filename, MISMATCH, f"size {actual}, expected {member.size}"))
         else:
             blocks = member.record.block_map if member.record is not None else None
-            jobs.append(_Job(member.filename, path, 0, member.size, member.sha256, blocks=blocks,
-                             learn=blocks is None and member.record is not None))
+            size = member.size
+            narrow = (blocks, size) if blocks is not None and size is not None else None
+            jobs.append(_Job(member.filename, path, 0, size, member.sha256, blocks=None if full else blocks,
+                             learn=blocks is None and member.record is not None, narrow=narrow if full else None))
     return jobs, rows
 
 
@@ -303,7 +325,7 @@ def _damaged_row(damaged: DamagedRecord) -> CheckRow:
     return CheckRow(damaged.path.name, DAMAGED, f"record: {damaged.problem}")
 
 
-def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyReport:
+def verify_cached(cache: ModelCache, name: str, reporter: Reporter, full: bool = False) -> VerifyReport:
     model = cache.find(name)
     if model is None:
         damaged = cache.find_damaged(name)
@@ -311,7 +333,7 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
             return VerifyReport(str(damaged.path), [_damaged_row(damaged)])
         raise NotFoundError(f"no cached model or cache record named {name!r}",
                             hint="pass a manifest with --manifest, or see `teadist list`")
-    jobs, rows = _model_checks(cache, model)
+    jobs, rows = _model_checks(cache, model, full)
     rows += _run_jobs(jobs, reporter, f"verify {model.head.filename}")
     report = VerifyReport(str(cache.path_for(model.head.filename)), rows)
     if report.ok:
@@ -319,10 +341,10 @@ def verify_cached(cache: ModelCache, name: str, reporter: Reporter) -> VerifyRep
     return report
 
 
-def verify_whole_cache(cache: ModelCache, reporter: Reporter) -> VerifyReport:
+def verify_whole_cache(cache: ModelCache, reporter: Reporter, full: bool = False) -> VerifyReport:
     """Every record, shards included, hashed in one parallel batch; damaged records reported."""
     scan = cache.scan()
-    checks = [_model_checks(cache, m) for m in scan.models]
+    checks = [_model_checks(cache, m, full) for m in scan.models]
     results = iter(_run_jobs([job for jobs, _ in checks for job in jobs], reporter, "verify cache"))
     rows: list[CheckRow] = []
     for model, (jobs, known) in zip(scan.models, checks, strict=True):
