@@ -149,7 +149,8 @@ def main() -> int:
             "rebuilt_original_sha256_matches": sha256_of(cache / "demo.gguf") == sha,
             "kept_shards_match": sum(installed.values()), "kept_shards": len(installed),
             "left_in_flight": sorted(str(p.relative_to(cache)) for p in (cache / ".teadist").rglob("*")
-                                     if p.is_file() and "records" not in p.parts),
+                                     # records and the kept manifest copies (for --offline) stay by design
+                                     if p.is_file() and not {"records", "manifests"} & set(p.parts)),
         }
         du = run("du", "--json", env=env)
         report["du"] = json.loads(du.stdout)
