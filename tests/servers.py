@@ -379,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
                 sent = 0
                 while sent < length:
                     if sent == limit and fault is not None and fault.kind == "pause":
-                        time.sleep(fault.seconds)  # then send the rest: a slow but honest server
+                        if self._peer_left(fault.seconds):  # then send the rest: a slow but honest server
+                            break  # (unless the client left meanwhile)
                         limit = length
                     if sent >= limit:
                         break

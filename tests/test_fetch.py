@@ -412,13 +412,16 @@ def _proven(models_dir: Path) -> int:
 
 
 def _kill_mid_fetch(mirror: MirrorServer, models_dir: Path, least: int) -> int:
-    """Run a paced ``fetch --jobs 4`` in a subprocess, SIGKILL it once ``least`` bytes are proven;
-    the bytes its sidecar proves after the kill."""
-    mirror.pace = 150_000  # ~0.8 s for the file on four connections
+    """Run ``fetch --jobs 4`` in a subprocess while the server holds one of its ranges back (a pause
+    before the first byte), SIGKILL it once ``least`` bytes are proven; the bytes its sidecar proves
+    after the kill. (A paced server let every range finish within ~20 ms of the others: the poll
+    could miss the window and find the file whole.)"""
+    mirror.add_fault(Fault("pause", seconds=20, path="tiny.gguf", skip=1))
     proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"], env=dict(os.environ))
     assert _wait_for(lambda: _proven(models_dir) >= least)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+    assert [f.kind for f in mirror.applied] == ["pause"]  # the held range was still held at the kill
     assert _wait_for(lambda: mirror.in_flight == 0)  # the server has noticed: nothing more is counted
     assert mirror.peak_in_flight >= 2  # it was in ranges, on several connections
     return _proven(models_dir)
@@ -637,7 +640,6 @@ def test_rerun_with_other_jobs_resumes_the_ranges_it_proved(segmented: None, hub
     kept (never re-read as a prefix), exactly the rest downloaded, no hash mismatch."""
     size = (served / "tiny.gguf").stat().st_size
     proven = _kill_mid_fetch(mirror, models_dir, 100_000)
-    mirror.pace = None
     first = mirror.bytes_sent
     result = console("fetch", HF_SPEC, "--jobs", "1")
     assert result.code == 0, result.err
