@@ -418,12 +418,12 @@ def _kill_mid_fetch(mirror: MirrorServer, models_dir: Path, least: int) -> int:
     could miss the window and find the file whole.)"""
     mirror.add_fault(Fault("pause", seconds=20, path="tiny.gguf", skip=1))
     proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"], env=dict(os.environ))
-    assert _wait_for(lambda: _proven(models_dir) >= least)
+    # ranges on several connections (the held one and the rest), and at least ``least`` bytes proven
+    assert _wait_for(lambda: mirror.peak_in_flight >= 2 and _proven(models_dir) >= least)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert [f.kind for f in mirror.applied] == ["pause"]  # the held range was still held at the kill
     assert _wait_for(lambda: mirror.in_flight == 0)  # the server has noticed: nothing more is counted
-    assert mirror.peak_in_flight >= 2  # it was in ranges, on several connections
     return _proven(models_dir)
 
 
