@@ -282,8 +282,29 @@ def test_no_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, fast_retri
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     result = cli("fetch", HF_SPEC)
     assert result.code == 1
-    assert result.err.startswith("error: cannot reach the Hub")
+    assert result.err.splitlines()[-2].startswith("error: cannot reach the Hub"), result.err
+    assert result.err.splitlines()[-1] == "hint: check the network, or use --offline for cached models"
     assert "Traceback" not in result.err
+
+
+def test_an_unreachable_hub_is_retried_on_teadists_own_policy(monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+                                                              cli: Callable[..., Result]) -> None:
+    """The Hub's metadata request follows TEADIST_RETRIES / TEADIST_RETRY_BACKOFF like every download,
+    saying so as it goes — not huggingface_hub's own five silent retries over 23 s."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TEADIST_RETRIES", "3")
+    began = time.monotonic()
+    result = cli("fetch", HF_SPEC)
+    took = time.monotonic() - began
+    assert result.code == 1
+    assert result.err.count("retrying in") == 2, result.err
+    assert "connection refused (gave up after 3 attempts)" in result.err, result.err
+    assert took < 10, f"{took:.1f} s: the 0.01 s backoff asked for was not the one used"
 
 
 # -- secrets ----------------------------------------------------------------------------------------

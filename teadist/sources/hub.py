@@ -8,7 +8,9 @@ resumes across runs — FACTS.md). Its errors are turned into teadist errors her
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from teadist.base.urls import Origin, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
@@ -18,6 +20,12 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFICIAL_ORIGIN = Origin("https", "huggingface.co", 443)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_OFFLINE_HINT = "check the network, or use --offline for cached models"
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+# Calls an attempt until it returns, sleeping with backoff after each ``Retry`` it raises
+# (``Downloader.retrying``): the Hub's metadata request follows the same policy as the bytes.
+Retrier = Callable[[str, Callable[[], Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,13 @@ def saved_token() -> str | None:
     return get_token()
 
 
-def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float = 20.0) -> RemoteFile:
-    """Resolve a Hub file to its commit, size and LFS sha256 (one HEAD, paths-info if needed)."""
+def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float = 20.0,
+            retrying: Retrier | None = None) -> RemoteFile:
+    """Resolve a Hub file to its commit, size and LFS sha256 (one HEAD, paths-info if needed).
+
+    With ``retrying``, a HEAD that fails for a passing reason (no connection, a timeout, 429, 5xx)
+    is retried on teadist's policy, which says so as it goes; without it, on huggingface_hub's
+    own (five silent retries, 23 s before a refused connection is reported)."""
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub import constants as hf_constants
     from huggingface_hub.errors import (
@@ -67,6 +80,8 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         RevisionNotFoundError,
     )
     from huggingface_hub.utils import logging as hf_logging
+
+    from teadist.sources.http import Retry, does_not_resolve, retry_after, short_reason
 
     # Its retry warnings print URLs on stderr; our own errors say what failed.
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
@@ -82,8 +97,29 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
     where = f"{source.repo}/{source.path}@{revision}"
     try:
         url = hf_hub_url(source.repo, source.path, revision=revision, endpoint=endpoint)
-        meta = get_hf_file_metadata(url, token=send_token or False, timeout=timeout, endpoint=endpoint,
-                                    retry_on_errors=True)
+
+        def head() -> Any:
+            try:
+                return get_hf_file_metadata(url, token=send_token or False, timeout=timeout, endpoint=endpoint,
+                                            retry_on_errors=retrying is None)
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if retrying is None or status not in _TRANSIENT_STATUS:
+                    raise
+                hinted = exc.response.headers.get("Retry-After") if exc.response is not None else None
+                raise Retry(f"HTTP {status}", retry_after(hinted)) from None
+            except _transport_errors() as exc:
+                if retrying is None or does_not_resolve(exc):
+                    raise
+                raise Retry(short_reason(exc)) from None
+
+        if retrying is None:
+            meta = head()
+        else:
+            try:
+                meta = retrying(f"cannot reach the Hub at {endpoint}", head)
+            except SourceError as exc:
+                raise SourceError(exc.message, hint=_OFFLINE_HINT) from None
         sha256 = meta.etag if meta.etag and _SHA256_RE.match(meta.etag) else None
         size = meta.size
         commit = meta.commit_hash
@@ -120,10 +156,7 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         status = exc.response.status_code if exc.response is not None else "?"
         raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
     except _transport_errors() as exc:  # connection errors and timeouts of its HTTP client
-        from teadist.sources.http import short_reason
-
-        raise SourceError(f"cannot reach the Hub at {endpoint} ({short_reason(exc)})",
-                          hint="check the network, or use --offline for cached models") from None
+        raise SourceError(f"cannot reach the Hub at {endpoint} ({short_reason(exc)})", hint=_OFFLINE_HINT) from None
     return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
 
 
