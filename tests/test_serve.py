@@ -406,7 +406,9 @@ def test_a_malformed_absolute_target_gets_a_400(tmp_path: Path) -> None:
     (root / "ok.txt").write_text("fine")
     with serving(root) as (url, proc):
         for _ in range(3):
-            assert _raw(url, b"GET http://[x/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(b"HTTP/1.1 400")
+            answer = _raw(url, b"GET http://[x/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400")
+            assert b"\r\nConnection: close\r\n" in answer  # a malformed request ends its connection
         assert request(url, "/ok.txt") == (200, b"fine")
     assert proc.stderr is not None and "warning" not in proc.stderr.read()
 

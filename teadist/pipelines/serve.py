@@ -650,7 +650,10 @@ class StaticHandler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
-        closing = {"Connection": "close"} if self.command and self.last_on_connection() else {}
+        # a malformed request (400) ends its connection: what follows it on the wire can't be trusted
+        closing = {"Connection": "close"} if status == 400 or (self.command and self.last_on_connection()) else {}
+        if closing:
+            self.close_connection = True
         self.send_response(status)
         for key, value in {**self.server.owner.headers, "Content-Type": "application/json",
                            "Content-Length": str(len(body)), **closing, **(headers or {})}.items():
