@@ -15,7 +15,7 @@
 # Step 4 starts first and runs in the background beside steps 1–3 and 5, its output kept in a log
 # printed at the end: the suites wait on loopback servers, timeouts and subprocesses far more than
 # they compute (the floors job used ~3 of its 7 minutes of CPU), so together they fill 2 cores.
-# Each job has its own temp folder; the exit status is non-zero if either failed.
+# Each job has its own temp folder; the exit status is non-zero if either failed (see finish).
 #
 # `bash scripts/test.sh floors` runs only step 4 (in the foreground).
 set -euo pipefail
@@ -39,7 +39,19 @@ fi
 floors_log="${TMPDIR:-/tmp}/teadist-floors.log"
 floors >"$floors_log" 2>&1 &
 floors_pid=$!
-trap 'pkill -P "$floors_pid" 2>/dev/null; kill "$floors_pid" 2>/dev/null || true' EXIT  # a failed step stops the floors job too
+finish() {  # on any exit: wait for the floors job, print its log, fail if it failed
+  local status=$? floors_status=0
+  wait "$floors_pid" || floors_status=$?
+  echo
+  echo "=== the dependency-floors job (constraints/floors.txt), run beside the steps above ==="
+  cat "$floors_log"
+  if [ "$floors_status" -ne 0 ]; then
+    echo "the dependency-floors job failed (exit $floors_status)"
+    [ "$status" -ne 0 ] || status=1
+  fi
+  exit "$status"
+}
+trap finish EXIT
 
 if ! command -v chromium >/dev/null 2>&1; then
   SUDO=""
@@ -56,13 +68,4 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-status=0
-.venv/bin/python -m pytest || status=$?
-
-floors_status=0
-wait "$floors_pid" || floors_status=$?
-echo
-echo "=== the dependency-floors job (constraints/floors.txt), run beside the suite above ==="
-cat "$floors_log"
-[ "$floors_status" -eq 0 ] || echo "the dependency-floors job failed (exit $floors_status)"
-[ "$status" -eq 0 ] && [ "$floors_status" -eq 0 ]
+.venv/bin/python -m pytest
