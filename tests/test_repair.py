@@ -607,3 +607,97 @@ def test_verify_full_hashes_the_whole_file_even_when_the_proven_map_agrees(
     assert cli("verify", "local.gguf").code == 0  # what the fast path can and cannot see
     full = cli("verify", "local.gguf", "--full", "--json")
     assert full.code == 3, full.out
+
+
+# -- a repair killed by SIGKILL: what it left (the overwritten bytes it kept) is used or removed --
+
+def _work_files(models_dir: Path, name: str) -> list[str]:
+    work = models_dir / ".teadist" / "work" / name
+    return sorted(p.name for p in work.rglob("*")) if work.exists() else []
+
+
+def _kill_repair_at_stall(cdn: MirrorServer, name: str) -> None:
+    """Run ``teadist repair name`` until the server stalls one of its ranges (its own log says so),
+    then SIGKILL it and check it died of that signal."""
+    proc = subprocess.Popen([str(TEADIST_BIN), "repair", name, "-q"], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not cdn.applied and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert cdn.applied and cdn.applied[0].kind == "stall", "the stall must have happened"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def test_a_rerun_of_a_killed_repair_removes_the_bytes_it_kept_once_its_blocks_are_proven(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+        cli: Callable[..., Result]) -> None:
+    """The record's map is proven: the blocks the killed run wrote were checked against it, so the
+    re-run keeps them and removes the kept old bytes (under the lock); nothing is left behind."""
+    size = 3 * BLOCK_SIZE
+    served = tmp_path / "served"
+    write_big(served / "k.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/k", {"k.gguf": served / "k.gguf"}, commit="d" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert cli("fetch", "hf://org/k/k.gguf").code == 0
+        assert _work_files(models_dir, "k.gguf") == []
+        cached = models_dir / "k.gguf"
+        for i in range(3):
+            flip(cached, i * BLOCK_SIZE + 7)
+        cdn.faults.append(Fault("stall", after=1000, seconds=60, skip=1))
+        _kill_repair_at_stall(cdn, "k.gguf")
+        left = _work_files(models_dir, "k.gguf")
+        assert len(left) == 1, left  # the overwritten bytes the killed run kept
+        cdn.faults.clear()
+        repaired = cli("repair", "k.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["blocks_refetched"] == 2
+        assert sha(cached) == sha(served / "k.gguf")
+        assert _work_files(models_dir, "k.gguf") == []
+
+
+@pytest.mark.parametrize("settler", ["repair", "prune"])
+def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes_back(
+        settler: str, tmp_path: Path, models_dir: Path, fast_retries: None, cli: Callable[..., Result]) -> None:
+    """No proven map (an older teadist's record): the killed run followed the mirror's map, which a
+    hostile mirror forged together with a chunk's bytes, and wrote one forged block before it died.
+    Only the whole sha256 can reject those bytes, and the killed run never got to it: the re-run
+    must put the kept old bytes back, so the model is never left worse than before repair started.
+    ``prune --partials`` (which takes the free lock and clears what is in flight) does the same."""
+    src = tmp_path / "src" / "g.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
+        cached = models_dir / "g.gguf"
+        rec_path = _record_path(models_dir, "g.gguf")
+        record = json.loads(rec_path.read_text())
+        record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")  # installed before block maps
+        rec_path.write_text(json.dumps(record))
+        flip(cached, BLOCK_SIZE + 3)  # block 1 damaged on disk
+        damaged = sha(cached)
+        manifest_path = dist / "g.gguf.manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        chunk0, chunk1 = (dist / c["name"] for c in manifest["chunks"])
+        flip(chunk0, 5)  # the mirror's forgery: chunk 0's bytes and the model's block 0 hash
+        manifest["file"]["block_size"] = BLOCK_SIZE
+        manifest["file"]["blocks"] = [sha(chunk0), sha(chunk1)]
+        manifest_path.write_text(json.dumps(manifest))
+        mirror.faults.append(Fault("stall", after=1000, seconds=60, path=chunk1.name))
+        _kill_repair_at_stall(mirror, "g.gguf")
+        assert sha(cached) != damaged  # the forged block 0 was written before the kill
+        assert len(_work_files(models_dir, "g.gguf")) == 1
+        mirror.faults.clear()
+        if settler == "prune":
+            pruned = cli("prune", "--partials")
+            assert pruned.code == 0, pruned.err
+            assert sha(cached) == damaged, pruned.err
+        repaired = cli("repair", "g.gguf")
+        assert repaired.code != 0  # the whole sha256 still rejects what the forged map leads to
+        assert sha(cached) == damaged, repaired.err
+        assert _work_files(models_dir, "g.gguf") == []
+        assert json.loads(rec_path.read_text())["repairing"] is True or cli("verify", "g.gguf").code == 3
