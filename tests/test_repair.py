@@ -701,3 +701,61 @@ def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes
         assert sha(cached) == damaged, repaired.err
         assert _work_files(models_dir, "g.gguf") == []
         assert json.loads(rec_path.read_text())["repairing"] is True or cli("verify", "g.gguf").code == 3
+
+
+# -- a whole-hash verify stamps only the file it hashed --
+
+class _SwapWhileHashing:
+    """A reporter whose first progress step (the hash pass is under way, its file open) puts another
+    file of the same size in the model's place, as a second process could."""
+
+    def __init__(self, path: Path, other: Path) -> None:
+        self.path, self.other = path, other
+        self.swapped_ino: int | None = None
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def task(self, description: str, total: int | None) -> _SwapWhileHashing:
+        return self
+
+    def advance(self, n: int) -> None:
+        if self.swapped_ino is None:
+            os.replace(self.other, self.path)
+            self.swapped_ino = os.stat(self.path).st_ino
+
+    def note(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("repairing", [True, False])
+def test_a_file_swapped_in_while_verify_hashes_is_never_stamped_verified(
+        repairing: bool, hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from teadist.cache.store import ModelCache
+    from teadist.pipelines.verify import verify_cached
+
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    rec_path = _record_path(models_dir, "tiny.gguf")
+    record = json.loads(rec_path.read_text())
+    record["repairing"] = repairing  # left mid-repair, or (False) installed before block maps
+    if not repairing:
+        record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")
+    rec_path.write_text(json.dumps(record))
+    planted = tmp_path / "planted.gguf"
+    planted.write_bytes(os.urandom(cached.stat().st_size))
+    swapper = _SwapWhileHashing(cached, planted)
+    report = verify_cached(ModelCache(models_dir), "tiny.gguf", swapper)
+    assert swapper.swapped_ino is not None and os.stat(cached).st_ino == swapper.swapped_ino  # the swap happened
+    assert report.ok  # what was hashed was the real file
+    after = json.loads(rec_path.read_text())
+    stamped_for_planted = not after["repairing"] and after["inode"] == swapper.swapped_ino
+    assert not stamped_for_planted, after
+    assert cli("path", "tiny.gguf").code != 0 or cli("verify", "tiny.gguf").code != 0
+    assert cli("verify", "tiny.gguf", "--full").code == 3

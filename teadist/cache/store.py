@@ -184,6 +184,28 @@ class CacheRecord:
         return record
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a path names, and whether it changed: two equal identities taken around a pass over
+    the bytes mean the pass read this very file, unchanged (a rename or a write moves the ctime)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        """The identity of the plain file at ``path``; None when there is none (or a symlink)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass
 class Member:
     """One file of a cached model: the model itself, or one of its kept shards."""
@@ -350,18 +372,24 @@ class ModelCache:
         record.last_used = now_iso()
         self.write_record(record)
 
-    def mark_verified(self, record: CacheRecord, blocks: BlockMap | None = None) -> None:
+    def mark_verified(self, record: CacheRecord, blocks: BlockMap | None = None,
+                      hashed: FileIdentity | None = None) -> None:
         """Stamp a record verified — only if nobody changed it or its file meanwhile; ``blocks`` (from
-        the pass whose whole sha256 just matched) fills in a block map the record lacks."""
+        the pass whose whole sha256 just matched) fills in a block map the record lacks. ``hashed`` is
+        the file's identity when that pass began: the record is stamped only while the file still has
+        it (checked under the lock), so a file swapped in or written to meanwhile is never vouched for."""
         target = self.target(record.filename)
         with target.lock_if_free() as got:
             current = self.read_record(record.filename) if got else None
+            now = FileIdentity.of(self.path_for(record.filename)) if current is not None else None
+            if now is None or (hashed is not None and now != hashed):
+                return
             if current is not None and current.sha256 == record.sha256 and current.repairing and blocks is not None:
-                # A whole-hash pass matched a file left mid-repair: it is the source's file again.
-                st = os.lstat(self.path_for(current.filename))
-                if stat.S_ISREG(st.st_mode) and st.st_size == current.size:
+                # A whole-hash pass matched a file left mid-repair: it is the source's file again —
+                # if it is still the file that pass hashed.
+                if hashed is not None and now.size == current.size:
                     current.repairing = False
-                    current.mtime_ns, current.ctime_ns, current.inode = st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                    current.mtime_ns, current.ctime_ns, current.inode = now.mtime_ns, now.ctime_ns, now.inode
                     current.verified_at = now_iso()
                     current.set_blocks(blocks)
                     self.write_record(current)
