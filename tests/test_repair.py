@@ -759,3 +759,41 @@ def test_a_file_swapped_in_while_verify_hashes_is_never_stamped_verified(
     assert not stamped_for_planted, after
     assert cli("path", "tiny.gguf").code != 0 or cli("verify", "tiny.gguf").code != 0
     assert cli("verify", "tiny.gguf", "--full").code == 3
+
+
+def test_a_mirror_altering_a_chunk_and_its_listed_hashes_cannot_make_repair_write_its_bytes(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """The model's record holds its proven map (it passed the whole sha256 at install). The mirror
+    then changes the bytes of the chunk holding a damaged block AND every hash it lists for them (the
+    chunk's sha256, its block map, the model's block map): repair checks each fetched block against
+    the record's map, never the mirror's, so it refuses those bytes and writes nothing."""
+    src = tmp_path / "src" / "h.gguf"
+    write_big(src, 3 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("h.gguf.manifest.json")).code == 0
+        cached = models_dir / "h.gguf"
+        rec_path = _record_path(models_dir, "h.gguf")
+        proven = json.loads(rec_path.read_text())
+        assert len(proven["blocks"]) == 3 and proven["map_sha256"]
+        flip(cached, BLOCK_SIZE + 11)
+        damaged = sha(cached)
+        manifest_path = dist / "h.gguf.manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        chunk1 = dist / manifest["chunks"][1]["name"]
+        flip(chunk1, 11)  # the mirror's bytes for the damaged block: not the source's
+        manifest["chunks"][1]["sha256"] = sha(chunk1)
+        if "blocks" in manifest["chunks"][1]:
+            manifest["chunks"][1]["blocks"] = [sha(chunk1)]
+        manifest["file"]["blocks"][1] = sha(chunk1)
+        manifest_path.write_text(json.dumps(manifest))
+        mirror.requests.clear()
+        repaired = cli("repair", "h.gguf", "--json")
+        assert ranged_gets(mirror) == [(f"/{chunk1.name}", f"bytes=0-{BLOCK_SIZE - 1}")]  # it was sent
+        assert repaired.code != 0 and "block hash" in repaired.err, repaired
+        assert sha(cached) == damaged
+        after = json.loads(rec_path.read_text())
+        assert after["repairing"] is False and after["blocks"] == proven["blocks"]
+        assert cli("verify", "h.gguf").code == 3
