@@ -261,6 +261,55 @@ def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path
     assert sha(models_dir / "asm.gguf") == sha(src)
 
 
+def test_an_interrupted_gguf_rebuild_resumes_at_its_last_proven_block(tmp_path: Path, models_dir: Path,
+                                                                     cli: Callable[..., Result]) -> None:
+    """Assembling a gguf-split manifest (shards -> the byte-identical original) keeps the blocks of a
+    partial the manifest's model map proves and rebuilds only the rest. Proof that the kept bytes were
+    not rebuilt: a byte of a shard that lands inside them is altered, and the result still matches."""
+    from teadist.cache.layout import CacheLayout
+    from teadist.formats.gguf_recipe import check_recipe, piece_length
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "rb.gguf", seed=5, n_embd=512, n_ff=2048)
+    size = src.stat().st_size
+    assert size > 3 * BLOCK_SIZE
+    web = tmp_path / "web"
+    result = split_gguf(src, web, NullReporter(), shard_size=12_000_000)
+    manifest = result.manifest
+    assert manifest.file.sha256 and manifest.file.blocks is not None and len(manifest.chunks) > 1
+    manifest_path = web / "rb.gguf.manifest.json"
+    files = CacheLayout(models_dir).target("rb.gguf").files
+    files.ensure_folder()
+    partial = files.partial(manifest.file.sha256, kind="rebuild")
+    data = src.read_bytes()
+    damaged = bytearray(data[:2 * BLOCK_SIZE + 500])
+    damaged[BLOCK_SIZE + 7] ^= 1  # block 1 is wrong: only block 0 is proven
+    partial.write_bytes(bytes(damaged))
+    # a shard byte that lands at offset 1,000,000 of the original (block 0): only a rebuild that
+    # reads it again would notice it is wrong
+    at, shard_offset, shard = 0, None, 0
+    for piece in check_recipe(manifest):
+        if "shard" in piece and at <= 1_000_000 < at + piece_length(piece):
+            shard, shard_offset = int(piece["shard"]), int(piece["offset"]) + 1_000_000 - at
+            break
+        at += piece_length(piece)
+    assert shard_offset is not None
+    flip(web / manifest.chunks[shard].name, shard_offset)
+    assembled = cli("assemble", manifest_path)
+    assert assembled.code == 0, assembled.err
+    assert f"resuming rb.gguf after {BLOCK_SIZE} proven bytes" in assembled.err
+    assert sha(models_dir / "rb.gguf") == sha(src)
+    assert not partial.exists()
+    flip(web / manifest.chunks[shard].name, shard_offset)  # the shard is right again
+    partial.write_bytes(data[:2 * BLOCK_SIZE + 500])
+    (models_dir / "rb.gguf").unlink()
+    assembled = cli("assemble", manifest_path)
+    assert f"resuming rb.gguf after {2 * BLOCK_SIZE} proven bytes" in assembled.err, assembled.err
+    assert sha(models_dir / "rb.gguf") == sha(src)
+    assert cli("verify", "rb.gguf").code == 0
+
+
 def test_a_model_rebuilt_from_gguf_shards_is_repaired_from_its_shards(tmp_path: Path, models_dir: Path,
                                                                      cli: Callable[..., Result]) -> None:
     from teadist.formats.tinymodel import make_tiny_model
