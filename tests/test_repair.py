@@ -219,7 +219,9 @@ def test_a_killed_fetch_resumes_at_its_last_proven_block_and_refetches_the_rest(
         while time.monotonic() < deadline and not partials:
             partials = [p for p in models_dir.rglob("*.part") if p.stat().st_size >= 3.5 * BLOCK_SIZE]
             time.sleep(0.05)
-        time.sleep(0.3)  # let the sidecar catch up with the bytes written
+        # the sidecar has caught up with the bytes written (the hasher lags them on a loaded machine):
+        # waited for, not slept on
+        assert partials and _wait_until(lambda: _sidecar_blocks(partials[0]) >= 3), "the sidecar proves too little"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL  # the kill happened (the run did not just finish)
         assert cdn.applied_kinds() == ["stall"]
@@ -231,6 +233,23 @@ def test_a_killed_fetch_resumes_at_its_last_proven_block_and_refetches_the_rest(
         assert "not proven by a block hash" in result.err
         assert ranged_gets(cdn) == [("/kill.gguf", f"bytes={2 * BLOCK_SIZE}-")]
     assert sha(models_dir / "kill.gguf") == sha(served / "kill.gguf")
+
+
+def _sidecar_blocks(partial: Path) -> int:
+    """How many blocks the sidecar of a download partial proves now (0 while unreadable)."""
+    try:
+        return len(json.loads(partial.with_name(partial.name + ".json").read_text()).get("blocks") or [])
+    except (OSError, ValueError):
+        return 0
+
+
+def _wait_until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path, models_dir: Path,
@@ -536,11 +555,7 @@ def test_a_misbehaving_repair_source_changes_nothing_and_the_model_stays_unverif
 def test_a_repair_killed_mid_way_leaves_the_record_unverified_and_a_rerun_finishes(
         tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
         cli: Callable[..., Result]) -> None:
-    import signal
-    import subprocess
-    import time
 
-    from tests.conftest import TEADIST_BIN
     from tests.servers import Fault, MirrorServer
 
     size = 3 * BLOCK_SIZE
@@ -555,15 +570,7 @@ def test_a_repair_killed_mid_way_leaves_the_record_unverified_and_a_rerun_finish
         for i in range(3):
             flip(cached, i * BLOCK_SIZE + 7)
         cdn.faults.append(Fault("stall", after=1000, seconds=60, skip=1))
-        proc = subprocess.Popen([str(TEADIST_BIN), "repair", "k.gguf", "-q"], env=dict(os.environ),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while not cdn.applied and time.time() < deadline:
-            time.sleep(0.05)
-        assert cdn.applied
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_repair_at_stall(cdn, "k.gguf")
         record = json.loads(_record_path(models_dir, "k.gguf").read_text())
         assert record["repairing"] is True
         assert cli("verify", "k.gguf").code == 3

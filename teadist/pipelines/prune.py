@@ -100,7 +100,7 @@ def prune_lru(cache: ModelCache, max_size: int) -> list[Path]:
     sizes = {m.head.filename: model_bytes(cache, m) for m in models}
     total = sum(sizes.values())
     removed: list[Path] = []
-    for model in sorted(models, key=lambda m: m.head.last_used or m.head.installed_at):
+    for model in sorted(models, key=lambda m: m.head.last_use_ns()):
         if total <= max_size:
             break
         gone = cache.remove(model, wait=False)
