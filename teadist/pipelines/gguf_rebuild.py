@@ -1,5 +1,10 @@
 """Rebuild the byte-identical original from teadist GGUF shards, verified by the whole file's sha256
-(a shard that does not match its own is named when the whole fails)."""
+(a shard that does not match its own is named when the whole fails).
+
+The output grows in a stable partial named by the destination's work files, under the target's
+lock; an interrupted rebuild resumes after the last block the manifest's block map of the original
+proves (the recipe's pieces before it are skipped), as ``assemble`` does. Only a file whose whole
+sha256 matches is renamed into place; bytes it rejects are not kept."""
 
 from __future__ import annotations
 

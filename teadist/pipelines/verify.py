@@ -83,6 +83,7 @@ class _Job:
 def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
     """Block by block on every core; damaged ranges are given in the file's own offsets."""
     assert job.blocks is not None and job.length is not None
+    hashed = FileIdentity.of(job.path)
     bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance, base=job.offset)
     now = job.path.stat().st_size
     if bad:
@@ -91,7 +92,7 @@ def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
                         f"{describe_ranges(ranges)}", ranges)
     if job.whole and now != job.length:
         return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
-    return CheckRow(job.name, OK)
+    return CheckRow(job.name, OK, hashed=hashed)
 
 
 def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
