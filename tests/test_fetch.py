@@ -421,7 +421,11 @@ def _kill_mid_fetch(mirror: MirrorServer, models_dir: Path, least: int) -> int:
     could miss the window and find the file whole.)"""
     mirror.add_fault(Fault("pause", seconds=20, path="tiny.gguf", skip=1))
     proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"], env=dict(os.environ))
-    assert _wait_for(lambda: _proven(models_dir) >= least)
+    # all three, before the kill: a poll that saw the first range's bytes proven could kill the run
+    # before its second range (the held one) reached the server (CI: assert [] == ['pause']), or before
+    # a range ran beside it (assert 1 >= 2: the first range had ended when the held one came)
+    assert _wait_for(lambda: _proven(models_dir) >= least and mirror.applied_kinds() == ["pause"]
+                     and mirror.peak_in_flight >= 2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert [f.kind for f in mirror.applied] == ["pause"]  # the held range was still held at the kill
