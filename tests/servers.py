@@ -53,6 +53,9 @@ class Fault:
     skip: int = 0  # let this many matching requests through untouched first
     location: str = ""  # redirect: the Location sent (302)
     pace: float = 0.0  # slow: this request's body is sent at this many bytes/s
+    # pause: hold until the test sets this (``seconds`` is then only a cap), so a test that acts while
+    # a client is held does not race its own speed against a fixed pause
+    release: threading.Event | None = None
 
 
 @dataclass
@@ -379,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
                 sent = 0
                 while sent < length:
                     if sent == limit and fault is not None and fault.kind == "pause":
-                        if self._peer_left(fault.seconds):  # then send the rest: a slow but honest server
+                        if self._held(fault):  # then send the rest: a slow but honest server
                             break  # (unless the client left meanwhile)
                         limit = length
                     if sent >= limit:
@@ -412,6 +415,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort(reset=False)
         else:
             self._abort(reset=fault.kind == "reset")
+
+    def _held(self, fault: Fault) -> bool:
+        """A pause: ``fault.seconds``, or until ``fault.release`` is set (``seconds`` the cap); True when
+        the client hung up meanwhile."""
+        if fault.release is None:
+            return self._peer_left(fault.seconds)
+        deadline = time.monotonic() + fault.seconds
+        while not fault.release.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._peer_left(min(0.05, left)):
+                return True
+        return False
 
     def _peer_left(self, wait: float) -> bool:
         """Wait ``wait`` seconds, or less if the client hangs up meanwhile (True then)."""

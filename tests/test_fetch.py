@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -352,9 +353,9 @@ def test_registry_lists_and_resolves_tags(cli: Callable[..., Result]) -> None:
 
 def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_path: Path,
                       cli: Callable[..., Result]) -> None:
-    assert cli("fetch", HF_SPEC).code == 0
     split_file(tiny_model, tmp_path / "d", NullReporter(), chunk_size=100_000)
     assert cli("fetch", tmp_path / "d" / "tiny-llama.gguf.manifest.json").code == 0
+    assert cli("fetch", HF_SPEC).code == 0
     stale = models_dir / ".old.gguf.0123456789abcdef.part"  # an older teadist's partial, with its sidecar
     stale.write_bytes(b"x" * 10)
     sidecar = stale.with_name(stale.name + ".json")
@@ -364,12 +365,14 @@ def test_prune_and_du(hub: HubServer, models_dir: Path, tiny_model: Path, tmp_pa
     assert usage["partials"] == 10 + sidecar.stat().st_size and usage["free"] > 0
     assert cli("prune", "--partials").code == 0
     assert not stale.exists() and not sidecar.exists()
-    time.sleep(1.1)  # last_used is kept to the second: the use below must not tie with the fetch above
-    cli("path", "tiny")  # a use: tiny becomes the most recently used
-    size = (models_dir / "tiny.gguf").stat().st_size
+    # A use makes tiny-llama (fetched first) the most recently used, in the same second as the fetch of
+    # tiny: the order of uses is kept finer than the second (no sleep), and a tie would evict
+    # tiny-llama (the first name) — the wrong one.
+    assert cli("path", "tiny-llama").code == 0
+    size = (models_dir / "tiny-llama.gguf").stat().st_size
     result = cli("prune", "--max-size", str(size), "--json")
-    assert json.loads(result.out)["removed"] == [str(models_dir / "tiny-llama.gguf")]
-    assert (models_dir / "tiny.gguf").exists()
+    assert json.loads(result.out)["removed"] == [str(models_dir / "tiny.gguf")]
+    assert (models_dir / "tiny-llama.gguf").exists()
     assert cli("prune").code == 2
 
 
@@ -439,8 +442,11 @@ def _kill_mid_fetch(mirror: MirrorServer, models_dir: Path, least: int) -> int:
     could miss the window and find the file whole.)"""
     mirror.add_fault(Fault("pause", seconds=20, path="tiny.gguf", skip=1))
     proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"], env=dict(os.environ))
-    # ranges on several connections (the held one and the rest), and at least ``least`` bytes proven
-    assert _wait_for(lambda: mirror.peak_in_flight >= 2 and _proven(models_dir) >= least)
+    # all three, before the kill: a poll that saw the first range's bytes proven could kill the run
+    # before its second range (the held one) reached the server (CI: assert [] == ['pause']), or before
+    # a range ran beside it (assert 1 >= 2: the first range had ended when the held one came)
+    assert _wait_for(lambda: _proven(models_dir) >= least and mirror.applied_kinds() == ["pause"]
+                     and mirror.peak_in_flight >= 2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert [f.kind for f in mirror.applied] == ["pause"]  # the held range was still held at the kill
@@ -505,6 +511,16 @@ def test_range_ignored_on_resume_restarts_cleanly(mirror: MirrorServer, served: 
 
 
 # -- issue 10 regressions ------------------------------------------------------------------------
+def _file_sizes(folder: Path) -> list[tuple[str, int]]:
+    """(name, size) of every file below ``folder`` now (files renamed meanwhile are left out)."""
+    out = []
+    for path in folder.rglob("*") if folder.exists() else []:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                out.append((path.name, path.stat().st_size))
+    return out
+
+
 def _wait_for(condition: Callable[[], bool], limit: float = 30.0) -> bool:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -530,15 +546,22 @@ def test_plain_and_keep_shards_fetch_at_once_share_no_bytes(tmp_path: Path, mode
     first = result.manifest.chunks[0]
     with MirrorServer(tmp_path / "web") as server:
         assert isinstance(server, MirrorServer)
-        server.add_fault(Fault("pause", after=first.size // 2, seconds=6, path=first.name))
+        # the plain run is held until the keep-shards run has finished (a fixed pause raced it)
+        held = threading.Event()
+        server.add_fault(Fault("pause", after=first.size // 2, seconds=120, path=first.name, release=held))
         url = server.url_for(result.manifest_path.name)
-        plain = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1"], env=_env(models_dir),
+        plain = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1"],
+                                 env=_env(models_dir, TEADIST_STALL_TIMEOUT="300"),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert _wait_for(lambda: "pause" in server.applied_kinds()), "the server never held the plain fetch"
-        time.sleep(0.5)  # let the first half of shard 1 reach the plain run's partial file
+        # the plain run's partial of shard 1 is there (its first half may still sit in the client's buffer)
+        work = models_dir / ".teadist" / "work"
+        assert _wait_for(lambda: any(name.startswith(f".{first.name}.download.") and name.endswith(".part")
+                                     for name, _ in _file_sizes(work))), "the held run has no partial"
         keep = subprocess.run([str(TEADIST_BIN), "fetch", url, "--keep-shards", "--jobs", "1"], env=_env(models_dir),
                               capture_output=True, text=True, timeout=120)
         overlapped = plain.poll() is None  # the keep-shards run finished while the plain one was held
+        held.set()
         _, plain_err = plain.communicate(timeout=120)
     assert overlapped
     installed = {c.name: sha(models_dir / c.name) for c in result.manifest.chunks if (models_dir / c.name).exists()}
@@ -575,17 +598,30 @@ def test_same_file_name_from_another_repository_is_not_handed_out(hub: HubServer
 def test_prune_partials_leaves_a_running_fetch_alone(tiny_model: Path, tmp_path: Path, models_dir: Path) -> None:
     """Defect 4: `prune --partials` while a chunked fetch is held mid-chunk by the server."""
     split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=64 * 1024)
+    work = models_dir / ".teadist" / "work" / "tiny-llama.gguf"
     with MirrorServer(tmp_path / "dist") as server:
         assert isinstance(server, MirrorServer)
-        server.add_fault(Fault("pause", after=20_000, seconds=5, path="part-00003-of-00008"))
+        # held until prune has run (a fixed pause raced prune's start-up on a loaded machine)
+        held = threading.Event()
+        server.add_fault(Fault("pause", after=20_000, seconds=120, path="part-00003-of-00008", release=held))
         url = server.url_for("tiny-llama.gguf.manifest.json")
-        fetching = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1", "-q"], env=_env(models_dir),
+        fetching = subprocess.Popen([str(TEADIST_BIN), "fetch", url, "--jobs", "1", "-q"],
+                                    env=_env(models_dir, TEADIST_STALL_TIMEOUT="300"),
                                     stderr=subprocess.PIPE, text=True)
         assert _wait_for(lambda: "pause" in server.applied_kinds()), "the server never held the fetch"
-        time.sleep(0.3)
+        # what prune must leave alone is there: the two chunks before the held one, and its partial
+        def in_flight() -> bool:
+            files = _file_sizes(work)
+            chunks = [n for name, n in files if name.startswith("tiny-llama.gguf.part-")]
+            held_partial = [name for name, _ in files if name.startswith(".tiny-llama.gguf.part-00003-of-00008.")
+                            and name.endswith(".part")]
+            return chunks == [64 * 1024] * 2 and len(held_partial) == 1
+
+        assert _wait_for(in_flight), "the held fetch has nothing in flight"
         prune = subprocess.run([str(TEADIST_BIN), "prune", "--partials", "--json"], env=_env(models_dir),
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=120)
         during = fetching.poll() is None
+        held.set()
         _, err = fetching.communicate(timeout=120)
         sent = server.bytes_sent
     assert during, "prune did not run while the fetch was held"

@@ -219,7 +219,9 @@ def test_a_killed_fetch_resumes_at_its_last_proven_block_and_refetches_the_rest(
         while time.monotonic() < deadline and not partials:
             partials = [p for p in models_dir.rglob("*.part") if p.stat().st_size >= 3.5 * BLOCK_SIZE]
             time.sleep(0.05)
-        time.sleep(0.3)  # let the sidecar catch up with the bytes written
+        # the sidecar has caught up with the bytes written (the hasher lags them on a loaded machine):
+        # waited for, not slept on
+        assert partials and _wait_until(lambda: _sidecar_blocks(partials[0]) >= 3), "the sidecar proves too little"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL  # the kill happened (the run did not just finish)
         assert cdn.applied_kinds() == ["stall"]
@@ -231,6 +233,23 @@ def test_a_killed_fetch_resumes_at_its_last_proven_block_and_refetches_the_rest(
         assert "not proven by a block hash" in result.err
         assert ranged_gets(cdn) == [("/kill.gguf", f"bytes={2 * BLOCK_SIZE}-")]
     assert sha(models_dir / "kill.gguf") == sha(served / "kill.gguf")
+
+
+def _sidecar_blocks(partial: Path) -> int:
+    """How many blocks the sidecar of a download partial proves now (0 while unreadable)."""
+    try:
+        return len(json.loads(partial.with_name(partial.name + ".json").read_text()).get("blocks") or [])
+    except (OSError, ValueError):
+        return 0
+
+
+def _wait_until(condition: Callable[[], bool], limit: float = 60.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path, models_dir: Path,
@@ -259,6 +278,55 @@ def test_an_interrupted_assemble_resumes_at_its_last_proven_block(tmp_path: Path
     assembled = cli("assemble", result.manifest_path, "--json")
     assert json.loads(assembled.out)["resumed_bytes"] == 2 * BLOCK_SIZE  # inside chunk 1: blocks prove it
     assert sha(models_dir / "asm.gguf") == sha(src)
+
+
+def test_an_interrupted_gguf_rebuild_resumes_at_its_last_proven_block(tmp_path: Path, models_dir: Path,
+                                                                     cli: Callable[..., Result]) -> None:
+    """Assembling a gguf-split manifest (shards -> the byte-identical original) keeps the blocks of a
+    partial the manifest's model map proves and rebuilds only the rest. Proof that the kept bytes were
+    not rebuilt: a byte of a shard that lands inside them is altered, and the result still matches."""
+    from teadist.cache.layout import CacheLayout
+    from teadist.formats.gguf_recipe import check_recipe, piece_length
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    src = make_tiny_model(tmp_path / "src" / "rb.gguf", seed=5, n_embd=512, n_ff=2048)
+    size = src.stat().st_size
+    assert size > 3 * BLOCK_SIZE
+    web = tmp_path / "web"
+    result = split_gguf(src, web, NullReporter(), shard_size=12_000_000)
+    manifest = result.manifest
+    assert manifest.file.sha256 and manifest.file.blocks is not None and len(manifest.chunks) > 1
+    manifest_path = web / "rb.gguf.manifest.json"
+    files = CacheLayout(models_dir).target("rb.gguf").files
+    files.ensure_folder()
+    partial = files.partial(manifest.file.sha256, kind="rebuild")
+    data = src.read_bytes()
+    damaged = bytearray(data[:2 * BLOCK_SIZE + 500])
+    damaged[BLOCK_SIZE + 7] ^= 1  # block 1 is wrong: only block 0 is proven
+    partial.write_bytes(bytes(damaged))
+    # a shard byte that lands at offset 1,000,000 of the original (block 0): only a rebuild that
+    # reads it again would notice it is wrong
+    at, shard_offset, shard = 0, None, 0
+    for piece in check_recipe(manifest):
+        if "shard" in piece and at <= 1_000_000 < at + piece_length(piece):
+            shard, shard_offset = int(piece["shard"]), int(piece["offset"]) + 1_000_000 - at
+            break
+        at += piece_length(piece)
+    assert shard_offset is not None
+    flip(web / manifest.chunks[shard].name, shard_offset)
+    assembled = cli("assemble", manifest_path)
+    assert assembled.code == 0, assembled.err
+    assert f"resuming rb.gguf after {BLOCK_SIZE} proven bytes" in assembled.err
+    assert sha(models_dir / "rb.gguf") == sha(src)
+    assert not partial.exists()
+    flip(web / manifest.chunks[shard].name, shard_offset)  # the shard is right again
+    partial.write_bytes(data[:2 * BLOCK_SIZE + 500])
+    (models_dir / "rb.gguf").unlink()
+    assembled = cli("assemble", manifest_path)
+    assert f"resuming rb.gguf after {2 * BLOCK_SIZE} proven bytes" in assembled.err, assembled.err
+    assert sha(models_dir / "rb.gguf") == sha(src)
+    assert cli("verify", "rb.gguf").code == 0
 
 
 def test_a_model_rebuilt_from_gguf_shards_is_repaired_from_its_shards(tmp_path: Path, models_dir: Path,
@@ -487,11 +555,7 @@ def test_a_misbehaving_repair_source_changes_nothing_and_the_model_stays_unverif
 def test_a_repair_killed_mid_way_leaves_the_record_unverified_and_a_rerun_finishes(
         tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
         cli: Callable[..., Result]) -> None:
-    import signal
-    import subprocess
-    import time
 
-    from tests.conftest import TEADIST_BIN
     from tests.servers import Fault, MirrorServer
 
     size = 3 * BLOCK_SIZE
@@ -506,15 +570,7 @@ def test_a_repair_killed_mid_way_leaves_the_record_unverified_and_a_rerun_finish
         for i in range(3):
             flip(cached, i * BLOCK_SIZE + 7)
         cdn.faults.append(Fault("stall", after=1000, seconds=60, skip=1))
-        proc = subprocess.Popen([str(TEADIST_BIN), "repair", "k.gguf", "-q"], env=dict(os.environ),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while not cdn.applied and time.time() < deadline:
-            time.sleep(0.05)
-        assert cdn.applied
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_repair_at_stall(cdn, "k.gguf")
         record = json.loads(_record_path(models_dir, "k.gguf").read_text())
         assert record["repairing"] is True
         assert cli("verify", "k.gguf").code == 3
@@ -607,3 +663,193 @@ def test_verify_full_hashes_the_whole_file_even_when_the_proven_map_agrees(
     assert cli("verify", "local.gguf").code == 0  # what the fast path can and cannot see
     full = cli("verify", "local.gguf", "--full", "--json")
     assert full.code == 3, full.out
+
+
+# -- a repair killed by SIGKILL: what it left (the overwritten bytes it kept) is used or removed --
+
+def _work_files(models_dir: Path, name: str) -> list[str]:
+    work = models_dir / ".teadist" / "work" / name
+    return sorted(p.name for p in work.rglob("*")) if work.exists() else []
+
+
+def _kill_repair_at_stall(cdn: MirrorServer, name: str) -> None:
+    """Run ``teadist repair name`` until the server stalls one of its ranges (its own log says so),
+    then SIGKILL it and check it died of that signal."""
+    proc = subprocess.Popen([str(TEADIST_BIN), "repair", name, "-q"], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not cdn.applied and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert cdn.applied and cdn.applied[0].kind == "stall", "the stall must have happened"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def test_a_rerun_of_a_killed_repair_removes_the_bytes_it_kept_once_its_blocks_are_proven(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+        cli: Callable[..., Result]) -> None:
+    """The record's map is proven: the blocks the killed run wrote were checked against it, so the
+    re-run keeps them and removes the kept old bytes (under the lock); nothing is left behind."""
+    size = 3 * BLOCK_SIZE
+    served = tmp_path / "served"
+    write_big(served / "k.gguf", size)
+    with MirrorServer(served) as cdn, HubServer(cdn=cdn) as hub:
+        assert isinstance(cdn, MirrorServer) and isinstance(hub, HubServer)
+        hub.add_repo("org/k", {"k.gguf": served / "k.gguf"}, commit="d" * 40)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        assert cli("fetch", "hf://org/k/k.gguf").code == 0
+        assert _work_files(models_dir, "k.gguf") == []
+        cached = models_dir / "k.gguf"
+        for i in range(3):
+            flip(cached, i * BLOCK_SIZE + 7)
+        cdn.faults.append(Fault("stall", after=1000, seconds=60, skip=1))
+        _kill_repair_at_stall(cdn, "k.gguf")
+        left = _work_files(models_dir, "k.gguf")
+        assert len(left) == 1, left  # the overwritten bytes the killed run kept
+        cdn.faults.clear()
+        repaired = cli("repair", "k.gguf", "--json")
+        assert repaired.code == 0, repaired.err
+        assert json.loads(repaired.out)["blocks_refetched"] == 2
+        assert sha(cached) == sha(served / "k.gguf")
+        assert _work_files(models_dir, "k.gguf") == []
+
+
+@pytest.mark.parametrize("settler", ["repair", "prune"])
+def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes_back(
+        settler: str, tmp_path: Path, models_dir: Path, fast_retries: None, cli: Callable[..., Result]) -> None:
+    """No proven map (an older teadist's record): the killed run followed the mirror's map, which a
+    hostile mirror forged together with a chunk's bytes, and wrote one forged block before it died.
+    Only the whole sha256 can reject those bytes, and the killed run never got to it: the re-run
+    must put the kept old bytes back, so the model is never left worse than before repair started.
+    ``prune --partials`` (which takes the free lock and clears what is in flight) does the same."""
+    src = tmp_path / "src" / "g.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
+        cached = models_dir / "g.gguf"
+        rec_path = _record_path(models_dir, "g.gguf")
+        record = json.loads(rec_path.read_text())
+        record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")  # installed before block maps
+        rec_path.write_text(json.dumps(record))
+        flip(cached, BLOCK_SIZE + 3)  # block 1 damaged on disk
+        damaged = sha(cached)
+        manifest_path = dist / "g.gguf.manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        chunk0, chunk1 = (dist / c["name"] for c in manifest["chunks"])
+        flip(chunk0, 5)  # the mirror's forgery: chunk 0's bytes and the model's block 0 hash
+        manifest["file"]["block_size"] = BLOCK_SIZE
+        manifest["file"]["blocks"] = [sha(chunk0), sha(chunk1)]
+        manifest_path.write_text(json.dumps(manifest))
+        mirror.faults.append(Fault("stall", after=1000, seconds=60, path=chunk1.name))
+        _kill_repair_at_stall(mirror, "g.gguf")
+        assert sha(cached) != damaged  # the forged block 0 was written before the kill
+        assert len(_work_files(models_dir, "g.gguf")) == 1
+        mirror.faults.clear()
+        if settler == "prune":
+            pruned = cli("prune", "--partials")
+            assert pruned.code == 0, pruned.err
+            assert sha(cached) == damaged, pruned.err
+        repaired = cli("repair", "g.gguf")
+        assert repaired.code != 0  # the whole sha256 still rejects what the forged map leads to
+        assert sha(cached) == damaged, repaired.err
+        assert _work_files(models_dir, "g.gguf") == []
+        assert json.loads(rec_path.read_text())["repairing"] is True or cli("verify", "g.gguf").code == 3
+
+
+# -- a whole-hash verify stamps only the file it hashed --
+
+class _SwapWhileHashing:
+    """A reporter whose first progress step (the hash pass is under way, its file open) puts another
+    file of the same size in the model's place, as a second process could."""
+
+    def __init__(self, path: Path, other: Path) -> None:
+        self.path, self.other = path, other
+        self.swapped_ino: int | None = None
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def task(self, description: str, total: int | None) -> _SwapWhileHashing:
+        return self
+
+    def advance(self, n: int) -> None:
+        if self.swapped_ino is None:
+            os.replace(self.other, self.path)
+            self.swapped_ino = os.stat(self.path).st_ino
+
+    def note(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("repairing", [True, False])
+def test_a_file_swapped_in_while_verify_hashes_is_never_stamped_verified(
+        repairing: bool, hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    from teadist.cache.store import ModelCache
+    from teadist.pipelines.verify import verify_cached
+
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    rec_path = _record_path(models_dir, "tiny.gguf")
+    record = json.loads(rec_path.read_text())
+    record["repairing"] = repairing  # left mid-repair, or (False) installed before block maps
+    if not repairing:
+        record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")
+    rec_path.write_text(json.dumps(record))
+    planted = tmp_path / "planted.gguf"
+    planted.write_bytes(os.urandom(cached.stat().st_size))
+    swapper = _SwapWhileHashing(cached, planted)
+    report = verify_cached(ModelCache(models_dir), "tiny.gguf", swapper)
+    assert swapper.swapped_ino is not None and os.stat(cached).st_ino == swapper.swapped_ino  # the swap happened
+    assert report.ok  # what was hashed was the real file
+    after = json.loads(rec_path.read_text())
+    stamped_for_planted = not after["repairing"] and after["inode"] == swapper.swapped_ino
+    assert not stamped_for_planted, after
+    assert cli("path", "tiny.gguf").code != 0 or cli("verify", "tiny.gguf").code != 0
+    assert cli("verify", "tiny.gguf", "--full").code == 3
+
+
+def test_a_mirror_altering_a_chunk_and_its_listed_hashes_cannot_make_repair_write_its_bytes(
+        tmp_path: Path, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """The model's record holds its proven map (it passed the whole sha256 at install). The mirror
+    then changes the bytes of the chunk holding a damaged block AND every hash it lists for them (the
+    chunk's sha256, its block map, the model's block map): repair checks each fetched block against
+    the record's map, never the mirror's, so it refuses those bytes and writes nothing."""
+    src = tmp_path / "src" / "h.gguf"
+    write_big(src, 3 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("h.gguf.manifest.json")).code == 0
+        cached = models_dir / "h.gguf"
+        rec_path = _record_path(models_dir, "h.gguf")
+        proven = json.loads(rec_path.read_text())
+        assert len(proven["blocks"]) == 3 and proven["map_sha256"]
+        flip(cached, BLOCK_SIZE + 11)
+        damaged = sha(cached)
+        manifest_path = dist / "h.gguf.manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        chunk1 = dist / manifest["chunks"][1]["name"]
+        flip(chunk1, 11)  # the mirror's bytes for the damaged block: not the source's
+        manifest["chunks"][1]["sha256"] = sha(chunk1)
+        if "blocks" in manifest["chunks"][1]:
+            manifest["chunks"][1]["blocks"] = [sha(chunk1)]
+        manifest["file"]["blocks"][1] = sha(chunk1)
+        manifest_path.write_text(json.dumps(manifest))
+        mirror.requests.clear()
+        repaired = cli("repair", "h.gguf", "--json")
+        assert ranged_gets(mirror) == [(f"/{chunk1.name}", f"bytes=0-{BLOCK_SIZE - 1}")]  # it was sent
+        assert repaired.code != 0 and "block hash" in repaired.err, repaired
+        assert sha(cached) == damaged
+        after = json.loads(rec_path.read_text())
+        assert after["repairing"] is False and after["blocks"] == proven["blocks"]
+        assert cli("verify", "h.gguf").code == 3

@@ -4,8 +4,10 @@
     <root>/.teadist/records/<file>.json    teadist's record of it (sha256, size, where it came from)
     <root>/.teadist/locks/<file>.lock      the target's lock (removed when released)
     <root>/.teadist/work/<file>/           everything in flight for it: the download partial with its
-                                           sidecar (and, later, block map), temp files, and chunks/
-                                           (verified chunks or shards waiting to be assembled)
+                                           sidecar (and, later, block map), temp files, chunks/
+                                           (verified chunks or shards waiting to be assembled), and
+                                           repair-undo.part (the bytes an in-place repair overwrote,
+                                           see ``undo``)
 
 A *target* is one file name in the cache. Its final file, record, lock and work folder are named
 here and nowhere else, and all of them are touched only while the target's lock is held. Kept
@@ -215,6 +217,18 @@ class CacheTarget:
     @property
     def files(self) -> WorkFiles:
         return WorkFiles(self.final, self.work, "", self.layout.root)
+
+    @property
+    def repair_undo(self) -> Path:
+        """The bytes an in-place repair of this target overwrote, kept to be put back (see ``undo``)."""
+        return self.work / "repair-undo.part"
+
+    def discard_temps(self) -> list[Path]:
+        """Remove the temp files a killed writer left (nobody resumes one); call with the lock held."""
+        gone = [e for e in _entries(self.work, "", below=self.layout.root) if e.name.startswith("tmp.")]
+        for entry in gone:
+            remove_foreign(entry)
+        return gone
 
     def chunks(self, version: str) -> Path:
         """Where verified chunks (or shards) of one published version (the original's sha256) wait

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,9 @@ class CacheRecord:
     installed_at: str = field(default_factory=now_iso)
     verified_at: str | None = None
     last_used: str | None = None
+    # When it was last used (or installed), in ns since the epoch: the order ``prune`` evicts in. The
+    # shown times are kept to the second, and two uses within one second must not tie.
+    used_ns: int | None = None
     mtime_ns: int | None = None
     ctime_ns: int | None = None  # with the inode: a change that puts the mtime back is still seen
     inode: int | None = None
@@ -73,6 +77,16 @@ class CacheRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def last_use_ns(self) -> int:
+        """When it was last used or installed (ns since the epoch), for least-recently-used order;
+        from the shown time (to the second) for a record of an older teadist; 0 when unreadable."""
+        if self.used_ns is not None:
+            return self.used_ns
+        try:
+            return int(datetime.fromisoformat(self.last_used or self.installed_at).timestamp()) * 1_000_000_000
+        except ValueError:
+            return 0
 
     def _map_digest(self) -> str:
         return hashlib.sha256(f"{self.sha256}:{self.block_size}:{','.join(self.blocks)}".encode()).hexdigest()
@@ -171,7 +185,8 @@ class CacheRecord:
         record = cls(
             filename=filename, name=text("name"), sha256=sha256, size=whole("size"), source=text("source"),
             origin=origin, installed_at=text("installed_at"), verified_at=text("verified_at", True),
-            last_used=text("last_used", True), mtime_ns=whole("mtime_ns", True, 2**63 - 1),
+            last_used=text("last_used", True), used_ns=whole("used_ns", True, 2**63 - 1),
+            mtime_ns=whole("mtime_ns", True, 2**63 - 1),
             ctime_ns=whole("ctime_ns", True, 2**63 - 1), inode=whole("inode", True, 2**64 - 1),
             group=None if group is None else file_name(group, "group"),
             shards=[file_name(s, "shards") for s in shards],
@@ -182,6 +197,28 @@ class CacheRecord:
         if record.block_size is not None and record._listed_map() is None:
             raise RecordProblem("blocks do not describe a file of its size")
         return record
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a path names, and whether it changed: two equal identities taken around a pass over
+    the bytes mean the pass read this very file, unchanged (a rename or a write moves the ctime)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        """The identity of the plain file at ``path``; None when there is none (or a symlink)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass
@@ -338,7 +375,8 @@ class ModelCache:
         st = os.lstat(self.path_for(filename))
         stamp = now_iso()
         record = CacheRecord(filename=filename, name=name, sha256=sha256, size=size, source=source, origin=origin,
-                             installed_at=stamp, verified_at=stamp, last_used=stamp, mtime_ns=st.st_mtime_ns,
+                             installed_at=stamp, verified_at=stamp, last_used=stamp, used_ns=time.time_ns(),
+                             mtime_ns=st.st_mtime_ns,
                              ctime_ns=st.st_ctime_ns, inode=st.st_ino,
                              group=group, shards=shards or [])
         record.set_blocks(blocks)
@@ -347,21 +385,27 @@ class ModelCache:
 
     def touch(self, record: CacheRecord) -> None:
         """Note a use (fetch hit, path lookup): ``prune`` evicts least recently used. Hold the lock."""
-        record.last_used = now_iso()
+        record.last_used, record.used_ns = now_iso(), time.time_ns()
         self.write_record(record)
 
-    def mark_verified(self, record: CacheRecord, blocks: BlockMap | None = None) -> None:
+    def mark_verified(self, record: CacheRecord, blocks: BlockMap | None = None,
+                      hashed: FileIdentity | None = None) -> None:
         """Stamp a record verified — only if nobody changed it or its file meanwhile; ``blocks`` (from
-        the pass whose whole sha256 just matched) fills in a block map the record lacks."""
+        the pass whose whole sha256 just matched) fills in a block map the record lacks. ``hashed`` is
+        the file's identity when that pass began: the record is stamped only while the file still has
+        it (checked under the lock), so a file swapped in or written to meanwhile is never vouched for."""
         target = self.target(record.filename)
         with target.lock_if_free() as got:
             current = self.read_record(record.filename) if got else None
+            now = FileIdentity.of(self.path_for(record.filename)) if current is not None else None
+            if now is None or (hashed is not None and now != hashed):
+                return
             if current is not None and current.sha256 == record.sha256 and current.repairing and blocks is not None:
-                # A whole-hash pass matched a file left mid-repair: it is the source's file again.
-                st = os.lstat(self.path_for(current.filename))
-                if stat.S_ISREG(st.st_mode) and st.st_size == current.size:
+                # A whole-hash pass matched a file left mid-repair: it is the source's file again —
+                # if it is still the file that pass hashed.
+                if hashed is not None and now.size == current.size:
                     current.repairing = False
-                    current.mtime_ns, current.ctime_ns, current.inode = st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                    current.mtime_ns, current.ctime_ns, current.inode = now.mtime_ns, now.ctime_ns, now.inode
                     current.verified_at = now_iso()
                     current.set_blocks(blocks)
                     self.write_record(current)

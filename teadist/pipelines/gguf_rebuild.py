@@ -1,8 +1,14 @@
 """Rebuild the byte-identical original from teadist GGUF shards, verified by the whole file's sha256
-(a shard that does not match its own is named when the whole fails)."""
+(a shard that does not match its own is named when the whole fails).
+
+The output grows in a stable partial named by the destination's work files, under the target's
+lock; an interrupted rebuild resumes after the last block the manifest's block map of the original
+proves (the recipe's pieces before it are skipped), as ``assemble`` does. Only a file whose whole
+sha256 matches is renamed into place; bytes it rejects are not kept."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Callable
@@ -10,13 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher
-from teadist.base.fsutil import PwriteSink, ensure_free_space
+from teadist.base.fsutil import PwriteSink, ensure_free_space, is_disk_full
 from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
 from teadist.cache.layout import Target
 from teadist.cache.store import ModelCache
 from teadist.errors import IntegrityError
-from teadist.formats.gguf_recipe import COPY_BLOCK, check_recipe, replay
+from teadist.formats.gguf_recipe import COPY_BLOCK, check_recipe, piece_length, replay
 from teadist.formats.manifest import ChunkRecord, Manifest
 
 
@@ -54,6 +60,44 @@ def _bad_shards(readers: list[_Shard]) -> list[str]:
     return [r.record.name for r, d in zip(readers, digests, strict=True) if d != r.record.sha256]
 
 
+def _skip(_: memoryview) -> None:
+    """A sink position that does not take this range."""
+
+
+def _open_partial(target: Target, manifest: Manifest, reporter: Reporter) -> tuple[int, Path, int, int]:
+    """The rebuild's partial (a stable name, so an interrupted rebuild resumes), open, cut back to the
+    whole blocks the manifest's model map proves (checked on every core); (fd, path, kept bytes, kept
+    blocks).
+    Bytes after them are rebuilt, never trusted; the whole sha256 still reads the kept ones."""
+    from teadist.base.fsutil import create_exclusive, open_own_file
+    from teadist.base.hashing import proven_blocks
+
+    sha256, size = manifest.file.sha256, manifest.file.size
+    assert sha256 is not None and size is not None
+    files = target.files
+    files.ensure_folder()
+    partial = files.partial(sha256, kind="rebuild")
+    fd = open_own_file(partial)
+    resumed = proven = 0
+    if fd is not None:
+        listed = manifest.file.blocks
+        if listed is not None and listed.block_size == BLOCK_SIZE:
+            proven = proven_blocks(fd, listed.hashes, BLOCK_SIZE, size, os.fstat(fd).st_size)
+            resumed = min(size, proven * BLOCK_SIZE)
+        if resumed:
+            reporter.info(f"resuming {target.final.name} after {resumed} proven bytes")
+    try:
+        ensure_free_space(target.final.parent, size - resumed, target.final.name)
+        if fd is None:
+            fd = create_exclusive(partial)
+        os.ftruncate(fd, resumed)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return fd, partial, resumed, proven
+
+
 def rebuild_original(manifest: Manifest, shards_dir: Path, dest: Path, reporter: Reporter,
                      cache: ModelCache | None = None, source: str = "local") -> tuple[str, int, bool]:
     """Rebuild the byte-identical original from shards; verify the whole file (naming a bad shard).
@@ -88,29 +132,38 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target
         if path.stat().st_size != chunk.size:
             raise IntegrityError(f"shard {chunk.name} has {path.stat().st_size} bytes, the manifest says "
                                  f"{chunk.size}", hint="download that shard again")
-    ensure_free_space(dest.parent, size, dest.name)
+    fd, tmp, resumed, proven = _open_partial(target, manifest, reporter)
     whole = hashlib.sha256()
-    blocks = BlockHasher(BLOCK_SIZE)
-    fd, tmp = target.files.new_temp()
+    blocks = BlockHasher(BLOCK_SIZE, manifest.file.blocks.hashes[:proven] if manifest.file.blocks else ())
     task = reporter.task(f"rebuild {dest.name}", size)
     readers: list[_Shard] = []
     try:
         # One pass: the writer, the whole-file sha256 and the block map, each on its own thread. The
         # shards' own sha256 are not needed for an exact result (the whole file's vouches for it);
-        # they are checked only to name the culprit when the whole does not match.
+        # they are checked only to name the culprit when the whole does not match. A resumed prefix
+        # (whole proven blocks) is read back for the whole sha256 only.
         with PipelinedCopier(n_sinks=3, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
+            copier.copy_file_range(fd, 0, resumed, [_skip, whole.update], task.advance, drain=False)
             readers = [_Shard(shards_dir / c.name, c, copier) for c in manifest.chunks]
-            out: list[Sink] = [PwriteSink(fd, 0), whole.update, blocks]
+            out: list[Sink] = [PwriteSink(fd, resumed), whole.update, blocks]
 
             def literal(data: bytes) -> None:
                 copier.feed(data, out)
                 task.advance(len(data))
 
+            at = 0  # where the current piece starts in the original
             for piece in pieces:
+                length = piece_length(piece)
+                skip = min(length, max(0, resumed - at))  # its bytes already in the kept prefix
+                at += length
+                if skip == length:
+                    continue
                 if "shard" in piece:
-                    readers[int(piece["shard"])].read(int(piece["offset"]), int(piece["length"]), out, task.advance)
+                    readers[int(piece["shard"])].read(int(piece["offset"]) + skip, length - skip, out, task.advance)
+                elif "zeros" in piece:
+                    replay([{"zeros": length - skip}], _no_shard, [literal])
                 else:
-                    replay([piece], _no_shard, [literal])
+                    literal(base64.b64decode(piece["literal"])[skip:])
             copier.flush()
         if whole.hexdigest() != sha256:
             bad = _bad_shards(readers)
@@ -122,8 +175,12 @@ def rebuild_original_locked(manifest: Manifest, shards_dir: Path, target: Target
         block_map = blocks.finish()
         check_block_map(manifest, block_map)
         commit_fd(fd, tmp, dest)
-    except BaseException:
-        remove_quietly(tmp)
+    except IntegrityError:
+        remove_quietly(tmp)  # bytes the whole sha256 rejected: nothing of it is kept
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            remove_quietly(tmp)  # give the space back; another interruption keeps the partial to resume
         raise
     finally:
         os.close(fd)

@@ -15,6 +15,7 @@ from teadist.base.fsutil import remove_foreign
 from teadist.cache.layout import CacheTarget
 from teadist.cache.lock import held_if_free
 from teadist.cache.store import CachedModel, ModelCache
+from teadist.cache.undo import settle_undo
 from teadist.errors import TeadistError
 
 LEGACY_STAGING_IDLE = 3600.0  # an older teadist's shared staging folder had no lock: leave recent ones
@@ -54,6 +55,9 @@ def prune_partials(cache: ModelCache) -> list[Path]:
             continue
         with target.lock_if_free() as free:
             if free:
+                # A killed repair's undo log is settled (old bytes put back where nothing proved the
+                # new ones), never just deleted.
+                settle_undo(target, cache.read_record(name))
                 removed += target.clear_work()
     removed += _prune_legacy(cache)
     for record_temp in layout.record_files():
@@ -96,7 +100,7 @@ def prune_lru(cache: ModelCache, max_size: int) -> list[Path]:
     sizes = {m.head.filename: model_bytes(cache, m) for m in models}
     total = sum(sizes.values())
     removed: list[Path] = []
-    for model in sorted(models, key=lambda m: m.head.last_used or m.head.installed_at):
+    for model in sorted(models, key=lambda m: m.head.last_use_ns()):
         if total <= max_size:
             break
         gone = cache.remove(model, wait=False)

@@ -7,9 +7,12 @@ from (their URLs in order, falling back as fetch does; a local manifest's own fo
 network) — and checked against its block hash before it is written. Writes happen under the
 target's lock: in place with the record marked ``repairing`` (so nothing vouches for the file
 until the whole sha256 matches again), or through a temp copy when the file has other hard links
-(they must keep their bytes). A run that is cut short leaves the blocks it already rewrote; the
-next run finds them proven and fetches only the rest. Without a source it says so and changes
-nothing.
+(they must keep their bytes). Every span overwritten in place is first kept in the target's undo
+log (``cache.undo``). A run that is cut short leaves the blocks it already rewrote and its undo log:
+the next run (or ``prune --partials``) settles the log first — when the blocks were checked against
+the record's proven map they stay, the next run finds them proven and fetches only the rest; when
+only a map from the source guided them, the old bytes go back, since only the whole sha256 could
+accept the new ones. Without a source it says so and changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from teadist.base.fsutil import commit_fd, is_plain_file, remove_quietly
 from teadist.base.hashing import PipelinedCopier, bad_blocks, hash_range
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, CacheRecord, ModelCache
+from teadist.cache.undo import UndoLog, settle_undo
 from teadist.errors import IntegrityError, NotFoundError, OfflineError, SourceError, TeadistError
 from teadist.formats.manifest import HfSource, Manifest
 from teadist.sources.download import Downloader
@@ -243,6 +247,12 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
     every block overwritten in place is kept first in a temp file beside it and put back when the
     whole sha256 then fails — the file is never left worse than it was."""
     path = cache.path_for(record.filename)
+    # What a killed run of this target left: its undo log (old bytes go back unless its blocks were
+    # proven) and any temp copy.
+    target = cache.target(record.filename)
+    if settle_undo(target, record):
+        reporter.info(f"{record.filename}: put back the bytes an interrupted repair had overwritten")
+    target.discard_temps()
     if not is_plain_file(path):
         raise NotFoundError(f"{record.filename} is not in the cache (its record is)",
                             hint=f"fetch it again, or remove the record: teadist rm {record.filename}")
@@ -287,12 +297,12 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
     if bad and source is None:
         source, _ = _source_for(record, options, downloader)
     temp: Path | None = None
-    backup: _Backup | None = None
+    backup: UndoLog | None = None
     if os.stat(path).st_nlink > 1:
         # Another name shares these bytes: they must not change under it. Repair a copy instead.
         from teadist.base.hashing import copy_into
 
-        fd, temp = cache.target(record.filename).files.new_temp()
+        fd, temp = target.files.new_temp()
         try:
             copy_into(path, fd, min(size, path.stat().st_size))
         except BaseException:
@@ -302,7 +312,7 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
     else:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         if bad:
-            backup = _Backup(cache, record.filename)
+            backup = UndoLog(cache.target(record.filename))
             record.repairing = True  # from the first write on, nothing vouches for the file
             cache.write_record(record)
     rejected = False  # the whole sha256 rejected what the block map led to
@@ -357,42 +367,6 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
     cache.record_install(record.filename, record.name, record.sha256, size, record.source, record.origin,
                          group=record.group, shards=record.shards, blocks=blocks)
     return result
-
-
-class _Backup:
-    """The bytes a repair overwrites in place, kept in a temp file beside the model (at most the bad
-    blocks' bytes) so they can be put back when the whole sha256 rejects the result."""
-
-    def __init__(self, cache: ModelCache, filename: str) -> None:
-        self.fd, self.path = cache.target(filename).files.new_temp()
-        self.spans: list[tuple[int, int, int]] = []  # (file offset, length, offset in the backup)
-        self.end = 0
-        self.size: int | None = None  # the file's size before the first write
-
-    def keep(self, fd: int, start: int, length: int) -> None:
-        if self.size is None:
-            self.size = os.fstat(fd).st_size
-        old = os.pread(fd, length, start)  # may be short where the file is short
-        written = 0
-        while written < len(old):
-            written += os.pwrite(self.fd, old[written:], self.end + written)
-        os.fsync(self.fd)
-        self.spans.append((start, len(old), self.end))
-        self.end += len(old)
-
-    def restore(self, fd: int) -> None:
-        for start, length, at in reversed(self.spans):
-            old = os.pread(self.fd, length, at)
-            written = 0
-            while written < len(old):
-                written += os.pwrite(fd, old[written:], start + written)
-        if self.size is not None and os.fstat(fd).st_size > self.size:
-            os.ftruncate(fd, self.size)
-        os.fsync(fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-        remove_quietly(self.path)
 
 
 def _fetch_block(source: _Source, expected: str, start: int, length: int, filename: str,

@@ -30,7 +30,7 @@ from teadist.base.blocks import BlockHasher, BlockMap, damaged_ranges, describe_
 from teadist.base.fsutil import is_plain_file
 from teadist.base.hashing import bad_blocks, hash_blocks, hash_range, usable_cores
 from teadist.base.progress import Reporter
-from teadist.cache.store import CachedModel, DamagedRecord, ModelCache
+from teadist.cache.store import CachedModel, DamagedRecord, FileIdentity, ModelCache
 from teadist.errors import IntegrityError, ManifestError, NotFoundError, UsageError
 from teadist.formats.manifest import Manifest
 
@@ -44,6 +44,7 @@ class CheckRow:
     detail: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)  # damaged bytes [start, end), when known
     learned: BlockMap | None = field(default=None, repr=False)  # a block map computed while it matched
+    hashed: FileIdentity | None = field(default=None, repr=False)  # the file's identity when its hash began
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"name": self.name, "status": self.status, "detail": self.detail}
@@ -82,6 +83,7 @@ class _Job:
 def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
     """Block by block on every core; damaged ranges are given in the file's own offsets."""
     assert job.blocks is not None and job.length is not None
+    hashed = FileIdentity.of(job.path)
     bad = bad_blocks(job.path, job.blocks.block_size, job.blocks.hashes, job.length, advance, base=job.offset)
     now = job.path.stat().st_size
     if bad:
@@ -90,11 +92,12 @@ def _check_blocks(job: _Job, advance: Callable[[int], None]) -> CheckRow:
                         f"{describe_ranges(ranges)}", ranges)
     if job.whole and now != job.length:
         return CheckRow(job.name, MISMATCH, f"size {now}, expected {job.length}")
-    return CheckRow(job.name, OK)
+    return CheckRow(job.name, OK, hashed=hashed)
 
 
 def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
     learner = BlockHasher(job.claimed.block_size) if job.claimed is not None else BlockHasher() if job.learn else None
+    hashed = FileIdentity.of(job.path)  # what a record may be stamped for: the file as hashing began
     digest, read = hash_range(job.path, job.offset, job.length, advance,
                               extra_sinks=[learner] if learner is not None else [])
     if job.length is not None and read != job.length:
@@ -109,7 +112,7 @@ def _check_whole(job: _Job, advance: Callable[[int], None]) -> CheckRow:
     if job.claimed is not None and learned is not None and learned.hashes != job.claimed.hashes:
         return CheckRow(job.name, MISMATCH, "sha256 matches, but the manifest's block map does not describe "
                                             "these bytes (the manifest contradicts itself)")
-    return CheckRow(job.name, OK, learned=learned if job.learn else None)
+    return CheckRow(job.name, OK, learned=learned if job.learn else None, hashed=hashed)
 
 
 def _narrowed(job: _Job, blocks: BlockMap, size: int) -> CheckRow:
@@ -359,10 +362,11 @@ def verify_whole_cache(cache: ModelCache, reporter: Reporter, full: bool = False
 def _mark(cache: ModelCache, model: CachedModel, rows: list[CheckRow]) -> None:
     """Stamp the records verified (with any block map learned) — best effort: a read-only cache keeps
     its stamps, the report stands."""
-    learned = {row.name: row.learned for row in rows}
+    by_name = {row.name: row for row in rows}
     for member in model.members:
         if member.record is not None:
+            row = by_name.get(member.filename)
             try:
-                cache.mark_verified(member.record, learned.get(member.filename))
+                cache.mark_verified(member.record, row.learned if row else None, row.hashed if row else None)
             except OSError:
                 return
