@@ -119,6 +119,36 @@ def test_a_recipe_that_would_not_rebuild_the_original_is_refused(models: list[Pa
     assert not list((tmp_path / "out").glob("*.manifest.json"))
 
 
+@pytest.mark.parametrize(("change", "said"), [("grow", "changed size while it was being split"),
+                                              ("shrink", "shrank while it was being split")])
+def test_a_model_that_changes_size_during_the_split_is_refused(models: list[Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               change: str, said: str) -> None:
+    """The file is changed after its layout was read, before its bytes are: no manifest vouches for it."""
+    import os
+
+    from teadist.errors import TeadistError
+    from teadist.pipelines import gguf_split
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(models[1].read_bytes())
+    real = gguf_split.make_recipe
+
+    def then_change(*args: object) -> list[dict[str, object]]:
+        pieces = real(*args)  # type: ignore[arg-type]
+        if change == "grow":
+            with open(src, "ab") as fh:
+                fh.write(b"appended while splitting")
+        else:
+            os.truncate(src, src.stat().st_size - 1000)
+        return pieces
+
+    monkeypatch.setattr(gguf_split, "make_recipe", then_change)
+    with pytest.raises(TeadistError, match=said):
+        split_gguf(src, tmp_path / "out", NullReporter(), shard_size=100_000)
+    assert not list((tmp_path / "out").glob("*.manifest.json"))
+
+
 def test_a_tensor_too_large_for_a_shard_is_named(models: list[Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import teadist.formats.gguf_layout as gguf_layout
