@@ -96,7 +96,14 @@ def _flip_literal(pieces: list[dict[str, object]]) -> None:
     piece["literal"] = base64.b64encode(bytes(data)).decode()
 
 
-@pytest.mark.parametrize("damage", [_swap_tensor_offsets, _flip_literal])
+def _literal_as_zeros(pieces: list[dict[str, object]]) -> None:
+    import base64
+
+    at = next(i for i, p in enumerate(pieces) if "literal" in p)
+    pieces[at] = {"zeros": len(base64.b64decode(str(pieces[at]["literal"])))}
+
+
+@pytest.mark.parametrize("damage", [_swap_tensor_offsets, _flip_literal, _literal_as_zeros])
 def test_a_recipe_that_would_not_rebuild_the_original_is_refused(models: list[Path], tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   damage: Callable[[list[dict[str, object]]], None],
