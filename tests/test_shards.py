@@ -111,9 +111,8 @@ def test_a_recipe_that_would_not_rebuild_the_original_is_refused(models: list[Pa
     """The proof that the shards rebuild the original: a recipe bug (here made on purpose) stops split
     before a manifest is written."""
     from teadist.errors import TeadistError
+    from teadist.formats.gguf_recipe import make_recipe as real
     from teadist.pipelines import gguf_split
-
-    real = gguf_split.make_recipe
 
     def broken(*args: object) -> list[dict[str, object]]:
         pieces = real(*args)  # type: ignore[arg-type]
@@ -139,7 +138,7 @@ def test_a_model_that_changes_size_during_the_split_is_refused(models: list[Path
 
     src = tmp_path / "m.gguf"
     src.write_bytes(models[1].read_bytes())
-    real = gguf_split.make_recipe
+    from teadist.formats.gguf_recipe import make_recipe as real
 
     def then_change(*args: object) -> list[dict[str, object]]:
         pieces = real(*args)  # type: ignore[arg-type]
