@@ -14,7 +14,8 @@ without it those rows are skipped with the reason printed.
 
 Every timed command ends with the data on disk (`sync` after the peers; teadist fsyncs itself),
 so neither side wins by leaving dirty pages behind. Inputs are read once before timing, so both
-sides read from the page cache.
+sides read from the page cache. The GGUF and verify rows run teadist and its peer in alternated
+rounds (the order flips each round) and compare the medians, so load bursts hit both alike.
 """
 
 from __future__ import annotations
@@ -99,6 +100,22 @@ def median_of(b: Bench, measure: Callable[[], float], cleanup: Callable[[], None
     return statistics.median(times)
 
 
+def paired(b: Bench, ours: Callable[[], float], peer: Callable[[], float],
+           ours_cleanup: Callable[[], None] | None = None,
+           peer_cleanup: Callable[[], None] | None = None) -> tuple[float, float]:
+    """Medians of ``b.repeat`` alternated rounds of teadist and its peer (the order flips each round),
+    so a burst of load or the disk's writeback state hits both sides alike."""
+    ours_times: list[float] = []
+    peer_times: list[float] = []
+    sides = [(ours, ours_cleanup, ours_times), (peer, peer_cleanup, peer_times)]
+    for round_no in range(b.repeat):
+        for measure, cleanup, times in (sides if round_no % 2 == 0 else sides[::-1]):
+            times.append(measure())
+            if cleanup is not None:
+                cleanup()
+    return statistics.median(ours_times), statistics.median(peer_times)
+
+
 def make_input(path: Path, size: int) -> None:
     """Write ``size`` distinct pseudo-random bytes, in a child process so the bench stays small
     (a forked child inherits the parent's resident pages in its peak RSS)."""
@@ -158,14 +175,19 @@ def section_split_assemble_verify(b: Bench, src: Path) -> None:
     b.rows.append(Row("assemble", t_asm, "cat chunks + sha256sum", t_cat_sum, "(info)", float("inf")))
 
     warm(src)
-    t_sum = median_of(b, lambda: b.run(["sha256sum", str(src)]))  # (its trailing sync has nothing to do)
-    t_verify = median_of(b, lambda: b.teadist("verify", str(src), "--manifest", str(manifest), label="verify"))
-    b.rows.append(Row("verify file against its manifest (each chunk's sha256, chunks in parallel)", t_verify,
+
+    def sha256sum() -> float:
+        return b.run(["sha256sum", str(src)])  # (its trailing sync has nothing to do)
+
+    t_verify, t_sum = paired(b, lambda: b.teadist("verify", str(src), "--manifest", str(manifest), label="verify"),
+                             sha256sum)
+    b.rows.append(Row("verify file against its manifest (its sha256 and block map; each chunk's sha256)", t_verify,
                       "sha256sum", t_sum, "≤ 0.10×", 0.10))
     cache = b.work / "verify-cache"
     b.teadist("assemble", str(manifest), "--cache-dir", str(cache), label="assemble")
     warm(cache / src.name)
-    t_cached = median_of(b, lambda: b.teadist("verify", src.name, "--cache-dir", str(cache), label="verify"))
+    t_cached, t_sum = paired(b, lambda: b.teadist("verify", src.name, "--cache-dir", str(cache), label="verify"),
+                             sha256sum)
     b.rows.append(Row(f"verify cached model (against its proven block map, {cores()} cores)", t_cached,
                       "sha256sum", t_sum, "≤ 0.10×", 0.10))
     t_full = median_of(b, lambda: b.teadist("verify", src.name, "--full", "--cache-dir", str(cache), label="verify"))
@@ -341,18 +363,23 @@ def section_gguf(b: Bench, src: Path) -> None:
     copy = b.work / "gguf-copy.bin"
     warm(model)
     size = model.stat().st_size
-    t_cat = median_of(b, lambda: b.shell(f"cat {q(model)} > {q(copy)}"), lambda: os.remove(copy))
-    t_split = median_of(b, lambda: b.teadist("split", str(model), "--format", "gguf", "--shard-size", "512M",
-                                             "--out", str(shards), label="split --format gguf"),
-                        lambda: shutil.rmtree(shards))
-    b.teadist("split", str(model), "--format", "gguf", "--shard-size", "512M", "--out", str(shards),
-              label="split --format gguf")
+
+    def split() -> float:
+        return b.teadist("split", str(model), "--format", "gguf", "--shard-size", "512M", "--out", str(shards),
+                         label="split --format gguf")
+
+    t_split, t_cat = paired(b, split, lambda: b.shell(f"cat {q(model)} > {q(copy)}"),
+                            lambda: shutil.rmtree(shards), lambda: os.remove(copy))
     rebuilt = b.work / "gguf-rebuilt" / "model.gguf"
     manifest = shards / "model.gguf.manifest.json"
-    t_rebuild = median_of(b, lambda: b.teadist("assemble", str(manifest), "--out", str(rebuilt),
-                                               label="assemble (gguf)"), lambda: os.remove(rebuilt))
+
+    def rebuild() -> float:
+        return b.teadist("assemble", str(manifest), "--out", str(rebuilt), label="assemble (gguf)")
+
     tool = b.gguf_split
     if tool is None:
+        split()
+        t_rebuild = median_of(b, rebuild, lambda: os.remove(rebuilt))
         b.notes.append("llama-gguf-split not found (run scripts/build_llama_gguf_split.sh or pass --gguf-split): "
                        "GGUF rows compared with a plain copy only")
         b.rows.append(Row(f"gguf shards: split ({size / 1e9:.2f} GB, 512 MB shards, with rebuild proof)", t_split,
@@ -363,18 +390,20 @@ def section_gguf(b: Bench, src: Path) -> None:
         peer_dir = b.work / "gguf-peer"
         peer_dir.mkdir()
         prefix = peer_dir / "model"
+
         def remove_peer_shards() -> None:
             for shard in peer_dir.glob("model-*.gguf"):
                 os.remove(shard)
 
-        t_peer_split = median_of(
-            b, lambda: b.run([str(tool), "--split", "--split-max-size", "512M", str(model), str(prefix)]),
-            remove_peer_shards)
+        t_split, t_peer_split = paired(
+            b, split, lambda: b.run([str(tool), "--split", "--split-max-size", "512M", str(model), str(prefix)]),
+            lambda: shutil.rmtree(shards), remove_peer_shards)
+        split()
         b.run([str(tool), "--split", "--split-max-size", "512M", str(model), str(prefix)])
         first = sorted(peer_dir.glob("model-00001-of-*.gguf"))[0]
         merged = b.work / "gguf-merged.gguf"
-        t_peer_merge = median_of(b, lambda: b.run([str(tool), "--merge", str(first), str(merged)]),
-                                 lambda: os.remove(merged))
+        t_rebuild, t_peer_merge = paired(b, rebuild, lambda: b.run([str(tool), "--merge", str(first), str(merged)]),
+                                         lambda: os.remove(rebuilt), lambda: os.remove(merged))
         b.rows.append(Row(f"gguf shards: split ({size / 1e9:.2f} GB, 512M shards; sha256 of each shard and the "
                           "original, block maps, rebuild proof)", t_split, "llama-gguf-split --split-max-size 512M",
                           t_peer_split, "≤ 1.1×", 1.1))

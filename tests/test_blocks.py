@@ -65,6 +65,29 @@ def test_parallel_block_check_names_each_damaged_block(tmp_path: Path) -> None:
     assert usable_cores() == len(os.sched_getaffinity(0))
 
 
+def test_copier_feeds_two_streams_that_share_some_reads(tmp_path: Path) -> None:
+    """A ``None`` sink leaves its position out of that call: the original's digest and a shard's take
+    the bytes they share from one read, each stream the rest alone, each in its own order."""
+    from teadist.base.hashing import PipelinedCopier
+
+    src = tmp_path / "src.bin"
+    data = os.urandom(5 * 65536 + 123)
+    src.write_bytes(data)
+    original, shard = hashlib.sha256(), hashlib.sha256()
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with PipelinedCopier(n_sinks=2, buffer_size=65536, depth=3) as copier:
+            copier.feed(b"shard header", [None, shard.update])
+            copier.copy_file_range(fd, 0, 1000, [original.update, None], drain=False)
+            copier.copy_file_range(fd, 1000, len(data) - 1000, [original.update, shard.update], drain=False)
+            copier.feed(b"pad", [None, shard.update])
+            copier.flush()
+    finally:
+        os.close(fd)
+    assert original.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert shard.hexdigest() == hashlib.sha256(b"shard header" + data[1000:] + b"pad").hexdigest()
+
+
 def test_a_file_truncated_while_it_is_read_is_a_short_read_not_a_crash(tmp_path: Path) -> None:
     """A file mapped with mmap and truncated meanwhile kills the process with SIGBUS on the next
     access; reads into private buffers see a short file instead."""

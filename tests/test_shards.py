@@ -82,6 +82,79 @@ def test_unusual_bytes_are_kept_by_the_recipe(models: list[Path], tmp_path: Path
     assert dest.read_bytes() == bytes(raw)
 
 
+def _swap_tensor_offsets(pieces: list[dict[str, object]]) -> None:
+    first, second = [p for p in pieces if "shard" in p and p["offset"] != 24][:2]
+    first["offset"], second["offset"] = second["offset"], first["offset"]
+
+
+def _flip_literal(pieces: list[dict[str, object]]) -> None:
+    import base64
+
+    piece = next(p for p in pieces if "literal" in p)
+    data = bytearray(base64.b64decode(str(piece["literal"])))
+    data[-1] ^= 1
+    piece["literal"] = base64.b64encode(bytes(data)).decode()
+
+
+def _literal_as_zeros(pieces: list[dict[str, object]]) -> None:
+    import base64
+
+    at = next(i for i, p in enumerate(pieces) if "literal" in p)
+    pieces[at] = {"zeros": len(base64.b64decode(str(pieces[at]["literal"])))}
+
+
+@pytest.mark.parametrize("damage", [_swap_tensor_offsets, _flip_literal, _literal_as_zeros])
+def test_a_recipe_that_would_not_rebuild_the_original_is_refused(models: list[Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  damage: Callable[[list[dict[str, object]]], None],
+                                                                  ) -> None:
+    """The proof that the shards rebuild the original: a recipe bug (here made on purpose) stops split
+    before a manifest is written."""
+    from teadist.errors import TeadistError
+    from teadist.formats.gguf_recipe import make_recipe as real
+    from teadist.pipelines import gguf_split
+
+    def broken(*args: object) -> list[dict[str, object]]:
+        pieces = real(*args)  # type: ignore[arg-type]
+        damage(pieces)
+        return pieces
+
+    monkeypatch.setattr(gguf_split, "make_recipe", broken)
+    with pytest.raises(TeadistError, match="would not rebuild the original exactly"):
+        split_gguf(models[1], tmp_path / "out", NullReporter(), shard_size=100_000)
+    assert not list((tmp_path / "out").glob("*.manifest.json"))
+
+
+@pytest.mark.parametrize(("change", "said"), [("grow", "changed size while it was being split"),
+                                              ("shrink", "shrank while it was being split")])
+def test_a_model_that_changes_size_during_the_split_is_refused(models: list[Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               change: str, said: str) -> None:
+    """The file is changed after its layout was read, before its bytes are: no manifest vouches for it."""
+    import os
+
+    from teadist.errors import TeadistError
+    from teadist.pipelines import gguf_split
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(models[1].read_bytes())
+    from teadist.formats.gguf_recipe import make_recipe as real
+
+    def then_change(*args: object) -> list[dict[str, object]]:
+        pieces = real(*args)  # type: ignore[arg-type]
+        if change == "grow":
+            with open(src, "ab") as fh:
+                fh.write(b"appended while splitting")
+        else:
+            os.truncate(src, src.stat().st_size - 1000)
+        return pieces
+
+    monkeypatch.setattr(gguf_split, "make_recipe", then_change)
+    with pytest.raises(TeadistError, match=said):
+        split_gguf(src, tmp_path / "out", NullReporter(), shard_size=100_000)
+    assert not list((tmp_path / "out").glob("*.manifest.json"))
+
+
 def test_a_tensor_too_large_for_a_shard_is_named(models: list[Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import teadist.formats.gguf_layout as gguf_layout

@@ -242,3 +242,42 @@ def test_verify_against_a_manifest_whose_block_map_disagrees_with_its_sha256_fai
     checked = cli("verify", src, "--manifest", result.manifest_path)
     assert checked.code == 3, checked.out
     assert "block map" in checked.out, checked.out
+
+
+@pytest.mark.parametrize("change", ["none", "flip", "chunk-sha", "file-sha", "file-block"])
+def test_verify_against_a_one_chunk_manifest_reads_the_file_once_and_keeps_both_checks(
+        tmp_path: Path, cli: Callable[..., Result], change: str) -> None:
+    """A manifest whose only chunk is the whole file: the chunk's row and the whole file's row still
+    say what each check found (the chunk's sha256, the file's sha256, the file's block map)."""
+    src = tmp_path / "m.gguf"
+    write_big(src, 2 * BLOCK_SIZE + 3)
+    result = split_file(src, tmp_path / "dist", NullReporter(), chunk_size=4 * BLOCK_SIZE)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert len(manifest["chunks"]) == 1 and manifest["file"]["blocks"]
+    if change == "flip":
+        flip(src, BLOCK_SIZE + 5)
+    elif change == "chunk-sha":
+        manifest["chunks"][0]["sha256"] = "0" * 64
+    elif change == "file-sha":
+        manifest["file"]["sha256"] = "0" * 64
+    elif change == "file-block":
+        manifest["file"]["blocks"][2] = "1" * 64
+    result.manifest_path.write_text(json.dumps(manifest))
+    checked = cli("verify", src, "--manifest", result.manifest_path, "--json")
+    items = {i["name"]: i for i in json.loads(checked.out)["items"]}
+    chunk, whole = manifest["chunks"][0]["name"], "m.gguf"
+    if change == "none":
+        assert checked.code == 0 and [i["status"] for i in items.values()] == ["OK", "OK"], checked.out
+        return
+    assert checked.code == 3, checked.out
+    if change == "flip":
+        assert items[chunk]["status"] == "MISMATCH" and whole not in items, checked.out
+        assert items[chunk]["damaged"] == [{"start": BLOCK_SIZE, "end": 2 * BLOCK_SIZE}], checked.out
+    elif change == "chunk-sha":
+        assert items[chunk]["status"] == "MISMATCH" and whole not in items, checked.out
+    elif change == "file-sha":
+        assert items[chunk]["status"] == "OK" and items[whole]["status"] == "MISMATCH", checked.out
+        assert "the manifest says 0000" in items[whole]["detail"], checked.out
+    else:
+        assert items[chunk]["status"] == "OK" and items[whole]["status"] == "MISMATCH", checked.out
+        assert "block map" in items[whole]["detail"], checked.out

@@ -41,7 +41,9 @@ class PipelinedCopier:
     """Feed ranges of a file or stream to several sinks at once (hashers, a file), each in order.
 
     Sinks in the same position across calls share a worker thread, so ordering within a
-    position holds; every call drains before returning, so callers may close files after it.
+    position holds; a ``None`` sink leaves its position out of that call (two streams — the
+    original and a shard — each fed only what belongs to it, the bytes they share read once).
+    Every call drains before returning unless told not to, so callers may close files after it.
     Files and streams alike are read into a ring of private, reused buffers (``depth *
     buffer_size`` bytes whatever the file size). Never mmap: a file truncated by someone else
     while mapped kills the process with SIGBUS, and a mapping shows later changes to bytes
@@ -86,13 +88,14 @@ class PipelinedCopier:
             self._buffers = [bytearray(self._buffer_size) for _ in range(self._depth)]
         return self._buffers[slot]
 
-    def _submit(self, slot: int, view: memoryview, sinks: Sequence[Sink]) -> None:
+    def _submit(self, slot: int, view: memoryview, sinks: Sequence[Sink | None]) -> None:
         if len(sinks) > len(self._executors):
             raise ValueError("more sinks than the copier was built for")
-        self._pending[slot] = [ex.submit(sink, view) for ex, sink in zip(self._executors, sinks, strict=False)]
+        self._pending[slot] = [ex.submit(sink, view) for ex, sink in zip(self._executors, sinks, strict=False)
+                               if sink is not None]
         self._slot = (slot + 1) % self._depth
 
-    def feed(self, data: bytes, sinks: Sequence[Sink]) -> None:
+    def feed(self, data: bytes, sinks: Sequence[Sink | None]) -> None:
         """Feed a small immutable piece (a header, padding) in order with the ranges around it."""
         if data:
             slot = self._slot
@@ -108,7 +111,7 @@ class PipelinedCopier:
         fd: int,
         offset: int,
         length: int,
-        sinks: Sequence[Sink],
+        sinks: Sequence[Sink | None],
         advance: Callable[[int], None] | None = None,
         drain: bool = True,
     ) -> int:

@@ -6,17 +6,22 @@ cut; the file's alignment kept). Every byte of the original that a shard holds v
 metadata block, each tensor's data — is written so that it can be found again, and the manifest's
 ``rebuild`` lists the original as pieces in order: a range of a shard, a run of zeros, or a small
 literal (the 24-byte preamble, the tensor-info table with its original offsets, any non-zero
-padding). Split replays the pieces against the original's SHA-256 before it writes the manifest,
-so a file that would not rebuild exactly is noticed at split time, never later.
+padding). The recipe drives the one pass that reads the original, hashes it and writes the
+shards: each tensor piece must be where the shard plan put that tensor, every other piece must
+equal the original's bytes as read, so a file that would not rebuild exactly is noticed at split
+time, never later — without reading the shards back.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from teadist.base.blocks import BLOCK_SIZE, BlockHasher, BlockMap
 from teadist.base.fsutil import WriteSink, atomic_write, ensure_free_space
 from teadist.base.hashing import BUFFER_SIZE, PipelinedCopier, Sink, TruncatedInput
 from teadist.base.progress import Reporter
@@ -24,12 +29,13 @@ from teadist.errors import TeadistError, UsageError
 from teadist.formats.gguf_layout import (
     DEFAULT_SHARD_SIZE,
     SHARD_LIMIT,
+    ShardPlan,
     build_headers,
     plan_shards,
     read_layout,
     shard_names,
 )
-from teadist.formats.gguf_recipe import COPY_BLOCK, MAX_LITERAL_BYTES, check_recipe, make_recipe, piece_length
+from teadist.formats.gguf_recipe import COPY_BLOCK, MAX_LITERAL_BYTES, Piece, make_recipe, piece_length
 from teadist.formats.manifest import ChunkRecord, FileRecord, Manifest, manifest_filename, write_manifest
 
 
@@ -42,9 +48,6 @@ class ShardResult:
 
 def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = DEFAULT_SHARD_SIZE,
                name: str | None = None, base_url: str | None = None) -> ShardResult:
-    from urllib.parse import quote
-
-    from teadist.base.hashing import hash_range
     from teadist.pipelines.split import default_model_name, describe_model
 
     if shard_size <= 0 or shard_size >= SHARD_LIMIT:
@@ -65,13 +68,6 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
     if layout.split_keys:
         raise UsageError(f"{file_name} is already a shard ({', '.join(layout.split_keys)}); splitting it again would "
                          "write those keys twice", hint="assemble the shards first, then split the whole model")
-    from concurrent.futures import ThreadPoolExecutor
-
-    from teadist.base.blocks import BLOCK_SIZE, BlockHasher
-
-    original_blocks = BlockHasher(BLOCK_SIZE)
-    hasher = ThreadPoolExecutor(max_workers=1)  # the original's sha256 and block map, on the other core meanwhile
-    original_sha_future = hasher.submit(hash_range, src, extra_sinks=[original_blocks])
     with open(src, "rb") as fh:
         fh.seek(layout.kv_start)
         kv_block = fh.read(layout.kv_end - layout.kv_start)
@@ -92,104 +88,127 @@ def split_gguf(src: Path, out_dir: Path, reporter: Reporter, shard_size: int = D
         literal_bytes = sum(piece_length(p) for p in pieces if "literal" in p)
         if literal_bytes > MAX_LITERAL_BYTES:
             raise UsageError(f"{file_name}: {literal_bytes} bytes would have to be stored in the manifest")
-        records = []
         task = reporter.task(f"shard {file_name}", sum(s.size for s in shards))
-        # Reads, the shard's hashes and the write overlap: one thread per sink, a bounded ring of buffers.
         try:
-            with PipelinedCopier(n_sinks=3, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
-                for shard, shard_name in zip(shards, names, strict=True):
-                    digest = hashlib.sha256()
-                    blocks = BlockHasher(BLOCK_SIZE)
-                    with atomic_write(out_dir / shard_name) as out:
-                        sinks: list[Sink] = [digest.update, WriteSink(out), blocks]
-                        copier.feed(shard.header, sinks)
-                        task.advance(len(shard.header))
-                        pos = len(shard.header)
-                        for tensor, at in zip(shard.tensors, shard.data_positions, strict=True):
-                            copier.feed(bytes(at - pos), sinks)
-                            task.advance(at - pos)
-                            copier.copy_file_range(original.fileno(), tensor.data_offset, tensor.n_bytes, sinks,
-                                                   task.advance, drain=False)
-                            pos = at + tensor.n_bytes
-                        copier.flush()
-                    url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
-                    records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url, blocks.finish()))
+            whole, original_blocks, records = _write_shards(original.fileno(), layout.size, pieces, shards, names,
+                                                            out_dir, base_url, task.advance)
         except TruncatedInput:
             raise TeadistError(f"{src} shrank while it was being split; run split again") from None
         finally:
             task.close()
-    original_sha = original_sha_future.result()[0]
-    hasher.shutdown()
+        if os.fstat(original.fileno()).st_size != layout.size:
+            raise TeadistError(f"{src} changed size while it was being split; run split again")
     manifest = Manifest(name=name or default_model_name(file_name),
-                        file=FileRecord(file_name, layout.size, original_sha, original_blocks.finish()),
+                        file=FileRecord(file_name, layout.size, whole, original_blocks),
                         format="gguf", chunks=records,
                         rebuild={"method": "pieces-v1", "pieces": pieces}, model=describe_model(src, reporter))
-    _prove_rebuild(manifest, out_dir, names)
     write_manifest(manifest, manifest_path)
     return ShardResult(manifest, manifest_path)
 
 
-def _prove_rebuild(manifest: Manifest, folder: Path, names: list[str]) -> None:
-    """Replay the recipe against the shards just written: every block it gives must hash to the
-    original's block map (computed in the same pass as the original's sha256), so the shards
-    rebuild the original exactly. Blocks are independent, so this runs on every core."""
-    import bisect
-    import os
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+@dataclass(frozen=True)
+class _Step:
+    """One recipe piece at ``start`` in the original: bytes the original holds verbatim (``expected``:
+    a literal, zeros, a slice of a shard's header) or a tensor's data copied to ``offset`` of ``shard``."""
 
-    from teadist.base.hashing import READ_PIECE, usable_cores
+    start: int
+    length: int
+    shard: int = -1
+    offset: int = 0
+    expected: bytes | None = None  # None with shard -1: zeros
 
-    pieces = check_recipe(manifest)
-    original = manifest.file.blocks
-    size = manifest.file.size
-    assert original is not None and size is not None
-    starts, pos = [], 0
+
+def _steps(pieces: list[Piece], shards: list[ShardPlan], size: int) -> list[_Step]:
+    """The recipe checked against the shard plan, piece by piece: every tensor piece is a tensor the
+    plan puts at exactly that place of that shard (each once), every other piece names bytes known
+    here (checked against the original as the pass reads them). So the pass that hashes the original
+    and writes the shards proves, without another read, that the shards rebuild the original."""
+    placed = [{at: t for t, at in zip(s.tensors, s.data_positions, strict=True) if t.n_bytes} for s in shards]
+    steps: list[_Step] = []
+    pos, shard_now, cursor = 0, 0, 0
     for piece in pieces:
-        starts.append(pos)
-        pos += piece_length(piece)
-    if pos != size:
-        raise TeadistError(f"{manifest.file.name}: the rebuild recipe gives {pos} bytes, not {size}")
-    literals = {i: base64.b64decode(p["literal"]) for i, p in enumerate(pieces) if "literal" in p}
-    zeros = memoryview(bytes(READ_PIECE))
-    local = threading.local()
-    fds = [os.open(folder / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) for name in names]
-
-    def block(index: int) -> str:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = memoryview(bytearray(READ_PIECE))
-        start, end = original.span(index, size)
-        digest = hashlib.sha256()
-        k = bisect.bisect_right(starts, start) - 1
-        at = start
-        while at < end:
-            piece, lo = pieces[k], at - starts[k]
-            n = min(end, starts[k] + piece_length(piece)) - at
-            if "shard" in piece:
-                done = 0
-                while done < n:
-                    got = os.preadv(fds[int(piece["shard"])], [buf[:min(len(buf), n - done)]],
-                                    int(piece["offset"]) + lo + done)
-                    if not got:
-                        raise TeadistError(f"{manifest.file.name}: shard {int(piece['shard']) + 1} ended early")
-                    digest.update(buf[:got])
-                    done += got
-            elif "zeros" in piece:
-                for part in range(0, n, len(zeros)):
-                    digest.update(zeros[:min(len(zeros), n - part)])
+        n = piece_length(piece)
+        if "zeros" in piece:
+            steps.append(_Step(pos, n))
+        elif "literal" in piece:
+            steps.append(_Step(pos, n, expected=base64.b64decode(piece["literal"])))
+        else:
+            k, off = int(piece["shard"]), int(piece["offset"])
+            header = shards[k].header
+            if off + n <= len(header):
+                steps.append(_Step(pos, n, expected=header[off:off + n]))
             else:
-                digest.update(literals[k][lo:lo + n])
-            at += n
-            k += 1
-        return digest.hexdigest()
+                tensor = placed[k].pop(off, None)
+                if tensor is None or tensor.data_offset != pos or tensor.n_bytes != n or (k, off) < (shard_now, cursor):
+                    raise _unprovable()
+                steps.append(_Step(pos, n, shard=k, offset=off))
+                shard_now, cursor = k, off + n
+        pos += n
+    if pos != size or any(placed):
+        raise _unprovable()
+    return steps
 
-    try:
-        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
-            rebuilt = list(pool.map(block, range(len(original.hashes))))
-    finally:
-        for fd in fds:
-            os.close(fd)
-    if tuple(rebuilt) != original.hashes:
-        raise TeadistError(f"{manifest.file.name}: the shards would not rebuild the original exactly; refusing "
-                           "to write a manifest that cannot vouch for it")
+
+def _unprovable() -> TeadistError:
+    return TeadistError("the shards would not rebuild the original exactly; refusing to write a manifest that "
+                        "cannot vouch for it")
+
+
+def _write_shards(fd: int, size: int, pieces: list[Piece], shards: list[ShardPlan], names: list[str],
+                  out_dir: Path, base_url: str | None,
+                  advance: Callable[[int], None]) -> tuple[str, BlockMap, list[ChunkRecord]]:
+    """Write every shard and hash everything in one pass over the original, each byte read once.
+
+    The recipe drives the pass: it walks the original in order, so the original's sha256 and block
+    map take every byte read, and each tensor's bytes, read once into the copier's ring of buffers,
+    also go to their shard's sha256, block map and file — five sinks, each on its own thread, the
+    reads overlapping them. Bytes the recipe gives itself (the preamble, the tensor-info table,
+    padding, the metadata held in shard 1's header) must equal the original's as read: a recipe that
+    would not rebuild the original fails here, before any manifest is written."""
+    from urllib.parse import quote
+
+    whole = hashlib.sha256()
+    whole_blocks = BlockHasher(BLOCK_SIZE)
+    steps = _steps(pieces, shards, size)
+    records: list[ChunkRecord] = []
+    model_only: list[Sink | None] = [whole.update, whole_blocks, None, None, None]
+    at = 0
+
+    def original_bytes(step: _Step) -> None:
+        data = os.pread(fd, step.length, step.start)
+        if len(data) < step.length:
+            raise TruncatedInput(step.start + len(data))
+        same = data == step.expected if step.expected is not None else data.count(0) == len(data)
+        if not same:
+            raise _unprovable()
+        copier.feed(data, model_only)
+
+    with PipelinedCopier(n_sinks=5, buffer_size=min(COPY_BLOCK, BUFFER_SIZE)) as copier:
+        for k, (shard, shard_name) in enumerate(zip(shards, names, strict=True)):
+            digest = hashlib.sha256()
+            blocks = BlockHasher(BLOCK_SIZE)
+            with atomic_write(out_dir / shard_name) as out:
+                shard_only: list[Sink | None] = [None, None, digest.update, blocks, WriteSink(out)]
+                both: list[Sink | None] = [whole.update, whole_blocks, digest.update, blocks, shard_only[4]]
+                copier.feed(shard.header, shard_only)
+                advance(len(shard.header))
+                cursor = len(shard.header)
+                while at < len(steps) and steps[at].shard in (-1, k):
+                    step = steps[at]
+                    at += 1
+                    if step.shard < 0:
+                        original_bytes(step)
+                        continue
+                    copier.feed(bytes(step.offset - cursor), shard_only)
+                    advance(step.offset - cursor)
+                    copier.copy_file_range(fd, step.start, step.length, both, advance, drain=False)
+                    cursor = step.offset + step.length
+                copier.feed(bytes(shard.size - cursor), shard_only)
+                advance(shard.size - cursor)
+                copier.flush()
+            url = (base_url.rstrip("/") + "/" + quote(shard_name),) if base_url else ()
+            records.append(ChunkRecord(shard_name, shard.size, digest.hexdigest(), None, url, blocks.finish()))
+        for step in steps[at:]:
+            original_bytes(step)
+        copier.flush()
+    return whole.hexdigest(), whole_blocks.finish(), records

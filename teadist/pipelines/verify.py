@@ -32,7 +32,7 @@ from teadist.base.hashing import bad_blocks, hash_blocks, hash_range, usable_cor
 from teadist.base.progress import Reporter
 from teadist.cache.store import CachedModel, DamagedRecord, FileIdentity, ModelCache
 from teadist.errors import IntegrityError, ManifestError, NotFoundError, UsageError
-from teadist.formats.manifest import Manifest
+from teadist.formats.manifest import ChunkRecord, Manifest
 
 OK, MISSING, MISMATCH, DAMAGED = "OK", "MISSING", "MISMATCH", "DAMAGED"
 
@@ -179,22 +179,29 @@ def _feed_recipe(manifest: Manifest, folder: Path) -> Callable[[Callable[[bytes]
 
 
 def _run_whole(job: _WholeJob, advance: Callable[[int], None]) -> CheckRow:
+    """The original's bytes as ``job.feed`` gives them, against ``file.sha256`` (and the manifest's map):
+    the sha256, the block map and the count each on their own thread, taking the same pieces."""
+    from teadist.base.hashing import PipelinedCopier
+
     digest = hashlib.sha256()
     seen = 0
     learner = BlockHasher(job.claimed.block_size) if job.claimed is not None else None
 
-    def sink(block: bytes) -> None:
+    def count(view: memoryview) -> None:
         nonlocal seen
-        digest.update(block)
-        if learner is not None:
-            learner(block)
-        seen += len(block)
-        advance(len(block))
+        seen += len(view)
+        advance(len(view))
 
-    try:
-        job.feed(sink)
-    except (IntegrityError, ManifestError) as exc:
-        return CheckRow(job.name, MISMATCH, f"whole file: {exc.message}")
+    # Depth 4: at most four pieces (8 MiB each) in flight, whatever the file size.
+    with PipelinedCopier(n_sinks=3, depth=4) as copier:
+        def sink(block: bytes) -> None:
+            copier.feed(block, [digest.update, learner, count])
+
+        try:
+            job.feed(sink)
+            copier.flush()
+        except (IntegrityError, ManifestError) as exc:
+            return CheckRow(job.name, MISMATCH, f"whole file: {exc.message}")
     if seen != job.length:
         return CheckRow(job.name, MISMATCH, f"whole file: {seen} bytes, the manifest says {job.length}")
     if digest.hexdigest() != job.sha256:
@@ -287,6 +294,9 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
         # Each chunk is a byte range of the original: equal ranges prove the file equals the chunks;
         # the whole hash proves the chunks are the original the manifest names.
         narrow = (manifest.file.blocks, size) if manifest.file.blocks is not None else None
+        only = manifest.chunks[0] if len(manifest.chunks) == 1 else None
+        if only is not None and (only.offset or 0) == 0 and only.size == size == actual:
+            return VerifyReport(str(path), _one_chunk(path, manifest, only, reporter))
         jobs = [_Job(c.name, path, c.offset or 0, c.size, c.sha256, whole=False, claimed=c.blocks, narrow=narrow)
                 for c in manifest.chunks]
         whole = _whole_of(manifest, _feed_files([path])) if actual == size else None
@@ -299,6 +309,45 @@ def verify_file_against_manifest(path: Path, manifest: Manifest, reporter: Repor
         job = _Job(path.name, path, 0, size, sha256, claimed=blocks, narrow=narrow_by)
         rows += _run_jobs([job], reporter, f"verify {path.name}")
     return VerifyReport(str(path), rows)
+
+
+def _one_chunk(path: Path, manifest: Manifest, chunk: ChunkRecord, reporter: Reporter) -> list[CheckRow]:
+    """A bytes manifest whose only chunk is the whole file: the chunk's sha256 and the file's are of
+    the same bytes, so one read gives both rows; the manifest's block maps are learned in that pass,
+    each on its own thread. Rows as ``_run_jobs`` gives them: the whole file's left out when the
+    chunk is already bad."""
+    size, sha256, file_map = manifest.file.size, manifest.file.sha256, manifest.file.blocks
+    assert size is not None and sha256 is not None
+    learners: dict[int, BlockHasher] = {}
+    for claimed in (file_map, chunk.blocks):
+        if claimed is not None:
+            learners.setdefault(claimed.block_size, BlockHasher(claimed.block_size))
+    task = reporter.task(f"verify {path.name}", size)
+    try:
+        digest, read = hash_range(path, 0, size, task.advance, extra_sinks=list(learners.values()))
+    finally:
+        task.close()
+    learned = {block_size: hasher.finish() for block_size, hasher in learners.items()}
+    if read != size:
+        return [CheckRow(chunk.name, MISMATCH, f"only {read} of {size} bytes present")]
+    if digest != chunk.sha256:
+        if file_map is not None:
+            return [_narrowed(_Job(chunk.name, path, 0, size, chunk.sha256, whole=False), file_map, size)]
+        return [CheckRow(chunk.name, MISMATCH, f"sha256 {digest[:16]}…, expected {chunk.sha256[:16]}…")]
+    if chunk.blocks is not None and learned[chunk.blocks.block_size].hashes != chunk.blocks.hashes:
+        return [CheckRow(chunk.name, MISMATCH, "sha256 matches, but the manifest's block map does not describe "
+                                               "these bytes (the manifest contradicts itself)")]
+    rows = [CheckRow(chunk.name, OK)]
+    if digest != sha256:
+        rows.append(CheckRow(manifest.file.name, MISMATCH, f"whole file: sha256 {digest[:16]}…, "
+                                                           f"the manifest says {sha256[:16]}…"))
+    elif file_map is not None and learned[file_map.block_size].hashes != file_map.hashes:
+        rows.append(CheckRow(manifest.file.name, MISMATCH, "whole file: sha256 matches, but the manifest's block "
+                                                           "map does not describe these bytes (the manifest "
+                                                           "contradicts itself)"))
+    else:
+        rows.append(CheckRow(manifest.file.name, OK, "whole file"))
+    return rows
 
 
 def _model_checks(cache: ModelCache, model: CachedModel, full: bool = False) -> tuple[list[_Job], list[CheckRow]]:
