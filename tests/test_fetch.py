@@ -418,7 +418,8 @@ def _kill_mid_fetch(mirror: MirrorServer, models_dir: Path, least: int) -> int:
     could miss the window and find the file whole.)"""
     mirror.add_fault(Fault("pause", seconds=20, path="tiny.gguf", skip=1))
     proc = subprocess.Popen([str(TEADIST_BIN), "fetch", HF_SPEC, "--jobs", "4", "-q"], env=dict(os.environ))
-    assert _wait_for(lambda: _proven(models_dir) >= least)
+    # both: the bytes proven, and the held range asked for (a quick first range may prove them alone)
+    assert _wait_for(lambda: _proven(models_dir) >= least and mirror.peak_in_flight >= 2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert [f.kind for f in mirror.applied] == ["pause"]  # the held range was still held at the kill

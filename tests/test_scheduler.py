@@ -100,6 +100,25 @@ def test_a_far_host_starts_with_eight_connections_a_near_one_with_one(delay: flo
         assert server.concurrency(until=first + delay + 0.25) == at_once  # before any window ended
 
 
+def test_one_late_first_answer_does_not_make_a_near_host_far(served: Path, tmp_path: Path) -> None:
+    """The start is judged on the quickest of the first answers, not on the first alone: a near
+    host whose very first answer comes late (120 ms, as on a loaded client) gets eight ranges at
+    once, but the next answers come at once, so the lane goes back to one connection and grows
+    only as far as the measured throughput says. On a saturated link (all connections share
+    4 MB/s) more connections bring little: it ends with a few at most, not the 16 of a far host."""
+    source = served / "model.bin"
+    write_random(source, 8 * MIB, seed=21)
+    with MirrorServer(served) as server:
+        server.total_pace = 4_000_000
+        server.first_delays = [0.12]
+        _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=128 * KIB)
+        gets = server.file_gets()
+        assert server.first_delays == [] and gets[0].ended is not None and gets[0].ended - gets[0].at >= 0.12
+        lane = downloader.scheduler.lanes()[0]
+        assert lane.stats.limit <= 4  # grown from one as measured (a far start doubles its 8 to 16)
+        assert server.concurrency(since=gets[0].at + 1.0) <= 4
+
+
 def test_connections_stop_growing_when_throughput_stops_growing(served: Path, tmp_path: Path) -> None:
     """A link of 4 MB/s in all, 1 MB/s a connection: the step from 8 to 16 connections brings
     nothing, so the lane stays at 16 and never tries the cap of 32."""
