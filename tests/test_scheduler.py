@@ -450,3 +450,58 @@ def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
     for _ in range(2):
         lane.started()
     assert lane.limit == 4
+
+
+class _BarsReporter(NullReporter):
+    """Keeps every bar opened: its description, total, the bytes it was advanced, its notes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def task(self, description: str, total: int | None) -> Any:
+        bar: dict[str, Any] = {"description": description, "total": total, "done": 0, "notes": []}
+        self.bars.append(bar)
+        lock = self._lock
+
+        class Task:
+            def advance(self, n: int) -> None:
+                with lock:
+                    bar["done"] += n
+
+            def note(self, text: str) -> None:
+                bar["notes"].append(text)
+
+            def close(self) -> None:
+                pass
+
+        return Task()
+
+
+def test_a_chunked_fetch_shows_one_bar_for_all_its_chunks(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 15: the bar of a chunked manifest gives the aggregate speed and time left and the
+    connections in use: one bar over the bytes of every chunk (its rate and ETA are the whole
+    fetch's), advanced to the whole size, with the connections in use beside it — not a bar per
+    chunk, each with its own ETA."""
+    from teadist.cache.store import ModelCache
+    from teadist.pipelines.fetch import FetchOptions, fetch
+
+    dist = tmp_path / "dist"
+    split_file(tiny_model, dist, NullReporter(), chunk_size=128 * KIB)
+    chunks = sorted(p.name for p in dist.iterdir() if not p.name.endswith(".json"))
+    assert len(chunks) >= 3
+    size = tiny_model.stat().st_size
+    with MirrorServer(dist) as server:
+        server.pace = 300_000
+        reporter = _BarsReporter()
+        downloader = Downloader(reporter, RetryPolicy(backoff=0.05), align=16 * KIB, jobs=3)
+        fetch(server.url_for("tiny-llama.gguf.manifest.json"), ModelCache(tmp_path / "models"),
+              FetchOptions(endpoint=server.url), reporter, downloader)
+        assert server.concurrency() == 3
+    assert not [bar for bar in reporter.bars if bar["description"] in chunks], reporter.bars  # no bar per chunk
+    whole = [bar for bar in reporter.bars if bar["total"] == size and "chunks" in bar["description"]]
+    assert len(whole) == 1, reporter.bars
+    assert whole[0]["done"] == size
+    assert "3 conn" in whole[0]["notes"], whole[0]["notes"]
+    assert sha(tmp_path / "models" / "tiny-llama.gguf") == sha(tiny_model)
