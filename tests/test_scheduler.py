@@ -505,3 +505,55 @@ def test_a_chunked_fetch_shows_one_bar_for_all_its_chunks(tiny_model: Path, tmp_
     assert whole[0]["done"] == size
     assert "3 conn" in whole[0]["notes"], whole[0]["notes"]
     assert sha(tmp_path / "models" / "tiny-llama.gguf") == sha(tiny_model)
+
+
+def test_a_sidecar_never_goes_back_to_an_older_state(tmp_path: Path) -> None:
+    """Connections write their progress outside the ranges' lock, so two snapshots may reach the
+    disk out of order: the older one is dropped (each claims only bytes written before it was
+    taken, so nothing is lost), and a reset forgets every snapshot taken before it."""
+    from teadist.sources.partial import SEGMENTS, read_sidecar
+
+    path = tmp_path / "model.bin.part"
+    partial = Partial.open(path, tmp_path / "model.bin.part.json", "k" * 64, 4 * MIB)
+    partial.start(SEGMENTS, None, [[0, 4 * MIB, 0]])
+    partial.segments[0][2] = 1 * MIB
+    older = partial.snapshot()
+    partial.segments[0][2] = 2 * MIB
+    newer = partial.snapshot()
+    partial.write(newer)
+    partial.write(older)
+    assert read_sidecar(partial.sidecar)["segments"] == [[0, 4 * MIB, 2 * MIB]]
+    late = partial.snapshot()
+    partial.reset()
+    partial.write(late)
+    assert not partial.sidecar.exists()
+    partial.discard()
+
+
+def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A near host sends 40 MB/s a connection; the client hashes 50 MB/s (a slowed digest). Two
+    connections already outrun the hashing: a connection waits for a buffer the hasher holds,
+    and the lane stops growing there (written-ahead bytes would only compete for the cores),
+    while measured at write time the throughput would still seem to grow with every doubling."""
+    import teadist.sources.segmented as segmented
+
+    class SlowSha256:
+        def __init__(self) -> None:
+            self._digest = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            time.sleep(len(data) / 50e6)
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    source = served / "model.bin"
+    write_random(source, 48 * MIB, seed=22)
+    with MirrorServer(served) as server:
+        server.pace = 40_000_000
+        _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=256 * KIB)
+        assert server.concurrency() <= 2, server.concurrency()
+        assert downloader.scheduler.lanes()[0].stats.hash_bound

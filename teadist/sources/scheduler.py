@@ -28,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from teadist.base.blocks import BLOCK_SIZE
+
 DEFAULT_CAP = 16  # connections per host, at most
 FAR_TTFB = 0.03  # seconds to a first answer (handshakes included) from which a host counts as far
 JUDGE_ANSWERS = 4  # near or far: judged on the quickest of this many first answers
 START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
-DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
+DEFAULT_ALIGN = BLOCK_SIZE  # range boundaries: multiples of this (8 MiB: a shorter tail than 16 MiB on a far link)
 WINDOW = 0.2  # seconds of transfer behind each decision to grow, at least
 WINDOW_BYTES = 512 * 1024  # ... and this many bytes per connection measured: reads land in lumps of
 # up to 256 KiB (a whole small file's stream at once), so a shorter window measures the lumps
@@ -59,6 +61,7 @@ class LaneStats:
     backoffs: int = 0
     bytes: int = 0
     seconds: float = 0.0  # time with at least one connection in use
+    hash_bound: bool = False  # growth stopped because hashing, not the link, was the limit
 
 
 class HostLane:
@@ -221,6 +224,17 @@ class HostLane:
         self.stats.limit = self.limit
         self._waiting_fill_since = self._clock()
         self.cond.notify_all()
+
+    def hash_bound(self) -> None:
+        """A connection waited for a buffer the hasher still held: the client's hashing, not the
+        link, is the limit now, and more connections would only write ahead of it (competing for
+        the same cores): stop growing. Throughput measured at write time can't show this, as bytes
+        written out of order don't wait for the hasher."""
+        with self.cond:
+            if self.growing and not self.fixed:
+                self.growing = False
+                self._window_start = None
+                self.stats.hash_bound = True
 
     def back_off(self, asked_at: float | None = None) -> bool:
         """The host refused (429/503) or dropped a connection for a request sent at ``asked_at``

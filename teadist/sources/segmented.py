@@ -63,8 +63,9 @@ class _Pool:
     """Buffers of ``NET_BUFFER`` bytes, made when first needed (while fewer than ``size()`` are
     made) and reused."""
 
-    def __init__(self, size: Callable[[], int], stopped: Callable[[], bool]) -> None:
-        self.size, self.stopped = size, stopped
+    def __init__(self, size: Callable[[], int], stopped: Callable[[], bool],
+                 on_wait: Callable[[], None] | None = None) -> None:
+        self.size, self.stopped, self.on_wait = size, stopped, on_wait
         self.cond = threading.Condition()
         self.free: list[bytearray] = []
         self.made = 0
@@ -78,6 +79,8 @@ class _Pool:
                     return bytearray(NET_BUFFER)
                 if self.stopped():
                     return None
+                if self.on_wait is not None:
+                    self.on_wait()  # (the lane's lock is never held while waiting here)
                 self.cond.wait(0.5)
             return self.free.pop()
 
@@ -147,7 +150,7 @@ class SegmentedFetch:
         # Fixed pools of buffers, made as needed: the network's (one per connection plus those the
         # hasher holds; a connection waits for one when the hasher is behind: memory stays flat),
         # and the hasher's own for reading back (never waiting on buffers queued behind it).
-        self.net_pool = _Pool(lambda: self.lane.limit + HASH_DEPTH, self._stopped)
+        self.net_pool = _Pool(lambda: self.lane.limit + HASH_DEPTH, self._stopped, self.lane.hash_bound)
         self.back_pool = _Pool(lambda: READ_BACK_BUFFERS, self._stopped)
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
