@@ -4,9 +4,10 @@ remaining bytes are cut into ranges for them.
 One ``Scheduler`` serves a whole fetch: a single large file, the chunks of a chunked manifest and
 the shards of a GGUF release all take their connections from the same ``HostLane`` per host, so
 the count is decided once for the link, not once per file. A lane starts with 8 connections
-(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay), and
-doubles them while the aggregate throughput still grows by at least half of what the added
-connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
+(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay, and
+corrected by the quickest of the next three), and doubles them while the aggregate throughput
+still grows by at least half of what the added connections promise, up to a cap (16 by default;
+``--jobs N`` fixes the count instead) — and no further once the client's hashing is the limit. A 429,
 503, reset or refused connection halves the count (never below what is still streaming, less
 one); refusals of requests sent before that back-off are already answered by it. The lowered count
 is also the ceiling for a quiet period (``RECOVER_SECONDS``, doubled after each back-off) of good
