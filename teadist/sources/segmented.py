@@ -42,8 +42,8 @@ from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
 
-HASH_DEPTH = 6  # network buffers the in-order hasher may hold beyond one per connection
-READ_BACK_BUFFERS = 4  # the hasher's own, for bytes written out of order
+HASH_DEPTH = 4  # network buffers the in-order hasher may hold beyond one per connection
+READ_BACK_BUFFERS = 2  # the hasher's own, for bytes written out of order
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
