@@ -222,9 +222,21 @@ def section_fetch(b: Bench, src: Path) -> None:
 
         hf_code = (f"from huggingface_hub import hf_hub_download; hf_hub_download('org/repo', 'model.gguf', "
                    f"cache_dir={str(hf_cache)!r}, endpoint={hub.url!r}, token=False)")
-        t_teadist = median_of(b, teadist_fetch, lambda: shutil.rmtree(models))
-        t_hf = median_of(b, lambda: b.run([sys.executable, "-c", hf_code], env=env), lambda: shutil.rmtree(hf_cache))
-        t_curl = median_of(b, lambda: b.run(["curl", "-sS", "-o", str(curl_out), url]), lambda: os.remove(curl_out))
+        runs: dict[str, tuple[Callable[[], float], Callable[[], None]]] = {
+            "teadist": (teadist_fetch, lambda: shutil.rmtree(models)),
+            "hf": (lambda: b.run([sys.executable, "-c", hf_code], env=env), lambda: shutil.rmtree(hf_cache)),
+            "curl": (lambda: b.run(["curl", "-sS", "-o", str(curl_out), url]), lambda: os.remove(curl_out))}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for round_no in range(b.repeat):  # alternated rounds (each goes first in turn): load drifts
+            turn = round_no % len(names)
+            for name in names[turn:] + names[:turn]:
+                measure, cleanup = runs[name]
+                times[name].append(measure())
+                cleanup()
+        print("fetch, unpaced loopback: " + ", ".join(f"{name} {' '.join(f'{t:.2f}' for t in times[name])} s"
+                                                      for name in names), file=sys.stderr)
+        t_teadist, t_hf, t_curl = (statistics.median(times[name]) for name in names)
 
         def mbps(seconds: float) -> str:
             return f"{size / seconds / 1e6:.0f} MB/s"

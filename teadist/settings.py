@@ -67,8 +67,8 @@ class Settings:
 
     @property
     def range_align(self) -> int:
-        """Byte ranges are cut at multiples of this."""
-        return int(_number(self.env, "TEADIST_RANGE_ALIGN", 16 * 1024 * 1024, whole=True, least=4096))
+        """Byte ranges are cut at multiples of this (the block size of block hashes: 8 MiB)."""
+        return int(_number(self.env, "TEADIST_RANGE_ALIGN", 8 * 1024 * 1024, whole=True, least=4096))
 
 
 def env_flag(env: Mapping[str, str], name: str) -> bool:

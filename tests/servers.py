@@ -114,6 +114,7 @@ class LoopbackServer:
         self.bytes_sent = 0
         self.pace: float | None = None  # bytes/s per connection
         self.delay = 0.0  # seconds before each request is answered
+        self.first_delays: list[float] = []  # the first GETs wait these instead (in order), then ``delay``
         self.total_pace: float | None = None  # bytes/s for all connections together
         self.max_in_flight: int | None = None  # beyond this, GETs of files are answered 429
         self.range_cap: int | None = None  # a Range gets at most this many bytes (206, honest Content-Range)
@@ -152,6 +153,14 @@ class LoopbackServer:
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
             self.faults.append(fault)
+
+    def answer_delay(self, method: str) -> float:
+        """Seconds before this request is answered: the next of ``first_delays`` for a GET while
+        any are left (a late first answer, as from a loaded client), else ``delay``."""
+        with self._lock:
+            if method == "GET" and self.first_delays:
+                return self.first_delays.pop(0)
+        return self.delay
 
     def take_fault(self, path: str, range_header: str | None = None) -> Fault | None:
         with self._lock:
@@ -262,8 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         self.seen = owner.record(method, self.path, {k: v for k, v in self.headers.items()}, self.conn_id)
         try:
-            if owner.delay:
-                time.sleep(owner.delay)
+            delay = owner.answer_delay(method)
+            if delay:
+                time.sleep(delay)
             owner.route(self, method)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

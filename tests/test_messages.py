@@ -148,4 +148,4 @@ def test_an_environment_size_is_said_in_whole_numbers(cli: Callable[..., Result]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEADIST_RANGE_ALIGN", "lots")
     got = cli("list")
-    assert got.code == 2 and "16777216" in got.err and "e+" not in got.err, got.err
+    assert got.code == 2 and "8388608" in got.err and "e+" not in got.err, got.err

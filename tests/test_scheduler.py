@@ -100,6 +100,25 @@ def test_a_far_host_starts_with_eight_connections_a_near_one_with_one(delay: flo
         assert server.concurrency(until=first + delay + 0.25) == at_once  # before any window ended
 
 
+def test_one_late_first_answer_does_not_make_a_near_host_far(served: Path, tmp_path: Path) -> None:
+    """The start is judged on the quickest of the first answers, not on the first alone: a near
+    host whose very first answer comes late (120 ms, as on a loaded client) gets eight ranges at
+    once, but the next answers come at once, so the lane goes back to one connection and grows
+    only as far as the measured throughput says. On a saturated link (all connections share
+    4 MB/s) more connections bring little: it ends with a few at most, not the 16 of a far host."""
+    source = served / "model.bin"
+    write_random(source, 8 * MIB, seed=21)
+    with MirrorServer(served) as server:
+        server.total_pace = 4_000_000
+        server.first_delays = [0.12]
+        _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=128 * KIB)
+        gets = server.file_gets()
+        assert server.first_delays == [] and gets[0].ended is not None and gets[0].ended - gets[0].at >= 0.12
+        lane = downloader.scheduler.lanes()[0]
+        assert lane.stats.limit <= 4  # grown from one as measured (a far start doubles its 8 to 16)
+        assert server.concurrency(since=gets[0].at + 1.0) <= 4
+
+
 def test_connections_stop_growing_when_throughput_stops_growing(served: Path, tmp_path: Path) -> None:
     """A link of 4 MB/s in all, 1 MB/s a connection: the step from 8 to 16 connections brings
     nothing, so the lane stays at 16 and never tries the cap of 32."""
@@ -431,3 +450,110 @@ def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
     for _ in range(2):
         lane.started()
     assert lane.limit == 4
+
+
+class _BarsReporter(NullReporter):
+    """Keeps every bar opened: its description, total, the bytes it was advanced, its notes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def task(self, description: str, total: int | None) -> Any:
+        bar: dict[str, Any] = {"description": description, "total": total, "done": 0, "notes": []}
+        self.bars.append(bar)
+        lock = self._lock
+
+        class Task:
+            def advance(self, n: int) -> None:
+                with lock:
+                    bar["done"] += n
+
+            def note(self, text: str) -> None:
+                bar["notes"].append(text)
+
+            def close(self) -> None:
+                pass
+
+        return Task()
+
+
+def test_a_chunked_fetch_shows_one_bar_for_all_its_chunks(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 15: the bar of a chunked manifest gives the aggregate speed and time left and the
+    connections in use: one bar over the bytes of every chunk (its rate and ETA are the whole
+    fetch's), advanced to the whole size, with the connections in use beside it — not a bar per
+    chunk, each with its own ETA."""
+    from teadist.cache.store import ModelCache
+    from teadist.pipelines.fetch import FetchOptions, fetch
+
+    dist = tmp_path / "dist"
+    split_file(tiny_model, dist, NullReporter(), chunk_size=128 * KIB)
+    chunks = sorted(p.name for p in dist.iterdir() if not p.name.endswith(".json"))
+    assert len(chunks) >= 3
+    size = tiny_model.stat().st_size
+    with MirrorServer(dist) as server:
+        server.pace = 300_000
+        reporter = _BarsReporter()
+        downloader = Downloader(reporter, RetryPolicy(backoff=0.05), align=16 * KIB, jobs=3)
+        fetch(server.url_for("tiny-llama.gguf.manifest.json"), ModelCache(tmp_path / "models"),
+              FetchOptions(endpoint=server.url), reporter, downloader)
+        assert server.concurrency() == 3
+    assert not [bar for bar in reporter.bars if bar["description"] in chunks], reporter.bars  # no bar per chunk
+    whole = [bar for bar in reporter.bars if bar["total"] == size and "chunks" in bar["description"]]
+    assert len(whole) == 1, reporter.bars
+    assert whole[0]["done"] == size
+    assert "3 conn" in whole[0]["notes"], whole[0]["notes"]
+    assert sha(tmp_path / "models" / "tiny-llama.gguf") == sha(tiny_model)
+
+
+def test_a_sidecar_never_goes_back_to_an_older_state(tmp_path: Path) -> None:
+    """Connections write their progress outside the ranges' lock, so two snapshots may reach the
+    disk out of order: the older one is dropped (each claims only bytes written before it was
+    taken, so nothing is lost), and a reset forgets every snapshot taken before it."""
+    from teadist.sources.partial import SEGMENTS, read_sidecar
+
+    path = tmp_path / "model.bin.part"
+    partial = Partial.open(path, tmp_path / "model.bin.part.json", "k" * 64, 4 * MIB)
+    partial.start(SEGMENTS, None, [[0, 4 * MIB, 0]])
+    partial.segments[0][2] = 1 * MIB
+    older = partial.snapshot()
+    partial.segments[0][2] = 2 * MIB
+    newer = partial.snapshot()
+    partial.write(newer)
+    partial.write(older)
+    assert read_sidecar(partial.sidecar)["segments"] == [[0, 4 * MIB, 2 * MIB]]
+    late = partial.snapshot()
+    partial.reset()
+    partial.write(late)
+    assert not partial.sidecar.exists()
+    partial.discard()
+
+
+def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A near host sends 40 MB/s a connection; the client hashes 50 MB/s (a slowed digest). Two
+    connections already outrun the hashing: a connection waits for a buffer the hasher holds,
+    and the lane stops growing there (written-ahead bytes would only compete for the cores),
+    while measured at write time the throughput would still seem to grow with every doubling."""
+    import teadist.sources.segmented as segmented
+
+    class SlowSha256:
+        def __init__(self) -> None:
+            self._digest = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            time.sleep(len(data) / 50e6)
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    source = served / "model.bin"
+    write_random(source, 48 * MIB, seed=22)
+    with MirrorServer(served) as server:
+        server.pace = 40_000_000
+        _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=256 * KIB)
+        assert server.concurrency() <= 2, server.concurrency()
+        assert downloader.scheduler.lanes()[0].stats.hash_bound

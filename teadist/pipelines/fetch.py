@@ -14,9 +14,10 @@ same name is replaced (with a warning) if teadist installed it, and never touche
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from teadist.base.blocks import BlockHasher, BlockMap
 from teadist.base.fsutil import is_plain_file
-from teadist.base.progress import Reporter
+from teadist.base.progress import AllFiles, Reporter
 from teadist.base.urls import origin_of, url_problem
 from teadist.base.workfiles import WorkFiles
 from teadist.cache.layout import CacheTarget, kept_shards
@@ -475,10 +476,15 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     dest.ensure_chunks(sha)
     reporter.info(f"fetching {len(manifest.chunks)} chunks of {manifest.file.name} ({_how_many(downloader)})")
     began = _moved(downloader)
+
+    def get(chunk: ChunkRecord, progress: AllFiles) -> None:
+        _get_chunk(target, chunk, dest.chunk_files(sha, chunk.name), options, progress, downloader)
+        progress.done(chunk.name, chunk.size)
+
     # every chunk takes its connections from the same per-host pool: the scheduler says how many
-    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
-        futures = [pool.submit(_get_chunk, target, chunk, dest.chunk_files(sha, chunk.name), options, reporter,
-                               downloader) for chunk in manifest.chunks]
+    with _one_bar(reporter, downloader, f"{manifest.file.name} ({len(manifest.chunks)} chunks)",
+                  manifest.chunks) as progress, ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
+        futures = [pool.submit(get, chunk, progress) for chunk in manifest.chunks]
         for future in futures:
             future.result()
     _report_total(reporter, downloader, began, f"{len(manifest.chunks)} chunks")
@@ -507,6 +513,22 @@ def _ensure_room(cache: ModelCache, chunks: list[ChunkRecord], dest: CacheTarget
     cache.root.mkdir(parents=True, exist_ok=True)
     ensure_free_space(cache.root, needed, f"{what} ({len(chunks)} chunks"
                       + (" and the file they make)" if dest is not None else ")"))
+
+
+@contextlib.contextmanager
+def _one_bar(reporter: Reporter, downloader: Downloader, description: str,
+             chunks: Sequence[ChunkRecord]) -> Iterator[AllFiles]:
+    """One bar for all ``chunks`` (aggregate speed, time left, connections in use), the downloader's
+    files reporting into it meanwhile."""
+    progress = AllFiles(reporter, description, sum(c.size for c in chunks),
+                        connections=lambda: sum(lane.active for lane in downloader.scheduler.lanes()))
+    try:
+        with downloader.reporting(progress):
+            yield progress
+    finally:
+        progress.close()
+
+
 def _moved(downloader: Downloader) -> tuple[float, int]:
     """When, and how many bytes every lane had moved by then (the start of a multi-file fetch)."""
     return time.monotonic(), sum(lane.stats.bytes for lane in downloader.scheduler.lanes())
@@ -551,7 +573,12 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
     others = [c.name for c in manifest.chunks[1:]]
     origin: Origin = {"kind": "manifest", "reference": manifest.reference, "origin": target.origin}
 
-    def get(chunk: ChunkRecord) -> bool:
+    def get(chunk: ChunkRecord, progress: AllFiles) -> bool:
+        fetched = get_shard(chunk, progress)
+        progress.done(chunk.name, chunk.size)
+        return fetched
+
+    def get_shard(chunk: ChunkRecord, reporter: Reporter) -> bool:
         shard = cache.target(chunk.name)
         with shard.lock(on_wait=reporter.info):
             if _hit(cache, shard, chunk.sha256, chunk.size) is not None:
@@ -569,8 +596,9 @@ def _fetch_kept_shards(target: Target, cache: ModelCache, options: FetchOptions,
     _ensure_room(cache, manifest.chunks, None, None, 0, manifest.file.name)
     reporter.info(f"fetching {len(manifest.chunks)} shards of {manifest.file.name} ({_how_many(downloader)})")
     began = _moved(downloader)
-    with ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
-        fetched = list(pool.map(get, manifest.chunks))
+    with _one_bar(reporter, downloader, f"{manifest.file.name} ({len(manifest.chunks)} shards)",
+                  manifest.chunks) as progress, ThreadPoolExecutor(max_workers=downloader.scheduler.most) as pool:
+        fetched = list(pool.map(lambda chunk: get(chunk, progress), manifest.chunks))
     _report_total(reporter, downloader, began, f"{len(manifest.chunks)} shards")
     head_target = cache.target(first.name)
     with head_target.lock(on_wait=reporter.info):

@@ -22,7 +22,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -100,6 +100,15 @@ class Downloader:
                     session.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=size))
                 self._session = session
             return self._session
+
+    @contextlib.contextmanager
+    def reporting(self, reporter: Reporter) -> Iterator[None]:
+        """Report to ``reporter`` meanwhile (one bar for the files of a multi-file fetch)."""
+        before, self.reporter = self.reporter, reporter
+        try:
+            yield
+        finally:
+            self.reporter = before
 
     def sleep(self, seconds: float) -> None:
         self._sleep(seconds)
@@ -187,6 +196,7 @@ class Downloader:
                     ranges = SegmentedFetch(self, url, partial, auth, label, advance, task.note)
                     digest, total = ranges.run()
                     return digest, total, ranges.blocks.finish()
+                task.note("1 conn")  # the bar shows the connections in use in every mode
                 return self._stream(url, partial, auth, label, advance)
             except StreamFallback as fallback:
                 self.reporter.warn(f"{label}: {fallback.reason}; keeping the first {fallback.prefix} bytes already "

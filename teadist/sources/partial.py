@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from teadist.base.blocks import BLOCK_SIZE, BlockMap
 from teadist.base.fsutil import (
+    UnsafePathError,
     commit_fd,
     create_exclusive,
+    create_temp,
     is_disk_full,
     open_own_file,
     remove_quietly,
-    write_bytes_atomic,
 )
 from teadist.errors import DiskSpaceError
 
@@ -84,6 +86,10 @@ class Partial:
     blocks: list[str] = field(default_factory=list)  # stream: SHA-256 of each complete block written
     tail: tuple[int, str] | None = None  # stream: (bytes, SHA-256) of the incomplete block after them
     dropped: int = 0  # bytes of the partial cut off on open because no block hash proved them
+    # sidecar writes: one at a time, and never an older state after a newer one
+    _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _taken: int = field(default=0, repr=False, compare=False)  # states snapshotted so far
+    _written: int = field(default=0, repr=False, compare=False)  # the newest state on disk
 
     @classmethod
     def open(cls, path: Path, sidecar: Path, key: str, size: int | None,
@@ -152,8 +158,12 @@ class Partial:
         return self.length if self.mode == STREAM else 0
 
     def save(self) -> None:
-        """Write the sidecar (temp created exclusively, then renamed; no fsync: a sidecar lost to a
-        power cut costs a re-download, and the final hash still guards the file)."""
+        """Write the sidecar now (see ``write``)."""
+        self.write(self.snapshot())
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """The sidecar's content for the state now, numbered (taken under whatever lock guards the
+        state: ``segments`` are changed by several connections)."""
         data: dict[str, Any] = {"v": SIDECAR_VERSION, "key": self.key, "size": self.size, "mode": self.mode,
                                 "etag": self.etag}
         if self.mode == SEGMENTS:
@@ -162,7 +172,44 @@ class Partial:
             data["blocks"] = self.blocks
             if self.tail is not None:
                 data["tail"] = list(self.tail)
-        write_bytes_atomic(self.sidecar, json.dumps(data).encode(), stem=".")  # short: names near 255 bytes
+        with self._save_lock:
+            self._taken += 1
+            return self._taken, json.dumps(data).encode()
+
+    def write(self, state: tuple[int, bytes]) -> None:
+        """Write a ``snapshot`` as the sidecar, unless a newer one is already there (connections
+        write theirs outside the state's lock, so they may arrive out of order; every snapshot
+        claims only bytes written before it was taken, so skipping an older one loses nothing).
+
+        Temp created exclusively, then renamed; no fsync: a sidecar lost to a power cut costs a
+        re-download, and the final hash still guards the file (an fsync per save made every
+        connection wait on the disk, 128 times per GiB)."""
+        number, content = state
+        with self._save_lock:
+            if number <= self._written:
+                return
+            self._written = number
+            folder = self.sidecar.parent
+            fd, tmp = create_temp(folder, ".")  # short: names near 255 bytes
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view):]
+                st, now = os.fstat(fd), os.lstat(tmp)
+                if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                    raise UnsafePathError(f"{tmp} was replaced while teadist was writing it",
+                                          hint="another program writes into teadist's folders; run the command again")
+                os.replace(tmp, self.sidecar)
+            except BaseException:
+                remove_quietly(tmp)
+                raise
+            finally:
+                os.close(fd)
+
+    def _forget_snapshots(self) -> None:
+        """Snapshots taken before now must not be written any more (the state was replaced)."""
+        with self._save_lock:
+            self._written = self._taken = self._taken + 1
 
     def start(self, mode: str, etag: str | None, segments: list[list[int]] | None = None) -> None:
         """Begin filling the (empty or truncated) partial in ``mode`` from the file with ``etag``."""
@@ -191,9 +238,11 @@ class Partial:
         """Nothing kept: empty the partial and forget its sidecar."""
         os.ftruncate(self.fd, 0)
         self.mode, self.etag, self.segments, self.blocks, self.tail = None, None, [], [], None
+        self._forget_snapshots()
         remove_quietly(self.sidecar)
 
     def discard(self) -> None:
+        self._forget_snapshots()
         os.close(self.fd)
         remove_quietly(self.path)
         remove_quietly(self.sidecar)
@@ -207,6 +256,7 @@ class Partial:
             commit_fd(self.fd, self.path, final)
         finally:
             os.close(self.fd)
+        self._forget_snapshots()
         remove_quietly(self.sidecar)
 
 

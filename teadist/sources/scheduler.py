@@ -4,9 +4,10 @@ remaining bytes are cut into ranges for them.
 One ``Scheduler`` serves a whole fetch: a single large file, the chunks of a chunked manifest and
 the shards of a GGUF release all take their connections from the same ``HostLane`` per host, so
 the count is decided once for the link, not once per file. A lane starts with 8 connections
-(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay), and
-doubles them while the aggregate throughput still grows by at least half of what the added
-connections promise, up to a cap (16 by default; ``--jobs N`` fixes the count instead). A 429,
+(aria2's -x8) on a far host, 1 on a near one (judged from the first answer's delay, and
+corrected by the quickest of the next three), and doubles them while the aggregate throughput
+still grows by at least half of what the added connections promise, up to a cap (16 by default;
+``--jobs N`` fixes the count instead) — and no further once the client's hashing is the limit. A 429,
 503, reset or refused connection halves the count (never below what is still streaming, less
 one); refusals of requests sent before that back-off are already answered by it. The lowered count
 is also the ceiling for a quiet period (``RECOVER_SECONDS``, doubled after each back-off) of good
@@ -28,10 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from teadist.base.blocks import BLOCK_SIZE
+
 DEFAULT_CAP = 16  # connections per host, at most
 FAR_TTFB = 0.03  # seconds to a first answer (handshakes included) from which a host counts as far
+JUDGE_ANSWERS = 4  # near or far: judged on the quickest of this many first answers
 START_CONNECTIONS = 8  # as many as aria2 -x8 opens at once, before anything is measured
-DEFAULT_ALIGN = 16 * 1024 * 1024  # range boundaries: multiples of this (the block-hash size)
+DEFAULT_ALIGN = BLOCK_SIZE  # range boundaries: multiples of this (8 MiB: a shorter tail than 16 MiB on a far link)
 WINDOW = 0.2  # seconds of transfer behind each decision to grow, at least
 WINDOW_BYTES = 512 * 1024  # ... and this many bytes per connection measured: reads land in lumps of
 # up to 256 KiB (a whole small file's stream at once), so a shorter window measures the lumps
@@ -58,6 +62,7 @@ class LaneStats:
     backoffs: int = 0
     bytes: int = 0
     seconds: float = 0.0  # time with at least one connection in use
+    hash_bound: bool = False  # growth stopped because hashing, not the link, was the limit
 
 
 class HostLane:
@@ -87,6 +92,9 @@ class HostLane:
         self._good = 0  # answers begun since the last back-off
         self._busy_since: float | None = None
         self._starts = 0  # answers begun since the limit last changed
+        self._answers = 0  # answers seen so far
+        self._quickest = float("inf")  # the quickest of the first JUDGE_ANSWERS answers
+        self._settling = False  # back to near: no window opens until the extra connections have left
 
     # -- slots ------------------------------------------------------------------------------
     def acquire(self, block: bool = True) -> bool:
@@ -110,6 +118,15 @@ class HostLane:
                 self._busy_since = None
             self.cond.notify_all()
 
+    def leave_if_over(self) -> bool:
+        """Give a slot up if more are held than allowed (True); one at a time, so the connections
+        that leave never take the count below the limit."""
+        with self.cond:
+            if self.active <= self.limit:
+                return False
+            self.release()  # the condition's lock is reentrant
+            return True
+
     def over_limit(self) -> bool:
         """More slots are held than allowed (after a back-off): a connection should give its up."""
         with self.cond:
@@ -121,14 +138,25 @@ class HostLane:
 
     # -- measurements -----------------------------------------------------------------------
     def answered(self, ttfb: float) -> None:
-        """The host answered a request after ``ttfb`` seconds. The first answer sets the start:
-        a far host (a round trip of ``FAR_TTFB`` or more) gets ``START_CONNECTIONS`` at once, as
-        one TCP stream there carries only its window per round trip; a near one starts with a
-        single connection and grows only as far as the measured throughput says."""
+        """The host answered a request after ``ttfb`` seconds. The first answers set the start:
+        a far host (every answer ``FAR_TTFB`` or later) gets ``START_CONNECTIONS`` at once, as one
+        TCP stream there carries only its window per round trip; a near one starts with a single
+        connection and grows only as far as the measured throughput says. The first answer
+        decides at once; each of the next few can still show a far-looking host near (a far host
+        can't answer faster than its round trip, but a loaded client can be late to read a near
+        one's answer): then the lane goes back to one connection, the extra ones closing as their
+        requests end, before anything is measured."""
         with self.cond:
-            if (self.ttfb is None and not self.fixed and self._prev is None and not self.stats.backoffs
-                    and ttfb < FAR_TTFB):
+            self._answers += 1
+            if (self._answers <= JUDGE_ANSWERS and not self.fixed and self._prev is None and not self.stats.backoffs
+                    and ttfb < FAR_TTFB <= self._quickest):
                 self.limit = self.stats.limit = 1
+                self._settling = self.active > 1
+                self._window_start = None
+                self._starts = 0
+                self._waiting_fill_since = self._clock()
+            if self._answers <= JUDGE_ANSWERS:
+                self._quickest = min(self._quickest, ttfb)
             self.ttfb = ttfb if self.ttfb is None else 0.7 * self.ttfb + 0.3 * ttfb
 
     def started(self) -> None:
@@ -139,6 +167,10 @@ class HostLane:
             self._starts += 1
             self._good += 1
             self._recover()
+            if self._settling and self.streaming <= self.limit:
+                self._settling = False
+            if self._settling:
+                return
             if self._window_start is None and self.streaming >= self.limit and self._starts >= self.limit:
                 self._open_window()
             elif self._window_start is not None and self.streaming > self._window_conns:
@@ -157,7 +189,7 @@ class HostLane:
         with self.cond:
             self.stats.bytes += n
             if self._window_start is None:
-                if (self.growing and self._waiting_fill_since is not None
+                if (self.growing and self._waiting_fill_since is not None and not self._settling
                         and self._clock() - self._waiting_fill_since > FILL_TIMEOUT):
                     self.growing = False  # the slots stay empty: nothing more to split
                 return
@@ -193,6 +225,17 @@ class HostLane:
         self.stats.limit = self.limit
         self._waiting_fill_since = self._clock()
         self.cond.notify_all()
+
+    def hash_bound(self) -> None:
+        """A connection waited for a buffer the hasher still held: the client's hashing, not the
+        link, is the limit now, and more connections would only write ahead of it (competing for
+        the same cores): stop growing. Throughput measured at write time can't show this, as bytes
+        written out of order don't wait for the hasher."""
+        with self.cond:
+            if self.growing and not self.fixed:
+                self.growing = False
+                self._window_start = None
+                self.stats.hash_bound = True
 
     def back_off(self, asked_at: float | None = None) -> bool:
         """The host refused (429/503) or dropped a connection for a request sent at ``asked_at``

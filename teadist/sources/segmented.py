@@ -11,6 +11,8 @@ simply read in that one stream.
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import os
 import re
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher
+from teadist.base.digests import ParallelDigests
+from teadist.base.fsutil import PwriteSink
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -38,7 +42,8 @@ from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
 
-HASH_STEP = 2 * 1024 * 1024  # read-back buffer of the in-order hasher (one per file)
+HASH_DEPTH = 4  # network buffers the in-order hasher may hold beyond one per connection
+READ_BACK_BUFFERS = 2  # the hasher's own, for bytes written out of order
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
@@ -52,6 +57,45 @@ def content_range_end(value: str | None) -> int | None:
     """The last byte a 206's ``Content-Range`` says it carries (None if it says nothing valid)."""
     match = _CONTENT_RANGE_END.match(value or "")
     return int(match.group(1)) if match else None
+
+
+class _Pool:
+    """Buffers of ``NET_BUFFER`` bytes, made when first needed (while fewer than ``size()`` are
+    made) and reused."""
+
+    def __init__(self, size: Callable[[], int], stopped: Callable[[], bool],
+                 on_wait: Callable[[], None] | None = None) -> None:
+        self.size, self.stopped, self.on_wait = size, stopped, on_wait
+        self.cond = threading.Condition()
+        self.free: list[bytearray] = []
+        self.made = 0
+
+    def take(self) -> bytearray | None:
+        """A free buffer (waiting until one comes back); None once the fetch has failed."""
+        with self.cond:
+            while not self.free:
+                if self.made < self.size():
+                    self.made += 1
+                    return bytearray(NET_BUFFER)
+                if self.stopped():
+                    return None
+                if self.on_wait is not None:
+                    self.on_wait()  # (the lane's lock is never held while waiting here)
+                self.cond.wait(0.5)
+            return self.free.pop()
+
+    def give(self, buf: bytearray) -> None:
+        with self.cond:
+            self.free.append(buf)
+            self.cond.notify()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+class _Left(Exception):
+    """This connection gave its lane slot up between two requests (more were open than allowed)."""
 
 
 class StreamFallback(Exception):
@@ -72,8 +116,10 @@ class SegmentedFetch:
     MiB (after its bytes are written), so a killed run resumes each range where it was — with
     any number of connections. Ranges are cut only at multiples of the scheduler's ``align`` (the
     block size), so the sidecar's ranges always tile the file in block-aligned pieces. A hasher
-    follows the contiguous downloaded prefix, reading it back through the same descriptor: the
-    SHA-256 is done when the last byte lands.
+    follows the contiguous downloaded prefix: a buffer written at the byte it needs next is handed
+    to it as it is (one stream: every buffer, nothing read twice), the rest is read back through
+    the same descriptor; the file's SHA-256 and block map digest each buffer side by side on two
+    threads. The SHA-256 is done when the last byte lands.
     """
 
     def __init__(self, owner: Downloader, url: str, partial: Partial, auth: Auth | None, label: str,
@@ -96,6 +142,16 @@ class SegmentedFetch:
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
         self.blocks = BlockHasher(BLOCK_SIZE)  # the file's block map, from the same in-order pass as its sha256
+        # The in-order hasher: a buffer written at the byte it expects next is handed to it as it is
+        # (no read-back); the rest it reads back from the partial once the written prefix passes it.
+        self.hash_cond = threading.Condition()  # guards hash_next and hash_queue
+        self.hash_next = 0  # the first byte not yet handed or claimed for hashing
+        self.hash_queue: collections.deque[tuple[bytearray | None, int, int]] = collections.deque()
+        # Fixed pools of buffers, made as needed: the network's (one per connection plus those the
+        # hasher holds; a connection waits for one when the hasher is behind: memory stays flat),
+        # and the hasher's own for reading back (never waiting on buffers queued behind it).
+        self.net_pool = _Pool(lambda: self.lane.limit + HASH_DEPTH, self._stopped, self.lane.hash_bound)
+        self.back_pool = _Pool(lambda: READ_BACK_BUFFERS, self._stopped)
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
     def _prefix(self) -> int:
@@ -168,29 +224,59 @@ class SegmentedFetch:
         return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves it
 
     def _mark(self, seg: list[int], pos: int) -> None:
-        """Record progress after the bytes are written (so the sidecar never claims unwritten bytes)."""
+        """Record progress after the bytes are written (so the sidecar never claims unwritten bytes).
+        The sidecar is written outside the lock: the other connections and the hasher go on."""
+        state = None
         with self.cond:
             done = min(pos, seg[1])
             if done > seg[2]:
                 seg[2] = done
-                self.partial.save()
+                state = self.partial.snapshot()
             self.cond.notify_all()
+        if state is not None:
+            self.partial.write(state)
+        with self.hash_cond:  # the written prefix may have grown past what the hasher was handed
+            self.hash_cond.notify()
 
     def _fail(self, exc: BaseException) -> None:
         with self.cond:
             if self.failed is None:
                 self.failed = exc
             self.cond.notify_all()
+        with self.hash_cond:
+            self.hash_cond.notify_all()
+        self.net_pool.wake()
+        self.back_pool.wake()
+
+    def _stopped(self) -> bool:
+        return self.failed is not None
+
+    def _offer(self, buf: bytearray, pos: int, n: int) -> bool:
+        """Hand the written bytes [pos, pos + n) in ``buf`` to the hasher if they are the next it
+        needs (True: the buffer is the hasher's now)."""
+        with self.hash_cond:
+            if pos != self.hash_next:
+                return False
+            self.hash_queue.append((buf, pos, pos + n))
+            self.hash_next = pos + n
+            self.hash_cond.notify()
+            return True
 
     # -- connections ----------------------------------------------------------------------------
     def _connection(self, piece: list[int] | None) -> None:
         """One connection (its slot already taken): ranges one after another, until none is left."""
-        buf = bytearray(NET_BUFFER)  # fixed per connection: memory does not grow with the file
-        view = memoryview(buf)
+        hold: list[bytearray | None] = [None]  # this connection's buffer, from the shared pool
+        held = True  # its slot in the host's lane
         try:
             while piece is not None:
-                if not self._fetch_piece(piece, view):
-                    with self.cond:  # gave its slot up (back-off): the range waits for another
+                try:
+                    kept = self._fetch_piece(piece, hold)
+                except _Left:
+                    held, kept = False, False
+                if kept and self.lane.leave_if_over():  # the lane went down (back to near, a back-off)
+                    held, kept = False, False
+                if not kept:
+                    with self.cond:  # the range (if any is left) waits for another connection
                         self.owned.discard(piece[0])
                         self.live.pop(piece[0], None)
                         self.asked.pop(piece[0], None)
@@ -200,7 +286,10 @@ class SegmentedFetch:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            self.lane.release()
+            if hold[0] is not None:
+                self.net_pool.give(hold[0])
+            if held:
+                self.lane.release()
             with self.cond:
                 self.connections -= 1
                 count = self.connections
@@ -208,7 +297,7 @@ class SegmentedFetch:
             if count:
                 self.note(f"{count} conn")  # the bar shows the connections in use now, after a back-off too
 
-    def _fetch_piece(self, seg: list[int], view: memoryview) -> bool:
+    def _fetch_piece(self, seg: list[int], hold: list[bytearray | None]) -> bool:
         """Fill ``seg`` (retrying with backoff); False when this connection should close instead.
         Failures count in a row: an attempt that brought ``PROGRESS_RESETS`` bytes or more starts
         the count again (a server cutting every answer after a few bytes still exhausts it)."""
@@ -218,7 +307,9 @@ class SegmentedFetch:
                 return True
             before, asked = seg[2], time.monotonic()
             try:
-                self._transfer(seg, view)
+                self._transfer(seg, hold)
+                if seg[2] < seg[1] and self.lane.leave_if_over():
+                    raise _Left  # between two requests: the rest of the range goes to another connection
                 continue
             except Retry as exc:
                 failures = 1 if seg[2] - before >= PROGRESS_RESETS else failures + 1
@@ -234,7 +325,7 @@ class SegmentedFetch:
                                          f"(attempt {failures + 1} of {self.owner.policy.attempts})")
                 self.owner.sleep(delay)
 
-    def _transfer(self, seg: list[int], view: memoryview) -> None:
+    def _transfer(self, seg: list[int], hold: list[bytearray | None]) -> None:
         """One request for the next ``span`` bytes of ``seg`` (the whole file if the server has no
         ranges), read to its end unless the range is cut inside it meanwhile."""
         _ = self.owner.session  # made (and requests imported) before the clock starts: TTFB is the host's
@@ -286,18 +377,21 @@ class SegmentedFetch:
             began, pos, saved = time.monotonic(), done, done
             with self.cond:
                 self.asked[start] = (done, until, began)
-            fd = self.partial.fd
+            write = PwriteSink(self.partial.fd, pos)  # starts writeback as it goes: no flood at the end
             try:
                 while pos < min(seg[1], until):
-                    if self.failed is not None:
+                    if hold[0] is None:
+                        hold[0] = self.net_pool.take()
+                    buf = hold[0]
+                    if self.failed is not None or buf is None:
                         return
-                    n = reader.readinto(view[:min(len(view), seg[1] - pos, until - pos)])
+                    n = reader.readinto(memoryview(buf)[:min(len(buf), seg[1] - pos, until - pos)])
                     if not n:
                         raise Retry(f"connection to {host_of(self.url)} ended inside a range")
                     keep = min(n, seg[1] - pos)  # the range may have been cut while this read waited
-                    written = 0
-                    while written < keep:
-                        written += os.pwrite(fd, view[written:keep], pos + written)
+                    write(memoryview(buf)[:keep])
+                    if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
+                        hold[0] = None
                     pos += keep
                     self.live[start] = pos
                     self.advance(keep)
@@ -314,25 +408,46 @@ class SegmentedFetch:
 
     # -- in-order hashing -----------------------------------------------------------------------
     def _hash(self, hasher: Any) -> None:
-        hashed = 0
-        buf: bytearray | None = None
-        while hashed < self.size:
-            with self.cond:
-                while self._prefix() <= hashed and self.failed is None:
-                    self.cond.wait(0.5)
-                if self.failed is not None:
-                    return
-                limit = self._prefix()
+        """Digest the file in order: buffers handed over by the connections as they are written,
+        and whatever was written out of order read back from the partial once the contiguous
+        written prefix passes it. The file's SHA-256 and its block map take each buffer at the
+        same time on two threads (hashlib releases the GIL), not one after the other."""
+        with ParallelDigests([hasher.update, self.blocks]) as digests:
+            while True:
+                with self.hash_cond:
+                    with self.cond:
+                        prefix, failed = self._prefix(), self.failed
+                    if failed is not None:
+                        return
+                    if self.hash_queue:
+                        buf, start, end = self.hash_queue.popleft()
+                    elif prefix > self.hash_next:
+                        buf, start, end = None, self.hash_next, prefix
+                        self.hash_next = prefix
+                    elif self.hash_next >= self.size:
+                        break
+                    else:
+                        self.hash_cond.wait(0.5)
+                        continue
+                if buf is not None:
+                    digests.submit(memoryview(buf)[:end - start], functools.partial(self.net_pool.give, buf))
+                else:
+                    self._read_back(digests, start, end)
+            digests.flush()
+
+    def _read_back(self, digests: ParallelDigests, start: int, end: int) -> None:
+        """Feed the written bytes [start, end) of the partial to the digests, through pool buffers."""
+        pos = start
+        while pos < end:
+            buf = self.back_pool.take()
             if buf is None:
-                buf = bytearray(HASH_STEP)
-            view = memoryview(buf)
-            while hashed < limit:
-                got = os.preadv(self.partial.fd, [view[:min(len(buf), limit - hashed)]], hashed)
-                if not got:
-                    raise SourceError(f"{self.label}: partial file shrank during the download")
-                hasher.update(view[:got])
-                self.blocks(view[:got])
-                hashed += got
+                return
+            got = os.preadv(self.partial.fd, [memoryview(buf)[:min(len(buf), end - pos)]], pos)
+            if not got:
+                self.back_pool.give(buf)
+                raise SourceError(f"{self.label}: partial file shrank during the download")
+            digests.submit(memoryview(buf)[:got], functools.partial(self.back_pool.give, buf))
+            pos += got
 
     def _start_or_release(self, threads: list[threading.Thread]) -> bool:
         """With a lane slot held: start a connection on the next piece (True), or give the slot
@@ -432,3 +547,4 @@ class SegmentedFetch:
         self.owner.reporter.info(f"{self.label}: {(self.size - before) / elapsed / 1e6:.1f} MB/s on up to "
                                  f"{self.most_connections} connection(s)")
         return hasher.hexdigest(), self.size
+
