@@ -853,3 +853,69 @@ def test_a_mirror_altering_a_chunk_and_its_listed_hashes_cannot_make_repair_writ
         after = json.loads(rec_path.read_text())
         assert after["repairing"] is False and after["blocks"] == proven["blocks"]
         assert cli("verify", "h.gguf").code == 3
+
+
+# -- an undo log that no killed repair of this very file wrote: settling it never grows the model, and
+#    never writes through a second name --
+
+def _plant_undo(models_dir: Path, name: str, entries: list[tuple[int, bytes, int]]) -> Path:
+    """An undo log in the on-disk format (magic, then per entry: offset, length, the model's size before
+    the first write, sha256 of the kept bytes, the kept bytes), at the name the layout gives it."""
+    import struct
+
+    work = models_dir / ".teadist" / "work" / name
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    body = b"teadist-undo-1\n\0"
+    for start, old, before in entries:
+        body += struct.pack(">QQQ32s", start, len(old), before, hashlib.sha256(old).digest()) + old
+    log = work / "repair-undo.part"
+    log.write_bytes(body)
+    return log
+
+
+def _as_left_mid_repair(models_dir: Path, name: str) -> None:
+    """The record as a repair guided by an unproven map leaves it when killed: repairing, no proven map."""
+    rec_path = _record_path(models_dir, name)
+    record = json.loads(rec_path.read_text())
+    record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")
+    record["repairing"] = True
+    rec_path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("far", [2**40, 2**50])
+def test_settling_a_forged_undo_log_never_grows_the_model_past_its_end(
+        far: int, hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """Entries are self-consistent (their sha256 match) but claim a span far past the file's end: a
+    repair only ever kept bytes of blocks inside the file it then wrote, so settling must not write
+    there (it made the model a 1 TiB sparse file; at 1 PiB every prune --partials and repair failed
+    with 'File too large', for good, where the disk caps file sizes)."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    size, before = cached.stat().st_size, sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [(far, b"x" * 16, far + 16)])
+    pruned = cli("prune", "--partials")
+    assert pruned.code == 0, pruned.err
+    assert not log.exists()  # the log was read and settled
+    assert cached.stat().st_size == size
+    assert sha(cached) == before
+
+
+def test_settling_an_undo_log_never_writes_into_a_model_another_name_shares(
+        hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """A killed repair left its log; the user then hard-linked the model elsewhere. Repair itself never
+    writes a hard-linked file in place (the other name must keep its bytes): settling must not either."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    kept = bytes(b ^ 0xFF for b in cached.read_bytes()[:4096])  # what the killed run overwrote, by its log
+    size = cached.stat().st_size
+    log = _plant_undo(models_dir, "tiny.gguf", [(0, kept, size)])
+    other = tmp_path / "elsewhere.gguf"
+    os.link(cached, other)
+    assert os.stat(other).st_nlink == 2
+    theirs = other.read_bytes()
+    pruned = cli("prune", "--partials")
+    assert pruned.code == 0, pruned.err
+    assert not log.exists()  # the log was settled
+    assert other.read_bytes() == theirs  # the other name keeps its bytes
