@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -919,3 +920,33 @@ def test_settling_an_undo_log_never_writes_into_a_model_another_name_shares(
     assert pruned.code == 0, pruned.err
     assert not log.exists()  # the log was settled
     assert other.read_bytes() == theirs  # the other name keeps its bytes
+
+
+def test_settling_an_undo_log_of_endless_empty_entries_keeps_memory_bounded(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """1.5 million intact but empty entries, all at offset 0 (84 MB of log): a repair keeps one entry per
+    block it writes, blocks in ascending order and at least MIN_BLOCK_SIZE apart, so at most one entry
+    per 64 KiB of the model is ever real. Settling held every entry in memory first (about 100 bytes
+    each, ~6 s per 2 million): a 1 GB log took 2 GB."""
+    import struct
+
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    size, before = cached.stat().st_size, sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [])
+    entry = struct.pack(">QQQ32s", 0, 0, size, hashlib.sha256(b"").digest())
+    with open(log, "ab") as fh:
+        for _ in range(15):
+            fh.write(entry * 100_000)
+    assert log.stat().st_size > 80 * MB
+    # Measured from a small intermediate process: a child forked from this test would start from its RSS.
+    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(p.returncode, u.ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, str(TEADIST_BIN), "prune", "--partials"],
+                          capture_output=True, text=True, timeout=300)
+    rc, rss_kb = proc.stdout.split()
+    assert rc == "0", proc.stderr
+    assert not log.exists()  # the log was read and settled
+    assert int(rss_kb) < 100 * 1024, f"peak {int(rss_kb) // 1024} MB"
+    assert (cached.stat().st_size, sha(cached)) == (size, before)

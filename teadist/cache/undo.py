@@ -22,7 +22,7 @@ import stat
 import struct
 from pathlib import Path
 
-from teadist.base.blocks import MAX_BLOCK_SIZE
+from teadist.base.blocks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from teadist.base.fsutil import create_exclusive, ensure_private_dir, open_own_file, remove_quietly
 from teadist.cache.layout import META_DIR, CacheTarget
 from teadist.cache.store import CacheRecord
@@ -80,7 +80,9 @@ def _read_entries(fd: int, end: int) -> tuple[list[tuple[int, int, int]], int | 
     model's size before the first write; reading stops at the first entry cut short or out of bounds.
     ``end`` is the model's size now: a repair wrote every block whose old bytes it kept, so a kept span
     always lies inside the file (one past its end was never written by a repair of it, and putting it
-    back would grow the file — to a sparse terabyte, or an EFBIG that no later run gets past)."""
+    back would grow the file — to a sparse terabyte, or an EFBIG that no later run gets past). A repair
+    writes the damaged blocks in ascending order, one entry each, so each entry starts at least
+    MIN_BLOCK_SIZE after the one before: at most one per 64 KiB of the model, however long the log."""
     if os.pread(fd, len(_MAGIC), 0) != _MAGIC:
         return [], None
     spans: list[tuple[int, int, int]] = []
@@ -92,7 +94,7 @@ def _read_entries(fd: int, end: int) -> tuple[list[tuple[int, int, int]], int | 
             break
         start, length, before, digest = _ENTRY.unpack(head)
         if length > MAX_BLOCK_SIZE or start + length > min(before, end) \
-                or (size is not None and before != size):
+                or (size is not None and before != size) or (spans and start < spans[-1][0] + MIN_BLOCK_SIZE):
             break
         data = os.pread(fd, length, at + _ENTRY.size)
         if len(data) != length or hashlib.sha256(data).digest() != digest:
