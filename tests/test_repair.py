@@ -760,6 +760,41 @@ def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes
         assert json.loads(rec_path.read_text())["repairing"] is True or cli("verify", "g.gguf").code == 3
 
 
+
+def test_a_killed_repair_of_a_record_without_an_inode_never_settles_into_a_file_the_user_put_in_its_place(
+        tmp_path: Path, models_dir: Path, fast_retries: None, cli: Callable[..., Result]) -> None:
+    """A record of an older teadist names no inode. A repair of it was killed mid-way (its log left);
+    the user then put their own file at the model's name. Settling the log must not write the old
+    bytes into the user's file: the repair names the file it writes in its record before the first write."""
+    src = tmp_path / "src" / "g.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
+        cached = models_dir / "g.gguf"
+        rec_path = _record_path(models_dir, "g.gguf")
+        record = json.loads(rec_path.read_text())
+        for key in ("blocks", "block_size", "map_sha256", "inode", "mtime_ns", "ctime_ns"):
+            record.pop(key)  # installed by an older teadist
+        rec_path.write_text(json.dumps(record))
+        flip(cached, 3)
+        flip(cached, BLOCK_SIZE + 3)  # both blocks damaged: the second one's range stalls
+        chunk1 = dist / json.loads((dist / "g.gguf.manifest.json").read_text())["chunks"][1]["name"]
+        mirror.faults.append(Fault("stall", after=1000, seconds=60, path=chunk1.name))
+        _kill_repair_at_stall(mirror, "g.gguf")
+        assert len(_work_files(models_dir, "g.gguf")) == 1  # the killed run's undo log
+        mine = tmp_path / "mine.gguf"
+        write_big(mine, 2 * BLOCK_SIZE)
+        theirs = sha(mine)
+        os.replace(mine, cached)  # the user's own model, put in its place
+        mirror.faults.clear()
+        pruned = cli("prune", "--partials")
+        assert pruned.code == 0, pruned.err
+        assert _work_files(models_dir, "g.gguf") == []  # the log was settled
+        assert sha(cached) == theirs  # the user's file keeps its bytes
+
 # -- a whole-hash verify stamps only the file it hashed --
 
 class _SwapWhileHashing:
