@@ -985,3 +985,28 @@ def test_settling_an_undo_log_of_endless_empty_entries_keeps_memory_bounded(
     assert not log.exists()  # the log was read and settled
     assert int(rss_kb) < 100 * 1024, f"peak {int(rss_kb) // 1024} MB"
     assert (cached.stat().st_size, sha(cached)) == (size, before)
+
+
+@pytest.mark.parametrize("settler", ["repair", "prune"])
+def test_settling_never_reads_or_removes_an_undo_log_through_a_symlinked_work_folder(
+        settler: str, hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """The target's work folder is a symlink to a folder of the user's that holds a file of the undo
+    log's name (in the log's format, as a copy of an old log would be). Settling must neither put
+    its bytes into the model nor remove it: only teadist's own folders are read or cleared."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    before = sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [(0, b"\0" * 4096, cached.stat().st_size)])
+    elsewhere = tmp_path / "mine"
+    os.replace(log.parent, elsewhere)
+    os.symlink(elsewhere, log.parent)
+    assert (log.parent / log.name).exists()  # reachable through the link
+    mine = (elsewhere / log.name).read_bytes()
+    if settler == "prune":
+        assert cli("prune", "--partials").code == 0
+    else:
+        refused = cli("repair", "tiny.gguf")
+        assert refused.code != 0 and "symlink" in refused.err and "Traceback" not in refused.err, refused.err
+    assert (elsewhere / log.name).read_bytes() == mine  # the user's file stays
+    assert cached.read_bytes()[:4096] != b"\0" * 4096 and (settler == "repair" or sha(cached) == before)

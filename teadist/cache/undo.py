@@ -23,8 +23,14 @@ import struct
 from pathlib import Path
 
 from teadist.base.blocks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
-from teadist.base.fsutil import create_exclusive, ensure_private_dir, open_own_file, remove_quietly
-from teadist.cache.layout import META_DIR, CacheTarget
+from teadist.base.fsutil import (
+    UnsafePathError,
+    create_exclusive,
+    ensure_private_dir,
+    open_own_file,
+    remove_quietly,
+)
+from teadist.cache.layout import META_DIR, CacheTarget, real_folder
 from teadist.cache.store import CacheRecord
 
 _MAGIC = b"teadist-undo-1\n\0"
@@ -124,6 +130,12 @@ def settle_undo(target: CacheTarget, record: CacheRecord | None) -> bool:
     bytes back when nothing proved the new ones (see the module's note), then remove it. True when
     bytes were put back. A model that is not the file the repair wrote (replaced, a symlink, another
     name linked to it since) is left as it is: the record still says repairing, so nothing vouches for it."""
+    try:
+        ours = real_folder(target.layout.root, target.work)
+    except UnsafePathError:  # a symlink (or a file) at the work folder's name: nothing through it is ours
+        ours = False
+    if not ours:
+        return False
     fd = open_own_file(target.repair_undo)
     if fd is None:
         return False
