@@ -308,6 +308,24 @@ def test_an_unreachable_hub_is_retried_on_teadists_own_policy(monkeypatch: pytes
     assert took < 10, f"{took:.1f} s: the 0.01 s backoff asked for was not the one used"
 
 
+def test_the_hubs_retry_warnings_and_error_name_only_its_host(monkeypatch: pytest.MonkeyPatch, fast_retries: None,
+                                                             cli: Callable[..., Result]) -> None:
+    """An endpoint (a proxy) may carry a key in its path or query string: a warning per retry and the
+    final error name the host and port only, as every other network message does."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}/key-S3CRET1?sig=S3CRET2")
+    monkeypatch.setenv("TEADIST_RETRIES", "3")
+    result = cli("fetch", HF_SPEC)
+    assert result.code == 1
+    assert result.err.count("retrying in") == 2, result.err  # the refused connection was retried
+    assert f"127.0.0.1:{port}" in result.err
+    assert "S3CRET" not in result.err + result.out, result.err
+
+
 # -- secrets ----------------------------------------------------------------------------------------
 def test_token_goes_only_to_its_origin(hub: HubServer, mirror: MirrorServer, served: Path,
                                        tmp_path: Path) -> None:

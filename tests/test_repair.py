@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -759,6 +760,41 @@ def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes
         assert json.loads(rec_path.read_text())["repairing"] is True or cli("verify", "g.gguf").code == 3
 
 
+
+def test_a_killed_repair_of_a_record_without_an_inode_never_settles_into_a_file_the_user_put_in_its_place(
+        tmp_path: Path, models_dir: Path, fast_retries: None, cli: Callable[..., Result]) -> None:
+    """A record of an older teadist names no inode. A repair of it was killed mid-way (its log left);
+    the user then put their own file at the model's name. Settling the log must not write the old
+    bytes into the user's file: the repair names the file it writes in its record before the first write."""
+    src = tmp_path / "src" / "g.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    with MirrorServer(dist) as mirror:
+        assert isinstance(mirror, MirrorServer)
+        assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
+        cached = models_dir / "g.gguf"
+        rec_path = _record_path(models_dir, "g.gguf")
+        record = json.loads(rec_path.read_text())
+        for key in ("blocks", "block_size", "map_sha256", "inode", "mtime_ns", "ctime_ns"):
+            record.pop(key)  # installed by an older teadist
+        rec_path.write_text(json.dumps(record))
+        flip(cached, 3)
+        flip(cached, BLOCK_SIZE + 3)  # both blocks damaged: the second one's range stalls
+        chunk1 = dist / json.loads((dist / "g.gguf.manifest.json").read_text())["chunks"][1]["name"]
+        mirror.faults.append(Fault("stall", after=1000, seconds=60, path=chunk1.name))
+        _kill_repair_at_stall(mirror, "g.gguf")
+        assert len(_work_files(models_dir, "g.gguf")) == 1  # the killed run's undo log
+        mine = tmp_path / "mine.gguf"
+        write_big(mine, 2 * BLOCK_SIZE)
+        theirs = sha(mine)
+        os.replace(mine, cached)  # the user's own model, put in its place
+        mirror.faults.clear()
+        pruned = cli("prune", "--partials")
+        assert pruned.code == 0, pruned.err
+        assert _work_files(models_dir, "g.gguf") == []  # the log was settled
+        assert sha(cached) == theirs  # the user's file keeps its bytes
+
 # -- a whole-hash verify stamps only the file it hashed --
 
 class _SwapWhileHashing:
@@ -853,3 +889,124 @@ def test_a_mirror_altering_a_chunk_and_its_listed_hashes_cannot_make_repair_writ
         after = json.loads(rec_path.read_text())
         assert after["repairing"] is False and after["blocks"] == proven["blocks"]
         assert cli("verify", "h.gguf").code == 3
+
+
+# -- an undo log that no killed repair of this very file wrote: settling it never grows the model, and
+#    never writes through a second name --
+
+def _plant_undo(models_dir: Path, name: str, entries: list[tuple[int, bytes, int]]) -> Path:
+    """An undo log in the on-disk format (magic, then per entry: offset, length, the model's size before
+    the first write, sha256 of the kept bytes, the kept bytes), at the name the layout gives it."""
+    import struct
+
+    work = models_dir / ".teadist" / "work" / name
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    body = b"teadist-undo-1\n\0"
+    for start, old, before in entries:
+        body += struct.pack(">QQQ32s", start, len(old), before, hashlib.sha256(old).digest()) + old
+    log = work / "repair-undo.part"
+    log.write_bytes(body)
+    return log
+
+
+def _as_left_mid_repair(models_dir: Path, name: str) -> None:
+    """The record as a repair guided by an unproven map leaves it when killed: repairing, no proven map."""
+    rec_path = _record_path(models_dir, name)
+    record = json.loads(rec_path.read_text())
+    record.pop("blocks"), record.pop("block_size"), record.pop("map_sha256")
+    record["repairing"] = True
+    rec_path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("far", [2**40, 2**50])
+def test_settling_a_forged_undo_log_never_grows_the_model_past_its_end(
+        far: int, hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """Entries are self-consistent (their sha256 match) but claim a span far past the file's end: a
+    repair only ever kept bytes of blocks inside the file it then wrote, so settling must not write
+    there (it made the model a 1 TiB sparse file; at 1 PiB every prune --partials and repair failed
+    with 'File too large', for good, where the disk caps file sizes)."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    size, before = cached.stat().st_size, sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [(far, b"x" * 16, far + 16)])
+    pruned = cli("prune", "--partials")
+    assert pruned.code == 0, pruned.err
+    assert not log.exists()  # the log was read and settled
+    assert cached.stat().st_size == size
+    assert sha(cached) == before
+
+
+def test_settling_an_undo_log_never_writes_into_a_model_another_name_shares(
+        hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """A killed repair left its log; the user then hard-linked the model elsewhere. Repair itself never
+    writes a hard-linked file in place (the other name must keep its bytes): settling must not either."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    kept = bytes(b ^ 0xFF for b in cached.read_bytes()[:4096])  # what the killed run overwrote, by its log
+    size = cached.stat().st_size
+    log = _plant_undo(models_dir, "tiny.gguf", [(0, kept, size)])
+    other = tmp_path / "elsewhere.gguf"
+    os.link(cached, other)
+    assert os.stat(other).st_nlink == 2
+    theirs = other.read_bytes()
+    pruned = cli("prune", "--partials")
+    assert pruned.code == 0, pruned.err
+    assert not log.exists()  # the log was settled
+    assert other.read_bytes() == theirs  # the other name keeps its bytes
+
+
+def test_settling_an_undo_log_of_endless_empty_entries_keeps_memory_bounded(
+        hub: HubServer, models_dir: Path, cli: Callable[..., Result]) -> None:
+    """1.5 million intact but empty entries, all at offset 0 (84 MB of log): a repair keeps one entry per
+    block it writes, blocks in ascending order and at least MIN_BLOCK_SIZE apart, so at most one entry
+    per 64 KiB of the model is ever real. Settling held every entry in memory first (about 100 bytes
+    each, ~6 s per 2 million): a 1 GB log took 2 GB."""
+    import struct
+
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    size, before = cached.stat().st_size, sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [])
+    entry = struct.pack(">QQQ32s", 0, 0, size, hashlib.sha256(b"").digest())
+    with open(log, "ab") as fh:
+        for _ in range(15):
+            fh.write(entry * 100_000)
+    assert log.stat().st_size > 80 * MB
+    # Measured from a small intermediate process: a child forked from this test would start from its RSS.
+    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(p.returncode, u.ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, str(TEADIST_BIN), "prune", "--partials"],
+                          capture_output=True, text=True, timeout=300)
+    rc, rss_kb = proc.stdout.split()
+    assert rc == "0", proc.stderr
+    assert not log.exists()  # the log was read and settled
+    assert int(rss_kb) < 100 * 1024, f"peak {int(rss_kb) // 1024} MB"
+    assert (cached.stat().st_size, sha(cached)) == (size, before)
+
+
+@pytest.mark.parametrize("settler", ["repair", "prune"])
+def test_settling_never_reads_or_removes_an_undo_log_through_a_symlinked_work_folder(
+        settler: str, hub: HubServer, models_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """The target's work folder is a symlink to a folder of the user's that holds a file of the undo
+    log's name (in the log's format, as a copy of an old log would be). Settling must neither put
+    its bytes into the model nor remove it: only teadist's own folders are read or cleared."""
+    assert cli("fetch", "hf://org/repo/tiny.gguf").code == 0
+    cached = models_dir / "tiny.gguf"
+    before = sha(cached)
+    _as_left_mid_repair(models_dir, "tiny.gguf")
+    log = _plant_undo(models_dir, "tiny.gguf", [(0, b"\0" * 4096, cached.stat().st_size)])
+    elsewhere = tmp_path / "mine"
+    os.replace(log.parent, elsewhere)
+    os.symlink(elsewhere, log.parent)
+    assert (log.parent / log.name).exists()  # reachable through the link
+    mine = (elsewhere / log.name).read_bytes()
+    if settler == "prune":
+        assert cli("prune", "--partials").code == 0
+    else:
+        refused = cli("repair", "tiny.gguf")
+        assert refused.code != 0 and "symlink" in refused.err and "Traceback" not in refused.err, refused.err
+    assert (elsewhere / log.name).read_bytes() == mine  # the user's file stays
+    assert cached.read_bytes()[:4096] != b"\0" * 4096 and (settler == "repair" or sha(cached) == before)

@@ -20,10 +20,17 @@ import hashlib
 import os
 import stat
 import struct
+from pathlib import Path
 
-from teadist.base.blocks import MAX_BLOCK_SIZE
-from teadist.base.fsutil import create_exclusive, ensure_private_dir, open_own_file, remove_quietly
-from teadist.cache.layout import META_DIR, CacheTarget
+from teadist.base.blocks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from teadist.base.fsutil import (
+    UnsafePathError,
+    create_exclusive,
+    ensure_private_dir,
+    open_own_file,
+    remove_quietly,
+)
+from teadist.cache.layout import META_DIR, CacheTarget, real_folder
 from teadist.cache.store import CacheRecord
 
 _MAGIC = b"teadist-undo-1\n\0"
@@ -74,9 +81,14 @@ class UndoLog:
         remove_quietly(self.path)
 
 
-def _read_entries(fd: int) -> tuple[list[tuple[int, int, int]], int | None]:
+def _read_entries(fd: int, end: int) -> tuple[list[tuple[int, int, int]], int | None]:
     """The complete, intact entries of a log as (file offset, length, offset in the log), and the
-    model's size before the first write; reading stops at the first entry cut short or out of bounds."""
+    model's size before the first write; reading stops at the first entry cut short or out of bounds.
+    ``end`` is the model's size now: a repair wrote every block whose old bytes it kept, so a kept span
+    always lies inside the file (one past its end was never written by a repair of it, and putting it
+    back would grow the file — to a sparse terabyte, or an EFBIG that no later run gets past). A repair
+    writes the damaged blocks in ascending order, one entry each, so each entry starts at least
+    MIN_BLOCK_SIZE after the one before: at most one per 64 KiB of the model, however long the log."""
     if os.pread(fd, len(_MAGIC), 0) != _MAGIC:
         return [], None
     spans: list[tuple[int, int, int]] = []
@@ -87,8 +99,8 @@ def _read_entries(fd: int) -> tuple[list[tuple[int, int, int]], int | None]:
         if len(head) < _ENTRY.size:
             break
         start, length, before, digest = _ENTRY.unpack(head)
-        if length > MAX_BLOCK_SIZE or start + length > before \
-                or (size is not None and before != size):
+        if length > MAX_BLOCK_SIZE or start + length > min(before, end) \
+                or (size is not None and before != size) or (spans and start < spans[-1][0] + MIN_BLOCK_SIZE):
             break
         data = os.pread(fd, length, at + _ENTRY.size)
         if len(data) != length or hashlib.sha256(data).digest() != digest:
@@ -99,39 +111,51 @@ def _read_entries(fd: int) -> tuple[list[tuple[int, int, int]], int | None]:
     return spans, size
 
 
+def _open_repaired(path: Path, record: CacheRecord) -> int | None:
+    """The model open for writing — only if it is the very file the repair wrote, and no other name
+    shares its bytes (repair never writes such a file in place; the old bytes are not that name's)."""
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # gone, a symlink (ELOOP), a folder, a fifo without a writer, ...
+        return None
+    st = os.fstat(fd)  # of what was opened, not of what a name said a moment before
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (record.inode is not None and st.st_ino != record.inode):
+        os.close(fd)
+        return None
+    return fd
+
+
 def settle_undo(target: CacheTarget, record: CacheRecord | None) -> bool:
     """Settle the undo log a killed repair left for ``target`` (call with its lock held): put the old
     bytes back when nothing proved the new ones (see the module's note), then remove it. True when
-    bytes were put back."""
+    bytes were put back. A model that is not the file the repair wrote (replaced, a symlink, another
+    name linked to it since) is left as it is: the record still says repairing, so nothing vouches for it."""
+    try:
+        ours = real_folder(target.layout.root, target.work)
+    except UnsafePathError:  # a symlink (or a file) at the work folder's name: nothing through it is ours
+        ours = False
+    if not ours:
+        return False
     fd = open_own_file(target.repair_undo)
     if fd is None:
         return False
     restored = False
     try:
-        put_back = record is not None and record.repairing and record.proven_map is None
-        model = target.final
-        if put_back and record is not None:
-            try:
-                st = os.lstat(model)
-            except FileNotFoundError:
-                st = None
-            # Only into the very file the repair wrote: never through a symlink, never into a file put
-            # in its place since (the old bytes are not that file's).
-            if st is not None and stat.S_ISREG(st.st_mode) and (record.inode is None or st.st_ino == record.inode):
-                spans, size = _read_entries(fd)
-                if spans:
-                    out = os.open(model, os.O_RDWR | _NOFOLLOW | _CLOEXEC)
-                    try:
+        if record is not None and record.repairing and record.proven_map is None:
+            out = _open_repaired(target.final, record)
+            if out is not None:
+                try:
+                    spans, size = _read_entries(fd, os.fstat(out).st_size)
+                    if spans:
                         for start, length, at in reversed(spans):
                             _write_all(out, os.pread(fd, length, at), start)
                         if size is not None and os.fstat(out).st_size > size:
                             os.ftruncate(out, size)
                         os.fsync(out)
-                    finally:
-                        os.close(out)
-                    restored = True
+                        restored = True
+                finally:
+                    os.close(out)
     finally:
         os.close(fd)
     remove_quietly(target.repair_undo)
     return restored
-

@@ -314,6 +314,9 @@ def repair_file(cache: ModelCache, record: CacheRecord, options: RepairOptions, 
         if bad:
             backup = UndoLog(cache.target(record.filename))
             record.repairing = True  # from the first write on, nothing vouches for the file
+            # The file it writes, named for whoever settles the undo log after a kill (a record of an
+            # older teadist names none: the old bytes must never go into a file put in its place).
+            record.inode = os.fstat(fd).st_ino
             cache.write_record(record)
     rejected = False  # the whole sha256 rejected what the block map led to
     try:

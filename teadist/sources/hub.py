@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from teadist.base.urls import Origin, origin_of, url_problem
+from teadist.base.urls import Origin, host_label, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
 from teadist.formats.manifest import MAX_FILE_SIZE, HfSource
 
@@ -117,7 +117,7 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
             meta = head()
         else:
             try:
-                meta = retrying(f"cannot reach the Hub at {endpoint}", head)
+                meta = retrying(f"cannot reach the Hub at {host_label(endpoint)}", head)
             except SourceError as exc:
                 raise SourceError(exc.message, hint=_OFFLINE_HINT) from None
         sha256 = meta.etag if meta.etag and _SHA256_RE.match(meta.etag) else None
@@ -156,7 +156,8 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         status = exc.response.status_code if exc.response is not None else "?"
         raise SourceError(f"the Hub answered HTTP {status} for {where}") from None
     except _transport_errors() as exc:  # connection errors and timeouts of its HTTP client
-        raise SourceError(f"cannot reach the Hub at {endpoint} ({short_reason(exc)})", hint=_OFFLINE_HINT) from None
+        raise SourceError(f"cannot reach the Hub at {host_label(endpoint)} ({short_reason(exc)})",
+                          hint=_OFFLINE_HINT) from None
     return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
 
 
