@@ -10,7 +10,8 @@
 #      constraints/floors.txt to the lowest versions pyproject.toml allows, without the tests that
 #      need a test tool the floors do not install (marker `tools`), without the fault campaign
 #      (marker `faults`: teadist's own recovery logic, run in full in step 5; it would add ~5
-#      minutes) and without ruff/mypy (their results depend on the stubs of the installed versions);
+#      minutes), without the scheduler's wall-clock tests (marker `timing`: teadist's own logic, run
+#      in step 5, and load-sensitive beside it) and without ruff/mypy (their results depend on the stubs of the installed versions);
 #   5. the whole suite in .venv.
 # Step 4 starts first and runs in the background beside steps 1–3 and 5, its output kept in a log
 # printed at the end: the suites wait on loopback servers, timeouts and subprocesses far more than
@@ -28,7 +29,7 @@ floors() {
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -c constraints/floors.txt -e '.[test-core]'
   "$venv/bin/python" -m pytest -p no:cacheprovider --basetemp="${TMPDIR:-/tmp}/teadist-floors-tmp" \
-    -m "not tools and not faults" --deselect tests/test_quality.py::test_code_is_clean
+    -m "not tools and not faults and not timing" --deselect tests/test_quality.py::test_code_is_clean
 }
 
 if [ "${1:-}" = "floors" ]; then

@@ -25,6 +25,10 @@ from teadist.sources.scheduler import HostLane, split_point
 from tests.helpers import Result, write_random
 from tests.servers import Fault, GitHubServer, HubServer, MirrorServer
 
+# teadist's own scheduling, judged on wall-clock windows against a paced server: the main suite runs
+# it; the dependency-floors job, which runs beside it and doubles the load, leaves it out
+pytestmark = pytest.mark.timing
+
 KIB = 1024
 MIB = 1024 * 1024
 
