@@ -617,7 +617,7 @@ class Bookkeeping {
 
 // -- piece storage back ends -----------------------------------------------------------------------
 
-// The worker that stores IndexedDB pieces (see PieceWriters): the same transaction as in the page.
+// The worker that stores pieces (see PieceWriters): the same writes as the page's back ends make.
 const PIECE_WRITER_SOURCE = `'use strict';
 let db = null;
 function opened(name) {
@@ -627,49 +627,65 @@ function opened(name) {
     req.onerror = () => reject(req.error);
   });
 }
-onmessage = async ({ data: { id, name, key, shard, piece, bytes, progress } }) => {
+async function toOpfs({ name, key, shard, piece, bytes }) {
+  const root = await (await navigator.storage.getDirectory()).getDirectoryHandle(name, { create: true });
+  const dir = await root.getDirectoryHandle(key, { create: true });
+  const writable = await (await dir.getFileHandle(shard + '.' + piece, { create: true })).createWritable();
   try {
-    db ??= await opened(name);
-    const tx = db.transaction(['pieces', 'progress'], 'readwrite');
-    tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
-    tx.objectStore('progress').put(progress, [key, shard]);
-    await new Promise((resolve, reject) => {
-      tx.oncomplete = () => resolve();
-      tx.onabort = () => reject(tx.error ?? new DOMException('IndexedDB transaction aborted', 'AbortError'));
-    });
-    postMessage({ id, ok: true });
+    await writable.write(bytes);
+    await writable.close();
   } catch (err) {
-    postMessage({ id, ok: false, name: String(err?.name ?? 'Error'), message: String(err?.message ?? err) });
+    await writable.abort().catch(() => {});
+    throw err;
+  }
+}
+async function toIndexedDb({ name, key, shard, piece, bytes, progress }) {
+  db ??= await opened(name);
+  const tx = db.transaction(['pieces', 'progress'], 'readwrite');
+  tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
+  tx.objectStore('progress').put(progress, [key, shard]);
+  await new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = () => reject(tx.error ?? new DOMException('IndexedDB transaction aborted', 'AbortError'));
+  });
+}
+onmessage = async ({ data }) => {
+  try {
+    await (data.kind === 'opfs' ? toOpfs(data) : toIndexedDb(data));
+    postMessage({ id: data.id, ok: true });
+  } catch (err) {
+    postMessage({ id: data.id, ok: false, name: String(err?.name ?? 'Error'), message: String(err?.message ?? err) });
   }
 };
 `;
 const PIECES_PER_WRITER = 2;
+const OPFS_DIRECTORY = 'teadist-model-cache';
 
 /**
- * IndexedDB keeps the bytes of a stored Blob alive (in the browser process) for as long as the Blob
- * object that was put exists, and the page's garbage collector frees that small-looking object
- * late: storing 8 MiB pieces from the page held hundreds of MiB for a large model. So pieces are
- * stored from a worker that is ended after a few pieces, which releases its Blobs at once: memory
- * stays at a few pieces whatever the model's size. Where no worker can start (no Worker, a page
- * policy that forbids blob: workers), pieces are stored from the page as before.
+ * Storing a piece makes a Blob of its bytes (IndexedDB's put of a Blob; an OPFS writable's write
+ * does it inside the browser), and the browser keeps those bytes for as long as the Blob object
+ * exists: the page's garbage collector frees such small-looking objects late, so storing 8 MiB
+ * pieces from the page held hundreds of MiB for a large model. So pieces are stored from a worker
+ * that is ended after a few pieces, which releases its Blobs at once: memory stays at a few pieces
+ * whatever the model's size. Where no worker can start (no Worker, a page policy that forbids
+ * blob: workers), pieces are stored from the page as before.
  */
 class PieceWriters {
-  #dbName;
   #url = null;
   #current = null; // { worker, sent, pending: Map(id → { resolve, reject }) }
   #nextId = 0;
   #broken = typeof Worker === 'undefined';
 
-  constructor(dbName) {
-    this.#dbName = dbName;
-  }
-
-  /** Resolves when the piece and its progress record are committed; null when no worker can do it. */
-  write(key, shard, piece, bytes, progress) {
+  /**
+   * Store one piece in the worker: `{ kind: 'opfs' | 'indexeddb', name, key, shard, piece, bytes,
+   * progress }` (IndexedDB commits the progress record with the piece). Resolves when it is
+   * stored; returns null when no worker can do it, resolves null when the worker died first.
+   */
+  write(piece) {
     const writer = this.#writer();
     if (writer === null) return null;
     const id = this.#nextId++;
-    const message = { id, name: this.#dbName, key, shard, piece, bytes, progress };
+    const message = { ...piece, id };
     const done = new Promise((resolve, reject) => writer.pending.set(id, { resolve, reject }));
     writer.worker.postMessage(message); // a copy: the caller reuses `bytes`
     writer.sent += 1;
@@ -723,13 +739,14 @@ class IndexedDbPieces {
 
   constructor(book, dbName) {
     this.book = book;
-    this.writers = new PieceWriters(dbName);
+    this.dbName = dbName;
+    this.writers = new PieceWriters();
   }
 
   /** The piece and the progress record counting it commit together, or neither does. */
   async write(key, shard, piece, bytes, progress) {
     // Without a worker, or when the worker died before answering (null), the page stores it.
-    const byWorker = this.writers.write(key, shard, piece, bytes, progress);
+    const byWorker = this.writers.write({ kind: 'indexeddb', name: this.dbName, key, shard, piece, bytes, progress });
     if (byWorker !== null && await byWorker !== null) return;
     const tx = this.book.db.transaction(['pieces', 'progress'], 'readwrite');
     tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
@@ -767,15 +784,23 @@ class OpfsPieces {
   constructor(book, root) {
     this.book = book;
     this.root = root;
+    this.writers = new PieceWriters();
   }
 
   static async open(book) {
     const top = await navigator.storage.getDirectory();
-    return new OpfsPieces(book, await top.getDirectoryHandle('teadist-model-cache', { create: true }));
+    return new OpfsPieces(book, await top.getDirectoryHandle(OPFS_DIRECTORY, { create: true }));
   }
 
   /** The piece file is committed (createWritable swaps it in on close) before its progress record. */
   async write(key, shard, piece, bytes, progress) {
+    // Without a worker, or when the worker died before answering (null), the page writes the file.
+    const byWorker = this.writers.write({ kind: 'opfs', name: OPFS_DIRECTORY, key, shard, piece, bytes });
+    if (byWorker === null || await byWorker === null) await this.#writeHere(key, shard, piece, bytes);
+    await this.book.put('progress', progress, [key, shard]);
+  }
+
+  async #writeHere(key, shard, piece, bytes) {
     const dir = await this.root.getDirectoryHandle(key, { create: true });
     const handle = await dir.getFileHandle(`${shard}.${piece}`, { create: true });
     const writable = await handle.createWritable();
@@ -786,7 +811,6 @@ class OpfsPieces {
       await writable.abort().catch(() => {});
       throw err;
     }
-    await this.book.put('progress', progress, [key, shard]);
   }
 
   async read(key, shard, count) {
