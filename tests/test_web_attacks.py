@@ -705,3 +705,18 @@ def test_page_memory_does_not_grow_with_model_size_when_storage_is_slow(
     assert grew[320] < 192 << 20, f"page memory grew by {grew[320] >> 20} MiB for a 320 MiB model on slow storage"
     assert grew[320] - grew[64] < 64 << 20, \
         f"page memory grew {grew[64] >> 20} MiB for 64 MiB and {grew[320] >> 20} MiB for 320 MiB on slow storage"
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_pieces_are_stored_from_the_page_where_no_worker_can_start(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """Pieces are stored from a short-lived worker; a page without workers stores them itself."""
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script("delete window.Worker;")
+        page.reload()
+        assert page.run("() => typeof Worker") == "undefined"
+        out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS)
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)

@@ -659,6 +659,7 @@ onmessage = async ({ data }) => {
 };
 `;
 const PIECES_PER_WRITER = 2;
+let pieceWriterUrl = null; // one blob: URL for every cache in the page
 const OPFS_DIRECTORY = 'teadist-model-cache';
 
 /**
@@ -671,7 +672,6 @@ const OPFS_DIRECTORY = 'teadist-model-cache';
  * blob: workers), pieces are stored from the page as before.
  */
 class PieceWriters {
-  #url = null;
   #current = null; // { worker, sent, pending: Map(id → { resolve, reject }) }
   #nextId = 0;
   #broken = typeof Worker === 'undefined';
@@ -701,8 +701,8 @@ class PieceWriters {
     if (this.#current) return this.#current;
     let worker;
     try {
-      this.#url ??= URL.createObjectURL(new Blob([PIECE_WRITER_SOURCE], { type: 'text/javascript' }));
-      worker = new Worker(this.#url);
+      pieceWriterUrl ??= URL.createObjectURL(new Blob([PIECE_WRITER_SOURCE], { type: 'text/javascript' }));
+      worker = new Worker(pieceWriterUrl);
     } catch {
       this.#broken = true;
       return null;
