@@ -586,12 +586,8 @@ def _browser_rss(profile: Path) -> int:
     return total
 
 
-@pytest.mark.slow
-@pytest.mark.tools
-@pytest.mark.parametrize("fmt", ["single", "blocks"])
-def test_page_memory_does_not_grow_with_model_size(app: AppServer, storage: str, tmp_path: Path, fmt: str) -> None:
-    size = 384 * 1024 * 1024
-    folder = tmp_path / "big"
+def _big_model(folder: Path, size: int, fmt: str) -> None:
+    """``folder/big.json``: a manifest for ``size`` random bytes in ``big.gguf`` (``fmt``: single or blocks)."""
     folder.mkdir()
     data_path = folder / "big.gguf"
     digest = hashlib.sha256()
@@ -606,30 +602,121 @@ def test_page_memory_does_not_grow_with_model_size(app: AppServer, storage: str,
         manifest["schema_version"] = "1.1"
         manifest["file"].update(block_size=1 << 20, blocks=block_hashes(data_path, 1 << 20))
     (folder / "big.json").write_text(json.dumps(manifest))
-    peak = [0]
-    stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _browser_rss(profile))
+
+class _PeakRss:
+    """Samples this test's Chromium (``_browser_rss``) every 0.1 s while the ``with`` block runs."""
+
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+        self.base = _browser_rss(profile)
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _browser_rss(self.profile))
             time.sleep(0.1)
 
+    def __enter__(self) -> _PeakRss:
+        assert self.base > 0, "this test's Chromium was not found in /proc"
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def grew(self) -> int:
+        return self.peak - self.base
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+@pytest.mark.parametrize("fmt", ["single", "blocks"])
+def test_page_memory_does_not_grow_with_model_size(app: AppServer, storage: str, tmp_path: Path, fmt: str) -> None:
+    size = 384 * 1024 * 1024
+    folder = tmp_path / "big"
+    _big_model(folder, size, fmt)
     profile = tmp_path / "profile"
     with ModelServer(folder) as server, browser(profile, app) as page:
         page.run("async () => { await new Promise((r) => setTimeout(r, 1500)); }")
-        base = _browser_rss(profile)
-        assert base > 0, "this test's Chromium was not found in /proc"
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
+        with _PeakRss(profile) as rss:
             done = page.run(DOWNLOAD.replace("onProgress, ", ""), f"{server.url}/big.json", storage, "big")
             handed = page.run("async ([m, s, id]) => (await (await openCache(m, s)).blobs(id)).length",
                               f"{server.url}/big.json", storage, "big")
-        finally:
-            stop.set()
-            sampler.join()
-    grew = peak[0] - base
-    print(f"{fmt}/{storage}: baseline {base >> 20} MiB, peak {peak[0] >> 20} MiB, grew {grew >> 20} MiB")
+    grew = rss.grew
+    print(f"{fmt}/{storage}: baseline {rss.base >> 20} MiB, peak {rss.peak >> 20} MiB, grew {grew >> 20} MiB")
     assert done["ok"], done.get("error")
     assert handed == 1
     assert grew < 300 * 1024 * 1024, f"page memory grew by {grew >> 20} MiB for a {size >> 20} MiB model"
+
+
+# Storage slower than the network, on purpose: every write of a piece (an IndexedDB transaction that
+# touches 'pieces', the answer of a worker that stores pieces, an OPFS writable's close) reports
+# completion 200 ms late, and is counted.
+SLOW_STORAGE = """(() => {
+  window.slowWrites = 0;
+  const late = (fn) => (...args) => { window.slowWrites += 1; setTimeout(() => fn(...args), 200); };
+  const message = Object.getOwnPropertyDescriptor(Worker.prototype, 'onmessage');
+  Object.defineProperty(Worker.prototype, 'onmessage', { configurable: true,
+    get() { return message.get.call(this); },
+    set(fn) { message.set.call(this, fn ? late(fn) : fn); } });
+  const complete = Object.getOwnPropertyDescriptor(IDBTransaction.prototype, 'oncomplete');
+  Object.defineProperty(IDBTransaction.prototype, 'oncomplete', { configurable: true,
+    get() { return complete.get.call(this); },
+    set(fn) {
+      const piece = fn && this.mode === 'readwrite' && this.objectStoreNames.contains('pieces');
+      complete.set.call(this, piece ? late(fn) : fn);
+    } });
+  const close = FileSystemWritableFileStream.prototype.close;
+  FileSystemWritableFileStream.prototype.close = function () {
+    return new Promise((resolve) => late(resolve)()).then(() => close.call(this));
+  };
+})();"""
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_page_memory_does_not_grow_with_model_size_when_storage_is_slow(
+        app: AppServer, storage: str, tmp_path: Path) -> None:
+    """The loopback server serves fast, storage completes every piece late: what the page holds while
+    downloading must be bounded by the pieces in flight, not by the model (two sizes, same bound)."""
+    grew: dict[int, int] = {}
+    for mib in (64, 320):
+        folder = tmp_path / f"big{mib}"
+        _big_model(folder, mib << 20, "blocks")
+        profile = tmp_path / f"profile{mib}"
+        with ModelServer(folder) as server, browser(profile, app) as page:
+            page.context.add_init_script(SLOW_STORAGE)
+            page.reload()
+            page.run("async () => { await new Promise((r) => setTimeout(r, 1500)); }")
+            with _PeakRss(profile) as rss:
+                done = page.run(DOWNLOAD.replace("onProgress, ", ""), f"{server.url}/big.json", storage, "big")
+            slow = page.run("() => window.slowWrites")
+        assert done["ok"], done.get("error")
+        assert slow >= mib // 8, f"storage was not slowed: {slow} late writes for {mib} MiB"
+        grew[mib] = rss.grew
+        print(f"slow {storage}, {mib} MiB: baseline {rss.base >> 20} MiB, peak {rss.peak >> 20} MiB, "
+              f"grew {rss.grew >> 20} MiB, {slow} late writes")
+    # Measured: before the fix 235 MiB (OPFS) and 316 MiB (IndexedDB) for 320 MiB; after, about 80 and 120.
+    assert grew[320] < 192 << 20, f"page memory grew by {grew[320] >> 20} MiB for a 320 MiB model on slow storage"
+    assert grew[320] - grew[64] < 64 << 20, \
+        f"page memory grew {grew[64] >> 20} MiB for 64 MiB and {grew[320] >> 20} MiB for 320 MiB on slow storage"
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_pieces_are_stored_from_the_page_where_no_worker_can_start(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """Pieces are stored from a short-lived worker; a page without workers stores them itself."""
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script("delete window.Worker;")
+        page.reload()
+        assert page.run("() => typeof Worker") == "undefined"
+        out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS)
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)

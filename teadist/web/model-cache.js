@@ -31,6 +31,7 @@ export const WLLAMA_FILE_LIMIT = 2 ** 31 - 1;
 const MIN_BLOCK_SIZE = 65536;
 const MAX_BLOCK_SIZE = 67108864;
 const DEFAULT_PIECE_SIZE = 8 * 1024 * 1024;
+const BODY_READ_SIZE = 1024 * 1024; // one read of a response body (byte streams)
 const DEFAULT_RETRIES = 2;
 const DEFAULT_STALL_TIMEOUT_MS = 30000;
 const DEFAULT_CONCURRENCY = 3;
@@ -616,19 +617,141 @@ class Bookkeeping {
 
 // -- piece storage back ends -----------------------------------------------------------------------
 
+// The worker that stores pieces (see PieceWriters): the same writes as the page's back ends make.
+const PIECE_WRITER_SOURCE = `'use strict';
+let db = null;
+function opened(name) {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(name);
+    req.onsuccess = () => { req.result.onversionchange = () => req.result.close(); resolve(req.result); };
+    req.onerror = () => reject(req.error);
+  });
+}
+async function toOpfs({ name, key, shard, piece, bytes }) {
+  const root = await (await navigator.storage.getDirectory()).getDirectoryHandle(name, { create: true });
+  const dir = await root.getDirectoryHandle(key, { create: true });
+  const writable = await (await dir.getFileHandle(shard + '.' + piece, { create: true })).createWritable();
+  try {
+    await writable.write(bytes);
+    await writable.close();
+  } catch (err) {
+    await writable.abort().catch(() => {});
+    throw err;
+  }
+}
+async function toIndexedDb({ name, key, shard, piece, bytes, progress }) {
+  db ??= await opened(name);
+  const tx = db.transaction(['pieces', 'progress'], 'readwrite');
+  tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
+  tx.objectStore('progress').put(progress, [key, shard]);
+  await new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = () => reject(tx.error ?? new DOMException('IndexedDB transaction aborted', 'AbortError'));
+  });
+}
+onmessage = async ({ data }) => {
+  try {
+    await (data.kind === 'opfs' ? toOpfs(data) : toIndexedDb(data));
+    postMessage({ id: data.id, ok: true });
+  } catch (err) {
+    postMessage({ id: data.id, ok: false, name: String(err?.name ?? 'Error'), message: String(err?.message ?? err) });
+  }
+};
+`;
+const PIECES_PER_WRITER = 2;
+let pieceWriterUrl = null; // one blob: URL for every cache in the page
+const OPFS_DIRECTORY = 'teadist-model-cache';
+
+/**
+ * Storing a piece makes a Blob of its bytes (IndexedDB's put of a Blob; an OPFS writable's write
+ * does it inside the browser), and the browser keeps those bytes for as long as the Blob object
+ * exists: the page's garbage collector frees such small-looking objects late, so storing 8 MiB
+ * pieces from the page held hundreds of MiB for a large model. So pieces are stored from a worker
+ * that is ended after a few pieces, which releases its Blobs at once: memory stays at a few pieces
+ * whatever the model's size. Where no worker can start (no Worker, a page policy that forbids
+ * blob: workers), pieces are stored from the page as before.
+ */
+class PieceWriters {
+  #current = null; // { worker, sent, pending: Map(id → { resolve, reject }) }
+  #nextId = 0;
+  #broken = typeof Worker === 'undefined';
+
+  /**
+   * Store one piece in the worker: `{ kind: 'opfs' | 'indexeddb', name, key, shard, piece, bytes,
+   * progress }` (IndexedDB commits the progress record with the piece). Resolves when it is
+   * stored; returns null when no worker can do it, resolves null when the worker died first.
+   */
+  write(piece) {
+    const writer = this.#writer();
+    if (writer === null) return null;
+    const id = this.#nextId++;
+    const message = { ...piece, id };
+    const done = new Promise((resolve, reject) => writer.pending.set(id, { resolve, reject }));
+    writer.worker.postMessage(message); // a copy: the caller reuses `bytes`
+    writer.sent += 1;
+    if (writer.sent >= PIECES_PER_WRITER) {
+      this.#current = null; // new pieces go to a new worker; this one ends with its last answer
+      this.#retire(writer);
+    }
+    return done;
+  }
+
+  #writer() {
+    if (this.#broken) return null;
+    if (this.#current) return this.#current;
+    let worker;
+    try {
+      pieceWriterUrl ??= URL.createObjectURL(new Blob([PIECE_WRITER_SOURCE], { type: 'text/javascript' }));
+      worker = new Worker(pieceWriterUrl);
+    } catch {
+      this.#broken = true;
+      return null;
+    }
+    const writer = { worker, sent: 0, pending: new Map() };
+    worker.onmessage = ({ data }) => {
+      const waiting = writer.pending.get(data.id);
+      if (!waiting) return;
+      writer.pending.delete(data.id);
+      if (data.ok) waiting.resolve(undefined);
+      else waiting.reject(new DOMException(data.message, data.name));
+      this.#retire(writer);
+    };
+    worker.onerror = (event) => {
+      // The worker could not start or died: its pieces are stored from the page instead.
+      event.preventDefault?.();
+      this.#broken = true;
+      if (this.#current === writer) this.#current = null;
+      worker.terminate();
+      for (const waiting of writer.pending.values()) waiting.resolve(null);
+      writer.pending.clear();
+    };
+    this.#current = writer;
+    return writer;
+  }
+
+  #retire(writer) {
+    if (this.#current !== writer && writer.pending.size === 0) writer.worker.terminate();
+  }
+}
+
 class IndexedDbPieces {
   kind = 'indexeddb';
 
-  constructor(book) {
+  constructor(book, dbName) {
     this.book = book;
+    this.dbName = dbName;
+    this.writers = new PieceWriters();
   }
 
   /** The piece and the progress record counting it commit together, or neither does. */
   async write(key, shard, piece, bytes, progress) {
+    // Without a worker, or when the worker died before answering (null), the page stores it.
+    const byWorker = this.writers.write({ kind: 'indexeddb', name: this.dbName, key, shard, piece, bytes, progress });
+    if (byWorker !== null && await byWorker !== null) return;
     const tx = this.book.db.transaction(['pieces', 'progress'], 'readwrite');
     tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
     tx.objectStore('progress').put(progress, [key, shard]);
-    return committed(tx);
+    await committed(tx);
   }
 
   async read(key, shard, count) {
@@ -661,15 +784,23 @@ class OpfsPieces {
   constructor(book, root) {
     this.book = book;
     this.root = root;
+    this.writers = new PieceWriters();
   }
 
   static async open(book) {
     const top = await navigator.storage.getDirectory();
-    return new OpfsPieces(book, await top.getDirectoryHandle('teadist-model-cache', { create: true }));
+    return new OpfsPieces(book, await top.getDirectoryHandle(OPFS_DIRECTORY, { create: true }));
   }
 
   /** The piece file is committed (createWritable swaps it in on close) before its progress record. */
   async write(key, shard, piece, bytes, progress) {
+    // Without a worker, or when the worker died before answering (null), the page writes the file.
+    const byWorker = this.writers.write({ kind: 'opfs', name: OPFS_DIRECTORY, key, shard, piece, bytes });
+    if (byWorker === null || await byWorker === null) await this.#writeHere(key, shard, piece, bytes);
+    await this.book.put('progress', progress, [key, shard]);
+  }
+
+  async #writeHere(key, shard, piece, bytes) {
     const dir = await this.root.getDirectoryHandle(key, { create: true });
     const handle = await dir.getFileHandle(`${shard}.${piece}`, { create: true });
     const writable = await handle.createWritable();
@@ -680,7 +811,6 @@ class OpfsPieces {
       await writable.abort().catch(() => {});
       throw err;
     }
-    await this.book.put('progress', progress, [key, shard]);
   }
 
   async read(key, shard, count) {
@@ -960,15 +1090,16 @@ export class ModelCache {
         { code: 'unsupported', hint: "open the cache with storage: 'indexeddb'" });
     }
     let book;
+    const dbName = `teadist-model-cache-${storage}`;
     try {
-      book = new Bookkeeping(await openDatabase(`teadist-model-cache-${storage}`));
+      book = new Bookkeeping(await openDatabase(dbName));
     } catch (err) {
       throw new ModelCacheError(`cannot open IndexedDB here (${err?.message ?? err}); the model cache needs it for its records`,
         { code: 'unsupported', hint: 'private browsing or disabled site data can cause this', cause: err });
     }
     let pieces;
     try {
-      pieces = storage === 'opfs' ? await OpfsPieces.open(book) : new IndexedDbPieces(book);
+      pieces = storage === 'opfs' ? await OpfsPieces.open(book) : new IndexedDbPieces(book, dbName);
     } catch (err) {
       throw new ModelCacheError(`cannot open the ${storage} storage: ${err?.message ?? err}`,
         { code: 'unsupported', hint: storage === 'opfs' ? "try storage: 'indexeddb'" : null, cause: err });
@@ -1317,10 +1448,16 @@ export class ModelCache {
         { transient: s >= 500 || s === 429 || s === 408 });
     }
     if (!response.body) throw refuse('response has no body');
-    const reader = response.body.getReader();
+    // Memory stays at one piece buffer and one read buffer, whatever the model's size: the body is
+    // read only when the previous piece is stored (the network waits for slow storage), the piece
+    // buffer is reused for every piece, and where the stream allows it (a byte stream) each read
+    // lands in the same read buffer instead of a new chunk per read — garbage that the page's GC
+    // collected late enough to hold hundreds of MiB.
+    const body = new BodyReader(response.body);
     const hasher = current.hashState ? Sha256.restore(current.hashState) : new Sha256();
     let pieceStart = start;
-    let buffer = new Uint8Array(Math.min(current.pieceSize, shard.size - pieceStart));
+    const pieceBuffer = new ArrayBuffer(Math.min(current.pieceSize, shard.size - pieceStart));
+    let buffer = new Uint8Array(pieceBuffer);
     let filled = 0;
     let verified = 0; // bytes of the buffer whose blocks matched (layout only)
     let received = 0;
@@ -1328,7 +1465,7 @@ export class ModelCache {
       while (pieceStart < shard.size) {
         let chunk;
         try {
-          chunk = await reader.read();
+          chunk = await body.read();
         } catch (err) {
           if (signal.aborted) throw abortReason(signal);
           if (watch.stalled) throw fail(`${watch.describe()} after ${received} bytes${requested}`, { transient: true });
@@ -1361,7 +1498,8 @@ export class ModelCache {
             pieceStart += buffer.length;
             filled = 0;
             verified = 0;
-            if (pieceStart < shard.size) buffer = new Uint8Array(Math.min(current.pieceSize, shard.size - pieceStart));
+            // Stored pieces hold copies (a Blob, a written file): the buffer is free for the next one.
+            if (pieceStart < shard.size) buffer = new Uint8Array(pieceBuffer, 0, Math.min(current.pieceSize, shard.size - pieceStart));
           }
           progress.emit('downloading');
         }
@@ -1380,7 +1518,7 @@ export class ModelCache {
       throw err;
     } finally {
       watch.close();
-      reader.cancel().catch(() => {});
+      body.cancel();
     }
   }
 
@@ -1559,6 +1697,39 @@ function piecesIntact(blobs, shard, progress) {
   return Array.isArray(sizes) && Array.isArray(progress.digests) && sizes.length === progress.pieces
     && blobs.length === progress.pieces && sizes.reduce((n, x) => n + x, 0) === progress.bytes
     && blobs.every((blob, i) => blob !== null && blob.size === sizes[i]);
+}
+
+/**
+ * A response body read into one reused buffer when the stream is a byte stream (BYOB reads), or
+ * chunk by chunk as the stream hands them out otherwise. The bytes a read returns are valid until
+ * the next read.
+ */
+class BodyReader {
+  constructor(body) {
+    try {
+      this.reader = body.getReader({ mode: 'byob' });
+      this.byob = true;
+    } catch {
+      this.reader = body.getReader();
+      this.byob = false;
+    }
+    this.buffer = null;
+  }
+
+  async read() {
+    if (!this.byob) return this.reader.read();
+    // The buffer is handed to the stream and comes back (transferred) holding the bytes read; after
+    // a failed read the next one starts with a new buffer.
+    const given = this.buffer ?? new ArrayBuffer(BODY_READ_SIZE);
+    this.buffer = null;
+    const result = await this.reader.read(new Uint8Array(given));
+    if (result.value?.buffer.byteLength) this.buffer = result.value.buffer;
+    return result;
+  }
+
+  cancel() {
+    this.reader.cancel().catch(() => {});
+  }
 }
 
 /**
