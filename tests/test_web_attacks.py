@@ -786,3 +786,22 @@ def test_a_piece_writer_that_dies_mid_write_leaves_only_verified_pieces(
     assert out["ok"], out.get("error")
     assert digest == release.digest(SHARDS)
 
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_a_piece_writer_that_ends_silently_mid_write_does_not_hang_the_download(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """A worker can end without an error event (it closes itself, the browser stops it): the piece it
+    was storing must not leave the download waiting forever with the model's lock held."""
+    silent = DYING_WORKER.replace("throw new Error('piece writer died mid-write');", "close();")
+    assert silent != DYING_WORKER
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script(silent)
+        page.reload()
+        out = page.run(f"""async (args) => Promise.race([({DOWNLOAD})(args),
+          new Promise((r) => setTimeout(() => r({{ ok: false, hung: true }}), 60000))])""",
+                       manifest_url(models), storage, SHARDS, {"concurrency": 1})
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS) if out["ok"] else None
+    assert not out.get("hung"), "the download still waited for a piece writer that had ended 60 s earlier"
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)
