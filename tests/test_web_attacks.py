@@ -805,3 +805,29 @@ def test_a_piece_writer_that_ends_silently_mid_write_does_not_hang_the_download(
     assert not out.get("hung"), "the download still waited for a piece writer that had ended 60 s earlier"
     assert out["ok"], out.get("error")
     assert digest == release.digest(SHARDS)
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_two_tabs_downloading_the_same_model_at_once_store_it_once_and_exactly(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """Two tabs start the same download together (each storing pieces from its own workers): both end
+    with the release's bytes, and the model's bytes cross the network once (one waits on the lock)."""
+    url = manifest_url(models)
+    with browser(tmp_path / "profile", app) as page:
+        other = page.context.new_page()
+        other.goto(page.page.url)
+        other.wait_for_function("window.ready === true", timeout=60_000)
+        seen = len(models.log.sent)
+        start = (f"(args) => {{ window.began = Date.now(); window.job = ({DOWNLOAD})(args)"
+                 ".finally(() => { window.ended = Date.now(); }); }")
+        for tab in (page.page, other):  # neither call waits for its download
+            tab.evaluate(start, [url, storage, SHARDS, {"concurrency": 1}])
+        outs = [tab.evaluate("() => window.job") for tab in (page.page, other)]
+        spans = [tab.evaluate("() => [window.began, window.ended]") for tab in (page.page, other)]
+        sent = sum(e.sent for e in models.log.sent[seen:] if e.path != "/model-manifest.json")
+        digests = [page.run(DIGEST, url, storage, SHARDS), other.evaluate(DIGEST, [url, storage, SHARDS])]
+    assert spans[1][0] < spans[0][1], f"the second tab started after the first had finished: {spans}"
+    assert all(o["ok"] for o in outs), [o.get("error") for o in outs]
+    assert digests == [release.digest(SHARDS)] * 2
+    assert sent == release.total(SHARDS), f"{sent} bytes sent for a {release.total(SHARDS)}-byte model"
