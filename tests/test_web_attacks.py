@@ -24,6 +24,7 @@ import pytest
 
 from tests import test_web_cache as web
 from tests.servers import Fault
+from tests.test_browser import WLLAMA
 from tests.test_web_cache import BYTES, DIGEST, DOWNLOAD, INFO, SHARDS, Release, browser, manifest_url
 from tests.web_manifests import TEST_BLOCK_SIZE, block_hashes, load, write
 from tests.web_servers import CORS_HEADERS, AppServer, ModelServer
@@ -720,3 +721,113 @@ def test_pieces_are_stored_from_the_page_where_no_worker_can_start(
         digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
     assert out["ok"], out.get("error")
     assert digest == release.digest(SHARDS)
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_pieces_are_stored_from_the_page_when_a_policy_forbids_blob_workers(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """A page whose Content-Security-Policy refuses blob: workers still downloads (pieces stored from
+    the page), and what it stores is the release's bytes."""
+    policy = "worker-src 'self'"
+    harness = tmp_path / "harness"
+    harness.mkdir()
+    page_text = (web.HARNESS / "cache-harness.html").read_text()
+    head = page_text.index("<title>")  # the policy comes before any script
+    (harness / "cache-harness.html").write_text(
+        f'{page_text[:head]}<meta http-equiv="Content-Security-Policy" content="{policy}">{page_text[head:]}')
+    strict = AppServer({"": harness, "teadist": web.WEB, "wllama": WLLAMA})
+    with strict, browser(tmp_path / "profile", strict) as page:
+        page.context.add_init_script("""window.refused = [];
+          document.addEventListener('securitypolicyviolation', (e) => window.refused.push(e.blockedURI));""")
+        page.reload()
+        out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS)
+        refused = page.run("() => window.refused")
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
+    assert any(uri.startswith("blob") for uri in refused), f"the policy refused no blob: worker: {refused}"
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)
+
+
+# The piece writer worker throws (an uncaught error, as a worker that dies does) right after it was
+# handed its second piece, while that piece's write is under way; the page counts the error events.
+DYING_WORKER = """(() => {
+  window.workerDeaths = 0;
+  const NativeBlob = Blob;
+  window.Blob = function Blob(parts, options) {
+    if (typeof parts?.[0] === 'string' && parts[0].includes('onmessage = async')) {
+      parts = ["let seen = 0; addEventListener('message', () => { if (++seen === 2) setTimeout(() => { "
+        + "throw new Error('piece writer died mid-write'); }); });\\n", ...parts];
+    }
+    return new NativeBlob(parts, options);
+  };
+  window.Blob.prototype = NativeBlob.prototype;
+  const NativeWorker = Worker;
+  window.Worker = function Worker(url, options) {
+    const worker = new NativeWorker(url, options);
+    worker.addEventListener('error', () => { window.workerDeaths += 1; });
+    return worker;
+  };
+  window.Worker.prototype = NativeWorker.prototype;
+})();"""
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_a_piece_writer_that_dies_mid_write_leaves_only_verified_pieces(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script(DYING_WORKER)
+        page.reload()
+        out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS, {"concurrency": 1})
+        deaths = page.run("() => window.workerDeaths")
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
+    assert deaths >= 1, "no piece writer died"
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_a_piece_writer_that_ends_silently_mid_write_does_not_hang_the_download(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """A worker can end without an error event (it closes itself, the browser stops it): the piece it
+    was storing must not leave the download waiting forever with the model's lock held."""
+    silent = DYING_WORKER.replace("throw new Error('piece writer died mid-write');", "close();")
+    assert silent != DYING_WORKER
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script(silent)
+        page.reload()
+        out = page.run(f"""async (args) => Promise.race([({DOWNLOAD})(args),
+          new Promise((r) => setTimeout(() => r({{ ok: false, hung: true }}), 60000))])""",
+                       manifest_url(models), storage, SHARDS, {"concurrency": 1})
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS) if out["ok"] else None
+    assert not out.get("hung"), "the download still waited for a piece writer that had ended 60 s earlier"
+    assert out["ok"], out.get("error")
+    assert digest == release.digest(SHARDS)
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_two_tabs_downloading_the_same_model_at_once_store_it_once_and_exactly(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """Two tabs start the same download together (each storing pieces from its own workers): both end
+    with the release's bytes, and the model's bytes cross the network once (one waits on the lock)."""
+    url = manifest_url(models)
+    with browser(tmp_path / "profile", app) as page:
+        other = page.context.new_page()
+        other.goto(page.page.url)
+        other.wait_for_function("window.ready === true", timeout=60_000)
+        seen = len(models.log.sent)
+        start = (f"(args) => {{ window.began = Date.now(); window.job = ({DOWNLOAD})(args)"
+                 ".finally(() => { window.ended = Date.now(); }); }")
+        for tab in (page.page, other):  # neither call waits for its download
+            tab.evaluate(start, [url, storage, SHARDS, {"concurrency": 1}])
+        outs = [tab.evaluate("() => window.job") for tab in (page.page, other)]
+        spans = [tab.evaluate("() => [window.began, window.ended]") for tab in (page.page, other)]
+        sent = sum(e.sent for e in models.log.sent[seen:] if e.path != "/model-manifest.json")
+        digests = [page.run(DIGEST, url, storage, SHARDS), other.evaluate(DIGEST, [url, storage, SHARDS])]
+    assert spans[1][0] < spans[0][1], f"the second tab started after the first had finished: {spans}"
+    assert all(o["ok"] for o in outs), [o.get("error") for o in outs]
+    assert digests == [release.digest(SHARDS)] * 2
+    assert sent == release.total(SHARDS), f"{sent} bytes sent for a {release.total(SHARDS)}-byte model"

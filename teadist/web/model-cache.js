@@ -650,6 +650,7 @@ async function toIndexedDb({ name, key, shard, piece, bytes, progress }) {
   });
 }
 onmessage = async ({ data }) => {
+  if (data.kind === 'ping') { postMessage({ pong: true }); return; }
   try {
     await (data.kind === 'opfs' ? toOpfs(data) : toIndexedDb(data));
     postMessage({ id: data.id, ok: true });
@@ -659,6 +660,9 @@ onmessage = async ({ data }) => {
 };
 `;
 const PIECES_PER_WRITER = 2;
+// A worker with writes pending is asked every PING_MS whether it is still there; one that has not
+// answered by the next ask ended without an error event (it closed, the browser stopped it).
+const PING_MS = 5000;
 let pieceWriterUrl = null; // one blob: URL for every cache in the page
 const OPFS_DIRECTORY = 'teadist-model-cache';
 
@@ -689,6 +693,7 @@ class PieceWriters {
     const done = new Promise((resolve, reject) => writer.pending.set(id, { resolve, reject }));
     writer.worker.postMessage(message); // a copy: the caller reuses `bytes`
     writer.sent += 1;
+    this.#watch(writer);
     if (writer.sent >= PIECES_PER_WRITER) {
       this.#current = null; // new pieces go to a new worker; this one ends with its last answer
       this.#retire(writer);
@@ -707,8 +712,10 @@ class PieceWriters {
       this.#broken = true;
       return null;
     }
-    const writer = { worker, sent: 0, pending: new Map() };
+    const writer = { worker, sent: 0, pending: new Map(), timer: null, pingSentAt: null };
     worker.onmessage = ({ data }) => {
+      writer.pingSentAt = null; // it is alive
+      if (data.pong) return;
       const waiting = writer.pending.get(data.id);
       if (!waiting) return;
       writer.pending.delete(data.id);
@@ -719,18 +726,50 @@ class PieceWriters {
     worker.onerror = (event) => {
       // The worker could not start or died: its pieces are stored from the page instead.
       event.preventDefault?.();
-      this.#broken = true;
-      if (this.#current === writer) this.#current = null;
-      worker.terminate();
-      for (const waiting of writer.pending.values()) waiting.resolve(null);
-      writer.pending.clear();
+      this.#lost(writer);
     };
     this.#current = writer;
     return writer;
   }
 
+  /** A worker that died or ended: its pending pieces are stored from the page, and so are later ones. */
+  #lost(writer) {
+    this.#broken = true;
+    if (this.#current === writer) this.#current = null;
+    clearInterval(writer.timer);
+    writer.timer = null;
+    writer.worker.terminate();
+    for (const waiting of writer.pending.values()) waiting.resolve(null);
+    writer.pending.clear();
+  }
+
+  /**
+   * A worker can end without an error event; its writes would then never answer. While writes are
+   * pending, ask it every PING_MS; no answer by the next ask (any message counts) means it is gone.
+   * A worker that is only slow answers at once: its event loop is free while storage works.
+   */
+  #watch(writer) {
+    if (writer.timer !== null) return;
+    writer.timer = setInterval(() => {
+      if (writer.pending.size === 0) {
+        clearInterval(writer.timer);
+        writer.timer = null;
+        writer.pingSentAt = null;
+      } else if (writer.pingSentAt !== null && performance.now() - writer.pingSentAt >= PING_MS) {
+        this.#lost(writer);
+      } else if (writer.pingSentAt === null) {
+        writer.pingSentAt = performance.now();
+        writer.worker.postMessage({ kind: 'ping' });
+      }
+    }, PING_MS);
+  }
+
   #retire(writer) {
-    if (this.#current !== writer && writer.pending.size === 0) writer.worker.terminate();
+    if (this.#current !== writer && writer.pending.size === 0) {
+      clearInterval(writer.timer);
+      writer.timer = null;
+      writer.worker.terminate();
+    }
   }
 }
 
