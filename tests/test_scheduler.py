@@ -175,7 +175,7 @@ def test_a_lagging_range_is_split_for_a_free_connection(served: Path, tmp_path: 
         assert slow.kind == "slow" and slow.range is not None and _start(slow.range) > 0
         inside = [r.range for r in server.file_gets() if r.range and _start(slow.range) < _start(r.range)
                   < _end(slow.range)]
-        assert inside, [r.range for r in server.file_gets()]
+        assert inside, (slow.range, [r.range for r in server.file_gets()])
         assert all(_start(r) % (64 * KIB) == 0 for r in inside)
         assert elapsed < 6
 
@@ -557,3 +557,42 @@ def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_pa
         _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=256 * KIB)
         assert server.concurrency() <= 2, server.concurrency()
         assert downloader.scheduler.lanes()[0].stats.hash_bound
+
+
+def test_a_cut_never_hands_out_bytes_a_connection_already_read(served: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first connection reads ~270 KiB of its range, then its disk stalls for 2 s after the
+    write (writeback): it has not advanced yet, so it looks stalled and its range is cut. The cut
+    must fall after every byte it already read — else a second connection rewrites bytes the
+    hasher already took from the first one's buffer, and a server lying on that second answer
+    (one byte flipped at 256 KiB + 100) ends up installed under the first answer's hash."""
+    import teadist.sources.segmented as segmented
+
+    stalls: list[int] = []
+
+    class StallingSink(segmented.PwriteSink):
+        def __init__(self, fd: int, offset: int) -> None:
+            super().__init__(fd, offset)
+            self._first = offset == 0
+
+        def __call__(self, view: memoryview) -> None:
+            super().__call__(view)
+            if self._first:
+                self._first = False
+                stalls.append(len(view))
+                time.sleep(2.0)
+
+    monkeypatch.setattr(segmented, "PwriteSink", StallingSink)
+    source = served / "model.bin"
+    write_random(source, 512 * KIB, seed=23)
+    with MirrorServer(served) as server:
+        server.pace = 1_000_000  # 20 kB slices: the first read gathers a little more than 256 KiB
+        server.add_fault(Fault("corrupt", offset=256 * KIB + 100, skip=1))  # only a second request lies
+        dest = tmp_path / "out" / source.name
+        downloader = Downloader(NullReporter(), jobs=2, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        server.prepare(source.name)
+        downloader.fetch(server.url_for(source.name), dest, source.stat().st_size, sha(source))
+        assert stalls and stalls[0] > 256 * KIB, stalls  # the fault: read past the block boundary, then stalled
+        later = [r.range for r in server.file_gets()[1:]]
+        assert all(_start(r) >= stalls[0] for r in later), (stalls, later)  # no cut inside bytes already read
+        assert sha(dest) == sha(source)  # never a second answer's bytes under the first answer's hash

@@ -135,7 +135,7 @@ class SegmentedFetch:
         self.failed: BaseException | None = None
         self.ranges_ok: bool | None = self.lane.ranges
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
-        self.live: dict[int, int] = {}  # start -> bytes written so far (ahead of the saved progress)
+        self.live: dict[int, int] = {}  # start -> end of the bytes read so far (claimed before written)
         self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
         self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
         self.connections = 0
@@ -197,7 +197,8 @@ class SegmentedFetch:
         connection finishes that answer and keeps its keep-alive connection; nothing is sent twice);
         inside a request only when it lags — the rest of it would take longer at its measured rate
         than a new connection needs to start — so a slow stream never holds up the end."""
-        clean = [(s, self.asked.get(s[0], (s[2], s[2], 0.0))[1]) for s in running]
+        # a connection that has not asked yet will ask for ``span`` bytes: cut after those, not inside
+        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + self.span), 0.0))[1]) for s in running]
         clean = [(s, until) for s, until in clean if s[1] > until]
         if clean:
             seg, until = max(clean, key=lambda c: c[0][1] - c[1])
@@ -388,12 +389,13 @@ class SegmentedFetch:
                     n = reader.readinto(memoryview(buf)[:min(len(buf), seg[1] - pos, until - pos)])
                     if not n:
                         raise Retry(f"connection to {host_of(self.url)} ended inside a range")
-                    keep = min(n, seg[1] - pos)  # the range may have been cut while this read waited
+                    with self.cond:  # claimed before written: a cut from now on falls after these bytes
+                        keep = min(n, seg[1] - pos)  # (the range may have been cut while this read waited)
+                        self.live[start] = pos + keep
                     write(memoryview(buf)[:keep])
                     if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
                         hold[0] = None
                     pos += keep
-                    self.live[start] = pos
                     self.advance(keep)
                     self.lane.moved(keep)
                     if pos - saved >= self.save_step or pos >= min(seg[1], until):
