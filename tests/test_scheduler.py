@@ -596,3 +596,58 @@ def test_a_cut_never_hands_out_bytes_a_connection_already_read(served: Path, tmp
         later = [r.range for r in server.file_gets()[1:]]
         assert all(_start(r) >= stalls[0] for r in later), (stalls, later)  # no cut inside bytes already read
         assert sha(dest) == sha(source)  # never a second answer's bytes under the first answer's hash
+
+
+def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixteen 16 MiB files at once on one downloader (a chunked manifest's chunks), the hashing
+    slower than the link (a slowed digest, 20 MB/s): each file's hasher falls behind and holds
+    buffers. The buffers the network reads into are the host's (its connections + 4), not each
+    file's: the process's peak resident memory (VmHWM, reset first) grows by ~20 MiB, not 85."""
+    import teadist.sources.segmented as segmented
+
+    class SlowSha256:
+        def __init__(self) -> None:
+            self._digest = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            time.sleep(len(data) / 20e6)
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    def peak_kib() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    names = [f"c{k}.bin" for k in range(16)]
+    for k, name in enumerate(names):
+        write_random(served / name, 16 * MIB, seed=40 + k)
+    with MirrorServer(served) as server:
+        for name in names:
+            server.prepare(name)
+        downloader = Downloader(NullReporter(), cap=16, align=4 * MIB, policy=RetryPolicy(backoff=0.05))
+        hashes = {name: sha(served / name) for name in names}
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # the peak starts again from the resident size now
+        before = peak_kib()
+        errors: list[BaseException] = []
+
+        def get(name: str) -> None:
+            try:
+                downloader.fetch(server.url_for(name), tmp_path / "out" / name, 16 * MIB, hashes[name])
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=get, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        grown = (peak_kib() - before) // 1024
+        assert not errors, errors
+        assert server.concurrency() >= 4  # the fault's shape: many files on the wire at once
+        assert downloader.scheduler.lanes()[0].stats.hash_bound  # and hashing was the limit
+        assert grown <= 48, f"peak resident memory grew by {grown} MiB"  # 85 MiB with a pool per file

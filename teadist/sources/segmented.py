@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
+from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, HostLane, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -63,21 +64,20 @@ class _Pool:
     """Buffers of ``NET_BUFFER`` bytes, made when first needed (while fewer than ``size()`` are
     made) and reused."""
 
-    def __init__(self, size: Callable[[], int], stopped: Callable[[], bool],
-                 on_wait: Callable[[], None] | None = None) -> None:
-        self.size, self.stopped, self.on_wait = size, stopped, on_wait
+    def __init__(self, size: Callable[[], int], on_wait: Callable[[], None] | None = None) -> None:
+        self.size, self.on_wait = size, on_wait
         self.cond = threading.Condition()
         self.free: list[bytearray] = []
         self.made = 0
 
-    def take(self) -> bytearray | None:
-        """A free buffer (waiting until one comes back); None once the fetch has failed."""
+    def take(self, stopped: Callable[[], bool]) -> bytearray | None:
+        """A free buffer (waiting until one comes back); None once the caller's fetch has failed."""
         with self.cond:
             while not self.free:
                 if self.made < self.size():
                     self.made += 1
                     return bytearray(NET_BUFFER)
-                if self.stopped():
+                if stopped():
                     return None
                 if self.on_wait is not None:
                     self.on_wait()  # (the lane's lock is never held while waiting here)
@@ -92,6 +92,22 @@ class _Pool:
     def wake(self) -> None:
         with self.cond:
             self.cond.notify_all()
+
+
+_LANE_POOLS: weakref.WeakKeyDictionary[HostLane, _Pool] = weakref.WeakKeyDictionary()
+_LANE_POOLS_LOCK = threading.Lock()
+
+
+def _lane_pool(lane: HostLane) -> _Pool:
+    """The network buffers of every file fetched on ``lane`` (one per connection plus those the
+    hashers hold): files fetched at once (a manifest's chunks) share them, so memory stays flat
+    whatever the number of files. A buffer queued for a hasher is always the next bytes it needs,
+    so it always comes back: sharing never deadlocks."""
+    with _LANE_POOLS_LOCK:
+        pool = _LANE_POOLS.get(lane)
+        if pool is None:
+            pool = _LANE_POOLS[lane] = _Pool(lambda: lane.limit + HASH_DEPTH, lane.hash_bound)
+        return pool
 
 
 class _Left(Exception):
@@ -150,8 +166,8 @@ class SegmentedFetch:
         # Fixed pools of buffers, made as needed: the network's (one per connection plus those the
         # hasher holds; a connection waits for one when the hasher is behind: memory stays flat),
         # and the hasher's own for reading back (never waiting on buffers queued behind it).
-        self.net_pool = _Pool(lambda: self.lane.limit + HASH_DEPTH, self._stopped, self.lane.hash_bound)
-        self.back_pool = _Pool(lambda: READ_BACK_BUFFERS, self._stopped)
+        self.net_pool = _lane_pool(self.lane)  # shared by every file on this host
+        self.back_pool = _Pool(lambda: READ_BACK_BUFFERS)
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
     def _prefix(self) -> int:
@@ -382,7 +398,7 @@ class SegmentedFetch:
             try:
                 while pos < min(seg[1], until):
                     if hold[0] is None:
-                        hold[0] = self.net_pool.take()
+                        hold[0] = self.net_pool.take(self._stopped)
                     buf = hold[0]
                     if self.failed is not None or buf is None:
                         return
@@ -441,7 +457,7 @@ class SegmentedFetch:
         """Feed the written bytes [start, end) of the partial to the digests, through pool buffers."""
         pos = start
         while pos < end:
-            buf = self.back_pool.take()
+            buf = self.back_pool.take(self._stopped)
             if buf is None:
                 return
             got = os.preadv(self.partial.fd, [memoryview(buf)[:min(len(buf), end - pos)]], pos)
