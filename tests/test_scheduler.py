@@ -567,10 +567,11 @@ def test_a_cut_never_hands_out_bytes_a_connection_already_read(served: Path, tmp
     hasher already took from the first one's buffer, and a server lying on that second answer
     (one byte flipped at 256 KiB + 100) ends up installed under the first answer's hash."""
     import teadist.sources.segmented as segmented
+    from teadist.base.fsutil import PwriteSink
 
     stalls: list[int] = []
 
-    class StallingSink(segmented.PwriteSink):
+    class StallingSink(PwriteSink):
         def __init__(self, fd: int, offset: int) -> None:
             super().__init__(fd, offset)
             self._first = offset == 0
@@ -648,6 +649,6 @@ def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tm
             thread.join()
         grown = (peak_kib() - before) // 1024
         assert not errors, errors
-        assert server.concurrency() >= 4  # the fault's shape: many files on the wire at once
+        assert len({r.path for r in server.file_gets()}) == 16
         assert downloader.scheduler.lanes()[0].stats.hash_bound  # and hashing was the limit
         assert grown <= 48, f"peak resident memory grew by {grown} MiB"  # 85 MiB with a pool per file
