@@ -652,3 +652,21 @@ def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tm
         assert len({r.path for r in server.file_gets()}) == 16
         assert downloader.scheduler.lanes()[0].stats.hash_bound  # and hashing was the limit
         assert grown <= 48, f"peak resident memory grew by {grown} MiB"  # 85 MiB with a pool per file
+
+
+def test_a_hosts_buffers_go_with_its_lane() -> None:
+    """The shared buffers of a host are kept only while its lane lives (a long-running process
+    fetching from many hosts does not keep 20 MiB per host it ever used)."""
+    import gc
+    import weakref
+
+    import teadist.sources.segmented as segmented
+    from teadist.sources.scheduler import Scheduler
+
+    lane = Scheduler().lane("http://127.0.0.1:1/model.bin")
+    pool = segmented._lane_pool(lane)
+    assert segmented._lane_pool(lane) is pool and pool.take(lambda: False) is not None
+    lane_ref, pool_ref = weakref.ref(lane), weakref.ref(pool)
+    del lane, pool
+    gc.collect()
+    assert lane_ref() is None and pool_ref() is None

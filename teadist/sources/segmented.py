@@ -106,7 +106,18 @@ def _lane_pool(lane: HostLane) -> _Pool:
     with _LANE_POOLS_LOCK:
         pool = _LANE_POOLS.get(lane)
         if pool is None:
-            pool = _LANE_POOLS[lane] = _Pool(lambda: lane.limit + HASH_DEPTH, lane.hash_bound)
+            ref = weakref.ref(lane)  # the pool must not keep its lane (the key) alive: both go with the fetch
+
+            def size() -> int:
+                alive = ref()
+                return (alive.limit if alive is not None else 0) + HASH_DEPTH
+
+            def on_wait() -> None:
+                alive = ref()
+                if alive is not None:
+                    alive.hash_bound()
+
+            pool = _LANE_POOLS[lane] = _Pool(size, on_wait)
         return pool
 
 
