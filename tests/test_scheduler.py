@@ -179,7 +179,7 @@ def test_a_lagging_range_is_split_for_a_free_connection(served: Path, tmp_path: 
         assert slow.kind == "slow" and slow.range is not None and _start(slow.range) > 0
         inside = [r.range for r in server.file_gets() if r.range and _start(slow.range) < _start(r.range)
                   < _end(slow.range)]
-        assert inside, [r.range for r in server.file_gets()]
+        assert inside, (slow.range, [r.range for r in server.file_gets()])
         assert all(_start(r) % (64 * KIB) == 0 for r in inside)
         assert elapsed < 6
 
@@ -565,3 +565,116 @@ def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_pa
         _, _, downloader = _fetch(server, source, tmp_path, cap=16, align=256 * KIB)
         assert server.concurrency() <= 2, server.concurrency()
         assert downloader.scheduler.lanes()[0].stats.hash_bound
+
+
+def test_a_cut_never_hands_out_bytes_a_connection_already_read(served: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first connection reads ~270 KiB of its range, then its disk stalls for 2 s after the
+    write (writeback): it has not advanced yet, so it looks stalled and its range is cut. The cut
+    must fall after every byte it already read — else a second connection rewrites bytes the
+    hasher already took from the first one's buffer, and a server lying on that second answer
+    (one byte flipped at 256 KiB + 100) ends up installed under the first answer's hash."""
+    import teadist.sources.segmented as segmented
+    from teadist.base.fsutil import PwriteSink
+
+    stalls: list[int] = []
+
+    class StallingSink(PwriteSink):
+        def __init__(self, fd: int, offset: int) -> None:
+            super().__init__(fd, offset)
+            self._first = offset == 0
+
+        def __call__(self, view: memoryview) -> None:
+            super().__call__(view)
+            if self._first:
+                self._first = False
+                stalls.append(len(view))
+                time.sleep(2.0)
+
+    monkeypatch.setattr(segmented, "PwriteSink", StallingSink)
+    source = served / "model.bin"
+    write_random(source, 512 * KIB, seed=23)
+    with MirrorServer(served) as server:
+        server.pace = 1_000_000  # 20 kB slices: the first read gathers a little more than 256 KiB
+        server.add_fault(Fault("corrupt", offset=256 * KIB + 100, skip=1))  # only a second request lies
+        dest = tmp_path / "out" / source.name
+        downloader = Downloader(NullReporter(), jobs=2, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        server.prepare(source.name)
+        downloader.fetch(server.url_for(source.name), dest, source.stat().st_size, sha(source))
+        assert stalls and stalls[0] > 256 * KIB, stalls  # the fault: read past the block boundary, then stalled
+        later = [r.range for r in server.file_gets()[1:]]
+        assert all(_start(r) >= stalls[0] for r in later), (stalls, later)  # no cut inside bytes already read
+        assert sha(dest) == sha(source)  # never a second answer's bytes under the first answer's hash
+
+
+def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixteen 16 MiB files at once on one downloader (a chunked manifest's chunks), the hashing
+    slower than the link (a slowed digest, 20 MB/s): each file's hasher falls behind and holds
+    buffers. The buffers the network reads into are the host's (its connections + 4), not each
+    file's: the process's peak resident memory (VmHWM, reset first) grows by ~20 MiB, not 85."""
+    import teadist.sources.segmented as segmented
+
+    class SlowSha256:
+        def __init__(self) -> None:
+            self._digest = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            time.sleep(len(data) / 20e6)
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    def peak_kib() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    names = [f"c{k}.bin" for k in range(16)]
+    for k, name in enumerate(names):
+        write_random(served / name, 16 * MIB, seed=40 + k)
+    with MirrorServer(served) as server:
+        for name in names:
+            server.prepare(name)
+        downloader = Downloader(NullReporter(), cap=16, align=4 * MIB, policy=RetryPolicy(backoff=0.05))
+        hashes = {name: sha(served / name) for name in names}
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # the peak starts again from the resident size now
+        before = peak_kib()
+        errors: list[BaseException] = []
+
+        def get(name: str) -> None:
+            try:
+                downloader.fetch(server.url_for(name), tmp_path / "out" / name, 16 * MIB, hashes[name])
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=get, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        grown = (peak_kib() - before) // 1024
+        assert not errors, errors
+        assert len({r.path for r in server.file_gets()}) == 16
+        assert downloader.scheduler.lanes()[0].stats.hash_bound  # and hashing was the limit
+        assert grown <= 48, f"peak resident memory grew by {grown} MiB"  # 85 MiB with a pool per file
+
+
+def test_a_hosts_buffers_go_with_its_lane() -> None:
+    """The shared buffers of a host are kept only while its lane lives (a long-running process
+    fetching from many hosts does not keep 20 MiB per host it ever used)."""
+    import gc
+    import weakref
+
+    import teadist.sources.segmented as segmented
+    from teadist.sources.scheduler import Scheduler
+
+    lane = Scheduler().lane("http://127.0.0.1:1/model.bin")
+    pool = segmented._lane_pool(lane)
+    assert segmented._lane_pool(lane) is pool and pool.take(lambda: False) is not None
+    lane_ref, pool_ref = weakref.ref(lane), weakref.ref(pool)
+    del lane, pool
+    gc.collect()
+    assert lane_ref() is None and pool_ref() is None

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, split_point
+from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, HostLane, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -63,21 +64,20 @@ class _Pool:
     """Buffers of ``NET_BUFFER`` bytes, made when first needed (while fewer than ``size()`` are
     made) and reused."""
 
-    def __init__(self, size: Callable[[], int], stopped: Callable[[], bool],
-                 on_wait: Callable[[], None] | None = None) -> None:
-        self.size, self.stopped, self.on_wait = size, stopped, on_wait
+    def __init__(self, size: Callable[[], int], on_wait: Callable[[], None] | None = None) -> None:
+        self.size, self.on_wait = size, on_wait
         self.cond = threading.Condition()
         self.free: list[bytearray] = []
         self.made = 0
 
-    def take(self) -> bytearray | None:
-        """A free buffer (waiting until one comes back); None once the fetch has failed."""
+    def take(self, stopped: Callable[[], bool]) -> bytearray | None:
+        """A free buffer (waiting until one comes back); None once the caller's fetch has failed."""
         with self.cond:
             while not self.free:
                 if self.made < self.size():
                     self.made += 1
                     return bytearray(NET_BUFFER)
-                if self.stopped():
+                if stopped():
                     return None
                 if self.on_wait is not None:
                     self.on_wait()  # (the lane's lock is never held while waiting here)
@@ -92,6 +92,33 @@ class _Pool:
     def wake(self) -> None:
         with self.cond:
             self.cond.notify_all()
+
+
+_LANE_POOLS: weakref.WeakKeyDictionary[HostLane, _Pool] = weakref.WeakKeyDictionary()
+_LANE_POOLS_LOCK = threading.Lock()
+
+
+def _lane_pool(lane: HostLane) -> _Pool:
+    """The network buffers of every file fetched on ``lane`` (one per connection plus those the
+    hashers hold): files fetched at once (a manifest's chunks) share them, so memory stays flat
+    whatever the number of files. A buffer queued for a hasher is always the next bytes it needs,
+    so it always comes back: sharing never deadlocks."""
+    with _LANE_POOLS_LOCK:
+        pool = _LANE_POOLS.get(lane)
+        if pool is None:
+            ref = weakref.ref(lane)  # the pool must not keep its lane (the key) alive: both go with the fetch
+
+            def size() -> int:
+                alive = ref()
+                return (alive.limit if alive is not None else 0) + HASH_DEPTH
+
+            def on_wait() -> None:
+                alive = ref()
+                if alive is not None:
+                    alive.hash_bound()
+
+            pool = _LANE_POOLS[lane] = _Pool(size, on_wait)
+        return pool
 
 
 class _Left(Exception):
@@ -135,7 +162,7 @@ class SegmentedFetch:
         self.failed: BaseException | None = None
         self.ranges_ok: bool | None = self.lane.ranges
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
-        self.live: dict[int, int] = {}  # start -> bytes written so far (ahead of the saved progress)
+        self.live: dict[int, int] = {}  # start -> end of the bytes read so far (claimed before written)
         self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
         self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
         self.connections = 0
@@ -150,8 +177,8 @@ class SegmentedFetch:
         # Fixed pools of buffers, made as needed: the network's (one per connection plus those the
         # hasher holds; a connection waits for one when the hasher is behind: memory stays flat),
         # and the hasher's own for reading back (never waiting on buffers queued behind it).
-        self.net_pool = _Pool(lambda: self.lane.limit + HASH_DEPTH, self._stopped, self.lane.hash_bound)
-        self.back_pool = _Pool(lambda: READ_BACK_BUFFERS, self._stopped)
+        self.net_pool = _lane_pool(self.lane)  # shared by every file on this host
+        self.back_pool = _Pool(lambda: READ_BACK_BUFFERS)
 
     # -- ranges (all under self.cond) -----------------------------------------------------------
     def _prefix(self) -> int:
@@ -197,7 +224,8 @@ class SegmentedFetch:
         connection finishes that answer and keeps its keep-alive connection; nothing is sent twice);
         inside a request only when it lags — the rest of it would take longer at its measured rate
         than a new connection needs to start — so a slow stream never holds up the end."""
-        clean = [(s, self.asked.get(s[0], (s[2], s[2], 0.0))[1]) for s in running]
+        # a connection that has not asked yet will ask for ``span`` bytes: cut after those, not inside
+        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + self.span), 0.0))[1]) for s in running]
         clean = [(s, until) for s, until in clean if s[1] > until]
         if clean:
             seg, until = max(clean, key=lambda c: c[0][1] - c[1])
@@ -381,19 +409,20 @@ class SegmentedFetch:
             try:
                 while pos < min(seg[1], until):
                     if hold[0] is None:
-                        hold[0] = self.net_pool.take()
+                        hold[0] = self.net_pool.take(self._stopped)
                     buf = hold[0]
                     if self.failed is not None or buf is None:
                         return
                     n = reader.readinto(memoryview(buf)[:min(len(buf), seg[1] - pos, until - pos)])
                     if not n:
                         raise Retry(f"connection to {host_of(self.url)} ended inside a range")
-                    keep = min(n, seg[1] - pos)  # the range may have been cut while this read waited
+                    with self.cond:  # claimed before written: a cut from now on falls after these bytes
+                        keep = min(n, seg[1] - pos)  # (the range may have been cut while this read waited)
+                        self.live[start] = pos + keep
                     write(memoryview(buf)[:keep])
                     if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
                         hold[0] = None
                     pos += keep
-                    self.live[start] = pos
                     self.advance(keep)
                     self.lane.moved(keep)
                     if pos - saved >= self.save_step or pos >= min(seg[1], until):
@@ -439,7 +468,7 @@ class SegmentedFetch:
         """Feed the written bytes [start, end) of the partial to the digests, through pool buffers."""
         pos = start
         while pos < end:
-            buf = self.back_pool.take()
+            buf = self.back_pool.take(self._stopped)
             if buf is None:
                 return
             got = os.preadv(self.partial.fd, [memoryview(buf)[:min(len(buf), end - pos)]], pos)
