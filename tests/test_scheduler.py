@@ -538,6 +538,23 @@ def test_a_sidecar_never_goes_back_to_an_older_state(tmp_path: Path) -> None:
     partial.discard()
 
 
+def _slow_sha256(rate: float) -> Callable[[], Any]:
+    """A sha256 factory whose digests hash at most ``rate`` bytes/s (hashing slower than the link)."""
+
+    class SlowSha256:
+        def __init__(self) -> None:
+            self._digest = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            time.sleep(len(data) / rate)
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    return SlowSha256
+
+
 def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A near host sends 40 MB/s a connection; the client hashes 50 MB/s (a slowed digest). Two
@@ -546,18 +563,7 @@ def test_connections_stop_growing_when_hashing_is_the_limit(served: Path, tmp_pa
     while measured at write time the throughput would still seem to grow with every doubling."""
     import teadist.sources.segmented as segmented
 
-    class SlowSha256:
-        def __init__(self) -> None:
-            self._digest = hashlib.sha256()
-
-        def update(self, data: memoryview) -> None:
-            time.sleep(len(data) / 50e6)
-            self._digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self._digest.hexdigest()
-
-    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    monkeypatch.setattr(segmented, "new_hasher", _slow_sha256(50e6))
     source = served / "model.bin"
     write_random(source, 48 * MIB, seed=22)
     with MirrorServer(served) as server:
@@ -615,22 +621,11 @@ def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tm
     file's: the process's peak resident memory (VmHWM, reset first) grows by ~20 MiB, not 85."""
     import teadist.sources.segmented as segmented
 
-    class SlowSha256:
-        def __init__(self) -> None:
-            self._digest = hashlib.sha256()
-
-        def update(self, data: memoryview) -> None:
-            time.sleep(len(data) / 20e6)
-            self._digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self._digest.hexdigest()
-
     def peak_kib() -> int:
         with open("/proc/self/status") as fh:
             return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 
-    monkeypatch.setattr(segmented, "new_hasher", SlowSha256)
+    monkeypatch.setattr(segmented, "new_hasher", _slow_sha256(20e6))
     names = [f"c{k}.bin" for k in range(16)]
     for k, name in enumerate(names):
         write_random(served / name, 16 * MIB, seed=40 + k)
