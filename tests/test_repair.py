@@ -379,6 +379,15 @@ def test_a_kept_shard_is_repaired_by_one_range_request(tmp_path: Path, models_di
 
 # -- from the hostile review of issue 12: the whole sha256 is the final word --
 
+def _two_chunk_release(tmp_path: Path) -> Path:
+    """A random g.gguf of two blocks, split into one chunk per block with its manifest: the folder."""
+    src = tmp_path / "src" / "g.gguf"
+    write_big(src, 2 * BLOCK_SIZE)
+    dist = tmp_path / "dist"
+    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    return dist
+
+
 def _record_path(models_dir: Path, name: str) -> Path:
     return models_dir / ".teadist" / "records" / f"{name}.json"
 
@@ -723,10 +732,7 @@ def test_a_rerun_of_a_killed_repair_guided_by_an_unproven_map_puts_the_old_bytes
     Only the whole sha256 can reject those bytes, and the killed run never got to it: the re-run
     must put the kept old bytes back, so the model is never left worse than before repair started.
     ``prune --partials`` (which takes the free lock and clears what is in flight) does the same."""
-    src = tmp_path / "src" / "g.gguf"
-    write_big(src, 2 * BLOCK_SIZE)
-    dist = tmp_path / "dist"
-    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    dist = _two_chunk_release(tmp_path)
     with MirrorServer(dist) as mirror:
         assert isinstance(mirror, MirrorServer)
         assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
@@ -766,10 +772,7 @@ def test_a_killed_repair_of_a_record_without_an_inode_never_settles_into_a_file_
     """A record of an older teadist names no inode. A repair of it was killed mid-way (its log left);
     the user then put their own file at the model's name. Settling the log must not write the old
     bytes into the user's file: the repair names the file it writes in its record before the first write."""
-    src = tmp_path / "src" / "g.gguf"
-    write_big(src, 2 * BLOCK_SIZE)
-    dist = tmp_path / "dist"
-    split_file(src, dist, NullReporter(), chunk_size=BLOCK_SIZE)
+    dist = _two_chunk_release(tmp_path)
     with MirrorServer(dist) as mirror:
         assert isinstance(mirror, MirrorServer)
         assert cli("fetch", mirror.url_for("g.gguf.manifest.json")).code == 0
