@@ -13,15 +13,35 @@ EXIT_INTEGRITY = 3
 EXIT_INTERRUPTED = 130
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character (line breaks, tabs, controls, line separators)
+    written as its escape, as ``repr`` would: a message made from hostile input stays one line."""
+    if text.isprintable():
+        return text
+
+    def escaped(char: str) -> str:
+        if char.isprintable():
+            return char
+        code = ord(char)
+        return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else
+                                      f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+    return "".join(map(escaped, text))
+
+
 class TeadistError(Exception):
     """Base class: a failure with a message for the user."""
 
     exit_code = EXIT_ERROR
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else one_line(hint)
 
     def __str__(self) -> str:
         return self.message

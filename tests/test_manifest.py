@@ -269,3 +269,24 @@ def test_a_number_with_too_many_digits_is_one_clear_error(tmp_path: Path, cli: C
                          + b"9" * 5000 + b', "sha256": null}, "format": "single"}')
     result = cli("verify", tmp_path / "m.gguf", "--manifest", manifest)
     assert result.code == 3 and "digits" in result.err and "Traceback" not in result.err, result.err
+
+
+@pytest.mark.parametrize("key", ["\n", "a\rb", "\u2028", "x\x1b[2Jy", "\x85"])
+def test_a_field_name_with_control_characters_stays_one_line(key: str) -> None:
+    """CI's fuzz campaign (seed found by hypothesis): a key "\\n" under ``name`` made the message
+    ``manifest field name.\\n: … is not a whole number`` two lines — the API's message, not only the
+    terminal's, is one line naming the field."""
+    data = good()
+    data["name"] = {key: 2**50 + 1}
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(json.dumps(data).encode(), "fuzz")
+    message = caught.value.message
+    assert message.startswith("fuzz: manifest field name") and message.isprintable(), repr(message)
+
+
+def test_an_error_message_is_one_printable_line_whatever_it_was_given() -> None:
+    from teadist.errors import TeadistError
+
+    error = TeadistError("bad name 'a\nb\tc\x00\u2029'", hint="try\nagain")
+    assert error.message == "bad name 'a\\nb\\tc\\x00\\u2029'" and error.hint == "try\\nagain"
+    assert str(error) == error.message

@@ -5,6 +5,7 @@ write outside the target folder."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,14 @@ from teadist.formats.manifest import parse_manifest
 from teadist.formats.tinymodel import make_tiny_model
 
 pytestmark = pytest.mark.faults
+
+# The test command draws the same examples on every run (a red CI is a bug anyone can reproduce,
+# never a roll of the dice); TEADIST_FUZZ=explore draws new random ones, 50 times as many.
+EXPLORE = os.environ.get("TEADIST_FUZZ") == "explore"
+
+
+def examples(n: int) -> int:
+    return n * 50 if EXPLORE else n
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats(allow_nan=False) | st.text(max_size=40),
@@ -48,7 +57,7 @@ def _mutate(data: Any, rng: random.Random, value: Any) -> Any:
     return value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), derandomize=not EXPLORE, deadline=None)
 @given(value=json_values, seed=st.integers(0, 2**32))
 def fuzz_manifest_mutations(value: Any, seed: int) -> None:
     raw = json.dumps(_mutate(VALID, random.Random(seed), value)).encode()
@@ -58,7 +67,7 @@ def fuzz_manifest_mutations(value: Any, seed: int) -> None:
         assert exc.message and "\n" not in exc.message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), derandomize=not EXPLORE, deadline=None)
 @given(raw=st.binary(max_size=400))
 def fuzz_manifest_bytes(raw: bytes) -> None:
     try:
@@ -67,7 +76,7 @@ def fuzz_manifest_bytes(raw: bytes) -> None:
         assert exc.message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), derandomize=not EXPLORE, deadline=None)
 @given(text=st.text(max_size=30))
 def fuzz_size_parser(text: str) -> None:
     try:
@@ -81,7 +90,8 @@ def gguf_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return make_tiny_model(tmp_path_factory.mktemp("fz") / "f.gguf", seed=3).read_bytes()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), derandomize=not EXPLORE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 469_760), flips=st.lists(st.integers(0, 469_759), max_size=6),
        junk=st.binary(max_size=64))
 def fuzz_inspect(gguf_bytes: bytes, tmp_path_factory: pytest.TempPathFactory,
