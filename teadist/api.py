@@ -526,16 +526,16 @@ class RegistryModel(ModelEntry):
     fits: str | None  # fits / tight / too-big against this machine's memory; None where unknown
 
 
-def _only(cache: ModelCache, name: str | None) -> list[CachedModel]:
-    """Every cached model, or the one ``name`` names (by the resolver's rules; NotFoundError if none)."""
+def _only(cache: ModelCache, models: list[CachedModel], name: str | None) -> list[CachedModel]:
+    """Of ``models`` (the cache's, as one scan read them), every one, or the one ``name`` names (by the
+    resolver's rules; NotFoundError if none)."""
     from teadist.pipelines.resolve import classify, find_cached
 
-    models = cache.scan().models
     if name is None:
         return models
     name = text_arg(name, "model name", paths=False)
     classify(name, cache, takes_paths=False)
-    found = find_cached(cache, name)
+    found = find_cached(cache, name, models)
     if found is None:
         raise NotFoundError(f"no cached model named {name!r}", hint="see `teadist list`")
     return [m for m in models if m.head.filename == found.head.filename]
@@ -549,8 +549,9 @@ def list_models(name: str | None = None, *, cache_dir: Path | str | None = None,
     from teadist.pipelines.prune import model_bytes
 
     cache = open_cache(settings or settings_for(cache_dir))
+    scan = cache.scan()  # each record read once: the models, damaged records and strays all come from it
     rows = []
-    for model in _only(cache, name):
+    for model in _only(cache, scan.models, name):
         head = model.head
         missing = [m.filename for m in model.members if not cache.path_for(m.filename).is_file()]
         size = sum(m.size if m.size is not None else 0 for m in model.members) or model_bytes(cache, model)
@@ -559,7 +560,6 @@ def list_models(name: str | None = None, *, cache_dir: Path | str | None = None,
                                 head.last_used))
     if name is not None:
         return Listing(cache.root, rows, [], [])
-    scan = cache.scan()
     unrecorded = []
     for path in scan.unrecorded:
         try:
@@ -578,7 +578,7 @@ def disk_usage(name: str | None = None, *, cache_dir: Path | str | None = None,
 
     cache = open_cache(settings or settings_for(cache_dir))
     models = [ModelEntry(m.head.name, m.head.filename, model_bytes(cache, m), m.head.sha256,
-                         cache.path_for(m.head.filename)) for m in _only(cache, name)]
+                         cache.path_for(m.head.filename)) for m in _only(cache, cache.scan().models, name)]
     return DiskUsage(cache.root, models, sum(size for _, size in in_flight(cache)), free_bytes(cache.root))
 
 

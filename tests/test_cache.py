@@ -237,3 +237,33 @@ def test_commands_over_the_whole_cache_are_linear_in_its_size(tmp_path: Path, cl
         assert time.perf_counter() - started < 30, command
         outputs[command] = result.out
     assert len(json.loads(outputs["list"])["models"]) == 20_000
+
+
+@pytest.mark.parametrize("args", [("list",), ("du",), ("list", "m7"), ("du", "m7.gguf")])
+def test_list_and_du_read_each_record_once(args: tuple[str, ...], tmp_path: Path, cli: Callable[..., Result],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`list` and `du` (whole cache or one model) parse each of 200 records once, not once to find
+    the models and again to show them."""
+    from collections import Counter
+
+    from teadist.cache.store import CacheRecord, ModelCache
+
+    cache_dir = tmp_path / "cache"
+    records = cache_dir / ".teadist" / "records"
+    records.mkdir(parents=True)
+    for i in range(200):
+        name = f"m{i}.gguf"
+        (cache_dir / name).write_bytes(b"x")
+        record = CacheRecord(filename=name, name=f"m{i}", sha256="a" * 64, size=1, source="test")
+        (records / f"{name}.json").write_text(json.dumps(record.to_dict()))
+    loads: Counter[str] = Counter()
+    load = ModelCache._load
+
+    def counted(self: ModelCache, path: Path, filename: str) -> CacheRecord:
+        loads[path.name] += 1
+        return load(self, path, filename)
+
+    monkeypatch.setattr(ModelCache, "_load", counted)
+    result = cli(*args, "--cache-dir", cache_dir, "--json")
+    assert result.code == 0, result.err
+    assert len(loads) == 200 and set(loads.values()) == {1}, f"records read {sorted(set(loads.values()))} times"
