@@ -265,6 +265,26 @@ def test_source_n_means_the_same_for_every_shape(shape: str, tiny_model: Path, t
     assert beyond.code == 2 and "2 sources" in beyond.err, beyond.err
 
 
+def test_source_n_of_a_local_manifest_counts_its_folder_first(tiny_model: Path, tmp_path: Path, fast_retries: None,
+                                                               cli: Callable[..., Result]) -> None:
+    """A local manifest's chunks: source 1 is the manifest's own folder (no request), 2 the chunk's URL."""
+    import shutil
+
+    with MirrorServer(tmp_path / "mirror") as server:
+        assert isinstance(server, MirrorServer)
+        split = split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000, base_url=server.url)
+        shutil.copytree(tmp_path / "dist", tmp_path / "mirror")
+        first = cli("fetch", split.manifest_path, "--source", "1")
+        assert first.code == 0, first.err
+        assert server.file_gets() == []
+        assert cli("rm", "tiny-llama.gguf").code == 0
+        second = cli("fetch", split.manifest_path, "--source", "2")
+        assert second.code == 0, second.err
+        assert {r.path.lstrip("/") for r in server.file_gets()} == {c.name for c in split.manifest.chunks}
+        beyond = cli("fetch", split.manifest_path, "--source", "3")
+    assert beyond.code == 2 and "2 sources (the manifest's folder, then its URLs)" in beyond.err, beyond.err
+
+
 # -- kill, concurrency, offline -------------------------------------------------------------------
 def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorServer, served: Path,
                                                  models_dir: Path, console: Callable[..., Result]) -> None:
