@@ -215,20 +215,25 @@ def test_folders_nested_where_records_belong_are_refused_not_followed(tmp_path: 
     assert (nested / "f").read_text() == "keep"
 
 
+def _cache_of_one_byte_models(cache_dir: Path, count: int) -> Path:
+    """A cache of ``count`` recorded one-byte models m0.gguf, m1.gguf, … (named m0, m1, …)."""
+    from teadist.cache.store import CacheRecord
+
+    records = cache_dir / ".teadist" / "records"
+    records.mkdir(parents=True)
+    for i in range(count):
+        name = f"m{i}.gguf"
+        (cache_dir / name).write_bytes(b"x")
+        record = CacheRecord(filename=name, name=f"m{i}", sha256="a" * 64, size=1, source="test")
+        (records / f"{name}.json").write_text(json.dumps(record.to_dict()))
+    return cache_dir
+
+
 def test_commands_over_the_whole_cache_are_linear_in_its_size(tmp_path: Path, cli: Callable[..., Result]) -> None:
     """Review finding 17: grouping records into models compared each record with every head
     (`record in heads`, a list of dataclasses): 4,000 records took 5 s, 20,000 about two minutes.
     Generous bound: list and du over 20,000 records within 30 s each."""
-    from teadist.cache.store import CacheRecord
-
-    cache_dir = tmp_path / "cache"
-    records = cache_dir / ".teadist" / "records"
-    records.mkdir(parents=True)
-    for i in range(20_000):
-        name = f"m{i:05d}.gguf"
-        (cache_dir / name).write_bytes(b"x")
-        record = CacheRecord(filename=name, name=f"m{i}", sha256="a" * 64, size=1, source="test")
-        (records / f"{name}.json").write_text(json.dumps(record.to_dict()))
+    cache_dir = _cache_of_one_byte_models(tmp_path / "cache", 20_000)
     outputs = {}
     for command in ("list", "du"):
         started = time.perf_counter()
@@ -237,3 +242,26 @@ def test_commands_over_the_whole_cache_are_linear_in_its_size(tmp_path: Path, cl
         assert time.perf_counter() - started < 30, command
         outputs[command] = result.out
     assert len(json.loads(outputs["list"])["models"]) == 20_000
+
+
+@pytest.mark.parametrize("args", [("list",), ("du",), ("list", "m7"), ("du", "m7.gguf")])
+def test_list_and_du_read_each_record_once(args: tuple[str, ...], tmp_path: Path, cli: Callable[..., Result],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`list` and `du` (whole cache or one model) parse each of 200 records once, not once to find
+    the models and again to show them."""
+    from collections import Counter
+
+    from teadist.cache.store import CacheRecord, ModelCache
+
+    cache_dir = _cache_of_one_byte_models(tmp_path / "cache", 200)
+    loads: Counter[str] = Counter()
+    load = ModelCache._load
+
+    def counted(self: ModelCache, path: Path, filename: str) -> CacheRecord:
+        loads[path.name] += 1
+        return load(self, path, filename)
+
+    monkeypatch.setattr(ModelCache, "_load", counted)
+    result = cli(*args, "--cache-dir", cache_dir, "--json")
+    assert result.code == 0, result.err
+    assert len(loads) == 200 and set(loads.values()) == {1}, f"records read {sorted(set(loads.values()))} times"

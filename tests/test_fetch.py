@@ -215,6 +215,76 @@ def test_fetch_local_manifest_assembles_from_its_folder(tiny_model: Path, tmp_pa
     assert sha(models_dir / "tiny-llama.gguf") == sha(tiny_model)
 
 
+@pytest.mark.parametrize("shape", ["single", "chunks", "shards", "kept shards"])
+def test_source_n_means_the_same_for_every_shape(shape: str, tiny_model: Path, tmp_path: Path, fast_retries: None,
+                                                 cli: Callable[..., Result]) -> None:
+    """`--source N` uses only the Nth source of each file, whatever the manifest's shape: two mirrors
+    hold the same pieces; each server's own log shows which one was asked."""
+    import shutil
+
+    from teadist.formats.tinymodel import make_tiny_model
+    from teadist.pipelines.gguf_split import split_gguf
+
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    with MirrorServer(a_dir) as a, MirrorServer(b_dir) as b:
+        assert isinstance(a, MirrorServer) and isinstance(b, MirrorServer)
+        if shape == "single":
+            a_dir.mkdir()
+            shutil.copy(tiny_model, a_dir / tiny_model.name)
+            manifest = Manifest(name="tiny", file=FileRecord(tiny_model.name, tiny_model.stat().st_size,
+                                                             sha(tiny_model)), format="single",
+                                sources=[UrlSource(b.url_for(tiny_model.name)), UrlSource(a.url_for(tiny_model.name))])
+            (a_dir / "m.manifest.json").write_bytes(dump_manifest(manifest))
+            manifest_name, pieces = "m.manifest.json", [tiny_model.name]
+        elif shape == "chunks":  # each chunk lists B's URL; the manifest's own folder (A) comes second
+            split = split_file(tiny_model, a_dir, NullReporter(), chunk_size=100_000, base_url=b.url)
+            manifest_name, pieces = split.manifest_path.name, [c.name for c in split.manifest.chunks]
+        else:
+            src = make_tiny_model(tmp_path / "src" / "m.gguf", seed=2, n_embd=96, n_layer=3)
+            shards = split_gguf(src, a_dir, NullReporter(), shard_size=150_000, base_url=b.url)
+            manifest_name, pieces = shards.manifest_path.name, [c.name for c in shards.manifest.chunks]
+        shutil.copytree(a_dir, b_dir)
+        url = a.url_for(manifest_name)
+        extra = ["--keep-shards"] if shape == "kept shards" else []
+
+        def asked(server: MirrorServer) -> set[str]:
+            return {r.path.lstrip("/") for r in server.file_gets() if r.path.lstrip("/") in pieces}
+
+        first = cli("fetch", url, "--source", "1", *extra)
+        assert first.code == 0, first.err
+        assert asked(b) == set(pieces) and asked(a) == set()  # source 1: B's URLs only
+        removed = cli("rm", Path(first.out.strip()).name)
+        assert removed.code == 0, removed.err
+        a.requests.clear()
+        b.requests.clear()
+        second = cli("fetch", url, "--source", "2", *extra)
+        assert second.code == 0, second.err
+        assert asked(a) == set(pieces), second.err  # source 2: A's only
+        assert asked(b) == set(), f"--source 2 asked the first source for {sorted(asked(b))}"
+        beyond = cli("fetch", url, "--source", "3", *extra)
+    assert beyond.code == 2 and "2 sources" in beyond.err, beyond.err
+
+
+def test_source_n_of_a_local_manifest_counts_its_folder_first(tiny_model: Path, tmp_path: Path, fast_retries: None,
+                                                               cli: Callable[..., Result]) -> None:
+    """A local manifest's chunks: source 1 is the manifest's own folder (no request), 2 the chunk's URL."""
+    import shutil
+
+    with MirrorServer(tmp_path / "mirror") as server:
+        assert isinstance(server, MirrorServer)
+        split = split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000, base_url=server.url)
+        shutil.copytree(tmp_path / "dist", tmp_path / "mirror")
+        first = cli("fetch", split.manifest_path, "--source", "1")
+        assert first.code == 0, first.err
+        assert server.file_gets() == []
+        assert cli("rm", "tiny-llama.gguf").code == 0
+        second = cli("fetch", split.manifest_path, "--source", "2")
+        assert second.code == 0, second.err
+        assert {r.path.lstrip("/") for r in server.file_gets()} == {c.name for c in split.manifest.chunks}
+        beyond = cli("fetch", split.manifest_path, "--source", "3")
+    assert beyond.code == 2 and "2 sources (the manifest's folder, then its URLs)" in beyond.err, beyond.err
+
+
 # -- kill, concurrency, offline -------------------------------------------------------------------
 def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorServer, served: Path,
                                                  models_dir: Path, console: Callable[..., Result]) -> None:

@@ -708,6 +708,39 @@ def test_page_memory_does_not_grow_with_model_size_when_storage_is_slow(
         f"page memory grew {grew[64] >> 20} MiB for 64 MiB and {grew[320] >> 20} MiB for 320 MiB on slow storage"
 
 
+# Counts the piece writer's answers (stored or failed) and its errors, as the page receives them.
+WORKER_ANSWERS = """(() => {
+  window.workerAnswers = { stored: 0, failed: 0, errors: 0 };
+  const NativeWorker = Worker;
+  window.Worker = function Worker(url, options) {
+    const worker = new NativeWorker(url, options);
+    worker.addEventListener('message', ({ data }) => {
+      if (data?.id !== undefined) window.workerAnswers[data.ok ? 'stored' : 'failed'] += 1;
+    });
+    worker.addEventListener('error', () => { window.workerAnswers.errors += 1; });
+    return worker;
+  };
+  window.Worker.prototype = NativeWorker.prototype;
+})();"""
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_pieces_are_stored_by_the_worker_where_one_can_start(
+        app: AppServer, models: ModelServer, release: Release, storage: str, tmp_path: Path) -> None:
+    """The worker runs the same piece writes as the page (one implementation, its source handed to the
+    worker): every piece is stored there, none fails, and the stored bytes are the release's."""
+    with browser(tmp_path / "profile", app) as page:
+        page.context.add_init_script(WORKER_ANSWERS)
+        page.reload()
+        out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS)
+        answers = page.run("() => window.workerAnswers")
+        digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
+    assert out["ok"], out.get("error")
+    assert answers["stored"] > 0 and answers["failed"] == answers["errors"] == 0, answers
+    assert digest == release.digest(SHARDS)
+
+
 @pytest.mark.slow
 @pytest.mark.tools
 def test_pieces_are_stored_from_the_page_where_no_worker_can_start(
@@ -751,8 +784,8 @@ def test_pieces_are_stored_from_the_page_when_a_policy_forbids_blob_workers(
 
 # The piece writer worker throws (an uncaught error, as a worker that dies does) right after it was
 # handed its second piece, while that piece's write is under way; the page counts the error events.
-DYING_WORKER = """(() => {
-  window.workerDeaths = 0;
+DYING_WORKER = WORKER_ANSWERS + """
+(() => {
   const NativeBlob = Blob;
   window.Blob = function Blob(parts, options) {
     if (typeof parts?.[0] === 'string' && parts[0].includes('onmessage = async')) {
@@ -762,13 +795,6 @@ DYING_WORKER = """(() => {
     return new NativeBlob(parts, options);
   };
   window.Blob.prototype = NativeBlob.prototype;
-  const NativeWorker = Worker;
-  window.Worker = function Worker(url, options) {
-    const worker = new NativeWorker(url, options);
-    worker.addEventListener('error', () => { window.workerDeaths += 1; });
-    return worker;
-  };
-  window.Worker.prototype = NativeWorker.prototype;
 })();"""
 
 
@@ -780,7 +806,7 @@ def test_a_piece_writer_that_dies_mid_write_leaves_only_verified_pieces(
         page.context.add_init_script(DYING_WORKER)
         page.reload()
         out = page.run(DOWNLOAD, manifest_url(models), storage, SHARDS, {"concurrency": 1})
-        deaths = page.run("() => window.workerDeaths")
+        deaths = page.run("() => window.workerAnswers.errors")
         digest = page.run(DIGEST, manifest_url(models), storage, SHARDS)
     assert deaths >= 1, "no piece writer died"
     assert out["ok"], out.get("error")

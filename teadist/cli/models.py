@@ -99,7 +99,8 @@ def fetch(
     model: Annotated[str, typer.Argument(
         help="Registry name (phi-4-mini, phi-4-mini:q4_k_m), hf://ORG/REPO/FILE[@REV], or a manifest URL/path.")],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--source", help="Use only this source: 1-based index, 'hf', 'url' or a URL prefix.")] = None,
+        "--source", help="Use only this source: 1-based index (for chunks: of each chunk's sources), 'hf', 'url' "
+                         "or a URL prefix.")] = None,
     jobs: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--jobs", "-j", min=1, max=32,
         help="Connections per host, fixed (default: grows with the measured throughput, up to 16 "

@@ -338,9 +338,11 @@ def fetch(spec: str, cache: ModelCache, options: FetchOptions, reporter: Reporte
     downloader = downloader or Downloader(reporter, jobs=options.jobs)
     target = resolve_target(spec, downloader, options.offline, cache)
     manifest = target.manifest
-    if options.source is not None and manifest.chunks:  # a --source no chunk has is refused, never ignored
+    if options.source is not None:  # a --source the manifest lacks is refused, never ignored
         for chunk in manifest.chunks:
-            _chunk_urls(target, chunk, options.source)
+            _chunk_places(target, chunk, options.source)
+        if not manifest.chunks:
+            _select_sources(manifest.sources, options.source)
     if options.keep_shards:
         if manifest.format != "gguf":
             raise UsageError("--keep-shards needs a gguf-format manifest (shards)")
@@ -423,18 +425,31 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
     return first_success(sources, attempt, failed)
 
 
-def _chunk_urls(target: Target, chunk: ChunkRecord, forced: str | None) -> list[str]:
+def _chunk_places(target: Target, chunk: ChunkRecord, forced: str | None) -> tuple[Path | None, list[str]]:
+    """Where ``chunk`` comes from: (a local manifest's own copy of it, else None; the URLs to try).
+    A chunk's sources, in the order tried: that folder, the chunk's URLs, the folder of a manifest
+    URL. ``--source N`` keeps the Nth alone, as for a single file; 'url' or a URL prefix keep URLs."""
+    folder = None if target.base_dir is None else target.base_dir / chunk.name
     urls = list(chunk.urls)
     if target.base_url:
         urls.append(target.base_url + quote(chunk.name))
-    if forced is not None and not forced.isdigit() and forced not in ("url", "mirror"):
+    if forced is not None and forced.isdigit():
+        places: list[Path | str] = ([] if folder is None else [folder]) + urls
+        if not 1 <= int(forced) <= len(places):
+            raise UsageError(f"--source {forced}: chunk {chunk.name} has {len(places)} sources"
+                             + ("" if folder is None else " (the manifest's folder, then its URLs)"))
+        place = places[int(forced) - 1]
+        return (place, []) if isinstance(place, Path) else (None, [place])
+    if forced is not None and forced not in ("url", "mirror"):
         urls = [u for u in urls if u.startswith(forced)]
         if not urls:
             raise UsageError(f"--source {forced}: no URL of chunk {chunk.name} starts with it",
                              hint="use 'url' or a URL prefix the manifest's chunks have")
+    if folder is not None and folder.is_file():
+        return folder, urls
     if not urls:
         raise ManifestError(f"{target.origin}: no URL for chunk {chunk.name}")
-    return urls
+    return None, urls
 
 
 def _get_chunk(target: Target, chunk: ChunkRecord, dest_files: WorkFiles, options: FetchOptions,
@@ -446,12 +461,14 @@ def _get_chunk(target: Target, chunk: ChunkRecord, dest_files: WorkFiles, option
     path = dest_files.final
     if is_plain_file(path) and path.stat().st_size == chunk.size and hash_range(path)[0] == chunk.sha256:
         return False, None  # verified by an earlier, interrupted run
-    local = target.base_dir
-    if local is not None and (local / chunk.name).is_file():  # a local manifest's own folder
-        return True, copy_verified(local / chunk.name, path, chunk.size, chunk.sha256, f"chunk {chunk.name}",
+    folder, urls = _chunk_places(target, chunk, options.source)
+    if folder is not None:  # a local manifest's own folder
+        if not folder.is_file():
+            raise NotFoundError(f"chunk {chunk.name} is not in the manifest's folder {folder.parent}")
+        return True, copy_verified(folder, path, chunk.size, chunk.sha256, f"chunk {chunk.name}",
                                    folder=dest_files.ensure_folder(), stem=dest_files.stem)
     _, _, blocks = first_success(
-        _chunk_urls(target, chunk, options.source),
+        urls,
         lambda url: downloader.fetch_with_blocks(url, dest_files, chunk.size, chunk.sha256, label=chunk.name,
                                                  expected=chunk.blocks),
         lambda url, exc: reporter.warn(f"{chunk.name}: {exc.message}; trying the next URL"))
@@ -470,7 +487,9 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
         return _present(cache, adopted)
     dest.discard_stale(dest.files.partial(sha, kind="assemble"))
     local = target.base_dir
-    if local is not None and all((local / c.name).is_file() for c in manifest.chunks):
+    forced = options.source
+    if local is not None and (forced is None or not forced.isdigit() or forced == "1") \
+            and all((local / c.name).is_file() for c in manifest.chunks):
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
     _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)
     dest.ensure_chunks(sha)

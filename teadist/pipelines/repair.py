@@ -160,7 +160,7 @@ def _manifest_source(record: CacheRecord, spec: str, downloader: Downloader) -> 
     """The pieces of ``record``'s file in the manifest it was installed from, and that manifest's
     block map of it (for a record without one)."""
     from teadist.formats.gguf_recipe import check_recipe
-    from teadist.pipelines.fetch import _chunk_urls, resolve_target
+    from teadist.pipelines.fetch import _chunk_places, resolve_target
 
     target = resolve_target(spec, downloader, offline=False)
     manifest: Manifest = target.manifest
@@ -187,7 +187,10 @@ def _manifest_source(record: CacheRecord, spec: str, downloader: Downloader) -> 
         local = target.base_dir / chunk.name if target.base_dir is not None else None
         if local is not None and is_plain_file(local):
             return [_local(local)]
-        return [_network(downloader, out, url, None, chunk.name) for url in _chunk_urls(target, chunk, None)]
+        urls = _chunk_places(target, chunk, None)[1]
+        if not urls:
+            raise SourceError(f"{spec}: {chunk.name} is neither a plain file beside it nor at any URL")
+        return [_network(downloader, out, url, None, chunk.name) for url in urls]
 
     per_chunk = {int(p["shard"]): candidates(int(p["shard"])) for p in layout if "shard" in p}
     count = max((len(c) for c in per_chunk.values()), default=1)

@@ -46,7 +46,7 @@ def registry_manifest(name: str) -> Manifest | None:
     return None if found is None else found[1]
 
 
-def find_cached(cache: ModelCache, name: str) -> CachedModel | None:
+def find_cached(cache: ModelCache, name: str, models: list[CachedModel] | None = None) -> CachedModel | None:
     """The cached model ``name`` names, in the README's one order (``fetch`` reads names the same way):
 
     1. a registry name (any case, with or without its tag) is the registry's model — its file, if
@@ -54,8 +54,9 @@ def find_cached(cache: ModelCache, name: str) -> CachedModel | None:
     2. a cached file's name, or a model's recorded name, exactly as ``teadist list`` shows it;
     3. either of those in another case, when exactly one model answers to it.
 
-    Two models answering to the same name is refused (UsageError naming them), never a guess."""
-    models = cache.scan().models
+    Two models answering to the same name is refused (UsageError naming them), never a guess.
+    ``models``: the cache's models as a scan just read them (else the cache is scanned here)."""
+    models = cache.scan().models if models is None else models
     entry = registry_manifest(name)
     if entry is not None:
         return next((m for m in models if m.head.filename == entry.file.name), None) \

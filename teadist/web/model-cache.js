@@ -617,8 +617,39 @@ class Bookkeeping {
 
 // -- piece storage back ends -----------------------------------------------------------------------
 
-// The worker that stores pieces (see PieceWriters): the same writes as the page's back ends make.
+// How a piece is stored, written once: the page's back ends call these, and the worker that stores
+// pieces (see PieceWriters) runs the very same functions, their source put into its own. So each
+// uses nothing but its arguments and the platform.
+
+/** One piece as the file `shard.piece` in the model version's folder under `root`; the file is
+ * swapped in whole when the writable closes, or not at all. */
+async function writeOpfsPiece(root, key, shard, piece, bytes) {
+  const dir = await root.getDirectoryHandle(key, { create: true });
+  const writable = await (await dir.getFileHandle(`${shard}.${piece}`, { create: true })).createWritable();
+  try {
+    await writable.write(bytes);
+    await writable.close();
+  } catch (err) {
+    await writable.abort().catch(() => {});
+    throw err;
+  }
+}
+
+/** One piece and the progress record counting it, in one IndexedDB transaction: both or neither. */
+function putIndexedDbPiece(db, key, shard, piece, bytes, progress) {
+  const tx = db.transaction(['pieces', 'progress'], 'readwrite');
+  tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
+  tx.objectStore('progress').put(progress, [key, shard]);
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = () => reject(tx.error ?? new DOMException('IndexedDB transaction aborted', 'AbortError'));
+    tx.onerror = () => { /* onabort follows with the same error */ };
+  });
+}
+
 const PIECE_WRITER_SOURCE = `'use strict';
+const writeOpfsPiece = ${writeOpfsPiece};
+const putIndexedDbPiece = ${putIndexedDbPiece};
 let db = null;
 function opened(name) {
   return new Promise((resolve, reject) => {
@@ -629,25 +660,11 @@ function opened(name) {
 }
 async function toOpfs({ name, key, shard, piece, bytes }) {
   const root = await (await navigator.storage.getDirectory()).getDirectoryHandle(name, { create: true });
-  const dir = await root.getDirectoryHandle(key, { create: true });
-  const writable = await (await dir.getFileHandle(shard + '.' + piece, { create: true })).createWritable();
-  try {
-    await writable.write(bytes);
-    await writable.close();
-  } catch (err) {
-    await writable.abort().catch(() => {});
-    throw err;
-  }
+  await writeOpfsPiece(root, key, shard, piece, bytes);
 }
 async function toIndexedDb({ name, key, shard, piece, bytes, progress }) {
   db ??= await opened(name);
-  const tx = db.transaction(['pieces', 'progress'], 'readwrite');
-  tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
-  tx.objectStore('progress').put(progress, [key, shard]);
-  await new Promise((resolve, reject) => {
-    tx.oncomplete = () => resolve();
-    tx.onabort = () => reject(tx.error ?? new DOMException('IndexedDB transaction aborted', 'AbortError'));
-  });
+  await putIndexedDbPiece(db, key, shard, piece, bytes, progress);
 }
 onmessage = async ({ data }) => {
   if (data.kind === 'ping') { postMessage({ pong: true }); return; }
@@ -787,10 +804,7 @@ class IndexedDbPieces {
     // Without a worker, or when the worker died before answering (null), the page stores it.
     const byWorker = this.writers.write({ kind: 'indexeddb', name: this.dbName, key, shard, piece, bytes, progress });
     if (byWorker !== null && await byWorker !== null) return;
-    const tx = this.book.db.transaction(['pieces', 'progress'], 'readwrite');
-    tx.objectStore('pieces').put(new Blob([bytes]), [key, shard, piece]);
-    tx.objectStore('progress').put(progress, [key, shard]);
-    await committed(tx);
+    await putIndexedDbPiece(this.book.db, key, shard, piece, bytes, progress);
   }
 
   async read(key, shard, count) {
@@ -835,21 +849,8 @@ class OpfsPieces {
   async write(key, shard, piece, bytes, progress) {
     // Without a worker, or when the worker died before answering (null), the page writes the file.
     const byWorker = this.writers.write({ kind: 'opfs', name: OPFS_DIRECTORY, key, shard, piece, bytes });
-    if (byWorker === null || await byWorker === null) await this.#writeHere(key, shard, piece, bytes);
+    if (byWorker === null || await byWorker === null) await writeOpfsPiece(this.root, key, shard, piece, bytes);
     await this.book.put('progress', progress, [key, shard]);
-  }
-
-  async #writeHere(key, shard, piece, bytes) {
-    const dir = await this.root.getDirectoryHandle(key, { create: true });
-    const handle = await dir.getFileHandle(`${shard}.${piece}`, { create: true });
-    const writable = await handle.createWritable();
-    try {
-      await writable.write(bytes);
-      await writable.close();
-    } catch (err) {
-      await writable.abort().catch(() => {});
-      throw err;
-    }
   }
 
   async read(key, shard, count) {
