@@ -42,6 +42,7 @@ class Fault:
     """One misbehaviour, applied to the next matching GET (``times`` of them)."""
 
     # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag | slow
+    # | trickle (the body one byte every ``seconds``) | trickle_head (the status line and headers so)
     kind: str
     after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
@@ -330,6 +331,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             self.send_error_code(fault.status, retry_after=fault.retry_after)
             return
+        if fault is not None and fault.kind == "trickle_head":
+            head = (f"HTTP/1.1 200 OK\r\nContent-Length: {served.size}\r\nX-Pad: {'p' * 4000}\r\n\r\n").encode()
+            self._trickle(head, fault.seconds)
+            self._abort(reset=False)
+            return
         if fault is not None and fault.kind == "redirect":
             self.send_response(302)
             self.send_header("Location", fault.location)
@@ -370,6 +376,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if self.command == "HEAD":
+            return
+        if fault is not None and fault.kind == "trickle":
+            with open(served.path, "rb") as fh:
+                fh.seek(start)
+                self._trickle(fh.read(length), fault.seconds)
+            self._abort(reset=False)
             return
         self._send_body(served.path, start, length, fault)
         if fault is not None and fault.kind == "wrong_length":
@@ -425,6 +437,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort(reset=False)
         else:
             self._abort(reset=fault.kind == "reset")
+
+    def _trickle(self, data: bytes, seconds: float) -> None:
+        """Send ``data`` one byte every ``seconds`` (each byte well within any read timeout: a
+        slow-loris answer), until all is sent or the client hangs up."""
+        self.wfile.flush()
+        for index in range(len(data)):
+            try:
+                self.connection.sendall(data[index:index + 1])
+            except OSError:
+                return
+            self.server.owner.count_bytes(1)
+            if self._peer_left(seconds):
+                return
 
     def _held(self, fault: Fault) -> bool:
         """A pause: ``fault.seconds``, or until ``fault.release`` is set (``seconds`` the cap); True when
