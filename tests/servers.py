@@ -43,6 +43,7 @@ class Fault:
 
     # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag | slow
     # | trickle (the body one byte every ``seconds``) | trickle_head (the status line and headers so)
+    # | endless (200 without Content-Length, then zeros until ``after`` bytes or the client leaves)
     kind: str
     after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
@@ -334,6 +335,18 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "trickle_head":
             head = (f"HTTP/1.1 200 OK\r\nContent-Length: {served.size}\r\nX-Pad: {'p' * 4000}\r\n\r\n").encode()
             self._trickle(head, fault.seconds)
+            self._abort(reset=False)
+            return
+        if fault is not None and fault.kind == "endless":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            zeros, sent = bytes(64 * 1024), 0
+            with contextlib.suppress(OSError):
+                while sent < fault.after:
+                    self.connection.sendall(zeros)
+                    sent += len(zeros)
+                    owner.count_bytes(len(zeros))
             self._abort(reset=False)
             return
         if fault is not None and fault.kind == "redirect":

@@ -961,3 +961,23 @@ def test_a_source_sending_one_byte_at_a_time_falls_back_to_the_next(kind: str, m
     assert code is not None, f"fetch still waiting after {took:.0f} s for a source sending a byte every 0.3 s"
     assert code == 0, err
     assert sha(models_dir / "tiny.gguf") == expected
+
+
+def test_a_download_of_unknown_size_is_refused_before_the_first_byte(mirror: MirrorServer, served: Path,
+                                                                     tmp_path: Path, models_dir: Path,
+                                                                     fast_retries: None,
+                                                                     cli: Callable[..., Result]) -> None:
+    """A manifest giving a file's sha256 but no size: the server decides how much is written. One
+    answering without a length, with zeros until the client leaves (capped at 64 MiB here), filled
+    the disk until it was full, with no free-space check first. teadist asks nothing of it."""
+    expected = sha(served / "tiny.gguf")
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", None, expected), format="single",
+                        sources=[UrlSource(mirror.url_for("tiny.gguf"))])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    mirror.add_fault(Fault("endless", after=64 * 1024 * 1024))
+    result = cli("fetch", path)
+    assert mirror.bytes_sent < 1024 * 1024, f"{mirror.bytes_sent} bytes of an endless answer were taken"
+    assert result.code != 0
+    assert "size" in result.err and "Traceback" not in result.err, result.err
+    assert not (models_dir / "tiny.gguf").exists()

@@ -402,6 +402,11 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
         if sha is None:
             raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
                                  "refusing an unverifiable download")
+        if size is None:  # the server would decide how much is written: no room check, no bound
+            where = "the Hub" if isinstance(source, HfSource) else "the manifest"
+            raise SourceError(f"{where} gives no size for {manifest.file.name} ({describe(source)}); refusing a "
+                              "download whose length only the server decides",
+                              hint="list the file's size in a manifest (`teadist split` writes it)")
         hit = _hit(cache, dest, sha, size)
         if hit is not None:
             return _present(cache, hit)
