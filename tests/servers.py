@@ -567,6 +567,7 @@ class HubServer(LoopbackServer):
         self.header_overrides: dict[str, str | None] = {}
         self.api_override: Any = None
         self.api_raw: bytes | None = None
+        self.trickle: float | None = None  # every answer's status line and headers a byte this often
 
     def add_repo(self, repo: str, files: dict[str, Path], commit: str | None = None) -> HubRepo:
         commit = commit or hashlib.sha1(repo.encode()).hexdigest()
@@ -591,6 +592,12 @@ class HubServer(LoopbackServer):
 
     def route(self, handler: _Handler, method: str) -> None:
         path = unquote(urlsplit(handler.path).path)
+        if self.trickle is not None:
+            with self._lock:
+                self.applied.append(AppliedFault("trickle_head", handler.path, None))
+            handler._trickle(f"HTTP/1.1 200 OK\r\nX-Pad: {'p' * 4000}\r\n\r\n".encode(), self.trickle)
+            handler._abort(reset=False)
+            return
         api = re.match(r"^/api/models/([^/]+/[^/]+)/(paths-info|revision)/([^/]+)$", path)
         if api:
             self._api(handler, api.group(1), api.group(2), api.group(3))

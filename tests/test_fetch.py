@@ -326,6 +326,21 @@ def test_the_hubs_retry_warnings_and_error_name_only_its_host(monkeypatch: pytes
     assert "S3CRET" not in result.err + result.out, result.err
 
 
+def test_a_hub_sending_its_answer_one_byte_at_a_time_is_given_up(hub: HubServer, models_dir: Path) -> None:
+    """The Hub's metadata request (huggingface_hub's client, whose timeouts are per read) against an
+    endpoint answering one byte every 0.3 s — a manifest can name any endpoint — ends like a stalled
+    one, within the stall timeout per attempt, instead of waiting for ever."""
+    hub.trickle = 0.3
+    code, err, took = _run_bounded(["fetch", HF_SPEC, "-q"],
+                                   _env(models_dir, TEADIST_STALL_TIMEOUT="1.5", TEADIST_RETRIES="2",
+                                        HF_ENDPOINT=hub.url), limit=60)
+    assert "trickle_head" in hub.applied_kinds() and hub.bytes_sent > 5  # it trickled
+    assert code is not None, f"fetch still waiting after {took:.0f} s for a Hub sending a byte every 0.3 s"
+    assert code == 1, err
+    assert "cannot reach the Hub" in err and "Traceback" not in err, err
+    assert not (models_dir / "tiny.gguf").exists()
+
+
 # -- secrets ----------------------------------------------------------------------------------------
 def test_token_goes_only_to_its_origin(hub: HubServer, mirror: MirrorServer, served: Path,
                                        tmp_path: Path) -> None:

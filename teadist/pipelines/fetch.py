@@ -383,7 +383,8 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
         sha, size = manifest.file.sha256, manifest.file.size
         auth = None
         if isinstance(source, HfSource):
-            remote = hub.resolve(source, options.endpoint, options.token, retrying=downloader.retrying)
+            remote = hub.resolve(source, options.endpoint, options.token, downloader.policy.stall_timeout,
+                                 retrying=downloader.retrying)
             if sha is not None and remote.sha256 is not None and remote.sha256 != sha:
                 raise IntegrityError(f"the Hub's sha256 for {source.path} ({remote.sha256[:16]}…) differs "
                                      f"from the pinned one ({sha[:16]}…)")
