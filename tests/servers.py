@@ -42,6 +42,8 @@ class Fault:
     """One misbehaviour, applied to the next matching GET (``times`` of them)."""
 
     # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag | slow
+    # | trickle (the body one byte every ``seconds``) | trickle_head (the status line and headers so)
+    # | endless (200 without Content-Length, then zeros until ``after`` bytes or the client leaves)
     kind: str
     after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
@@ -330,6 +332,23 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             self.send_error_code(fault.status, retry_after=fault.retry_after)
             return
+        if fault is not None and fault.kind == "trickle_head":
+            head = (f"HTTP/1.1 200 OK\r\nContent-Length: {served.size}\r\nX-Pad: {'p' * 4000}\r\n\r\n").encode()
+            self._trickle(head, fault.seconds)
+            self._abort(reset=False)
+            return
+        if fault is not None and fault.kind == "endless":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            zeros, sent = bytes(64 * 1024), 0
+            with contextlib.suppress(OSError):
+                while sent < fault.after:
+                    self.connection.sendall(zeros)
+                    sent += len(zeros)
+                    owner.count_bytes(len(zeros))
+            self._abort(reset=False)
+            return
         if fault is not None and fault.kind == "redirect":
             self.send_response(302)
             self.send_header("Location", fault.location)
@@ -370,6 +389,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if self.command == "HEAD":
+            return
+        if fault is not None and fault.kind == "trickle":
+            with open(served.path, "rb") as fh:
+                fh.seek(start)
+                self._trickle(fh.read(length), fault.seconds)
+            self._abort(reset=False)
             return
         self._send_body(served.path, start, length, fault)
         if fault is not None and fault.kind == "wrong_length":
@@ -425,6 +450,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort(reset=False)
         else:
             self._abort(reset=fault.kind == "reset")
+
+    def _trickle(self, data: bytes, seconds: float) -> None:
+        """Send ``data`` one byte every ``seconds`` (each byte well within any read timeout: a
+        slow-loris answer), until all is sent or the client hangs up."""
+        self.wfile.flush()
+        for index in range(len(data)):
+            try:
+                self.connection.sendall(data[index:index + 1])
+            except OSError:
+                return
+            self.server.owner.count_bytes(1)
+            if self._peer_left(seconds):
+                return
 
     def _held(self, fault: Fault) -> bool:
         """A pause: ``fault.seconds``, or until ``fault.release`` is set (``seconds`` the cap); True when
@@ -529,6 +567,7 @@ class HubServer(LoopbackServer):
         self.header_overrides: dict[str, str | None] = {}
         self.api_override: Any = None
         self.api_raw: bytes | None = None
+        self.trickle: float | None = None  # every answer's status line and headers a byte this often
 
     def add_repo(self, repo: str, files: dict[str, Path], commit: str | None = None) -> HubRepo:
         commit = commit or hashlib.sha1(repo.encode()).hexdigest()
@@ -553,6 +592,12 @@ class HubServer(LoopbackServer):
 
     def route(self, handler: _Handler, method: str) -> None:
         path = unquote(urlsplit(handler.path).path)
+        if self.trickle is not None:
+            with self._lock:
+                self.applied.append(AppliedFault("trickle_head", handler.path, None))
+            handler._trickle(f"HTTP/1.1 200 OK\r\nX-Pad: {'p' * 4000}\r\n\r\n".encode(), self.trickle)
+            handler._abort(reset=False)
+            return
         api = re.match(r"^/api/models/([^/]+/[^/]+)/(paths-info|revision)/([^/]+)$", path)
         if api:
             self._api(handler, api.group(1), api.group(2), api.group(3))

@@ -396,6 +396,21 @@ def test_the_hubs_retry_warnings_and_error_name_only_its_host(monkeypatch: pytes
     assert "S3CRET" not in result.err + result.out, result.err
 
 
+def test_a_hub_sending_its_answer_one_byte_at_a_time_is_given_up(hub: HubServer, models_dir: Path) -> None:
+    """The Hub's metadata request (huggingface_hub's client, whose timeouts are per read) against an
+    endpoint answering one byte every 0.3 s — a manifest can name any endpoint — ends like a stalled
+    one, within the stall timeout per attempt, instead of waiting for ever."""
+    hub.trickle = 0.3
+    code, err, took = _run_bounded(["fetch", HF_SPEC, "-q"],
+                                   _env(models_dir, TEADIST_STALL_TIMEOUT="1.5", TEADIST_RETRIES="2",
+                                        HF_ENDPOINT=hub.url), limit=60)
+    assert "trickle_head" in hub.applied_kinds() and hub.bytes_sent > 5  # it trickled
+    assert code is not None, f"fetch still waiting after {took:.0f} s for a Hub sending a byte every 0.3 s"
+    assert code == 1, err
+    assert "cannot reach the Hub" in err and "Traceback" not in err, err
+    assert not (models_dir / "tiny.gguf").exists()
+
+
 # -- secrets ----------------------------------------------------------------------------------------
 def test_token_goes_only_to_its_origin(hub: HubServer, mirror: MirrorServer, served: Path,
                                        tmp_path: Path) -> None:
@@ -975,4 +990,79 @@ def test_a_hostile_hub_gives_one_clear_line(headers: dict[str, str | None], api:
     assert [line for line in result.err.splitlines() if line.startswith("error: ")] == \
         [result.err.splitlines()[-1 if "hint: " not in result.err else -2]], result.err
     assert "Hub" in result.err, result.err
+    assert not (models_dir / "tiny.gguf").exists()
+
+
+# -- slow-loris answers ---------------------------------------------------------------------------
+def _run_bounded(args: list[str], env: dict[str, str], limit: float) -> tuple[int | None, str, float]:
+    """Run teadist; (exit code, stderr, seconds) — exit code None when it still ran after ``limit`` s
+    (then it is killed)."""
+    began = time.monotonic()
+    proc = subprocess.Popen([str(TEADIST_BIN), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        _, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        return None, err, time.monotonic() - began
+    return proc.returncode, err, time.monotonic() - began
+
+
+@pytest.mark.parametrize("kind", ["trickle", "trickle_head"])
+def test_a_manifest_sent_one_byte_at_a_time_is_given_up(kind: str, tiny_model: Path, tmp_path: Path,
+                                                        models_dir: Path) -> None:
+    """A server answering with one byte every 0.3 s (each well within the 1.5 s stall timeout) — the
+    body, or the status line and headers — is a stalled server, not one to wait for forever."""
+    split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000)
+    with MirrorServer(tmp_path / "dist") as server:
+        assert isinstance(server, MirrorServer)
+        server.add_fault(Fault(kind, seconds=0.3, path=".manifest.json", times=99))
+        code, err, took = _run_bounded(
+            ["fetch", server.url_for("tiny-llama.gguf.manifest.json"), "-q"],
+            _env(models_dir, TEADIST_STALL_TIMEOUT="1.5", TEADIST_RETRIES="2"), limit=60)
+        assert server.applied_kinds()[:1] == [kind] and server.bytes_sent > 5  # it trickled
+    assert code is not None, f"fetch still waiting after {took:.0f} s for a server sending a byte every 0.3 s"
+    assert code == 1, err
+    assert "127.0.0.1" in err and "Traceback" not in err, err
+    assert not (models_dir / "tiny-llama.gguf").exists()
+
+
+@pytest.mark.parametrize("kind", ["trickle", "trickle_head"])
+def test_a_source_sending_one_byte_at_a_time_falls_back_to_the_next(kind: str, mirror: MirrorServer, served: Path,
+                                                                    tmp_path: Path, models_dir: Path) -> None:
+    """Every request for the model at the first source is answered a byte every 0.3 s: the fetch
+    gives that source up like a stalled one and installs the file from the second."""
+    expected = sha(served / "tiny.gguf")
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size, expected),
+                        format="single", sources=[UrlSource(mirror.url_for("tiny.gguf")),
+                                                  UrlSource(mirror.url_for("tiny.gguf") + "?second")])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    mirror.add_fault(Fault(kind, seconds=0.3, path="tiny.gguf", times=999))
+    code, err, took = _run_bounded(["fetch", str(path), "-q"],
+                                   _env(models_dir, TEADIST_STALL_TIMEOUT="1.5", TEADIST_RETRIES="2"), limit=90)
+    assert kind in mirror.applied_kinds() and mirror.bytes_sent > 5  # it trickled
+    assert code is not None, f"fetch still waiting after {took:.0f} s for a source sending a byte every 0.3 s"
+    assert code == 0, err
+    assert sha(models_dir / "tiny.gguf") == expected
+
+
+def test_a_download_of_unknown_size_is_refused_before_the_first_byte(mirror: MirrorServer, served: Path,
+                                                                     tmp_path: Path, models_dir: Path,
+                                                                     fast_retries: None,
+                                                                     cli: Callable[..., Result]) -> None:
+    """A manifest giving a file's sha256 but no size: the server decides how much is written. One
+    answering without a length, with zeros until the client leaves (capped at 64 MiB here), filled
+    the disk until it was full, with no free-space check first. teadist asks nothing of it."""
+    expected = sha(served / "tiny.gguf")
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", None, expected), format="single",
+                        sources=[UrlSource(mirror.url_for("tiny.gguf"))])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    mirror.add_fault(Fault("endless", after=64 * 1024 * 1024))
+    result = cli("fetch", path)
+    assert mirror.bytes_sent < 1024 * 1024, f"{mirror.bytes_sent} bytes of an endless answer were taken"
+    assert result.code != 0
+    assert "size" in result.err and "Traceback" not in result.err, result.err
     assert not (models_dir / "tiny.gguf").exists()

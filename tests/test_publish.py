@@ -627,3 +627,20 @@ def test_an_asset_id_no_asset_has_never_reaches_the_published_index(dist: Path, 
         assert result.code == 1 and "the id -" in result.err and "Traceback" not in result.err, result.err
         assert all(r.draft for r in github.releases)
         assert "model-manifest.json" not in {a.name for r in github.releases for a in r.assets}
+
+
+# -- GITHUB_TOKEN never crosses the network in clear text ------------------------------------------
+def test_the_token_never_goes_over_plain_http_to_a_host_not_known_as_loopback(
+        github: GitHubServer, dist: Path, console: Callable[..., Result]) -> None:
+    """GITHUB_API_URL=http://ghe.example.com/api/v3 sent GITHUB_TOKEN in clear text on every request.
+    Shown here with http://0.0.0.0:PORT — the test server, reached through an address
+    teadist does not count as loopback, as it would any other host: HF_TOKEN's rule (https, or a
+    loopback host) holds for GITHUB_TOKEN too, before any request."""
+    api_url = github.api_url.replace("127.0.0.1", "0.0.0.0")
+    result = console("release", "publish", "--tag", TAG, "--repo", "tea/tea", "--dist", dist,
+                     env={"GITHUB_TOKEN": GH_SECRET, "GITHUB_API_URL": api_url})
+    sent = [h for h in github.headers_seen() if GH_SECRET in h.get("Authorization", "")]
+    assert sent == [], f"the token went over plain http {len(sent)} times"
+    assert result.code == 2, result.err
+    assert "GITHUB_API_URL" in result.err and "https" in result.err, result.err
+    assert GH_SECRET not in result.out + result.err

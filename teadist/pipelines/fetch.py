@@ -385,7 +385,8 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
         sha, size = manifest.file.sha256, manifest.file.size
         auth = None
         if isinstance(source, HfSource):
-            remote = hub.resolve(source, options.endpoint, options.token, retrying=downloader.retrying)
+            remote = hub.resolve(source, options.endpoint, options.token, downloader.policy.stall_timeout,
+                                 retrying=downloader.retrying)
             if sha is not None and remote.sha256 is not None and remote.sha256 != sha:
                 raise IntegrityError(f"the Hub's sha256 for {source.path} ({remote.sha256[:16]}…) differs "
                                      f"from the pinned one ({sha[:16]}…)")
@@ -404,6 +405,11 @@ def _fetch_single(target: Target, dest: CacheTarget, cache: ModelCache, options:
         if sha is None:
             raise IntegrityError(f"no sha256 is known for {manifest.file.name} from {describe(source)}; "
                                  "refusing an unverifiable download")
+        if size is None:  # the server would decide how much is written: no room check, no bound
+            where = "the Hub" if isinstance(source, HfSource) else "the manifest"
+            raise SourceError(f"{where} gives no size for {manifest.file.name} ({describe(source)}); refusing a "
+                              "download whose length only the server decides",
+                              hint="list the file's size in a manifest (`teadist split` writes it)")
         hit = _hit(cache, dest, sha, size)
         if hit is not None:
             return _present(cache, hit)

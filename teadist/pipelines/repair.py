@@ -145,7 +145,8 @@ def _hub_source(record: CacheRecord, options: RepairOptions, downloader: Downloa
     if not repo or not path:
         raise SourceError(f"{record.filename}: its record names no Hub file")
     source = HfSource(repo, path, seen.get("commit") or seen.get("revision"), seen.get("endpoint"))
-    remote = hub.resolve(source, options.endpoint, options.token, retrying=downloader.retrying)
+    remote = hub.resolve(source, options.endpoint, options.token, downloader.policy.stall_timeout,
+                         retrying=downloader.retrying)
     if remote.sha256 is not None and remote.sha256 != record.sha256:
         raise IntegrityError(f"the Hub's {repo}/{path} is now another file (sha256 {remote.sha256[:16]}…); "
                              "its blocks cannot repair this one", hint=f"fetch it again: teadist rm {record.filename}")

@@ -69,6 +69,7 @@ from urllib.parse import quote, urlsplit
 from teadist.base.fsutil import plain_filename_problem
 from teadist.base.progress import Reporter
 from teadist.base.sizes import format_size
+from teadist.base.urls import is_loopback_host
 from teadist.errors import IntegrityError, ManifestError, NotFoundError, ReleaseError, UsageError
 from teadist.release.index import (
     ASSET_NAME_RE,
@@ -264,9 +265,14 @@ def url_origin(url: str) -> Origin:
 
 def check_api_url(api_url: str) -> Origin:
     """GITHUB_API_URL: an http(s) URL with a host and no credentials (the token goes in a header),
-    no query and no fragment (every asset URL the published index lists starts with it)."""
+    no query and no fragment (every asset URL the published index lists starts with it); plain
+    http only to a loopback host (the token would cross the network in clear text)."""
     try:
         origin = url_origin(api_url)
+        if origin[0] == "http" and not is_loopback_host(origin[1]):
+            raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} is plain http to a host that is not loopback: "
+                             "GITHUB_TOKEN would cross the network in clear text",
+                             hint="use the https URL of the API, e.g. https://HOST/api/v3")
         if "?" in api_url or "#" in api_url:
             raise UsageError(f"GITHUB_API_URL {shown_url(api_url)!r} carries a query or fragment (not shown): "
                              "it would be published in every asset URL of the release index",

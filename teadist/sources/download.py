@@ -92,13 +92,7 @@ class Downloader:
         ranges, files and shards (sized to the most connections a host may get)."""
         with self._session_lock:
             if self._session is None:
-                import requests.adapters
-
-                session = new_session()
-                size = self.scheduler.most + 4
-                for prefix in ("http://", "https://"):
-                    session.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=size))
-                self._session = session
+                self._session = new_session(pool_connections=8, pool_maxsize=self.scheduler.most + 4)
             return self._session
 
     @contextlib.contextmanager
@@ -356,7 +350,7 @@ class Downloader:
                 raw.decode_content = False
                 buf = bytearray(length)
                 view = memoryview(buf)
-                reader = StreamReader(raw)
+                reader = StreamReader(raw, window=self.policy.stall_timeout)
                 got = 0
                 try:
                     while got < length:
@@ -381,10 +375,15 @@ class Downloader:
                 return None
             if resp.status_code != 200:
                 raise SourceError(f"{host_of(url)} answered HTTP {resp.status_code} for the manifest")
+            reader = StreamReader(resp.raw, window=self.policy.stall_timeout)
+            buf = bytearray(limit + 1)
+            got = 0
             try:
-                return bytes(resp.raw.read(limit + 1))
-            except (OSError, ValueError) as exc:
-                raise SourceError(f"reading the manifest from {host_of(url)} failed ({short_reason(exc)})") from None
+                while got <= limit and (n := reader.readinto(memoryview(buf)[got:])):
+                    got += n
+            except ReadFailed as exc:
+                raise SourceError(f"reading the manifest from {host_of(url)} failed ({exc})") from None
+            return bytes(buf[:got])
 
     def _attempt(self, url: str, partial: Partial, auth: Auth | None, hasher: Any, blocks: BlockHasher,
                  advance: Callable[[int], None], lane: HostLane) -> tuple[str, int]:
@@ -447,7 +446,8 @@ class Downloader:
                 # the sidecar proves all of them: a kill before the next attempt loses nothing.
                 proof.callback(lambda: partial.proven_blocks(list(blocks.hashes), blocks.tail()))
                 try:
-                    copier.copy(StreamReader(raw), remaining if remaining is not None else 1 << 62,
+                    reader = StreamReader(raw, window=self.policy.stall_timeout)
+                    copier.copy(reader, remaining if remaining is not None else 1 << 62,
                                 [hasher.update, sink, block_sink], advance)
                 except TruncatedInput as exc:
                     if remaining is not None:
@@ -456,7 +456,8 @@ class Downloader:
                 except (requests.exceptions.RequestException, OSError, ReadFailed) as exc:
                     if isinstance(exc, OSError) and is_disk_full(exc):
                         raise
-                    raise Retry(f"transfer from {host_of(url)} failed ({short_reason(exc)})") from None
+                    reason = exc if isinstance(exc, ReadFailed) else short_reason(exc)
+                    raise Retry(f"transfer from {host_of(url)} failed ({reason})") from None
                 finally:
                     lane.stopped(partial.length - have, time.monotonic() - began)
             return hasher.hexdigest(), partial.length

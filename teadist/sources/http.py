@@ -4,7 +4,11 @@ and a reader that keeps what arrived."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +17,9 @@ from teadist.base.urls import Origin, host_label, is_loopback_host, origin_of, u
 from teadist.errors import NotFoundError, SourceError
 
 NET_BUFFER = 1024 * 1024
+# A connection that brings fewer bytes than this in a stall timeout's worth of waiting is stalled,
+# however regularly its bytes trickle in (one a second never trips a per-read timeout).
+MIN_PROGRESS = 16 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10
@@ -103,11 +110,14 @@ class Restart(Exception):
 
 
 
-def new_session() -> Any:
+def new_session(pool_connections: int = 10, pool_maxsize: int = 10) -> Any:
+    """A session for downloads (the pool sizes of its adapters, as requests' HTTPAdapter takes them)."""
     import requests
 
     session = requests.Session()
     session.trust_env = False  # no proxies or netrc credentials from the environment
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _deadline_adapter(pool_connections, pool_maxsize))
     session.headers["Accept-Encoding"] = "identity"
     session.headers["User-Agent"] = "teadist"
     return session
@@ -126,6 +136,62 @@ def check_status(resp: Any, url: str) -> None:
         raise SourceError(f"{host_of(url)} answered HTTP {status}")
 
 
+def _deadline_adapter(pool_connections: int, pool_maxsize: int) -> Any:
+    """An HTTPAdapter whose connections must receive the whole status line and headers within the
+    read timeout: a per-read timeout alone lets a server sending one byte a second hold a request
+    forever. Past the deadline the socket is shut down and the request fails as a read timeout."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class HeadDeadline:
+        timeout: Any
+        sock: Any
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            sock = self.sock
+            limit = self.timeout if type(self.timeout) in (int, float) else (sock.gettimeout() if sock else None)
+            late = threading.Event()
+
+            def cut() -> None:
+                late.set()
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+            timer = threading.Timer(limit, cut) if sock is not None and limit else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+            except BaseException:
+                if late.is_set():
+                    raise TimeoutError(f"no complete answer within {limit:g}s") from None
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    class Conn(HeadDeadline, HTTPConnection):
+        pass
+
+    class TLSConn(HeadDeadline, HTTPSConnection):
+        pass
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = TLSConn
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
+
+    return Adapter(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
+
+
 class ReadFailed(Exception):
     pass
 
@@ -136,19 +202,28 @@ class StreamReader:
     It gathers ``read1`` pieces up to ``min_fill`` bytes (fewer, larger pipeline steps), and
     when a read fails after some bytes arrived it returns those first and raises on the next
     call — so a stalled or cut transfer still leaves every received byte on disk for a resume.
+
+    With ``window`` (the stall timeout), fewer than MIN_PROGRESS bytes in ``window`` seconds spent
+    waiting for the server fails the read like a stall.
     """
 
-    def __init__(self, raw: Any, min_fill: int = 256 * 1024) -> None:
+    def __init__(self, raw: Any, min_fill: int = 256 * 1024, window: float | None = None) -> None:
         self._raw = raw
         self._min_fill = min_fill
         self._pending_error: BaseException | None = None
+        self._window = window
+        self._waited = 0.0  # seconds spent in reads since the window began, and the bytes they brought
+        self._got = 0
 
     def readinto(self, view: memoryview) -> int:
         if self._pending_error is not None:
             error, self._pending_error = self._pending_error, None
+            if isinstance(error, ReadFailed):
+                raise error
             raise ReadFailed(short_reason(error)) from error
         filled = 0
         while filled < min(self._min_fill, len(view)):
+            asked = time.monotonic()
             try:
                 piece = self._raw.read1(len(view) - filled)
             except Exception as exc:
@@ -160,6 +235,15 @@ class StreamReader:
                 break
             view[filled:filled + len(piece)] = piece
             filled += len(piece)
+            if self._window is not None:
+                self._waited += time.monotonic() - asked
+                self._got += len(piece)
+                if self._waited >= self._window:
+                    if self._got < MIN_PROGRESS:  # what arrived is kept; the next call fails
+                        self._pending_error = ReadFailed(
+                            f"fewer than {MIN_PROGRESS // 1024} KiB in {self._waited:.0f}s")
+                        return filled
+                    self._waited, self._got = 0.0, 0
         return filled
 
 

@@ -8,9 +8,10 @@ resumes across runs — FACTS.md). Its errors are turned into teadist errors her
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from teadist.base.urls import Origin, host_label, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
@@ -26,6 +27,7 @@ _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 # Calls an attempt until it returns, sleeping with backoff after each ``Retry`` it raises
 # (``Downloader.retrying``): the Hub's metadata request follows the same policy as the bytes.
 Retrier = Callable[[str, Callable[[], Any]], Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
 
         def head() -> Any:
             try:
-                return get_hf_file_metadata(url, token=send_token or False, timeout=timeout, endpoint=endpoint,
-                                            retry_on_errors=retrying is None)
+                return _within(timeout, lambda: get_hf_file_metadata(
+                    url, token=send_token or False, timeout=timeout, endpoint=endpoint,
+                    retry_on_errors=retrying is None))
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 if retrying is None or status not in _TRANSIENT_STATUS:
@@ -128,7 +131,8 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         if sha256 is None:  # not an LFS etag: ask the LFS metadata
             api = HfApi(endpoint=endpoint, token=send_token or False)
             try:
-                infos = list(api.get_paths_info(source.repo, [source.path], revision=commit or revision))
+                infos = _within(timeout, lambda: list(api.get_paths_info(source.repo, [source.path],
+                                                                         revision=commit or revision)))
                 for info in infos:
                     lfs = getattr(info, "lfs", None)
                     if getattr(info, "path", None) == source.path and lfs is not None:
@@ -159,6 +163,29 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
         raise SourceError(f"cannot reach the Hub at {host_label(endpoint)} ({short_reason(exc)})",
                           hint=_OFFLINE_HINT) from None
     return RemoteFile(pinned, size, sha256, commit, origin_of(endpoint) if send_token else None, endpoint)
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, given at most ``seconds`` in all: huggingface_hub's client times out per read, so
+    an endpoint sending its answer a byte at a time would hold it for ever. Past the deadline the
+    call is left to end on its own (its daemon thread) and TimeoutError is raised."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="teadist-hub-metadata", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no complete answer within {seconds:g}s")
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

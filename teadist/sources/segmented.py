@@ -400,7 +400,8 @@ class SegmentedFetch:
                     self.partial.save()
             raw = resp.raw
             raw.decode_content = False
-            reader = StreamReader(raw)  # steps of 256 KiB: a stalled range loses little
+            # steps of 256 KiB: a stalled range loses little
+            reader = StreamReader(raw, window=self.owner.policy.stall_timeout)
             self.lane.started()
             began, pos, saved = time.monotonic(), done, done
             with self.cond:
