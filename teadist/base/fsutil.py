@@ -280,6 +280,12 @@ class _SyncFileRange:
             cls.func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start writing the dirty pages of ``length`` bytes of the file open as ``fd`` from ``offset``
+    (0: to its end) to disk, without waiting (Linux; elsewhere nothing): the final fsync is short."""
+    _SyncFileRange.call(fd, offset, length)
+
+
 class WriteSink:
     """Write views to a file, starting writeback every 64 MiB so the final fsync is short.
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.base.digests import ParallelDigests
-from teadist.base.fsutil import PwriteSink
+from teadist.base.fsutil import PwriteSink, start_writeback
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -47,6 +47,7 @@ HASH_DEPTH = 4  # network buffers the in-order hasher may hold beyond one per co
 READ_BACK_BUFFERS = 2  # the hasher's own, for bytes written out of order
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
+WRITEBACK_STEP = 64 * 1024 * 1024  # the disk starts writing the file every this many bytes written
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
 new_hasher: Callable[[], Any] = hashlib.sha256  # the in-order hasher: update() / hexdigest()
 
@@ -168,6 +169,7 @@ class SegmentedFetch:
         self.connections = 0
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
+        self.unflushed = 0  # bytes written since the disk last started writing the file (under cond)
         self.blocks = BlockHasher(BLOCK_SIZE)  # the file's block map, from the same in-order pass as its sha256
         # The in-order hasher: a buffer written at the byte it expects next is handed to it as it is
         # (no read-back); the rest it reads back from the partial once the written prefix passes it.
@@ -405,7 +407,7 @@ class SegmentedFetch:
             began, pos, saved = time.monotonic(), done, done
             with self.cond:
                 self.asked[start] = (done, until, began)
-            write = PwriteSink(self.partial.fd, pos)  # starts writeback as it goes: no flood at the end
+            write = PwriteSink(self.partial.fd, pos)
             try:
                 while pos < min(seg[1], until):
                     if hold[0] is None:
@@ -419,7 +421,13 @@ class SegmentedFetch:
                     with self.cond:  # claimed before written: a cut from now on falls after these bytes
                         keep = min(n, seg[1] - pos)  # (the range may have been cut while this read waited)
                         self.live[start] = pos + keep
+                        self.unflushed += keep
+                        flush = self.unflushed >= WRITEBACK_STEP
+                        if flush:
+                            self.unflushed = 0
                     write(memoryview(buf)[:keep])
+                    if flush:  # the whole file's dirty pages, whichever connection wrote them: the
+                        start_writeback(self.partial.fd)  # final fsync finds little left to write
                     if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
                         hold[0] = None
                     pos += keep
