@@ -449,6 +449,46 @@ def test_the_bar_shows_the_connections_in_use_now(served: Path, tmp_path: Path) 
     assert reporter.notes[-1] == "1 conn", reporter.notes
 
 
+def _grown_to_two(now: list[float]) -> HostLane:
+    """A near host's lane after its first window (100 MiB in 0.3 s on one connection): grown to
+    two connections, both streaming, a window open on them."""
+    lane = HostLane(cap=16, fixed=None, clock=lambda: now[0])
+    lane.answered(0.001)  # near: one connection to start
+    assert lane.limit == 1 and lane.acquire(block=False)
+    lane.started()
+    now[0] = 0.3
+    lane.moved(100 * MIB)
+    assert lane.limit == 2 and lane.growing  # the first window grows it
+    assert lane.acquire(block=False)
+    lane.started()  # the new connection
+    lane.stopped(100 * MIB, 0.3)
+    lane.started()  # the first one's next request: both stream, a window opens on them
+    return lane
+
+
+@pytest.mark.parametrize(("second_window", "limit"), [(100 * MIB, 1), (130 * MIB, 2), (200 * MIB, 4)])
+def test_a_step_up_that_brings_nothing_is_undone(second_window: int, limit: int) -> None:
+    """Loopback on 2 cores: a second connection brings nothing (the client's CPU is the limit) and
+    only makes the hasher read its bytes back, so the lane goes back to one; a step that brought a
+    little (1.3×) is kept but not repeated; one that doubled the rate goes on growing."""
+    now = [0.0]
+    lane = _grown_to_two(now)
+    now[0] = 0.6
+    lane.moved(second_window)
+    assert lane.limit == limit
+    assert lane.growing == (limit == 4)
+    assert lane.leave_if_over() == (limit == 1)  # a connection too many leaves after its request
+
+
+def test_hashing_as_the_limit_undoes_the_last_step_up() -> None:
+    """A connection waiting for a buffer the hasher holds: the lane stops growing and goes back to
+    the count before its last step up."""
+    now = [0.0]
+    lane = _grown_to_two(now)
+    lane.hash_bound()
+    assert lane.limit == 1 and not lane.growing and lane.stats.hash_bound
+
+
 def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
     """--jobs N still backs off on a refusal, and returns to N (not measured) once it is quiet."""
     now = [0.0]

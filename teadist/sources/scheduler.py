@@ -41,6 +41,7 @@ WINDOW_BYTES = 512 * 1024  # ... and this many bytes per connection measured: re
 # up to 256 KiB (a whole small file's stream at once), so a shorter window measures the lumps
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
+KEEP_GAIN = 0.2  # a step that gave less than a fifth of its proportional gain is undone
 CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
 LAG_SECONDS = 0.5  # a request whose rest would take longer than this (and 4 first-byte waits) lags
 BACKOFF_QUIET = 1.0  # seconds: refusals of unknown send time within this of a back-off are that back-off
@@ -218,6 +219,8 @@ class HostLane:
             promised = (conns - prev_conns) / prev_conns
             if promised <= 0 or rate < prev_rate * (1 + GAIN * promised):
                 self.growing = False  # the link (or the server, or the CPU) is full
+                if promised > 0 and rate < prev_rate * (1 + KEEP_GAIN * promised):
+                    self._undo_step(prev_conns)
                 return
         self._prev = (conns, rate)
         self.limit = min(self.ceiling, max(self.limit, conns) * 2)
@@ -229,13 +232,22 @@ class HostLane:
     def hash_bound(self) -> None:
         """A connection waited for a buffer the hasher still held: the client's hashing, not the
         link, is the limit now, and more connections would only write ahead of it (competing for
-        the same cores): stop growing. Throughput measured at write time can't show this, as bytes
-        written out of order don't wait for the hasher."""
+        the same cores): stop growing, and undo the last step up. Throughput measured at write time
+        can't show this, as bytes written out of order don't wait for the hasher."""
         with self.cond:
             if self.growing and not self.fixed:
                 self.growing = False
                 self._window_start = None
                 self.stats.hash_bound = True
+                if self._prev is not None:
+                    self._undo_step(self._prev[0])
+
+    def _undo_step(self, before: int) -> None:
+        """The last step up brought (almost) nothing: back to the ``before`` connections it started
+        from (cond held). The extra ones leave as their current requests end: on a near host whose
+        client or server is the limit (loopback, 2 cores), they only competed for the same cores
+        (a second connection also makes the hasher read its bytes back)."""
+        self.limit = self.stats.limit = max(1, min(self.limit, before))
 
     def back_off(self, asked_at: float | None = None) -> bool:
         """The host refused (429/503) or dropped a connection for a request sent at ``asked_at``
