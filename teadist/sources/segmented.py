@@ -1,7 +1,7 @@
 """A file fetched as byte ranges on as many connections as pay, written in place, hashed in order.
 
-Every request asks for ``CLAIM_BLOCKS`` blocks at most, on block boundaries. The host's lane
-(``scheduler``) says when another connection may open; it takes the blocks after the current
+Every request asks for a few blocks (``HostLane.claim_blocks``: more on a fast link), on block
+boundaries. The host's lane (``scheduler``) says when another connection may open; it takes the blocks after the current
 request of the range with the most left, so nobody's answer is cut short and the file fills front
 to back (the in-order hasher keeps up). A connection that finishes takes an abandoned range, or
 the next blocks the same way; only a lagging request is cut in half for it, so a slow stream never
@@ -38,7 +38,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, HostLane, split_point
+from teadist.sources.scheduler import LAG_SECONDS, HostLane, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -165,7 +165,6 @@ class SegmentedFetch:
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
         self.live: dict[int, int] = {}  # start -> end of the bytes read so far (claimed before written)
         self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
-        self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
         self.connections = 0
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
@@ -227,7 +226,8 @@ class SegmentedFetch:
         inside a request only when it lags — the rest of it would take longer at its measured rate
         than a new connection needs to start — so a slow stream never holds up the end."""
         # a connection that has not asked yet will ask for ``span`` bytes: cut after those, not inside
-        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + self.span), 0.0))[1]) for s in running]
+        span = self._span()
+        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + span), 0.0))[1]) for s in running]
         clean = [(s, until) for s, until in clean if s[1] > until]
         if clean:
             seg, until = max(clean, key=lambda c: c[0][1] - c[1])
@@ -252,6 +252,10 @@ class SegmentedFetch:
         _, seg, live = max(lagging, key=lambda item: item[0])
         margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
         return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves it
+
+    def _span(self) -> int:
+        """Bytes one request asks for at most (a few blocks; more on a fast link)."""
+        return self.lane.claim_blocks(self.align) * self.align
 
     def _mark(self, seg: list[int], pos: int) -> None:
         """Record progress after the bytes are written (so the sidecar never claims unwritten bytes).
@@ -363,7 +367,7 @@ class SegmentedFetch:
             start, end, done = seg
             if done >= end:  # cut at its progress meanwhile: nothing left to ask for
                 return
-            until = self.size if self.ranges_ok is False else min(end, done + self.span)
+            until = self.size if self.ranges_ok is False else min(end, done + self._span())
             asked = time.monotonic()
             self.asked[start] = (done, until, asked)
         resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{until - 1}"}, self.auth)
