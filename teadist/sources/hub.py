@@ -94,7 +94,10 @@ def _head(url: str, endpoint: str, token: str | None, timeout: float) -> Any:
             if status in _TRANSIENT_STATUS:
                 raise Retry(f"HTTP {status}", retry_after(resp.headers.get("Retry-After")))
             if status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                target = urljoin(url, resp.headers["Location"])
+                try:
+                    target = urljoin(url, resp.headers["Location"])
+                except ValueError:  # a malformed Location: not followed (the answer's headers still count)
+                    return resp
                 if url_problem(target) is None and origin_of(target) == home:
                     url = target
                     continue
