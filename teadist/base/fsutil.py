@@ -270,7 +270,10 @@ class _SyncFileRange:
                 import ctypes
                 import ctypes.util
 
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                try:  # by its usual name first: find_library runs /sbin/ldconfig in a child process
+                    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+                except OSError:
+                    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
                 func = libc.sync_file_range
                 func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
                 cls.func = func
