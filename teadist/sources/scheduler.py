@@ -303,9 +303,11 @@ class HostLane:
         connection brings in ``SPAN_SECONDS`` at its measured rate (at most ``MAX_CLAIM_BLOCKS``).
         On a fast near link (loopback: 500 MB/s) a request per 16 MiB meant 64 requests per GiB,
         each with its bookkeeping and its wait for the first byte; a request still ends within a
-        quarter of a second, so a cut after it (and a connection leaving) comes as soon."""
+        quarter of a second, so a cut after it (and a connection leaving) comes as soon. While the
+        lane is still growing, ``CLAIM_BLOCKS``: a connection on trial takes little, so undoing the
+        step leaves little written out of order (bytes the hasher would read back)."""
         rate = self.conn_rate
-        if not rate or align <= 0:
+        if not rate or align <= 0 or self.growing:
             return CLAIM_BLOCKS
         return max(CLAIM_BLOCKS, min(MAX_CLAIM_BLOCKS, int(rate * SPAN_SECONDS) // align))
 
