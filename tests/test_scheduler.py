@@ -489,6 +489,24 @@ def test_hashing_as_the_limit_undoes_the_last_step_up() -> None:
     assert lane.limit == 1 and not lane.growing and lane.stats.hash_bound
 
 
+def test_a_request_asks_for_more_blocks_on_a_fast_settled_link() -> None:
+    """Loopback (500 MB/s a connection): once the count has settled a request asks for what the
+    connection brings in 0.25 s, at most 16 blocks (64 requests per GiB were 64 rounds of
+    bookkeeping and first-byte waits); while the lane still grows, and on a far link (16 MB/s a
+    connection), two blocks, so a cut or a connection leaving comes soon."""
+    lane = HostLane(cap=16, fixed=None)
+    assert lane.claim_blocks(8 * MIB) == 2  # nothing measured yet
+    lane.stopped(256 * MIB, 0.5)  # 512 MiB/s
+    assert lane.growing and lane.claim_blocks(8 * MIB) == 2  # still growing: connections on trial take little
+    lane.growing = False
+    assert lane.claim_blocks(8 * MIB) == 16
+    assert lane.claim_blocks(64 * MIB) == 2  # 128 MiB in 0.25 s is two 64 MiB blocks
+    far = HostLane(cap=16, fixed=None)
+    far.growing = False
+    far.stopped(16 * MIB, 1.0)
+    assert far.claim_blocks(8 * MIB) == 2
+
+
 def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
     """--jobs N still backs off on a refusal, and returns to N (not measured) once it is quiet."""
     now = [0.0]
