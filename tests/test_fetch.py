@@ -1066,3 +1066,22 @@ def test_a_download_of_unknown_size_is_refused_before_the_first_byte(mirror: Mir
     assert result.code != 0
     assert "size" in result.err and "Traceback" not in result.err, result.err
     assert not (models_dir / "tiny.gguf").exists()
+
+
+def test_fetch_from_the_hub_does_not_import_huggingface_hub(hub: HubServer, models_dir: Path) -> None:
+    """Start-up cost (issue 15): importing huggingface_hub costs a command about a third of a second
+    at start and exit, so a Hub file whose HEAD carries its LFS sha256 is resolved by teadist's own
+    HEAD; the fetch still sends the token only to the endpoint and installs the verified file."""
+    import sys
+
+    code = ("import sys\nfrom teadist.cli import main\n"
+            f"sys.argv = ['teadist', 'fetch', {HF_SPEC!r}, '--cache-dir', {str(models_dir)!r}, '--quiet']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('imported' if 'huggingface_hub' in sys.modules else 'not imported')\n")
+    env = {**os.environ, "HF_ENDPOINT": hub.url}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "not imported", done.stdout
+    assert sha(models_dir / "tiny.gguf") == sha(hub.repos["org/repo"].files["tiny.gguf"])
+    heads = [r for r in hub.requests if r.method == "HEAD"]
+    assert heads and not any("Authorization" in r.headers for r in heads)  # HF_TOKEN is for the official Hub

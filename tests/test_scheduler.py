@@ -479,6 +479,64 @@ def test_the_bar_shows_the_connections_in_use_now(served: Path, tmp_path: Path) 
     assert reporter.notes[-1] == "1 conn", reporter.notes
 
 
+def _grown_to_two(now: list[float]) -> HostLane:
+    """A near host's lane after its first window (100 MiB in 0.3 s on one connection): grown to
+    two connections, both streaming, a window open on them."""
+    lane = HostLane(cap=16, fixed=None, clock=lambda: now[0])
+    lane.answered(0.001)  # near: one connection to start
+    assert lane.limit == 1 and lane.acquire(block=False)
+    lane.started()
+    now[0] = 0.3
+    lane.moved(100 * MIB)
+    assert lane.limit == 2 and lane.growing  # the first window grows it
+    assert lane.acquire(block=False)
+    lane.started()  # the new connection
+    lane.stopped(100 * MIB, 0.3)
+    lane.started()  # the first one's next request: both stream, a window opens on them
+    return lane
+
+
+@pytest.mark.parametrize(("second_window", "limit"), [(100 * MIB, 1), (130 * MIB, 2), (200 * MIB, 4)])
+def test_a_step_up_that_brings_nothing_is_undone(second_window: int, limit: int) -> None:
+    """Loopback on 2 cores: a second connection brings nothing (the client's CPU is the limit) and
+    only makes the hasher read its bytes back, so the lane goes back to one; a step that brought a
+    little (1.3×) is kept but not repeated; one that doubled the rate goes on growing."""
+    now = [0.0]
+    lane = _grown_to_two(now)
+    now[0] = 0.6
+    lane.moved(second_window)
+    assert lane.limit == limit
+    assert lane.growing == (limit == 4)
+    assert lane.leave_if_over() == (limit == 1)  # a connection too many leaves after its request
+
+
+def test_hashing_as_the_limit_undoes_the_last_step_up() -> None:
+    """A connection waiting for a buffer the hasher holds: the lane stops growing and goes back to
+    the count before its last step up."""
+    now = [0.0]
+    lane = _grown_to_two(now)
+    lane.hash_bound()
+    assert lane.limit == 1 and not lane.growing and lane.stats.hash_bound
+
+
+def test_a_request_asks_for_more_blocks_on_a_fast_settled_link() -> None:
+    """Loopback (500 MB/s a connection): once the count has settled a request asks for what the
+    connection brings in 0.25 s, at most 16 blocks (64 requests per GiB were 64 rounds of
+    bookkeeping and first-byte waits); while the lane still grows, and on a far link (16 MB/s a
+    connection), two blocks, so a cut or a connection leaving comes soon."""
+    lane = HostLane(cap=16, fixed=None)
+    assert lane.claim_blocks(8 * MIB) == 2  # nothing measured yet
+    lane.stopped(256 * MIB, 0.5)  # 512 MiB/s
+    assert lane.growing and lane.claim_blocks(8 * MIB) == 2  # still growing: connections on trial take little
+    lane.growing = False
+    assert lane.claim_blocks(8 * MIB) == 16
+    assert lane.claim_blocks(64 * MIB) == 2  # 128 MiB in 0.25 s is two 64 MiB blocks
+    far = HostLane(cap=16, fixed=None)
+    far.growing = False
+    far.stopped(16 * MIB, 1.0)
+    assert far.claim_blocks(8 * MIB) == 2
+
+
 def test_a_fixed_count_comes_back_after_a_quiet_period() -> None:
     """--jobs N still backs off on a refusal, and returns to N (not measured) once it is quiet."""
     now = [0.0]

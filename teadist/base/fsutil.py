@@ -270,7 +270,10 @@ class _SyncFileRange:
                 import ctypes
                 import ctypes.util
 
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                try:  # by its usual name first: find_library runs /sbin/ldconfig in a child process
+                    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+                except OSError:
+                    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
                 func = libc.sync_file_range
                 func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
                 cls.func = func
@@ -278,6 +281,12 @@ class _SyncFileRange:
                 cls.func = None
         if cls.func is not None:
             cls.func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start writing the dirty pages of ``length`` bytes of the file open as ``fd`` from ``offset``
+    (0: to its end) to disk, without waiting (Linux; elsewhere nothing): the final fsync is short."""
+    _SyncFileRange.call(fd, offset, length)
 
 
 class WriteSink:

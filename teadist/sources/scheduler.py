@@ -13,7 +13,7 @@ one); refusals of requests sent before that back-off are already answered by it.
 is also the ceiling for a quiet period (``RECOVER_SECONDS``, doubled after each back-off) of good
 answers; then the lane may grow again, measured as before.
 
-Cutting (``split_point``) leaves the running connection ``CLAIM_BLOCKS`` blocks at most, so the
+Cutting (``split_point``) leaves the running connection a request's blocks at most, so the
 file fills front to back and the in-order hash keeps up with the network. Cuts fall only on
 multiples of ``align`` (the block size of block hashes), so every block is fetched by exactly one
 range and each finished block can be checked on its own against a block hash; and only where
@@ -41,7 +41,10 @@ WINDOW_BYTES = 512 * 1024  # ... and this many bytes per connection measured: re
 # up to 256 KiB (a whole small file's stream at once), so a shorter window measures the lumps
 FILL_TIMEOUT = 2.0  # a grown limit nobody fills within this (no work left to split): stop growing
 GAIN = 0.5  # grow again only when the last step gave at least half its proportional gain
+KEEP_GAIN = 0.2  # a step that gave less than a fifth of its proportional gain is undone
 CLAIM_BLOCKS = 2  # a cut leaves the running connection this many blocks ahead of it, at most
+SPAN_SECONDS = 0.25  # ... or as many as its measured rate brings in this time (a fast near link)
+MAX_CLAIM_BLOCKS = 16  # ... up to this many
 LAG_SECONDS = 0.5  # a request whose rest would take longer than this (and 4 first-byte waits) lags
 BACKOFF_QUIET = 1.0  # seconds: refusals of unknown send time within this of a back-off are that back-off
 RECOVER_SECONDS = 3.0  # seconds of good answers after a back-off before the lane may grow again
@@ -218,6 +221,8 @@ class HostLane:
             promised = (conns - prev_conns) / prev_conns
             if promised <= 0 or rate < prev_rate * (1 + GAIN * promised):
                 self.growing = False  # the link (or the server, or the CPU) is full
+                if promised > 0 and rate < prev_rate * (1 + KEEP_GAIN * promised):
+                    self._undo_step(prev_conns)
                 return
         self._prev = (conns, rate)
         self.limit = min(self.ceiling, max(self.limit, conns) * 2)
@@ -229,13 +234,22 @@ class HostLane:
     def hash_bound(self) -> None:
         """A connection waited for a buffer the hasher still held: the client's hashing, not the
         link, is the limit now, and more connections would only write ahead of it (competing for
-        the same cores): stop growing. Throughput measured at write time can't show this, as bytes
-        written out of order don't wait for the hasher."""
+        the same cores): stop growing, and undo the last step up. Throughput measured at write time
+        can't show this, as bytes written out of order don't wait for the hasher."""
         with self.cond:
             if self.growing and not self.fixed:
                 self.growing = False
                 self._window_start = None
                 self.stats.hash_bound = True
+                if self._prev is not None:
+                    self._undo_step(self._prev[0])
+
+    def _undo_step(self, before: int) -> None:
+        """The last step up brought (almost) nothing: back to the ``before`` connections it started
+        from (cond held). The extra ones leave as their current requests end: on a near host whose
+        client or server is the limit (loopback, 2 cores), they only competed for the same cores
+        (a second connection also makes the hasher read its bytes back)."""
+        self.limit = self.stats.limit = max(1, min(self.limit, before))
 
     def back_off(self, asked_at: float | None = None) -> bool:
         """The host refused (429/503) or dropped a connection for a request sent at ``asked_at``
@@ -283,6 +297,19 @@ class HostLane:
         self._starts = 0
         self._window_start = None
         self._waiting_fill_since = now
+
+    def claim_blocks(self, align: int) -> int:
+        """Blocks of ``align`` bytes one request asks for: ``CLAIM_BLOCKS``, or as many as one
+        connection brings in ``SPAN_SECONDS`` at its measured rate (at most ``MAX_CLAIM_BLOCKS``).
+        On a fast near link (loopback: 500 MB/s) a request per 16 MiB meant 64 requests per GiB,
+        each with its bookkeeping and its wait for the first byte; a request still ends within a
+        quarter of a second, so a cut after it (and a connection leaving) comes as soon. While the
+        lane is still growing, ``CLAIM_BLOCKS``: a connection on trial takes little, so undoing the
+        step leaves little written out of order (bytes the hasher would read back)."""
+        rate = self.conn_rate
+        if not rate or align <= 0 or self.growing:
+            return CLAIM_BLOCKS
+        return max(CLAIM_BLOCKS, min(MAX_CLAIM_BLOCKS, int(rate * SPAN_SECONDS) // align))
 
     def worth_a_connection(self, piece: int) -> bool:
         """Handing ``piece`` bytes to a new connection pays: at the measured rate it takes longer

@@ -1,7 +1,7 @@
 """A file fetched as byte ranges on as many connections as pay, written in place, hashed in order.
 
-Every request asks for ``CLAIM_BLOCKS`` blocks at most, on block boundaries. The host's lane
-(``scheduler``) says when another connection may open; it takes the blocks after the current
+Every request asks for a few blocks (``HostLane.claim_blocks``: more on a fast link), on block
+boundaries. The host's lane (``scheduler``) says when another connection may open; it takes the blocks after the current
 request of the range with the most left, so nobody's answer is cut short and the file fills front
 to back (the in-order hasher keeps up). A connection that finishes takes an abandoned range, or
 the next blocks the same way; only a lagging request is cut in half for it, so a slow stream never
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from teadist.base.blocks import BLOCK_SIZE, BlockHasher
 from teadist.base.digests import ParallelDigests
-from teadist.base.fsutil import PwriteSink
+from teadist.base.fsutil import PwriteSink, start_writeback
 from teadist.errors import SourceError
 from teadist.sources.http import (
     NET_BUFFER,
@@ -38,7 +38,7 @@ from teadist.sources.http import (
     parse_content_range,
 )
 from teadist.sources.partial import SEGMENTS, Partial
-from teadist.sources.scheduler import CLAIM_BLOCKS, LAG_SECONDS, HostLane, split_point
+from teadist.sources.scheduler import LAG_SECONDS, HostLane, split_point
 
 if TYPE_CHECKING:
     from teadist.sources.download import Downloader
@@ -47,6 +47,7 @@ HASH_DEPTH = 4  # network buffers the in-order hasher may hold beyond one per co
 READ_BACK_BUFFERS = 2  # the hasher's own, for bytes written out of order
 SEGMENT_SAVE_STEP = 8 * 1024 * 1024  # progress of each range is saved at least this often
 PROGRESS_RESETS = 4 * 1024 * 1024  # an attempt that brought this much resets the failure count
+WRITEBACK_STEP = 64 * 1024 * 1024  # the disk starts writing the file every this many bytes written
 SPAWN_POLL = 0.05  # seconds between looks for a free connection slot
 new_hasher: Callable[[], Any] = hashlib.sha256  # the in-order hasher: update() / hexdigest()
 
@@ -164,10 +165,10 @@ class SegmentedFetch:
         self.owned: set[int] = set()  # starts of the ranges a connection is working on
         self.live: dict[int, int] = {}  # start -> end of the bytes read so far (claimed before written)
         self.asked: dict[int, tuple[int, int, float]] = {}  # start -> current request: from, until, since
-        self.span = CLAIM_BLOCKS * self.align  # one request asks for this much at most
         self.connections = 0
         self.most_connections = 0
         self.save_step = max(64 * 1024, min(SEGMENT_SAVE_STEP, self.size // 32))
+        self.unflushed = 0  # bytes written since the disk last started writing the file (under cond)
         self.blocks = BlockHasher(BLOCK_SIZE)  # the file's block map, from the same in-order pass as its sha256
         # The in-order hasher: a buffer written at the byte it expects next is handed to it as it is
         # (no read-back); the rest it reads back from the partial once the written prefix passes it.
@@ -225,7 +226,8 @@ class SegmentedFetch:
         inside a request only when it lags — the rest of it would take longer at its measured rate
         than a new connection needs to start — so a slow stream never holds up the end."""
         # a connection that has not asked yet will ask for ``span`` bytes: cut after those, not inside
-        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + self.span), 0.0))[1]) for s in running]
+        span = self._span()
+        clean = [(s, self.asked.get(s[0], (s[2], min(s[1], s[2] + span), 0.0))[1]) for s in running]
         clean = [(s, until) for s, until in clean if s[1] > until]
         if clean:
             seg, until = max(clean, key=lambda c: c[0][1] - c[1])
@@ -250,6 +252,10 @@ class SegmentedFetch:
         _, seg, live = max(lagging, key=lambda item: item[0])
         margin = int(lane.conn_rate * lane.ttfb) if lane.conn_rate and lane.ttfb else 0
         return split_point(seg[0], live, seg[1], self.align, margin), seg  # halves it
+
+    def _span(self) -> int:
+        """Bytes one request asks for at most (a few blocks; more on a fast link)."""
+        return self.lane.claim_blocks(self.align) * self.align
 
     def _mark(self, seg: list[int], pos: int) -> None:
         """Record progress after the bytes are written (so the sidecar never claims unwritten bytes).
@@ -361,7 +367,7 @@ class SegmentedFetch:
             start, end, done = seg
             if done >= end:  # cut at its progress meanwhile: nothing left to ask for
                 return
-            until = self.size if self.ranges_ok is False else min(end, done + self.span)
+            until = self.size if self.ranges_ok is False else min(end, done + self._span())
             asked = time.monotonic()
             self.asked[start] = (done, until, asked)
         resp = self.owner.open_url(self.url, {"Range": f"bytes={done}-{until - 1}"}, self.auth)
@@ -406,7 +412,7 @@ class SegmentedFetch:
             began, pos, saved = time.monotonic(), done, done
             with self.cond:
                 self.asked[start] = (done, until, began)
-            write = PwriteSink(self.partial.fd, pos)  # starts writeback as it goes: no flood at the end
+            write = PwriteSink(self.partial.fd, pos)
             try:
                 while pos < min(seg[1], until):
                     if hold[0] is None:
@@ -420,7 +426,13 @@ class SegmentedFetch:
                     with self.cond:  # claimed before written: a cut from now on falls after these bytes
                         keep = min(n, seg[1] - pos)  # (the range may have been cut while this read waited)
                         self.live[start] = pos + keep
+                        self.unflushed += keep
+                        flush = self.unflushed >= WRITEBACK_STEP
+                        if flush:
+                            self.unflushed = 0
                     write(memoryview(buf)[:keep])
+                    if flush:  # the whole file's dirty pages, whichever connection wrote them: the
+                        start_writeback(self.partial.fd)  # final fsync finds little left to write
                     if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
                         hold[0] = None
                     pos += keep
