@@ -271,16 +271,3 @@ def _within(seconds: float, call: Callable[[], T]) -> T:
         raise box["error"]
     value: T = box["value"]
     return value
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client errors huggingface_hub lets through: httpx (1.x) or httpx2 (2.x), and OSError."""
-    import importlib
-
-    found: list[type[BaseException]] = [OSError]
-    for module in ("httpx2", "httpx"):
-        try:
-            found.append(importlib.import_module(module).HTTPError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
