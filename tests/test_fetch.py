@@ -285,6 +285,19 @@ def test_source_n_of_a_local_manifest_counts_its_folder_first(tiny_model: Path, 
     assert beyond.code == 2 and "2 sources (the manifest's folder, then its URLs)" in beyond.err, beyond.err
 
 
+@pytest.mark.parametrize("number", ["\u00b2", "\u0662", "\uff11"])
+def test_source_that_only_looks_like_a_number_is_a_usage_error(number: str, tiny_model: Path, tmp_path: Path,
+                                                                cli: Callable[..., Result]) -> None:
+    """'²' passes str.isdigit but not int(); '٢' and '１' pass both but are no index a user typed as such:
+    --source N is ASCII digits, anything else a usage error naming it (no traceback, no request)."""
+    with MirrorServer(tmp_path / "mirror") as server:
+        assert isinstance(server, MirrorServer)
+        split = split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000, base_url=server.url)
+        result = cli("fetch", split.manifest_path, "--source", number)
+    assert result.code == 2 and "Traceback" not in result.err and "--source" in result.err, result.err
+    assert server.file_gets() == []
+
+
 # -- kill, concurrency, offline -------------------------------------------------------------------
 def test_sigkill_mid_download_then_rerun_resumes(hub: HubServer, mirror: MirrorServer, served: Path,
                                                  models_dir: Path, console: Callable[..., Result]) -> None:
