@@ -84,6 +84,30 @@ def test_unpinned_entry_takes_sha256_from_the_hub(hub: HubServer, served: Path, 
     assert json.loads(result.out)["sha256"] == sha(served / "tiny.gguf")
 
 
+@pytest.mark.parametrize(("path", "revision"), [
+    ("../../../../other/repo/resolve/main/tiny.gguf", None),  # every HTTP client removes dot segments
+    ("./../../../other/repo/resolve/main/tiny.gguf", None),
+    ("tiny.gguf", ".."),
+])
+def test_a_manifest_hub_path_with_dot_segments_is_refused(path: str, revision: str | None, hub: HubServer,
+                                                          served: Path, tmp_path: Path, models_dir: Path,
+                                                          cli: Callable[..., Result]) -> None:
+    """A manifest's Hub source org/repo with the path '../../../../other/repo/resolve/main/tiny.gguf'
+    was fetched from other/repo (requests removes the dot segments before sending), installed and
+    recorded as org/repo's file: refused, as hf://ORG/REPO/FILE already refuses such a path."""
+    hub.add_repo("other/repo", {"tiny.gguf": served / "tiny.gguf"}, commit="d" * 40)
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", None, None), format="single",
+                        sources=[HfSource("org/repo", "tiny.gguf", "main", endpoint=hub.url)])
+    data = manifest.to_dict()  # (dump_manifest itself refuses such a source now)
+    data["sources"][0].update({"path": path, "revision": revision or "main"})
+    (tmp_path / "m.manifest.json").write_text(json.dumps(data))
+    result = cli("fetch", tmp_path / "m.manifest.json")
+    other = [r.path for r in hub.requests if "other/repo" in r.path]
+    assert result.code != 0 and other == [], f"fetched through {other}: {result.err}"
+    assert "Traceback" not in result.err and ("segment" in result.err or "not a revision" in result.err), result.err
+    assert hub.requests == [] and not (models_dir / "tiny.gguf").exists()
+
+
 def test_hub_lying_about_sha256_is_caught(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch,
                                           fast_retries: None, models_dir: Path, cli: Callable[..., Result]) -> None:
     with HubServer(cdn=mirror, lie_sha256=True) as liar:
