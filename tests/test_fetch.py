@@ -65,6 +65,9 @@ def test_fetch_from_hub_installs_verified_file(hub: HubServer, mirror: MirrorSer
     ("hf://org/nope/tiny.gguf", "repository not found"),
     ("hf://org/repo/tiny.gguf@v9", "revision not found"),
     ("hf://org/tiny.gguf", "invalid Hub path"),
+    # the revision goes into the URL as a segment: '..' (removed before sending) made this org/repo's tiny.gguf
+    ("hf://org/repo/resolve/main/tiny.gguf@..", "invalid Hub path"),
+    ("hf://org/repo/tiny.gguf@.", "invalid Hub path"),
 ])
 def test_hub_errors_are_clear(hub: HubServer, spec: str, message: str, cli: Callable[..., Result]) -> None:
     result = cli("fetch", spec)

@@ -85,7 +85,7 @@ def parse_hf_spec(spec: str) -> HfSource:
     rest = spec.removeprefix("hf://")
     rest, _, revision = rest.partition("@")
     parts = rest.split("/")
-    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts):
+    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts) or revision in (".", ".."):
         raise UsageError(f"invalid Hub path {spec!r}", hint="use hf://ORG/REPO/FILE.gguf[@REVISION]")
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 
