@@ -111,6 +111,18 @@ def test_a_manifest_hub_path_with_dot_segments_is_refused(path: str, revision: s
     assert hub.requests == [] and not (models_dir / "tiny.gguf").exists()
 
 
+def test_hub_resolve_itself_refuses_dot_segments(hub: HubServer, served: Path) -> None:
+    """The resolver builds the URL: a Hub source that reached it without the manifest's checks (repair
+    reads repo and path from a cache record an older teadist wrote) is refused there too."""
+    from teadist.errors import SourceError
+    from teadist.sources import hub as hub_module
+
+    hub.add_repo("other/repo", {"tiny.gguf": served / "tiny.gguf"}, commit="d" * 40)
+    with pytest.raises(SourceError, match="segment"):
+        hub_module.resolve(HfSource("org/repo", "../../../../other/repo/resolve/main/tiny.gguf"), hub.url, None, 5.0)
+    assert hub.requests == []
+
+
 def test_hub_lying_about_sha256_is_caught(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch,
                                           fast_retries: None, models_dir: Path, cli: Callable[..., Result]) -> None:
     with HubServer(cdn=mirror, lie_sha256=True) as liar:
