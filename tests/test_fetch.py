@@ -65,6 +65,9 @@ def test_fetch_from_hub_installs_verified_file(hub: HubServer, mirror: MirrorSer
     ("hf://org/nope/tiny.gguf", "repository not found"),
     ("hf://org/repo/tiny.gguf@v9", "revision not found"),
     ("hf://org/tiny.gguf", "invalid Hub path"),
+    # the revision goes into the URL as a segment: '..' (removed before sending) made this org/repo's tiny.gguf
+    ("hf://org/repo/resolve/main/tiny.gguf@..", "invalid Hub path"),
+    ("hf://org/repo/tiny.gguf@.", "invalid Hub path"),
 ])
 def test_hub_errors_are_clear(hub: HubServer, spec: str, message: str, cli: Callable[..., Result]) -> None:
     result = cli("fetch", spec)
@@ -82,6 +85,42 @@ def test_unpinned_entry_takes_sha256_from_the_hub(hub: HubServer, served: Path, 
     result = cli("fetch", path, "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["sha256"] == sha(served / "tiny.gguf")
+
+
+@pytest.mark.parametrize(("path", "revision"), [
+    ("../../../../other/repo/resolve/main/tiny.gguf", None),  # every HTTP client removes dot segments
+    ("./../../../other/repo/resolve/main/tiny.gguf", None),
+    ("tiny.gguf", ".."),
+])
+def test_a_manifest_hub_path_with_dot_segments_is_refused(path: str, revision: str | None, hub: HubServer,
+                                                          served: Path, tmp_path: Path, models_dir: Path,
+                                                          cli: Callable[..., Result]) -> None:
+    """A manifest's Hub source org/repo with the path '../../../../other/repo/resolve/main/tiny.gguf'
+    was fetched from other/repo (requests removes the dot segments before sending), installed and
+    recorded as org/repo's file: refused, as hf://ORG/REPO/FILE already refuses such a path."""
+    hub.add_repo("other/repo", {"tiny.gguf": served / "tiny.gguf"}, commit="d" * 40)
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", None, None), format="single",
+                        sources=[HfSource("org/repo", "tiny.gguf", "main", endpoint=hub.url)])
+    data = manifest.to_dict()  # (dump_manifest itself refuses such a source now)
+    data["sources"][0].update({"path": path, "revision": revision or "main"})
+    (tmp_path / "m.manifest.json").write_text(json.dumps(data))
+    result = cli("fetch", tmp_path / "m.manifest.json")
+    other = [r.path for r in hub.requests if "other/repo" in r.path]
+    assert result.code != 0 and other == [], f"fetched through {other}: {result.err}"
+    assert "Traceback" not in result.err and ("segment" in result.err or "not a revision" in result.err), result.err
+    assert hub.requests == [] and not (models_dir / "tiny.gguf").exists()
+
+
+def test_hub_resolve_itself_refuses_dot_segments(hub: HubServer, served: Path) -> None:
+    """The resolver builds the URL: a Hub source that reached it without the manifest's checks (repair
+    reads repo and path from a cache record an older teadist wrote) is refused there too."""
+    from teadist.errors import SourceError
+    from teadist.sources import hub as hub_module
+
+    hub.add_repo("other/repo", {"tiny.gguf": served / "tiny.gguf"}, commit="d" * 40)
+    with pytest.raises(SourceError, match="segment"):
+        hub_module.resolve(HfSource("org/repo", "../../../../other/repo/resolve/main/tiny.gguf"), hub.url, None, 5.0)
+    assert hub.requests == []
 
 
 def test_hub_lying_about_sha256_is_caught(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch,
@@ -283,6 +322,19 @@ def test_source_n_of_a_local_manifest_counts_its_folder_first(tiny_model: Path, 
         assert {r.path.lstrip("/") for r in server.file_gets()} == {c.name for c in split.manifest.chunks}
         beyond = cli("fetch", split.manifest_path, "--source", "3")
     assert beyond.code == 2 and "2 sources (the manifest's folder, then its URLs)" in beyond.err, beyond.err
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "\u0662", "\uff11"])
+def test_source_that_only_looks_like_a_number_is_a_usage_error(number: str, tiny_model: Path, tmp_path: Path,
+                                                                cli: Callable[..., Result]) -> None:
+    """'²' passes str.isdigit but not int(); '٢' and '１' pass both but are no index a user typed as such:
+    --source N is ASCII digits, anything else a usage error naming it (no traceback, no request)."""
+    with MirrorServer(tmp_path / "mirror") as server:
+        assert isinstance(server, MirrorServer)
+        split = split_file(tiny_model, tmp_path / "dist", NullReporter(), chunk_size=100_000, base_url=server.url)
+        result = cli("fetch", split.manifest_path, "--source", number)
+    assert result.code == 2 and "Traceback" not in result.err and "--source" in result.err, result.err
+    assert server.file_gets() == []
 
 
 # -- kill, concurrency, offline -------------------------------------------------------------------

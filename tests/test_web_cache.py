@@ -711,6 +711,7 @@ def test_streaming_sha256_and_manifest_checks_in_the_browser(app: AppServer, tmp
     assert "2 hashes" not in messages["blockCount"] and "1 hashes" in messages["blockCount"]
     assert "schema_version 1.1" in messages["blocksIn10"] and "major version 2" in messages["major2"]
     assert "pinned" in messages["unpinned"] and "offset" in messages["gap"] and "add up" in messages["sum"]
+    assert "revision" in messages["hfDotRevision"]
     assert out["sources"] == ["https://host.test/rel/m-00001-of-00001.gguf",
                               "https://api.github.com/repos/o/r/releases/assets/1"]
     assert out["skipped"] == ["https://github.com/o/r/releases/download/v1/m-00001-of-00001.gguf"]

@@ -227,6 +227,20 @@ def _check_urls(data: dict[str, Any]) -> None:
             raise ManifestError(f"manifest field {where_}: the URL {problem}")
 
 
+def _check_hub_paths(data: dict[str, Any]) -> None:
+    """A Hub source's path and revision go into its resolve URL as they are: a '.' or '..' segment
+    (removed by every HTTP client before sending) would fetch another repository's file in the name
+    of this one, so they are refused, as ``hf://ORG/REPO/FILE`` refuses them."""
+    for i, src in enumerate(data.get("sources", [])):
+        if src.get("type") != "hf":
+            continue
+        if any(part in ("", ".", "..") for part in src["path"].split("/")):
+            raise ManifestError(f"manifest field sources[{i}].path: {src['path'][:80]!r} has an empty, '.' or "
+                                "'..' segment")
+        if src.get("revision") in (".", ".."):
+            raise ManifestError(f"manifest field sources[{i}].revision: {src['revision']!r} is not a revision")
+
+
 def _block_map(item: dict[str, Any], field: str) -> BlockMap | None:
     """The block map of a file or chunk object, or None; ManifestError when it cannot describe it."""
     if "block_size" not in item and "blocks" not in item:
@@ -247,6 +261,7 @@ def _check_semantics(data: dict[str, Any]) -> None:
     file = data["file"]
     _plain_name(file["name"], "manifest field file.name")
     _check_urls(data)
+    _check_hub_paths(data)
     _block_map(file, "file")
     for i, chunk in enumerate(data.get("chunks", [])):
         _block_map(chunk, f"chunks[{i}]")

@@ -85,7 +85,7 @@ def parse_hf_spec(spec: str) -> HfSource:
     rest = spec.removeprefix("hf://")
     rest, _, revision = rest.partition("@")
     parts = rest.split("/")
-    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts):
+    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts) or revision in (".", ".."):
         raise UsageError(f"invalid Hub path {spec!r}", hint="use hf://ORG/REPO/FILE.gguf[@REVISION]")
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 
@@ -206,10 +206,16 @@ def _parse_any(raw: bytes, origin: str, wanted: str | None) -> Manifest:
     return parse_manifest(raw, origin)
 
 
+def _is_index(forced: str | None) -> bool:
+    """``--source`` names a source by its 1-based number: ASCII digits only ('²' passes str.isdigit
+    but not int(); '٢' or '１' are no number the user typed as one)."""
+    return forced is not None and forced.isascii() and forced.isdigit()
+
+
 def _select_sources(sources: list[Source], forced: str | None) -> list[Source]:
     if forced is None:
         return sources
-    if forced.isdigit():
+    if _is_index(forced):
         index = int(forced) - 1
         if not 0 <= index < len(sources):
             raise UsageError(f"--source {forced}: the manifest lists {len(sources)} sources")
@@ -439,7 +445,7 @@ def _chunk_places(target: Target, chunk: ChunkRecord, forced: str | None) -> tup
     urls = list(chunk.urls)
     if target.base_url:
         urls.append(target.base_url + quote(chunk.name))
-    if forced is not None and forced.isdigit():
+    if forced is not None and _is_index(forced):
         places: list[Path | str] = ([] if folder is None else [folder]) + urls
         if not 1 <= int(forced) <= len(places):
             raise UsageError(f"--source {forced}: chunk {chunk.name} has {len(places)} sources"
@@ -494,7 +500,7 @@ def _fetch_chunks(target: Target, dest: CacheTarget, cache: ModelCache, options:
     dest.discard_stale(dest.files.partial(sha, kind="assemble"))
     local = target.base_dir
     forced = options.source
-    if local is not None and (forced is None or not forced.isdigit() or forced == "1") \
+    if local is not None and (forced is None or not _is_index(forced) or forced == "1") \
             and all((local / c.name).is_file() for c in manifest.chunks):
         return _install_from(manifest, local, dest, cache, reporter, target.origin, origin)
     _ensure_room(cache, manifest.chunks, dest, sha, size, manifest.file.name)

@@ -156,6 +156,9 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
     send_token = token_for(endpoint, token) if same_endpoint(endpoint, configured) else None
     revision = source.revision or "main"
     where = f"{source.repo}/{source.path}@{revision}"
+    if any(part in ("", ".", "..") for part in [*source.path.split("/"), revision]):
+        # every HTTP client removes such segments from the URL: another repository's file would answer
+        raise SourceError(f"refusing Hub file {where[:120]!r}: its path or revision has an empty, '.' or '..' segment")
     url = hub_url(endpoint, source.repo, source.path, revision)
     reach = f"cannot reach the Hub at {host_label(endpoint)}"
 

@@ -410,7 +410,9 @@ function readModel(data, baseUrl, field) {
         }
         const endpoint = src.endpoint === undefined ? 'https://huggingface.co' : httpUrl(src.endpoint, `${where}.endpoint`);
         const revision = src.revision === undefined ? 'main' : src.revision;
-        if (typeof revision !== 'string' || !revision || revision.length > 255) throw new ManifestError(`${where}.revision: invalid`);
+        if (typeof revision !== 'string' || !revision || revision.length > 255 || revision === '.' || revision === '..') {
+          throw new ManifestError(`${where}.revision: invalid`);  // a '.' or '..' segment is removed from the URL
+        }
         sources.push(`${endpoint.replace(/\/+$/, '')}/${encodePath(src.repo)}/resolve/${encodeURIComponent(revision)}/${encodePath(src.path)}`);
       } else {
         throw new ManifestError(`${where}.type: ${quoted(src.type)} is not url or hf`);

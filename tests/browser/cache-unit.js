@@ -53,6 +53,9 @@ export default async function run() {
     gap: { format: 'bytes', rebuild: undefined, chunks: [{ ...base.chunks[0], offset: 5 }] },
     sum: { format: 'bytes', rebuild: undefined, chunks: [{ ...base.chunks[0], offset: 0, size: 69999 }] },
     duplicate: { chunks: [base.chunks[0], base.chunks[0]] },
+    // the revision is a URL segment: '..' (removed by fetch) named another file of the repository
+    hfDotRevision: { format: 'single', chunks: undefined, rebuild: undefined,
+      sources: [{ type: 'hf', repo: 'org/repo', revision: '..', path: 'resolve/main/m.gguf' }] },
   };
   for (const [k, patch] of Object.entries(bad)) {
     try { parseManifest(JSON.stringify({ ...base, ...patch }), 'https://x.test/m.json'); out.rejected[k] = null; }
