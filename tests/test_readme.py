@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,13 @@ def sandbox(tmp_path: Path, hub: HubServer, served: Path, monkeypatch: pytest.Mo
 def _serve_and_stop(argv: list[str]) -> None:
     """`teadist serve` runs until interrupted: it must print its URL, then stop cleanly on Ctrl-C."""
     argv = [("0" if a == "8000" else a) for a in argv]  # any free port
-    proc = subprocess.Popen([str(TEADIST_BIN), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # Ctrl-C as a terminal delivers it: the server starts with SIGINT at its default even where the
+    # suite itself runs with SIGINT ignored (a background job of a non-interactive shell — the
+    # floors job in scripts/test.sh, or a CI started with nohup — whose children inherit the ignore)
+    default_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", default_sigint, str(TEADIST_BIN), *argv[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
