@@ -860,16 +860,23 @@ def test_rerun_with_other_jobs_resumes_the_ranges_it_proved(segmented: None, hub
     assert mirror.bytes_sent - first == size - proven
 
 
+def _two_source_manifest(mirror: MirrorServer, served: Path, tmp_path: Path) -> Path:
+    """A manifest of tiny.gguf with two sources on the mirror (the second with ``?second``)."""
+    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size,
+                                                     sha(served / "tiny.gguf")),
+                        format="single", sources=[UrlSource(mirror.url_for("tiny.gguf")),
+                                                  UrlSource(mirror.url_for("tiny.gguf") + "?second")])
+    path = tmp_path / "m.manifest.json"
+    path.write_bytes(dump_manifest(manifest))
+    return path
+
+
 def test_redirect_to_a_non_http_url_moves_on_to_the_next_source(mirror: MirrorServer, served: Path, tmp_path: Path,
                                                                 models_dir: Path, fast_retries: None,
                                                                 cli: Callable[..., Result]) -> None:
     """Defect 8: `Location: ftp://…` is a failed source, not a crash."""
     expected = sha(served / "tiny.gguf")
-    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size, expected),
-                        format="single", sources=[UrlSource(mirror.url_for("tiny.gguf")),
-                                                  UrlSource(mirror.url_for("tiny.gguf") + "?second")])
-    path = tmp_path / "m.manifest.json"
-    path.write_bytes(dump_manifest(manifest))
+    path = _two_source_manifest(mirror, served, tmp_path)
     mirror.add_fault(Fault("redirect", location="ftp://127.0.0.1/tiny.gguf"))
     result = cli("fetch", path)
     assert mirror.applied_kinds() == ["redirect"]
@@ -1086,11 +1093,7 @@ def test_a_source_sending_one_byte_at_a_time_falls_back_to_the_next(kind: str, m
     """Every request for the model at the first source is answered a byte every 0.3 s: the fetch
     gives that source up like a stalled one and installs the file from the second."""
     expected = sha(served / "tiny.gguf")
-    manifest = Manifest(name="tiny", file=FileRecord("tiny.gguf", (served / "tiny.gguf").stat().st_size, expected),
-                        format="single", sources=[UrlSource(mirror.url_for("tiny.gguf")),
-                                                  UrlSource(mirror.url_for("tiny.gguf") + "?second")])
-    path = tmp_path / "m.manifest.json"
-    path.write_bytes(dump_manifest(manifest))
+    path = _two_source_manifest(mirror, served, tmp_path)
     mirror.add_fault(Fault(kind, seconds=0.3, path="tiny.gguf", times=999))
     code, err, took = _run_bounded(["fetch", str(path), "-q"],
                                    _env(models_dir, TEADIST_STALL_TIMEOUT="1.5", TEADIST_RETRIES="2"), limit=90)

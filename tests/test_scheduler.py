@@ -291,14 +291,16 @@ def test_a_206_for_part_of_a_range_is_kept_and_the_rest_asked_again(served: Path
         assert all(r.status == 206 for r in gets)
 
 
-def _fetch_at_once(server: MirrorServer, served: Path, tmp_path: Path, names: list[str], downloader: Downloader
-                   ) -> list[BaseException]:
-    """Fetch ``names`` at once on one downloader, as a chunked manifest's chunks are."""
+def _fetch_at_once(server: MirrorServer, served: Path, tmp_path: Path, names: list[str], downloader: Downloader,
+                   size: int = 512 * KIB, hashes: dict[str, str] | None = None) -> list[BaseException]:
+    """Fetch ``names`` (each ``size`` bytes) at once on one downloader, as a chunked manifest's
+    chunks are; the errors each raised."""
     errors: list[BaseException] = []
 
     def get(name: str) -> None:
         try:
-            downloader.fetch(server.url_for(name), tmp_path / "out" / name, 512 * KIB, sha(served / name))
+            expected = hashes[name] if hashes is not None else sha(served / name)
+            downloader.fetch(server.url_for(name), tmp_path / "out" / name, size, expected)
         except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 
@@ -725,19 +727,7 @@ def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tm
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # the peak starts again from the resident size now
         before = peak_kib()
-        errors: list[BaseException] = []
-
-        def get(name: str) -> None:
-            try:
-                downloader.fetch(server.url_for(name), tmp_path / "out" / name, 16 * MIB, hashes[name])
-            except BaseException as exc:  # collected for the assertion
-                errors.append(exc)
-
-        threads = [threading.Thread(target=get, args=(name,)) for name in names]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = _fetch_at_once(server, served, tmp_path, names, downloader, 16 * MIB, hashes)
         grown = (peak_kib() - before) // 1024
         assert not errors, errors
         assert len({r.path for r in server.file_gets()}) == 16
