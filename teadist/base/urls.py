@@ -82,3 +82,9 @@ def host_label(url: str) -> str:
         return "(refused URL)"
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def has_dot_segment(path: str) -> bool:
+    """A URL path with an empty, '.' or '..' segment: every HTTP client removes or merges those before
+    sending, so a Hub path or revision holding one would resolve to another repository's file."""
+    return any(part in ("", ".", "..") for part in path.split("/"))

@@ -23,7 +23,7 @@ from teadist import __version__
 from teadist.base import jsonin
 from teadist.base.blocks import BlockMap
 from teadist.base.fsutil import MAX_MODEL_NAME_BYTES, read_small_file, require_plain_filename, write_bytes_atomic
-from teadist.base.urls import url_problem
+from teadist.base.urls import has_dot_segment, url_problem
 from teadist.errors import ManifestError, NotFoundError
 
 SCHEMA_VERSION = "1.1"
@@ -234,7 +234,7 @@ def _check_hub_paths(data: dict[str, Any]) -> None:
     for i, src in enumerate(data.get("sources", [])):
         if src.get("type") != "hf":
             continue
-        if any(part in ("", ".", "..") for part in src["path"].split("/")):
+        if has_dot_segment(src["path"]):
             raise ManifestError(f"manifest field sources[{i}].path: {src['path'][:80]!r} has an empty, '.' or "
                                 "'..' segment")
         if src.get("revision") in (".", ".."):

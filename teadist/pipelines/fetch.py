@@ -27,7 +27,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from teadist.base.blocks import BlockHasher, BlockMap
 from teadist.base.fsutil import is_plain_file
 from teadist.base.progress import AllFiles, Reporter
-from teadist.base.urls import origin_of, url_problem
+from teadist.base.urls import has_dot_segment, origin_of, url_problem
 from teadist.base.workfiles import WorkFiles
 from teadist.cache.layout import CacheTarget, kept_shards
 from teadist.cache.store import CacheRecord, ModelCache
@@ -85,7 +85,7 @@ def parse_hf_spec(spec: str) -> HfSource:
     rest = spec.removeprefix("hf://")
     rest, _, revision = rest.partition("@")
     parts = rest.split("/")
-    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts) or revision in (".", ".."):
+    if len(parts) < 3 or has_dot_segment(rest) or (revision != "" and has_dot_segment(revision)):
         raise UsageError(f"invalid Hub path {spec!r}", hint="use hf://ORG/REPO/FILE.gguf[@REVISION]")
     return HfSource(repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), revision=revision or None)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin
 
-from teadist.base.urls import Origin, host_label, origin_of, url_problem
+from teadist.base.urls import Origin, has_dot_segment, host_label, origin_of, url_problem
 from teadist.errors import NotFoundError, SourceError
 from teadist.formats.manifest import MAX_FILE_SIZE, HfSource
 
@@ -156,8 +156,7 @@ def resolve(source: HfSource, endpoint: str, token: str | None, timeout: float =
     send_token = token_for(endpoint, token) if same_endpoint(endpoint, configured) else None
     revision = source.revision or "main"
     where = f"{source.repo}/{source.path}@{revision}"
-    if any(part in ("", ".", "..") for part in [*source.path.split("/"), revision]):
-        # every HTTP client removes such segments from the URL: another repository's file would answer
+    if has_dot_segment(source.path) or has_dot_segment(revision):
         raise SourceError(f"refusing Hub file {where[:120]!r}: its path or revision has an empty, '.' or '..' segment")
     url = hub_url(endpoint, source.repo, source.path, revision)
     reach = f"cannot reach the Hub at {host_label(endpoint)}"
