@@ -209,6 +209,20 @@ class StreamReader:
 
     def __init__(self, raw: Any, min_fill: int = 256 * 1024, window: float | None = None) -> None:
         self._raw = raw
+        # urllib3's read1 returns a new bytes object (a fresh allocation and one more copy of every
+        # byte). A body of known length, not chunked, is read instead with one readinto1 at a time
+        # on the socket's buffered reader under http.client's response: straight into the caller's
+        # buffer, each call returning what one receive brought (the stall window still sees a
+        # trickle). Once the whole body is read, the response is closed and its connection goes
+        # back to the pool — what urllib3 does when its own reads reach the end (keep-alive).
+        inner = getattr(raw, "_fp", None)
+        self._inner: Any = inner
+        fp = getattr(inner, "fp", None)
+        length = getattr(inner, "length", None)
+        direct = (type(length) is int and getattr(inner, "chunked", True) is False
+                  and callable(getattr(fp, "readinto1", None)) and not getattr(raw, "_decoded_buffer", None))
+        self._fp: Any = fp if direct else None
+        self._left: int = length if direct and type(length) is int else 0
         self._min_fill = min_fill
         self._pending_error: BaseException | None = None
         self._window = window
@@ -225,19 +239,18 @@ class StreamReader:
         while filled < min(self._min_fill, len(view)):
             asked = time.monotonic()
             try:
-                piece = self._raw.read1(len(view) - filled)
+                got = self._read(view[filled:])
             except Exception as exc:
                 if filled:
                     self._pending_error = exc
                     return filled
                 raise ReadFailed(short_reason(exc)) from exc
-            if not piece:
+            if not got:
                 break
-            view[filled:filled + len(piece)] = piece
-            filled += len(piece)
+            filled += got
             if self._window is not None:
                 self._waited += time.monotonic() - asked
-                self._got += len(piece)
+                self._got += got
                 if self._waited >= self._window:
                     if self._got < MIN_PROGRESS:  # what arrived is kept; the next call fails
                         self._pending_error = ReadFailed(
@@ -245,6 +258,27 @@ class StreamReader:
                         return filled
                     self._waited, self._got = 0.0, 0
         return filled
+
+    def _read(self, view: memoryview) -> int:
+        """Bytes read into ``view`` by one read (0 at the end of the body)."""
+        if self._fp is None:
+            piece = self._raw.read1(len(view))
+            view[:len(piece)] = piece
+            return len(piece)
+        if not self._left or not view:
+            return 0
+        got = self._fp.readinto1(view[:self._left])
+        if not got:  # the body ended short of its Content-Length: as urllib3 says on its reads
+            import http.client
+
+            raise http.client.IncompleteRead(b"", self._left)
+        self._left -= got
+        if not self._left:
+            self._inner.close()
+            release = getattr(self._raw, "release_conn", None)
+            if callable(release):
+                release()
+        return int(got)
 
 
 def parse_content_range(value: str | None) -> tuple[int | None, int | None]:
