@@ -703,6 +703,44 @@ def test_a_cut_never_hands_out_bytes_a_connection_already_read(served: Path, tmp
         assert sha(dest) == sha(source)  # never a second answer's bytes under the first answer's hash
 
 
+def test_a_connection_receives_while_its_last_buffer_is_written(served: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing into the page cache costs about what receiving does: a connection that waited for
+    each write before reading on ran at half the link's speed. The first write here holds until
+    the connection has read three more buffers (at most 5 s) — which it never does while the write
+    runs on its own thread — and the file still lands whole and verified."""
+    import teadist.sources.segmented as segmented
+    from teadist.base.fsutil import PwriteSink
+    from teadist.sources.http import StreamReader
+
+    reads: list[int] = []
+    real_readinto = StreamReader.readinto
+
+    def counting(self: StreamReader, view: memoryview) -> int:
+        got = real_readinto(self, view)
+        reads.append(got)
+        return got
+
+    read_meanwhile: list[int] = []
+
+    class Holding(PwriteSink):
+        def __call__(self, view: memoryview) -> None:
+            if not read_meanwhile:
+                before, deadline = len(reads), time.monotonic() + 5
+                while len(reads) < before + 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                read_meanwhile.append(len(reads) - before)
+            super().__call__(view)
+
+    monkeypatch.setattr(StreamReader, "readinto", counting)
+    monkeypatch.setattr(segmented, "PwriteSink", Holding)
+    source = served / "model.bin"
+    write_random(source, 16 * MIB, seed=29)
+    with MirrorServer(served) as server:
+        _fetch(server, source, tmp_path, cap=1, align=4 * MIB)  # requests of 4 MiB or more: 4+ buffers
+    assert read_meanwhile and read_meanwhile[0] >= 3, read_meanwhile
+
+
 def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Sixteen 16 MiB files at once on one downloader (a chunked manifest's chunks), the hashing

@@ -122,6 +122,78 @@ def _lane_pool(lane: HostLane) -> _Pool:
         return pool
 
 
+class _Writer:
+    """A connection's writer: each buffer it received is written, then handed to the hasher (or
+    back to the pool), then recorded in the sidecar — on its own thread, in order, while the
+    connection receives the next one (a write into the page cache costs as much as the receive;
+    one after the other they halved a single stream's speed). Buffers come from the shared pool, so
+    what waits here is bounded like everything else."""
+
+    def __init__(self, fetch: SegmentedFetch) -> None:
+        self.fetch = fetch
+        self.cond = threading.Condition()
+        self.todo: collections.deque[tuple[list[int], bytearray, int, int, bool] | None] = collections.deque()
+        self.busy = False
+        self.landed = -1  # the end of the last write of the current request (-1: none yet)
+        self.saved = 0
+        self.thread = threading.Thread(target=self._run, name="write", daemon=True)
+        self.thread.start()
+
+    def begin(self, pos: int) -> None:
+        """A new request starts writing at ``pos`` (everything before it has landed: drained)."""
+        self.landed = self.saved = pos
+
+    def submit(self, seg: list[int], buf: bytearray, pos: int, n: int, flush: bool) -> None:
+        with self.cond:
+            self.todo.append((seg, buf, pos, n, flush))
+            self.cond.notify_all()
+
+    def drain(self) -> int:
+        """Wait until every buffer submitted is written (or given up after a failure); the end of
+        the bytes of the current request written so far."""
+        with self.cond:
+            while self.todo or self.busy:
+                self.cond.wait()
+            return self.landed
+
+    def close(self) -> None:
+        with self.cond:
+            self.todo.append(None)
+            self.cond.notify_all()
+        self.thread.join()
+
+    def _run(self) -> None:
+        fetch = self.fetch
+        while True:
+            with self.cond:
+                while not self.todo:
+                    self.cond.wait()
+                item = self.todo.popleft()
+                if item is None:
+                    return
+                self.busy = True
+            seg, buf, pos, n, flush = item
+            offered = False
+            try:
+                if fetch.failed is None:
+                    PwriteSink(fetch.partial.fd, pos)(memoryview(buf)[:n])
+                    if flush:  # the whole file's dirty pages, whichever connection wrote them: the
+                        start_writeback(fetch.partial.fd)  # final fsync finds little left to write
+                    offered = fetch._offer(buf, pos, n)  # written first: the hasher sees what the file holds
+                    self.landed = pos + n
+                    if self.landed - self.saved >= fetch.save_step:
+                        fetch._mark(seg, self.landed)
+                        self.saved = self.landed
+            except BaseException as exc:
+                fetch._fail(exc)
+            finally:
+                if not offered:
+                    fetch.net_pool.give(buf)
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+
+
 class _Left(Exception):
     """This connection gave its lane slot up between two requests (more were open than allowed)."""
 
@@ -301,10 +373,11 @@ class SegmentedFetch:
         """One connection (its slot already taken): ranges one after another, until none is left."""
         hold: list[bytearray | None] = [None]  # this connection's buffer, from the shared pool
         held = True  # its slot in the host's lane
+        writer = _Writer(self)
         try:
             while piece is not None:
                 try:
-                    kept = self._fetch_piece(piece, hold)
+                    kept = self._fetch_piece(piece, hold, writer)
                 except _Left:
                     held, kept = False, False
                 if kept and self.lane.leave_if_over():  # the lane went down (back to near, a back-off)
@@ -320,6 +393,7 @@ class SegmentedFetch:
         except BaseException as exc:
             self._fail(exc)
         finally:
+            writer.close()
             if hold[0] is not None:
                 self.net_pool.give(hold[0])
             if held:
@@ -331,7 +405,7 @@ class SegmentedFetch:
             if count:
                 self.note(f"{count} conn")  # the bar shows the connections in use now, after a back-off too
 
-    def _fetch_piece(self, seg: list[int], hold: list[bytearray | None]) -> bool:
+    def _fetch_piece(self, seg: list[int], hold: list[bytearray | None], writer: _Writer) -> bool:
         """Fill ``seg`` (retrying with backoff); False when this connection should close instead.
         Failures count in a row: an attempt that brought ``PROGRESS_RESETS`` bytes or more starts
         the count again (a server cutting every answer after a few bytes still exhausts it)."""
@@ -341,7 +415,7 @@ class SegmentedFetch:
                 return True
             before, asked = seg[2], time.monotonic()
             try:
-                self._transfer(seg, hold)
+                self._transfer(seg, hold, writer)
                 if seg[2] < seg[1] and self.lane.leave_if_over():
                     raise _Left  # between two requests: the rest of the range goes to another connection
                 continue
@@ -359,7 +433,7 @@ class SegmentedFetch:
                                          f"(attempt {failures + 1} of {self.owner.policy.attempts})")
                 self.owner.sleep(delay)
 
-    def _transfer(self, seg: list[int], hold: list[bytearray | None]) -> None:
+    def _transfer(self, seg: list[int], hold: list[bytearray | None], writer: _Writer) -> None:
         """One request for the next ``span`` bytes of ``seg`` (the whole file if the server has no
         ranges), read to its end unless the range is cut inside it meanwhile."""
         _ = self.owner.session  # made (and requests imported) before the clock starts: TTFB is the host's
@@ -409,10 +483,10 @@ class SegmentedFetch:
             # steps of 256 KiB: a stalled range loses little
             reader = StreamReader(raw, window=self.owner.policy.stall_timeout)
             self.lane.started()
-            began, pos, saved = time.monotonic(), done, done
+            began, pos = time.monotonic(), done
             with self.cond:
                 self.asked[start] = (done, until, began)
-            write = PwriteSink(self.partial.fd, pos)
+            writer.begin(pos)
             try:
                 while pos < min(seg[1], until):
                     if hold[0] is None:
@@ -430,21 +504,16 @@ class SegmentedFetch:
                         flush = self.unflushed >= WRITEBACK_STEP
                         if flush:
                             self.unflushed = 0
-                    write(memoryview(buf)[:keep])
-                    if flush:  # the whole file's dirty pages, whichever connection wrote them: the
-                        start_writeback(self.partial.fd)  # final fsync finds little left to write
-                    if self._offer(buf, pos, keep):  # written first: the hasher sees what the file holds
-                        hold[0] = None
+                    hold[0] = None  # the buffer goes with its write (the writer hands it on)
+                    writer.submit(seg, buf, pos, keep, flush)
                     pos += keep
                     self.advance(keep)
                     self.lane.moved(keep)
-                    if pos - saved >= self.save_step or pos >= min(seg[1], until):
-                        self._mark(seg, pos)
-                        saved = pos
             except ReadFailed as exc:
                 raise Retry(f"transfer from {host_of(self.url)} failed ({exc})") from None
             finally:
-                self._mark(seg, pos)
+                # Recorded only once written: the sidecar never claims a byte still on its way.
+                self._mark(seg, writer.drain())
                 self.lane.stopped(pos - done, time.monotonic() - began)
             # a range cut short leaves its answer unread: closing drops that connection, not the pool
 
