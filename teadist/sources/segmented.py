@@ -6,7 +6,8 @@ request of the range with the most left, so nobody's answer is cut short and the
 to back (the in-order hasher keeps up). A connection that finishes takes an abandoned range, or
 the next blocks the same way; only a lagging request is cut in half for it, so a slow stream never
 holds up the end. A server that answers the first request with the whole file (no ranges) is
-simply read in that one stream.
+simply read in that one stream. Each connection has a writer thread: it receives the next buffer
+while the last one is written, handed to the hasher and recorded.
 """
 
 from __future__ import annotations
