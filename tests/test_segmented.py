@@ -3,8 +3,12 @@ loopback server: what a failed, restarted or cut fetch leaves behind."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,66 @@ def test_writes_still_running_when_a_fetch_fails_give_their_buffers_back(tmp_pat
         assert sha(dest) == sha(source)
         pool = segmented._lane_pool(downloader.scheduler.lanes()[0])
         assert len(pool.free) == pool.made, f"{pool.made - len(pool.free)} of {pool.made} buffers never came back"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MB tmpfs; skipped where mounting is refused."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is refused here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_filling_up_under_the_writers_is_one_clear_error(disk: Path, tmp_path: Path) -> None:
+    """Ranges on four connections; while the server holds one answer, something else fills the
+    disk: the writer threads meet ENOSPC. The fetch fails as "disk full" (a DiskSpaceError, not an
+    OSError from a thread), leaves no partial or sidecar, and no writer thread behind."""
+    from teadist.errors import DiskSpaceError
+
+    served = tmp_path / "served"
+    served.mkdir()
+    source = served / "m.bin"
+    write_random(source, 4 * MIB, seed=73)
+    out = disk / "out"
+    release = threading.Event()
+    with MirrorServer(served) as server:
+        server.prepare("m.bin")
+        server.delay = 0.05  # a far host: several connections at once
+        server.add_fault(Fault("pause", after=64 * KIB, seconds=20, release=release, skip=1))
+        downloader = Downloader(NullReporter(), cap=4, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        failure: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                downloader.fetch(server.url_for("m.bin"), out / "m.bin", source.stat().st_size, sha(source))
+            except BaseException as exc:  # checked below
+                failure.append(exc)
+
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while "pause" not in server.applied_kinds() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        filled = False
+        try:
+            with open(disk / "filler", "wb") as filler:  # every byte that is left
+                while True:
+                    filler.write(bytes(64 * KIB))
+                    filler.flush()
+        except OSError as exc:
+            filled = exc.errno == errno.ENOSPC
+        release.set()
+        worker.join(60)
+        assert filled, "the disk never filled"
+        assert not worker.is_alive(), "the fetch hung on a full disk"
+    assert len(failure) == 1 and isinstance(failure[0], DiskSpaceError), failure
+    assert "disk full" in str(failure[0])
+    assert not [p.name for p in out.iterdir()] if out.exists() else True
+    assert not [t for t in threading.enumerate() if t.name in ("write", "hash") and t.is_alive()]
