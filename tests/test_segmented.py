@@ -120,3 +120,45 @@ def test_a_disk_filling_up_under_the_writers_is_one_clear_error(disk: Path, tmp_
     assert "disk full" in str(failure[0])
     assert not [p.name for p in out.iterdir()] if out.exists() else True
     assert not [t for t in threading.enumerate() if t.name in ("write", "hash") and t.is_alive()]
+
+
+def test_a_writer_thread_that_cannot_start_fails_the_fetch_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second connection's writer thread cannot start (as when the process may not start
+    another thread): the fetch fails with that error within seconds — it does not wait forever for
+    a connection that never counted itself out — and every slot of the host's lane comes back."""
+    started = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "write":
+            started.append(self.name)
+            if len(started) == 2:
+                raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    served = tmp_path / "served"
+    served.mkdir()
+    source = served / "m.bin"
+    write_random(source, 8 * MIB, seed=74)
+    with MirrorServer(served) as server:
+        server.prepare("m.bin")
+        server.delay = 0.05  # a far host: several connections at once
+        downloader = Downloader(NullReporter(), cap=4, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        failure: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                downloader.fetch(server.url_for("m.bin"), tmp_path / "out" / "m.bin", source.stat().st_size,
+                                 sha(source))
+            except BaseException as exc:  # checked below
+                failure.append(exc)
+
+        worker = threading.Thread(target=fetch, daemon=True)
+        real_start(worker)
+        worker.join(20)
+        assert len(started) >= 2  # the fault happened: the second writer did not start
+        assert not worker.is_alive(), "the fetch hung after a writer thread failed to start"
+    assert len(failure) == 1 and "can't start new thread" in str(failure[0]), failure
+    assert downloader.scheduler.lanes()[0].active == 0

@@ -384,8 +384,9 @@ class SegmentedFetch:
         """One connection (its slot already taken): ranges one after another, until none is left."""
         hold: list[bytearray | None] = [None]  # this connection's buffer, from the shared pool
         held = True  # its slot in the host's lane
-        writer = _Writer(self)
+        writer: _Writer | None = None
         try:
+            writer = _Writer(self)  # inside: a thread that cannot start fails the fetch, its slot comes back
             while piece is not None:
                 try:
                     kept = self._fetch_piece(piece, hold, writer)
@@ -404,7 +405,8 @@ class SegmentedFetch:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             if hold[0] is not None:
                 self.net_pool.give(hold[0])
             if held:
