@@ -162,3 +162,74 @@ def test_a_writer_thread_that_cannot_start_fails_the_fetch_instead_of_hanging(
         assert not worker.is_alive(), "the fetch hung after a writer thread failed to start"
     assert len(failure) == 1 and "can't start new thread" in str(failure[0]), failure
     assert downloader.scheduler.lanes()[0].active == 0
+
+
+_KILLED_FETCH = """
+import sys, time
+from pathlib import Path
+import teadist.sources.segmented as segmented
+from teadist.base.fsutil import PwriteSink
+from teadist.base.progress import NullReporter
+from teadist.sources.download import Downloader
+from teadist.sources.http import RetryPolicy
+
+class SlowWrite(PwriteSink):  # writes lag the network: every writer holds buffers when the kill comes
+    def __call__(self, view):
+        time.sleep(0.01)
+        super().__call__(view)
+
+segmented.PwriteSink = SlowWrite
+url, dest, size, digest = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+Downloader(NullReporter(), cap=4, align=256 * 1024, policy=RetryPolicy(backoff=0.05)).fetch(url, dest, size, digest)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1 * MIB, 3 * MIB, 6 * MIB])
+def test_a_killed_fetch_never_claims_a_byte_its_writers_had_not_written(kill_after: int, tmp_path: Path) -> None:
+    """A fetch on four connections whose writes lag (every writer holds buffers) is SIGKILLed once
+    its sidecar claims ``kill_after`` bytes: every byte the sidecar claims is in the partial, equal
+    to the source's; the resume then completes and verifies."""
+    import json
+    import os
+    import signal
+    import sys
+
+    from teadist.base.workfiles import WorkFiles
+
+    served = tmp_path / "served"
+    served.mkdir()
+    source = served / "m.bin"
+    data = write_random(source, 12 * MIB, seed=75)
+    dest = tmp_path / "out" / "m.bin"
+    files = WorkFiles.beside(dest)
+    partial = files.partial(sha(source))
+    sidecar = files.sidecar(partial)
+
+    def claimed() -> list[list[int]]:
+        try:
+            return list(json.loads(sidecar.read_bytes()).get("segments") or [])
+        except (OSError, ValueError):
+            return []
+
+    with MirrorServer(served) as server:
+        server.prepare("m.bin")
+        server.delay = 0.05  # a far host: several connections at once
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_FETCH, server.url_for("m.bin"), str(dest),
+                                 str(len(data)), sha(source)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if sum(done - start for start, _, done in claimed()) >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        assert proc.wait(30) == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+        segments = claimed()
+        assert len(segments) > 1  # several ranges were under way
+        with open(partial, "rb") as fh:
+            for start, _, done in segments:
+                fh.seek(start)
+                assert fh.read(done - start) == data[start:done], f"claimed but not written: {start}-{done}"
+        downloader = Downloader(NullReporter(), cap=4, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        downloader.fetch(server.url_for("m.bin"), dest, len(data), sha(source))
+    assert sha(dest) == sha(source)
+    assert not os.path.exists(partial) and not os.path.exists(sidecar)
