@@ -233,3 +233,31 @@ def test_a_killed_fetch_never_claims_a_byte_its_writers_had_not_written(kill_aft
         downloader.fetch(server.url_for("m.bin"), dest, len(data), sha(source))
     assert sha(dest) == sha(source)
     assert not os.path.exists(partial) and not os.path.exists(sidecar)
+
+
+def test_answers_whose_length_is_short_of_their_range_never_pass_as_the_file(tmp_path: Path) -> None:
+    """206 answers whose Content-Length is 100 kB short of the Content-Range they send in full, on
+    a kept-alive connection (the rest of each body is still on its way when the declared length is
+    read): a few such answers cost retries and the file still verifies; a server answering every
+    range so fails with one clear error after its attempts — never a hang, never a file."""
+    from teadist.errors import SourceError
+
+    served = tmp_path / "served"
+    served.mkdir()
+    source = served / "m.bin"
+    write_random(source, 6 * MIB, seed=76)
+    with MirrorServer(served) as server:
+        server.prepare("m.bin")
+        server.add_fault(Fault("short_length", after=100_000, times=3))
+        downloader = Downloader(NullReporter(), cap=4, align=256 * KIB, policy=RetryPolicy(backoff=0.01))
+        dest = tmp_path / "out" / "m.bin"
+        downloader.fetch(server.url_for("m.bin"), dest, source.stat().st_size, sha(source))
+        assert server.applied_kinds().count("short_length") == 3
+        assert sha(dest) == sha(source)
+        server.add_fault(Fault("short_length", after=100_000, times=10_000))
+        other = tmp_path / "again" / "m.bin"
+        with pytest.raises(SourceError, match="gave up after"):
+            Downloader(NullReporter(), cap=4, align=256 * KIB,
+                       policy=RetryPolicy(backoff=0.01)).fetch(server.url_for("m.bin"), other,
+                                                               source.stat().st_size, sha(source))
+        assert not other.exists()
