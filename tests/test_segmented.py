@@ -261,3 +261,51 @@ def test_answers_whose_length_is_short_of_their_range_never_pass_as_the_file(tmp
                        policy=RetryPolicy(backoff=0.01)).fetch(server.url_for("m.bin"), other,
                                                                source.stat().st_size, sha(source))
         assert not other.exists()
+
+
+def test_many_files_at_once_with_lagging_writers_all_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twelve files at once on one host (a chunked manifest's chunks), eight connections, each write
+    slow (10 ms): the writers hold most of the host's shared buffers at any time. Every file lands
+    and verifies within the minute — no connection waits forever for a buffer a writer holds — and
+    afterwards every buffer is back in the pool and no writer thread is left."""
+    import teadist.sources.segmented as segmented
+    from teadist.base.fsutil import PwriteSink
+
+    class SlowWrite(PwriteSink):
+        def __call__(self, view: memoryview) -> None:
+            time.sleep(0.01)
+            super().__call__(view)
+
+    monkeypatch.setattr(segmented, "PwriteSink", SlowWrite)
+    served = tmp_path / "served"
+    served.mkdir()
+    names = [f"c{k}.bin" for k in range(12)]
+    for k, name in enumerate(names):
+        write_random(served / name, 2 * MIB + 1000 * k, seed=80 + k)
+    with MirrorServer(served) as server:
+        for name in names:
+            server.prepare(name)
+        server.delay = 0.05  # a far host: eight connections at once
+        downloader = Downloader(NullReporter(), cap=8, align=256 * KIB, policy=RetryPolicy(backoff=0.05))
+        errors: list[BaseException] = []
+
+        def get(name: str) -> None:
+            try:
+                size = (served / name).stat().st_size
+                downloader.fetch(server.url_for(name), tmp_path / "out" / name, size, sha(served / name))
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=get, args=(name,), daemon=True) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not [t for t in threads if t.is_alive()], "a fetch hung"
+        assert not errors, errors
+        assert server.concurrency() > 1  # the files did share the host's connections
+        pool = segmented._lane_pool(downloader.scheduler.lanes()[0])
+        assert len(pool.free) == pool.made
+    for name in names:
+        assert sha(tmp_path / "out" / name) == sha(served / name)
+    assert not [t for t in threading.enumerate() if t.name in ("write", "hash") and t.is_alive()]
