@@ -44,6 +44,7 @@ class Fault:
     # truncate | reset | status | stall | pause | wrong_length | ignore_range | corrupt | redirect | etag | slow
     # | trickle (the body one byte every ``seconds``) | trickle_head (the status line and headers so)
     # | endless (200 without Content-Length, then zeros until ``after`` bytes or the client leaves)
+    # | short_length (a Content-Length ``after`` bytes short of the range it sends in full, keep-alive)
     kind: str
     after: int = 0  # bytes of body sent before truncate/reset/stall/pause
     status: int = 500
@@ -375,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
                 ranged = True
         length = end - start
         declared = length + (1000 if fault is not None and fault.kind == "wrong_length" else 0)
+        if fault is not None and fault.kind == "short_length":  # says less than it sends (and keeps the connection)
+            declared = max(0, length - fault.after)
         self.send_response(206 if ranged else 200)
         if "Content-Type" not in served.headers:
             self.send_header("Content-Type", "application/octet-stream")
@@ -413,7 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
         began = time.monotonic()
         with open(path, "rb") as fh:
             if fault is None or fault.kind in ("ignore_range", "wrong_length", "truncate", "reset", "stall", "pause",
-                                               "etag", "slow"):
+                                               "etag", "slow", "short_length"):
                 sent = 0
                 while sent < length:
                     if sent == limit and fault is not None and fault.kind == "pause":

@@ -20,9 +20,13 @@ def _floors() -> dict[str, tuple[int, ...]]:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     out = {}
     for dep in deps:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", dep)
+        # a floor, and at most an upper bound above it (a release known to cost, e.g. typer<0.29)
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(?:,<([0-9.]+))?", dep)
         assert match, f"{dep!r}: every runtime dependency needs a floor (>=X.Y)"
-        out[match.group(1).lower()] = tuple(int(p) for p in match.group(2).split("."))
+        floor = tuple(int(p) for p in match.group(2).split("."))
+        if match.group(3):
+            assert tuple(int(p) for p in match.group(3).split(".")) > floor, f"{dep!r}: the bound is below the floor"
+        out[match.group(1).lower()] = floor
     return out
 
 

@@ -358,6 +358,17 @@ class SegmentedFetch:
     def _stopped(self) -> bool:
         return self.failed is not None
 
+    def _give_back_queued(self) -> None:
+        """Once every connection, writer and the hasher have stopped: the buffers still queued for
+        the hasher go back to the host's pool. A hasher stops at a failure without taking them, and
+        a writer can hand one over after that (its write began before the failure): each one kept
+        would shrink, for good, the pool every file on this host shares."""
+        with self.hash_cond:
+            while self.hash_queue:
+                buf, _, _ = self.hash_queue.popleft()
+                if buf is not None:
+                    self.net_pool.give(buf)
+
     def _offer(self, buf: bytearray, pos: int, n: int) -> bool:
         """Hand the written bytes [pos, pos + n) in ``buf`` to the hasher if they are the next it
         needs (True: the buffer is the hasher's now)."""
@@ -374,8 +385,9 @@ class SegmentedFetch:
         """One connection (its slot already taken): ranges one after another, until none is left."""
         hold: list[bytearray | None] = [None]  # this connection's buffer, from the shared pool
         held = True  # its slot in the host's lane
-        writer = _Writer(self)
+        writer: _Writer | None = None
         try:
+            writer = _Writer(self)  # inside: a thread that cannot start fails the fetch, its slot comes back
             while piece is not None:
                 try:
                     kept = self._fetch_piece(piece, hold, writer)
@@ -394,7 +406,8 @@ class SegmentedFetch:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             if hold[0] is not None:
                 self.net_pool.give(hold[0])
             if held:
@@ -643,6 +656,7 @@ class SegmentedFetch:
             with self.cond:
                 self.cond.notify_all()
             hashing.join()
+            self._give_back_queued()
             failure = self.failed
             if isinstance(failure, StreamFallback):
                 with self.cond:
