@@ -708,7 +708,10 @@ def test_a_connection_receives_while_its_last_buffer_is_written(served: Path, tm
     """Writing into the page cache costs about what receiving does: a connection that waited for
     each write before reading on ran at half the link's speed. The first write here holds until
     the connection has read three more buffers (at most 5 s) — which it never does while the write
-    runs on its own thread — and the file still lands whole and verified."""
+    runs on its own thread — and the file still lands whole and verified. The server sends 8 MB/s,
+    so the connection still has bytes to read when its writer starts, however late a loaded
+    machine starts that thread (unpaced, it could read the whole request into the pool's free
+    buffers first and then wait, rightly, with nothing left to read)."""
     import teadist.sources.segmented as segmented
     from teadist.base.fsutil import PwriteSink
     from teadist.sources.http import StreamReader
@@ -737,6 +740,7 @@ def test_a_connection_receives_while_its_last_buffer_is_written(served: Path, tm
     source = served / "model.bin"
     write_random(source, 16 * MIB, seed=29)
     with MirrorServer(served) as server:
+        server.pace = 8_000_000  # a 256 KiB read every ~33 ms
         _fetch(server, source, tmp_path, cap=1, align=4 * MIB)  # requests of 4 MiB or more: 4+ buffers
     assert read_meanwhile and read_meanwhile[0] >= 3, read_meanwhile
 
