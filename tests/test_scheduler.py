@@ -749,8 +749,8 @@ def test_files_fetched_at_once_share_one_bounded_set_of_buffers(served: Path, tm
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Sixteen 16 MiB files at once on one downloader (a chunked manifest's chunks), the hashing
     slower than the link (a slowed digest, 20 MB/s): each file's hasher falls behind and holds
-    buffers. The buffers the network reads into are the host's (its connections + 4), not each
-    file's: the process's peak resident memory (VmHWM, reset first) grows by ~20 MiB, not 85."""
+    buffers. The buffers the network reads into are the host's (its connections + 8), not each
+    file's: the process's peak resident memory (VmHWM, reset first) grows by ~24 MiB, not 85."""
     import teadist.sources.segmented as segmented
 
     def peak_kib() -> int:
