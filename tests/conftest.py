@@ -154,12 +154,12 @@ def hub(mirror: MirrorServer, served: Path, monkeypatch: pytest.MonkeyPatch, fas
         yield server
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs (disk-full and fit tests); skipped where mounting is refused."""
+def mounted_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``3m``) under ``tmp_path`` for a fixture to yield; skips the test where
+    mounting is refused."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
         pytest.skip(f"mounting a tmpfs is refused here: {proc.stderr.strip()}")
@@ -167,3 +167,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs (disk-full and fit tests); skipped where mounting is refused."""
+    yield from mounted_tmpfs(tmp_path, "3m")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,12 @@ class Result:
     code: int
     out: str
     err: str
+
+
+def sha(path: Path) -> str:
+    """The SHA-256 of a file, streamed."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> bytes:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -18,15 +17,10 @@ from teadist.base.progress import NullReporter
 from teadist.formats.manifest import FileRecord, HfSource, Manifest, UrlSource, dump_manifest
 from teadist.pipelines.split import split_file
 from tests.conftest import SECRET, TEADIST_BIN
-from tests.helpers import Result, files_in
+from tests.helpers import Result, files_in, sha
 from tests.servers import Fault, HubServer, MirrorServer
 
 HF_SPEC = "hf://org/repo/tiny.gguf"
-
-
-def sha(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def assert_no_secret(*texts: str) -> None:

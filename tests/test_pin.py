@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Result
+from tests.helpers import Result, sha
 from tests.servers import HubServer, MirrorServer, _Handler
 
 COMMIT = "c" * 40
@@ -32,10 +32,6 @@ class NoLfsHub(HubServer):
             return
         handler.send_json(200, [{"type": "file", "path": n, "size": f.stat().st_size,
                                  "oid": hashlib.sha1(n.encode()).hexdigest()} for n, f in repo.files.items()])
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from teadist.base.blocks import BLOCK_SIZE
 from teadist.base.progress import NullReporter
 from teadist.pipelines.split import split_file
 from tests.conftest import TEADIST_BIN
-from tests.helpers import Result
+from tests.helpers import Result, sha
 from tests.servers import Fault, HubServer, MirrorServer
 
 MB = 1_000_000
@@ -36,14 +36,6 @@ def write_big(path: Path, size: int) -> str:
             fh.write(piece)
             digest.update(piece)
             left -= len(piece)
-    return digest.hexdigest()
-
-
-def sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 * 1024 * 1024):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -22,7 +22,7 @@ from teadist.sources.download import Downloader
 from teadist.sources.http import Auth, RetryPolicy, origin
 from teadist.sources.partial import Partial
 from teadist.sources.scheduler import FAR_TTFB, HostLane, split_point
-from tests.helpers import Result, write_random
+from tests.helpers import Result, sha, write_random
 from tests.servers import Fault, GitHubServer, HubServer, MirrorServer
 
 # teadist's own scheduling, judged on wall-clock windows against a paced server: the main suite runs
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.timing
 
 KIB = 1024
 MIB = 1024 * 1024
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _start(r: str | None) -> int:

@@ -4,7 +4,6 @@ loopback server: what a failed, restarted or cut fetch leaves behind."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import subprocess
 import threading
 import time
@@ -16,15 +15,25 @@ import pytest
 from teadist.base.progress import NullReporter
 from teadist.sources.download import Downloader
 from teadist.sources.http import RetryPolicy
-from tests.helpers import write_random
+from tests.conftest import mounted_tmpfs
+from tests.helpers import sha, write_random
 from tests.servers import Fault, MirrorServer
 
 KIB = 1024
 MIB = 1024 * 1024
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _slow_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every write of a segmented fetch's writers waits ``seconds`` first: writes lag the network."""
+    import teadist.sources.segmented as segmented
+    from teadist.base.fsutil import PwriteSink
+
+    class SlowWrite(PwriteSink):
+        def __call__(self, view: memoryview) -> None:
+            time.sleep(seconds)
+            super().__call__(view)
+
+    monkeypatch.setattr(segmented, "PwriteSink", SlowWrite)
 
 
 def test_writes_still_running_when_a_fetch_fails_give_their_buffers_back(tmp_path: Path,
@@ -34,14 +43,8 @@ def test_writes_still_running_when_a_fetch_fails_give_their_buffers_back(tmp_pat
     restarts and completes; every buffer of the host's shared pool is free again afterwards —
     none handed to a hasher that had already stopped."""
     import teadist.sources.segmented as segmented
-    from teadist.base.fsutil import PwriteSink
 
-    class SlowWrite(PwriteSink):
-        def __call__(self, view: memoryview) -> None:
-            time.sleep(0.02)
-            super().__call__(view)
-
-    monkeypatch.setattr(segmented, "PwriteSink", SlowWrite)
+    _slow_writes(monkeypatch, 0.02)
     served = tmp_path / "served"
     served.mkdir()
     source = served / "m.bin"
@@ -61,17 +64,9 @@ def test_writes_still_running_when_a_fetch_fails_give_their_buffers_back(tmp_pat
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MB tmpfs; skipped where mounting is refused."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is refused here: {proc.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    """A 6 MB tmpfs (the 4 MiB file fits, then something else fills it); skipped where mounting is
+    refused."""
+    yield from mounted_tmpfs(tmp_path, "6m")
 
 
 def test_a_disk_filling_up_under_the_writers_is_one_clear_error(disk: Path, tmp_path: Path) -> None:
@@ -269,14 +264,8 @@ def test_many_files_at_once_with_lagging_writers_all_land(tmp_path: Path, monkey
     and verifies within the minute — no connection waits forever for a buffer a writer holds — and
     afterwards every buffer is back in the pool and no writer thread is left."""
     import teadist.sources.segmented as segmented
-    from teadist.base.fsutil import PwriteSink
 
-    class SlowWrite(PwriteSink):
-        def __call__(self, view: memoryview) -> None:
-            time.sleep(0.01)
-            super().__call__(view)
-
-    monkeypatch.setattr(segmented, "PwriteSink", SlowWrite)
+    _slow_writes(monkeypatch, 0.01)
     served = tmp_path / "served"
     served.mkdir()
     names = [f"c{k}.bin" for k in range(12)]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,14 +14,9 @@ from teadist.formats.gguf_info import read_info
 from teadist.formats.tinymodel import make_tiny_model
 from teadist.pipelines.gguf_rebuild import rebuild_original
 from teadist.pipelines.gguf_split import split_gguf
-from tests.helpers import Result, files_in
+from tests.helpers import Result, files_in, sha
 
 MODELS = [dict(seed=1), dict(seed=2, n_embd=96, n_layer=3), dict(seed=3, alignment=64), dict(seed=4, n_layer=1)]
-
-
-def sha(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from teadist.base.blocks import BLOCK_SIZE
 from teadist.base.progress import NullReporter
 from teadist.pipelines.split import split_file
-from tests.helpers import Result, write_random
-from tests.test_repair import flip, sha, write_big
+from tests.helpers import Result, sha, write_random
+from tests.test_repair import flip, write_big
 
 
 @pytest.fixture

@@ -130,16 +130,14 @@ class _Writer:
     back to the pool), then recorded in the sidecar — on its own thread, in order, while the
     connection receives the next one (a write into the page cache costs about what the receive
     does; one after the other they held one stream near 500 MB/s here, overlapped ~600 MB/s).
-    Buffers come from the shared pool, so
-    what waits here is bounded like everything else."""
+    Buffers come from the shared pool, so what waits here is bounded like everything else."""
 
     def __init__(self, fetch: SegmentedFetch) -> None:
         self.fetch = fetch
         self.cond = threading.Condition()
         self.todo: collections.deque[tuple[list[int], bytearray, int, int, bool] | None] = collections.deque()
         self.busy = False
-        self.landed = -1  # the end of the last write of the current request (-1: none yet)
-        self.saved = 0
+        self.landed = self.saved = 0  # the end of the current request's bytes written, and of those recorded
         self.thread = threading.Thread(target=self._run, name="write", daemon=True)
         self.thread.start()
 
